@@ -1,0 +1,42 @@
+# The project's vocabulary. `make test` is what CI runs; `make setup` installs what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup venv lint fmt test test-unit crds
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+
+venv: $(PY) ## create .venv and install the project with all extras
+	$(PY) -m pip install -q -e '.[operator,runtime,dev]'
+
+setup: venv ## install everything the tests need (Python packages, cluster binaries)
+
+lint: ## ruff (lint + format check), mypy strict, import-linter contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p slm_operator -p slm_runtime
+	$(BIN)/lint-imports
+
+fmt: ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: ## run every test suite (unit, runtime, cluster)
+	$(PY) -m pytest
+
+test-unit: ## pure tests only
+	$(PY) -m pytest -m unit
+
+crds: ## regenerate crds/ from the API models
+	$(PY) -m slm_operator.crdgen

@@ -1,0 +1,1 @@
+"""slm-operator: reconciles LocalModel resources into running model servers."""

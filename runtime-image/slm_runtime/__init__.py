@@ -1,0 +1,1 @@
+"""slm-runtime: the model server and puller that every LocalModel pod runs."""
