@@ -20,7 +20,8 @@ $(PY):
 venv: $(PY) ## create .venv and install the project with all extras
 	$(PY) -m pip install -q -e '.[operator,runtime,dev]'
 
-setup: venv ## install everything the tests need (Python packages, cluster binaries)
+setup: venv ## install everything the tests need (Python packages, then hack/setup.d/*)
+	bash hack/setup.sh
 
 lint: ## ruff (lint + format check), mypy strict, import-linter contracts
 	$(BIN)/ruff check .
