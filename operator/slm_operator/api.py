@@ -1,0 +1,723 @@
+"""LocalModel v1alpha1: the user-facing API as pydantic models; the CRD is generated from them.
+
+Every field carries a description (it becomes the CRD's documentation), a default and bounds.
+Cross-field rules are written twice on purpose: as CEL (``x-kubernetes-validations``) so the API
+server rejects them at the edge, and as pydantic validators so the operator gives the same answer
+with a message that names the field. Pure: imports neither kopf nor a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+from slm_runtime.config import Api, Device, ModelFormat, ModelParameters
+from slm_runtime.sources import infer_format, parse_source
+
+# --- names ------------------------------------------------------------------------------------
+
+GROUP: Final = "slm.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "LocalModel"
+PLURAL: Final = "localmodels"
+SINGULAR: Final = "localmodel"
+SHORT_NAMES: Final = ("lm", "slm")
+CATEGORIES: Final = ("ai",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+FIELD_MANAGER: Final = "slm-operator"
+
+NAME_MAX_LENGTH: Final = 52
+"""LocalModel names are DNS-1035 labels of at most this length, so every child name is valid."""
+DNS1035_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+SOURCE_SCHEMES: Final = ("hf", "ollama", "oci", "https", "http", "pvc", "file")
+SOURCE_PATTERN: Final = r"^(hf|ollama|oci|https|http|pvc|file)://.+$"
+DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY_PATTERN: Final = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+K8S_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+# --- reusable field types ---------------------------------------------------------------------
+
+
+def _to_str(value: Any) -> Any:
+    """Accept YAML numbers for quantities (``cpu: 2``) the way Kubernetes does."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_to_str),
+    StringConstraints(pattern=QUANTITY_PATTERN, max_length=64),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity (``500m``, ``2Gi``, ``4``)."""
+
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+"""A Go-style duration such as ``90s``, ``2m`` or ``1h30m``."""
+
+ObjectName = Annotated[str, StringConstraints(pattern=K8S_NAME_PATTERN, max_length=253)]
+LabelMap = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field()]
+
+# Raw Kubernetes structures passed through to the pod (tolerations, affinity, ...). They are
+# validated by the API server when the Deployment is applied, so the CRD keeps their fields.
+RawObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``1m30s`` -> 90.0)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 2m or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One ``x-kubernetes-validations`` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class _Spec(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+# --- spec -------------------------------------------------------------------------------------
+
+
+class CacheMode(StrEnum):
+    """How the model gets onto the node before the server starts."""
+
+    VOLUME = "Volume"
+    PER_POD = "PerPod"
+    IMAGE = "Image"
+
+
+class AccessMode(StrEnum):
+    """PersistentVolume access modes for the model cache."""
+
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_ONLY_MANY = "ReadOnlyMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+class ReclaimPolicy(StrEnum):
+    """What happens to the model PVC when the LocalModel is deleted."""
+
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+class PullPolicy(StrEnum):
+    """Container image pull policy."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class ModelSpec(_Spec):
+    """Which model to serve and how to verify it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.source.startsWith('http://') || "
+                    "(has(self.allowInsecure) && self.allowInsecure)",
+                    "spec.model.source: http:// is only allowed with allowInsecure: true; "
+                    "use https://",
+                    ".source",
+                )
+            ]
+        }
+    )
+
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=SOURCE_PATTERN,
+        description="Where the model comes from: hf://ORG/REPO[@REV]/PATH, "
+        "ollama://[HOST/][NAMESPACE/]MODEL:TAG, oci://HOST[:PORT]/REPO(:TAG|@sha256:HEX), "
+        "https://URL, pvc://CLAIM/PATH (already on a PVC: verify only) or file:///PATH "
+        "(inside the runtime image: verify only).",
+    )
+    format: ModelFormat | None = Field(
+        default=None,
+        description="gguf (llama.cpp) or onnx (ONNX Runtime GenAI); inferred from the source "
+        "when omitted.",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="Integrity pin, 64 lowercase hex: the file's digest, or for a folder model "
+        "the digest of its manifest (the sorted `sha256sum` lines of its files). A mismatch "
+        "fails the pull.",
+    )
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description="Secret in the same namespace with key `token` (hf, https bearer, oci "
+        "bearer) or `username`/`password` (oci basic). Exposed to the pull container only.",
+    )
+    allow_insecure: bool = Field(
+        default=False, description="Allow a plain http:// source (integrity still verified)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_parses(cls, value: str) -> str:
+        parse_source(value, allow_insecure=True)
+        return value
+
+    @model_validator(mode="after")
+    def _insecure_needs_opt_in(self) -> ModelSpec:
+        if self.source.startswith("http://") and not self.allow_insecure:
+            raise ValueError("http:// is only allowed with allowInsecure: true; use https://")
+        return self
+
+    def resolved_format(self) -> ModelFormat:
+        """The model format: the one given, else inferred from the source."""
+        if self.format is not None:
+            return self.format
+        inferred = infer_format(parse_source(self.source, allow_insecure=True))
+        if inferred is None:
+            raise ValueError(
+                f"cannot infer the model format from source {self.source!r}; "
+                "set spec.model.format to gguf or onnx"
+            )
+        return inferred
+
+
+class CacheSpec(_Spec):
+    """How the model is pre-pulled so it is on the node before the server starts."""
+
+    mode: CacheMode = Field(
+        default=CacheMode.VOLUME,
+        description="Volume: a PVC filled once by a pull Job and mounted read-only. PerPod: an "
+        "init container pulls into an emptyDir. Image: an OCI image volume (source must be "
+        "oci://...@sha256:...).",
+    )
+    size: Quantity = Field(
+        default="5Gi", description="PVC size (Volume) or emptyDir size limit (PerPod)."
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass of the PVC; unset uses the cluster default, empty string "
+        "binds only to PVs without a class.",
+    )
+    access_mode: AccessMode = Field(
+        default=AccessMode.READ_WRITE_ONCE,
+        description="PVC access mode; use ReadWriteMany or ReadOnlyMany when replicas span nodes.",
+    )
+    reclaim_policy: ReclaimPolicy = Field(
+        default=ReclaimPolicy.DELETE,
+        description="Delete: the PVC goes with the LocalModel. Retain: the PVC is kept (no "
+        "owner reference) and reused by a LocalModel with the same source and digest.",
+    )
+
+
+class HardwareSpec(_Spec):
+    """Hardware preference and fallback, NPU -> GPU -> CPU."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.fallback) || !self.fallback.exists(t, t == self.preferred)",
+                    "spec.hardware.fallback must not repeat spec.hardware.preferred",
+                    ".fallback",
+                )
+            ]
+        }
+    )
+
+    preferred: Device = Field(default=Device.NPU, description="The tier to try first.")
+    fallback: list[Device] = Field(
+        default_factory=lambda: [Device.GPU, Device.CPU],
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Tiers tried in order when the preferred one cannot be placed.",
+    )
+    fallback_after: Duration = Field(
+        default="120s",
+        description="How long pods may stay unschedulable before stepping down a tier.",
+    )
+
+    @model_validator(mode="after")
+    def _fallback_distinct(self) -> HardwareSpec:
+        if self.preferred in self.fallback:
+            raise ValueError(
+                f"fallback must not repeat preferred ({self.preferred.value}); "
+                f"remove it from spec.hardware.fallback"
+            )
+        if len(set(self.fallback)) != len(self.fallback):
+            raise ValueError("fallback lists a tier twice; list each tier once")
+        return self
+
+    def tiers(self) -> list[Device]:
+        """The tiers to try, in order."""
+        return [self.preferred, *self.fallback]
+
+
+class NetworkPolicySpec(_Spec):
+    """Optional NetworkPolicy in front of the model server."""
+
+    enabled: bool = Field(default=False, description="Create a NetworkPolicy for the pods.")
+    allow_from: list[RawObject] = Field(
+        default_factory=list,
+        max_length=32,
+        description="NetworkPolicyPeer list allowed to reach the API port; empty allows the "
+        "namespace only. The metrics port stays reachable.",
+    )
+
+
+class ServingSpec(_Spec):
+    """How the model is served."""
+
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Pods; ignored while autoscaling is enabled."
+    )
+    port: int = Field(default=8080, ge=1024, le=65535, description="API port (non-root).")
+    parallel: int = Field(default=4, ge=1, le=64, description="Concurrent sequences per replica.")
+    apis: list[Api] = Field(
+        default_factory=lambda: [Api.OLLAMA, Api.OPENAI],
+        min_length=1,
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="API families to serve.",
+    )
+    auth_secret: ObjectName | None = Field(
+        default=None,
+        description="Secret with key `token`; API requests without `Authorization: Bearer "
+        "<token>` get 401. Health and metrics stay open.",
+    )
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+    @field_validator("apis")
+    @classmethod
+    def _apis_distinct(cls, value: list[Api]) -> list[Api]:
+        if len(set(value)) != len(value):
+            raise ValueError("apis lists an API twice; list each once")
+        return value
+
+
+class ResourceList(_Spec):
+    """cpu and memory quantities."""
+
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage")
+
+
+class ResourcesSpec(_Spec):
+    """Container requests and limits; derived from the model when empty."""
+
+    requests: ResourceList = Field(default_factory=ResourceList)
+    limits: ResourceList = Field(default_factory=ResourceList)
+
+
+class SchedulingSpec(_Spec):
+    """Where pods may run, on top of what the hardware tier requires."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
+    tolerations: list[RawObject] = Field(default_factory=list, max_length=64)
+    affinity: RawObject = Field(default_factory=dict)
+    topology_spread_constraints: list[RawObject] = Field(default_factory=list, max_length=16)
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on the pods."
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on the pods."
+    )
+
+
+class MonitoringSpec(_Spec):
+    """Prometheus scraping."""
+
+    service_monitor: bool = Field(
+        default=True,
+        description="Create a ServiceMonitor when the monitoring.coreos.com CRD exists.",
+    )
+    interval: Duration = Field(default="30s", description="Scrape interval.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on the ServiceMonitor."
+    )
+
+
+class AutoscalingSpec(_Spec):
+    """HorizontalPodAutoscaler; when enabled it owns the replica count."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "spec.autoscaling.minReplicas must be <= maxReplicas",
+                    ".minReplicas",
+                )
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=False, description="Create an HPA for the Deployment.")
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    target_cpu_utilization: int | None = Field(
+        default=80,
+        ge=1,
+        le=100,
+        description="Average CPU utilisation (percent of requests) to keep; works out of the box.",
+    )
+    target_inflight_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Average in-flight requests per pod (metric slm_runtime_requests_in_flight); "
+        "needs a custom-metrics adapter such as prometheus-adapter.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class LocalObjectReference(_Spec):
+    """A reference to an object in the same namespace."""
+
+    name: ObjectName
+
+
+class RuntimeSpec(_Spec):
+    """The runtime image; the accelerator catalog's per-tier image unless overridden."""
+
+    image: str | None = Field(
+        default=None, max_length=1024, description="Overrides the catalog's image for every tier."
+    )
+    image_pull_policy: PullPolicy = Field(default=PullPolicy.IF_NOT_PRESENT)
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+
+
+class LocalModelSpec(_Spec):
+    """The desired state of a LocalModel."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.cache.mode != 'Image' || (self.model.source.startsWith('oci://') "
+                    "&& self.model.source.contains('@sha256:'))",
+                    "spec.cache.mode Image needs an oci:// source pinned by digest "
+                    "(oci://HOST/REPO@sha256:HEX)",
+                    ".cache.mode",
+                )
+            ]
+        }
+    )
+
+    model: ModelSpec
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+    parameters: ModelParameters = Field(
+        default_factory=ModelParameters,
+        description="Ollama Modelfile PARAMETERs; defaults for every request.",
+    )
+    system: str | None = Field(
+        default=None, max_length=65536, description="Modelfile SYSTEM message."
+    )
+    template: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="Modelfile TEMPLATE in Ollama's Go-template form; the model's own chat "
+        "template when omitted.",
+    )
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @model_validator(mode="after")
+    def _image_mode_needs_digest(self) -> LocalModelSpec:
+        if self.cache.mode is CacheMode.IMAGE and not (
+            self.model.source.startswith("oci://") and "@sha256:" in self.model.source
+        ):
+            raise ValueError(
+                "cache.mode Image needs an oci:// source pinned by digest "
+                "(oci://HOST/REPO@sha256:HEX)"
+            )
+        return self
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """The one-word summary shown by ``kubectl get lm``."""
+
+    PENDING = "Pending"
+    PULLING = "Pulling"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ConditionType(StrEnum):
+    """The closed set of condition types."""
+
+    READY = "Ready"
+    MODEL_AVAILABLE = "ModelAvailable"
+    PLACED = "Placed"
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    """The closed set of condition reasons (CamelCase, as Kubernetes conventions ask)."""
+
+    # Ready
+    MODEL_SERVING = "ModelServing"
+    NOT_READY = "NotReady"
+    INVALID_SPEC = "InvalidSpec"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    # ModelAvailable
+    PULL_PENDING = "PullPending"
+    PULLING = "Pulling"
+    PULLED = "Pulled"
+    PULL_FAILED = "PullFailed"
+    DIGEST_MISMATCH = "DigestMismatch"
+    ACCESS_MODE_CONFLICT = "AccessModeConflict"
+    # Placed
+    PLACED = "Placed"
+    FELL_BACK = "FellBack"
+    NO_CAPACITY = "NoCapacity"
+    # Available
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+    MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
+    SCALED_TO_ZERO = "ScaledToZero"
+    # Progressing
+    RECONCILING = "Reconciling"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    # Degraded
+    AS_EXPECTED = "AsExpected"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    CRASH_LOOPING = "CrashLooping"
+    MODEL_CORRUPT = "ModelCorrupt"
+    SERVICE_MONITOR_UNSUPPORTED = "ServiceMonitorUnsupported"
+
+
+CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
+    ConditionType.READY: frozenset(
+        {
+            Reason.MODEL_SERVING,
+            Reason.NOT_READY,
+            Reason.INVALID_SPEC,
+            Reason.SECRET_NOT_FOUND,
+            Reason.PULL_FAILED,
+            Reason.DIGEST_MISMATCH,
+        }
+    ),
+    ConditionType.MODEL_AVAILABLE: frozenset(
+        {
+            Reason.PULL_PENDING,
+            Reason.PULLING,
+            Reason.PULLED,
+            Reason.PULL_FAILED,
+            Reason.DIGEST_MISMATCH,
+            Reason.ACCESS_MODE_CONFLICT,
+            Reason.MODEL_CORRUPT,
+            Reason.SECRET_NOT_FOUND,
+        }
+    ),
+    ConditionType.PLACED: frozenset({Reason.PLACED, Reason.FELL_BACK, Reason.NO_CAPACITY}),
+    ConditionType.AVAILABLE: frozenset(
+        {
+            Reason.MINIMUM_REPLICAS_AVAILABLE,
+            Reason.MINIMUM_REPLICAS_UNAVAILABLE,
+            Reason.SCALED_TO_ZERO,
+        }
+    ),
+    ConditionType.PROGRESSING: frozenset(
+        {
+            Reason.RECONCILING,
+            Reason.PULLING,
+            Reason.ROLLOUT_IN_PROGRESS,
+            Reason.ROLLOUT_COMPLETE,
+            Reason.WAITING_FOR_CAPACITY,
+            Reason.INVALID_SPEC,
+        }
+    ),
+    ConditionType.DEGRADED: frozenset(
+        {
+            Reason.AS_EXPECTED,
+            Reason.REPLICAS_UNAVAILABLE,
+            Reason.CRASH_LOOPING,
+            Reason.MODEL_CORRUPT,
+            Reason.SERVICE_MONITOR_UNSUPPORTED,
+            Reason.INVALID_SPEC,
+            Reason.SECRET_NOT_FOUND,
+            Reason.PULL_FAILED,
+            Reason.DIGEST_MISMATCH,
+            Reason.ACCESS_MODE_CONFLICT,
+        }
+    ),
+}
+"""Which reasons each condition type may carry; status.py never writes any other pair."""
+
+
+class Condition(_Spec):
+    """A metav1.Condition."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: Reason
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str = Field(description="RFC 3339 time the status last changed.")
+    observed_generation: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _reason_belongs(self) -> Condition:
+        if self.reason not in CONDITION_REASONS[self.type]:
+            raise ValueError(f"reason {self.reason.value} is not defined for {self.type.value}")
+        return self
+
+
+class ModelStatus(_Spec):
+    """What is being served."""
+
+    digest: str | None = Field(default=None, description="sha256:<hex> of what is served.")
+    size_bytes: int | None = Field(default=None, ge=0)
+    progress: str | None = Field(default=None, description="Pull progress, e.g. 37%.")
+    source: str | None = None
+
+
+class LocalModelStatus(_Spec):
+    """The observed state of a LocalModel, written by the operator only."""
+
+    phase: Phase = Phase.PENDING
+    backend: Device | None = Field(default=None, description="The tier actually placed.")
+    fallback_reason: str | None = Field(
+        default=None, description="Why the preferred tier(s) were skipped."
+    )
+    model: ModelStatus = Field(default_factory=ModelStatus)
+    replicas: int = Field(default=0, ge=0)
+    ready_replicas: int = Field(default=0, ge=0)
+    selector: str | None = Field(default=None, description="Pod label selector (scale).")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the API.")
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+
+
+# --- the whole object -------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(pattern=DNS1035_PATTERN, max_length=NAME_MAX_LENGTH)
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LocalModel(BaseModel):
+    """A LocalModel as read from the API server."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: Literal["slm.dev/v1alpha1"] = Field(default="slm.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["LocalModel"] = KIND
+    metadata: ObjectMeta
+    spec: LocalModelSpec
+    status: LocalModelStatus = Field(default_factory=LocalModelStatus)
+
+
+NAME_RULE: Final = cel(
+    f"self.metadata.name.size() <= {NAME_MAX_LENGTH} && "
+    f"self.metadata.name.matches('{DNS1035_PATTERN}')",
+    f"metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with "
+    f"a letter) of at most {NAME_MAX_LENGTH} characters",
+)
+"""The CEL rule on the object root that keeps every child name valid."""
+
+
+class InvalidSpecError(ValueError):
+    """A LocalModel the operator cannot serve; the message names the field and what to change."""
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``spec.model.sha256: String should match pattern ...``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"] if part != "__root__")
+        path = ".".join(p for p in (prefix, loc) if p)
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "; ".join(lines)
+
+
+def parse_localmodel(body: Mapping[str, Any]) -> LocalModel:
+    """Validate a LocalModel body; raise InvalidSpecError with field-naming messages."""
+    try:
+        model = LocalModel.model_validate(dict(body))
+        model.spec.model.resolved_format()
+    except ValidationError as exc:
+        raise InvalidSpecError(format_validation_error(exc)) from exc
+    except ValueError as exc:
+        raise InvalidSpecError(f"spec.model.format: {exc}") from exc
+    return model
