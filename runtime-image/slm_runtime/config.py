@@ -257,9 +257,23 @@ class PullResult(_Camel):
     files: list[str] = Field(default_factory=list, description="Paths relative to the model dir.")
 
 
+class ModelDefaults(_Camel):
+    """Runtime defaults that came with the model (Ollama template, system and params layers).
+
+    The LocalModel's own values override them.
+    """
+
+    template: str | None = None
+    system: str | None = None
+    parameters: ModelParameters = Field(default_factory=ModelParameters)
+
+
 class ModelMetadata(PullResult):
     """The puller's record at ``/models/.slm-model.json``."""
 
     source: str
     format: ModelFormat | None = None
     time: str = Field(description="RFC 3339 time the pull completed.")
+    defaults: ModelDefaults | None = Field(
+        default=None, description="Defaults shipped with the model, e.g. by an Ollama registry."
+    )

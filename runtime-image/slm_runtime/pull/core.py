@@ -1,0 +1,450 @@
+"""Pull one model source into a destination directory: fetch, verify, place atomically, record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from pydantic import ValidationError
+
+from slm_runtime.config import ModelDefaults, ModelFormat, ModelMetadata, ModelParameters
+from slm_runtime.pull.digest import (
+    DigestMismatchError,
+    check_pin,
+    folder_files,
+    folder_sha256,
+    model_sha256,
+)
+from slm_runtime.pull.progress import Progress
+from slm_runtime.pull.registry import Credentials, Descriptor, Registry, RegistryError
+from slm_runtime.pull.store import Destination, model_name, now_rfc3339
+from slm_runtime.pull.transfer import DEFAULT_RETRIES, Fetched, fetch
+from slm_runtime.sources import (
+    FileSource,
+    HfSource,
+    HttpsSource,
+    OciSource,
+    OllamaSource,
+    PvcSource,
+    Source,
+    infer_format,
+)
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC: Final = b"GGUF"
+OLLAMA_MODEL: Final = "application/vnd.ollama.image.model"
+OLLAMA_TEMPLATE: Final = "application/vnd.ollama.image.template"
+OLLAMA_SYSTEM: Final = "application/vnd.ollama.image.system"
+OLLAMA_PARAMS: Final = "application/vnd.ollama.image.params"
+OLLAMA_ADAPTER: Final = "application/vnd.ollama.image.adapter"
+# Ollama parameter names that differ from ModelParameters' field names.
+_OLLAMA_PARAM_ALIASES: Final = {"num_ctx": "context_length"}
+_TAR_MEDIA_SUFFIXES: Final = (".tar", ".tar+gzip", ".tar+zstd", "tar.gzip")
+
+
+class PullError(Exception):
+    """A pull that cannot complete; the message says what is wrong and what to change."""
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """Everything one pull needs; credentials never appear in logs or messages."""
+
+    source: Source
+    dest: Path
+    sha256: str | None = None
+    model_format: ModelFormat | None = None
+    credentials: Credentials = field(default_factory=Credentials)
+    allow_insecure: bool = False
+    hf_endpoint: str | None = None
+    retries: int = DEFAULT_RETRIES
+
+
+def pull(request: PullRequest, client: httpx.Client, progress: Progress) -> ModelMetadata:
+    """Make ``request.dest`` hold the verified model, transferring only what is missing."""
+    source = request.source
+    if isinstance(source, FileSource | PvcSource):
+        return _verify_only(request, source)
+    dest = Destination(request.dest)
+    dest.prepare()
+    try:
+        if isinstance(source, HttpsSource):
+            result = _pull_https(request, source, dest, client, progress)
+        elif isinstance(source, HfSource):
+            result = _pull_hf(request, source, dest, client, progress)
+        else:
+            result = _pull_registry(request, source, dest, client, progress)
+    except DigestMismatchError:
+        dest.cleanup()  # never resume from bytes that failed verification
+        raise
+    dest.cleanup()
+    return result
+
+
+# --- verify only ------------------------------------------------------------------------------
+
+
+def _verify_only(request: PullRequest, source: FileSource | PvcSource) -> ModelMetadata:
+    path = Path(source.path) if isinstance(source, FileSource) else request.dest / source.path
+    if not path.exists():
+        raise PullError(f"{source}: {path} does not exist")
+    digest = model_sha256(path)
+    check_pin(digest, request.sha256, str(source))
+    files = [path.name] if path.is_file() else folder_files(path)
+    size = path.stat().st_size if path.is_file() else _folder_size(path)
+    return ModelMetadata(
+        digest=f"sha256:{digest}",
+        size_bytes=size,
+        files=files,
+        source=str(source),
+        format=request.model_format or infer_format(source),
+        time=now_rfc3339(),
+    )
+
+
+# --- what is already there --------------------------------------------------------------------
+
+
+def _present(request: PullRequest, dest: Destination, expected: str | None) -> ModelMetadata | None:
+    """The metadata of the model in place when it is this source's verified model, else None.
+
+    ``expected`` is the digest the source is known to have (the pin, or a registry layer's
+    digest); without one, the model in place counts when it came from the same source.
+    """
+    meta = dest.read_metadata()
+    if meta is None or meta.source != str(request.source):
+        return None
+    wanted = expected or meta.digest.removeprefix("sha256:")
+    if meta.digest != f"sha256:{wanted}" or not meta.files:
+        return None
+    top = {f.split("/", 1)[0] for f in meta.files}
+    if len(top) != 1:
+        return None
+    path = dest.root / top.pop()
+    if not path.exists() or model_sha256(path) != wanted:
+        log.warning("model in place does not match its metadata; pulling again")
+        return None
+    log.info("model already present and verified", extra={"digest": meta.digest})
+    return meta
+
+
+def _record(
+    request: PullRequest,
+    dest: Destination,
+    final: Path,
+    digest: str,
+    model_format: ModelFormat,
+    defaults: ModelDefaults | None = None,
+) -> ModelMetadata:
+    if final.is_dir():
+        files = [f"{final.name}/{rel}" for rel in folder_files(final)]
+        size = _folder_size(final)
+    else:
+        files, size = [final.name], final.stat().st_size
+    meta = ModelMetadata(
+        digest=f"sha256:{digest}",
+        size_bytes=size,
+        files=files,
+        source=str(request.source),
+        format=model_format,
+        time=now_rfc3339(),
+        defaults=defaults,
+    )
+    dest.write_metadata(meta)
+    return meta
+
+
+def _folder_size(path: Path) -> int:
+    return sum((path / rel).stat().st_size for rel in folder_files(path))
+
+
+def _sniff_format(path: Path, declared: ModelFormat | None, what: str) -> ModelFormat:
+    """The declared format, checked against the file's magic for GGUF."""
+    with path.open("rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if declared is None and magic == GGUF_MAGIC:
+        return ModelFormat.GGUF
+    if declared is ModelFormat.GGUF and magic != GGUF_MAGIC:
+        raise PullError(f"{what} is not a GGUF file (it does not start with 'GGUF')")
+    if declared is None:
+        raise PullError(f"cannot tell the model format of {what}; set format: gguf or onnx")
+    return declared
+
+
+def _place_file(
+    request: PullRequest, dest: Destination, part: Path, fetched: Fetched, what: str
+) -> ModelMetadata:
+    check_pin(fetched.sha256, request.sha256, what)
+    model_format = _sniff_format(part, request.model_format or infer_format(request.source), what)
+    if model_format is not ModelFormat.GGUF:
+        raise PullError(f"{what} is a single file; an {model_format} model is a folder")
+    final = dest.place(part, model_name(model_format))
+    return _record(request, dest, final, fetched.sha256, model_format)
+
+
+# --- https ------------------------------------------------------------------------------------
+
+
+def _pull_https(
+    request: PullRequest,
+    source: HttpsSource,
+    dest: Destination,
+    client: httpx.Client,
+    progress: Progress,
+) -> ModelMetadata:
+    if present := _present(request, dest, request.sha256):
+        return present
+    headers = {}
+    if request.credentials.token:
+        headers["Authorization"] = f"Bearer {request.credentials.token}"
+    part = dest.work / f"https-{hashlib.sha256(source.url.encode()).hexdigest()[:16]}"
+    fetched = fetch(
+        client,
+        source.url,
+        part,
+        progress,
+        label=source.file_name,
+        headers=headers,
+        retries=request.retries,
+    )
+    return _place_file(request, dest, part, fetched, source.file_name)
+
+
+# --- Hugging Face -----------------------------------------------------------------------------
+
+
+def _pull_hf(
+    request: PullRequest,
+    source: HfSource,
+    dest: Destination,
+    client: httpx.Client,
+    progress: Progress,
+) -> ModelMetadata:
+    from huggingface_hub import HfApi, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.hf_api import RepoFile, RepoFolder
+
+    if present := _present(request, dest, request.sha256):
+        return present
+    token = request.credentials.token
+    api = HfApi(endpoint=request.hf_endpoint, token=token or False)
+    try:
+        commit = api.model_info(source.repo_id, revision=source.revision).sha or source.revision
+        infos = api.get_paths_info(source.repo_id, [source.path], revision=commit)
+        if not infos:
+            raise PullError(f"{source}: {source.path!r} is not in the repository")
+        entry = infos[0]
+        if isinstance(entry, RepoFolder):
+            files = [
+                f
+                for f in api.list_repo_tree(
+                    source.repo_id, path_in_repo=source.path, revision=commit, recursive=True
+                )
+                if isinstance(f, RepoFile)
+            ]
+        else:
+            files = [entry]
+    except HfHubHTTPError as err:
+        raise PullError(f"{source}: {str(err).splitlines()[0]}") from err
+    log.info("resolved Hugging Face revision", extra={"source": str(source), "commit": commit})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    fetched: dict[str, Fetched] = {}
+    for f in files:
+        url = hf_hub_url(source.repo_id, f.path, revision=commit, endpoint=request.hf_endpoint)
+        part = dest.work / f"hf-{hashlib.sha256(f.path.encode()).hexdigest()[:16]}"
+        got = fetch(
+            client,
+            url,
+            part,
+            progress,
+            label=f.path,
+            expected_size=f.size,
+            headers=headers,
+            retries=request.retries,
+        )
+        if f.lfs is not None:
+            check_pin(got.sha256, f.lfs.sha256, f"{source.repo_id}/{f.path} (per the Hub)")
+        fetched[f.path] = got
+    if isinstance(entry, RepoFile):
+        part = dest.work / f"hf-{hashlib.sha256(entry.path.encode()).hexdigest()[:16]}"
+        return _place_file(request, dest, part, fetched[entry.path], str(source))
+    folder = dest.work / "hf-folder"
+    shutil.rmtree(folder, ignore_errors=True)
+    for f in files:
+        target = folder / Path(f.path).relative_to(source.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (dest.work / f"hf-{hashlib.sha256(f.path.encode()).hexdigest()[:16]}").rename(target)
+    return _place_folder(request, dest, folder, str(source))
+
+
+def _place_folder(
+    request: PullRequest, dest: Destination, folder: Path, what: str
+) -> ModelMetadata:
+    model_format = request.model_format or ModelFormat.ONNX
+    if model_format is not ModelFormat.ONNX:
+        raise PullError(f"{what} is a folder; a {model_format} model is a single file")
+    digest = folder_sha256(folder)
+    check_pin(digest, request.sha256, what)
+    final = dest.place(folder, model_name(model_format))
+    return _record(request, dest, final, digest, model_format)
+
+
+# --- OCI and Ollama registries ----------------------------------------------------------------
+
+
+def _pull_registry(
+    request: PullRequest,
+    source: OciSource | OllamaSource,
+    dest: Destination,
+    client: httpx.Client,
+    progress: Progress,
+) -> ModelMetadata:
+    plain_http = request.allow_insecure
+    if isinstance(source, OllamaSource):
+        registry = Registry(
+            client, source.host, source.repository, request.credentials, plain_http=plain_http
+        )
+        reference = source.tag
+    else:
+        registry = Registry(
+            client, source.host, source.repository, request.credentials, plain_http=plain_http
+        )
+        reference = source.reference
+    try:
+        manifest = registry.manifest(reference)
+        log.info("resolved manifest", extra={"source": str(source), "manifest": manifest.digest})
+        if isinstance(source, OllamaSource):
+            layer = _ollama_model_layer(source, manifest.layers)
+            defaults = _ollama_defaults(registry, manifest.layers)
+        else:
+            layer = _oci_model_layer(source, manifest.layers)
+            defaults = None
+        is_tar = _is_tar(layer)
+        layer_hex = layer.digest.removeprefix("sha256:")
+        if not is_tar:
+            check_pin(layer_hex, request.sha256, f"{source} (model layer {layer.digest})")
+        if present := _present(request, dest, request.sha256 if is_tar else layer_hex):
+            return present
+        part = dest.work / layer.digest.replace(":", "-")
+        label = layer.title or str(source)
+        fetched = fetch(
+            client,
+            registry.blob_url(layer.digest),
+            part,
+            progress,
+            label=label,
+            expected_size=layer.size,
+            headers=registry.auth_headers(),
+            retries=request.retries,
+        )
+    except RegistryError as err:
+        raise PullError(f"{source}: {err}") from err
+    if fetched.sha256 != layer_hex:
+        raise DigestMismatchError(
+            f"{source}: blob {layer.digest} arrived with sha256:{fetched.sha256}"
+        )
+    if is_tar:
+        folder = _extract(part, dest.work / "oci-folder", str(source))
+        return _place_folder(request, dest, folder, str(source))
+    check_pin(fetched.sha256, request.sha256, str(source))
+    model_format = _sniff_format(part, request.model_format or infer_format(source), str(source))
+    final = dest.place(part, model_name(model_format))
+    return _record(request, dest, final, fetched.sha256, model_format, defaults)
+
+
+def _is_tar(layer: Descriptor) -> bool:
+    title = (layer.title or "").lower()
+    return layer.media_type.endswith(_TAR_MEDIA_SUFFIXES) or title.endswith((".tar", ".tar.gz"))
+
+
+def _oci_model_layer(source: OciSource, layers: tuple[Descriptor, ...]) -> Descriptor:
+    if len(layers) == 1:
+        return layers[0]
+    candidates = [
+        layer
+        for layer in layers
+        if "gguf" in layer.media_type.lower()
+        or (layer.title or "").lower().endswith((".gguf", ".tar", ".tar.gz"))
+    ]
+    if len(candidates) != 1:
+        names = ", ".join(f"{layer.title or layer.media_type} ({layer.digest})" for layer in layers)
+        raise PullError(
+            f"{source}: cannot tell which of the {len(layers)} layers is the model: {names}; "
+            "push the model as the artifact's only layer or name it *.gguf"
+        )
+    return candidates[0]
+
+
+def _ollama_model_layer(source: OllamaSource, layers: tuple[Descriptor, ...]) -> Descriptor:
+    if any(layer.media_type == OLLAMA_ADAPTER for layer in layers):
+        raise PullError(f"{source}: models with LoRA adapter layers are not supported")
+    models = [layer for layer in layers if layer.media_type == OLLAMA_MODEL]
+    if len(models) != 1:
+        raise PullError(
+            f"{source}: expected one {OLLAMA_MODEL} layer in the manifest, found {len(models)}"
+        )
+    return models[0]
+
+
+def _ollama_defaults(registry: Registry, layers: tuple[Descriptor, ...]) -> ModelDefaults:
+    """Template, system and params layers, as runtime defaults a LocalModel can override."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        if layer.media_type == OLLAMA_TEMPLATE:
+            values["template"] = registry.blob_text(layer)
+        elif layer.media_type == OLLAMA_SYSTEM:
+            values["system"] = registry.blob_text(layer)
+        elif layer.media_type == OLLAMA_PARAMS:
+            values["parameters"] = _ollama_parameters(registry.blob_text(layer))
+    return ModelDefaults.model_validate(values)
+
+
+def _ollama_parameters(text: str) -> ModelParameters:
+    """Ollama's params JSON as ModelParameters; parameters the runtime does not know are logged."""
+    try:
+        raw = json.loads(text)
+    except ValueError as err:
+        raise RegistryError(f"the params layer is not JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise RegistryError("the params layer is not a JSON object")
+    known = set(ModelParameters.model_fields)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _OLLAMA_PARAM_ALIASES.get(key, key)
+        if name not in known:
+            log.warning("ignoring unsupported Ollama parameter", extra={"parameter": key})
+            continue
+        # Ollama stores every parameter as a list when a Modelfile repeats it (e.g. stop).
+        if isinstance(value, list) and name != "stop":
+            value = value[-1] if value else None
+        values[name] = value
+    try:
+        return ModelParameters.model_validate(values)
+    except ValidationError as err:
+        raise RegistryError(f"the params layer has invalid values: {err}") from err
+
+
+def _extract(archive: Path, folder: Path, what: str) -> Path:
+    """Unpack a model folder tar safely (no links, no paths outside the folder)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+            tar.extractall(folder, members=members, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise PullError(f"{what}: the model layer is not a readable tar: {err}") from err
+    archive.unlink()
+    entries = [p for p in folder.iterdir()]
+    # A tar of one top-level folder holds the model in that folder.
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder

@@ -1,0 +1,1 @@
+"""The puller: source grammar, transfers and registries against real servers on loopback."""

@@ -1,0 +1,314 @@
+"""Real servers on loopback for the puller: nginx (HTTP Range), a cutting proxy, an OCI registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache/slm-operator")) / "bin"
+REGISTRY_BIN = BIN_DIR / "registry-v3.1.2"
+ORAS_BIN = BIN_DIR / "oras-v1.3.6"
+SETUP_HINT = "run `make setup` (hack/setup.d/30-pull.sh installs it)"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until something accepts connections on ``port``, or fail if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server we started, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class PullRun:
+    """One `slm-runtime pull` process: exit code, output and its termination log."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    termination: str
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON-line progress events from stdout."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    def result(self) -> dict[str, object]:
+        """The termination log as the success JSON."""
+        value = json.loads(self.termination)
+        assert isinstance(value, dict)
+        return value
+
+
+def run_pull(*args: str, tmp: Path, env: dict[str, str] | None = None) -> PullRun:
+    """Run the real CLI, `slm-runtime pull ARGS`, with the termination log under ``tmp``."""
+    term = tmp / f"termination-log-{time.monotonic_ns()}"
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime-image"), str(ROOT / "operator")]),
+        "SLM_TERMINATION_LOG": str(term),
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "slm_runtime.cli", "pull", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+        check=False,
+    )
+    termination = term.read_text(encoding="utf-8") if term.exists() else ""
+    return PullRun(proc.returncode, proc.stdout, proc.stderr, termination)
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Nginx:
+    """nginx serving ``root`` on loopback, with an access log to count requests."""
+
+    port: int
+    root: Path
+    access_log: Path
+
+    def url(self, name: str) -> str:
+        """The URL of a file under the served root."""
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def requests(self) -> list[str]:
+        """Access log lines so far: ``<status> <range header> <bytes sent>``."""
+        if not self.access_log.exists():
+            return []
+        return self.access_log.read_text(encoding="utf-8").splitlines()
+
+
+def _nginx_binary() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.skip(f"nginx is not installed; {SETUP_HINT}")
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Iterator[Nginx]:
+    """nginx with Range support serving the Gemma GGUF as gemma.gguf."""
+    binary = _nginx_binary()
+    prefix = tmp_path_factory.mktemp("nginx")
+    root = prefix / "www"
+    root.mkdir()
+    (root / "gemma.gguf").symlink_to(gemma_gguf)
+    (root / "not-a-model.bin").write_bytes(b"plain bytes, no GGUF magic" * 10)
+    port = free_port()
+    access_log = prefix / "access.log"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""{user}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    log_format ranges '$status "$http_range" $body_bytes_sent';
+    access_log {access_log} ranges;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        sendfile on;
+    }}
+}}
+""",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_listening(port, proc)
+        yield Nginx(port=port, root=root, access_log=access_log)
+    finally:
+        stop(proc)
+
+
+# --- a proxy that cuts a response body -----------------------------------------------------------
+
+
+@dataclass
+class CuttingProxy:
+    """A TCP proxy that drops the first ``cuts`` connections after ``cut_after`` response bytes."""
+
+    upstream_port: int
+    cut_after: int
+    cuts: int = 1
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+    delivered_body_bytes: list[int] = field(default_factory=list)
+    _server: socket.socket | None = None
+
+    def start(self) -> None:
+        """Listen on a loopback port and serve connections in threads."""
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        if self._server is not None:
+            self._server.close()
+
+    def url(self, name: str) -> str:
+        """The URL of a file through the proxy."""
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            cut = self.cuts > 0
+            self.cuts -= 1
+            threading.Thread(target=self._serve, args=(client, cut), daemon=True).start()
+
+    def _serve(self, client: socket.socket, cut: bool) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with client, upstream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            self.requests.append(request.decode("latin-1"))
+            upstream.sendall(request)
+            sent = 0
+            head = b""
+            while True:
+                data = upstream.recv(1 << 20)
+                if not data:
+                    return
+                if len(head) < 65536 and b"\r\n\r\n" not in head:
+                    head += data
+                if cut and sent + len(data) >= self.cut_after:
+                    client.sendall(data[: self.cut_after - sent])
+                    header_length = head.index(b"\r\n\r\n") + 4
+                    self.delivered_body_bytes.append(self.cut_after - header_length)
+                    return
+                client.sendall(data)
+                sent += len(data)
+
+
+@pytest.fixture
+def cutting_proxy(nginx: Nginx) -> Iterator[CuttingProxy]:
+    """A proxy in front of nginx that cuts the first response after 100 MB."""
+    proxy = CuttingProxy(upstream_port=nginx.port, cut_after=100_000_000)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+# --- an OCI registry --------------------------------------------------------------------------
+
+
+@dataclass
+class OciRegistry:
+    """The CNCF distribution registry on loopback (plain HTTP), and oras to push to it."""
+
+    host: str
+    workdir: Path
+
+    def oras(self, *args: str, cwd: Path | None = None) -> str:
+        """Run the real oras CLI against this registry."""
+        proc = subprocess.run(
+            [str(ORAS_BIN), *args],
+            cwd=cwd or self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"oras {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+
+def _start_registry(workdir: Path, auth_block: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    if not REGISTRY_BIN.exists() or not ORAS_BIN.exists():
+        pytest.skip(f"the OCI registry or oras is not built; {SETUP_HINT}")
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(
+        f"""version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {workdir / "storage"}
+http:
+  addr: 127.0.0.1:{port}
+{auth_block}""",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [str(REGISTRY_BIN), "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+    )
+    wait_listening(port, proc)
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """An anonymous registry."""
+    workdir = tmp_path_factory.mktemp("registry")
+    proc, host = _start_registry(workdir)
+    try:
+        yield OciRegistry(host=host, workdir=workdir)
+    finally:
+        stop(proc)

@@ -1,0 +1,178 @@
+"""https:// pulls against nginx on loopback: verify, resume after a cut, refuse a wrong digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from pull.conftest import CuttingProxy, Nginx, run_pull
+
+pytestmark = pytest.mark.runtime
+
+
+@pytest.fixture(scope="session")
+def gemma_sha256(gemma_gguf: Path) -> str:
+    """The Gemma GGUF's sha256, computed independently with hashlib."""
+    with gemma_gguf.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def test_pull_places_the_verified_file_and_records_it(
+    nginx: Nginx, gemma_gguf: Path, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    run = run_pull(
+        "--source",
+        nginx.url("gemma.gguf"),
+        "--dest",
+        str(dest),
+        "--sha256",
+        gemma_sha256,
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    size = gemma_gguf.stat().st_size
+    assert run.result() == {
+        "digest": f"sha256:{gemma_sha256}",
+        "sizeBytes": size,
+        "files": ["model.gguf"],
+    }
+    assert (dest / "model.gguf").read_bytes()[:4] == b"GGUF"
+    assert (dest / "model.gguf").stat().st_size == size
+    meta = json.loads((dest / ".slm-model.json").read_text())
+    assert meta["digest"] == f"sha256:{gemma_sha256}"
+    assert meta["source"] == nginx.url("gemma.gguf")
+    assert meta["format"] == "gguf"
+    assert sorted(p.name for p in dest.iterdir()) == [".slm-model.json", "model.gguf"]
+    events = run.events()
+    assert events[-1]["event"] == "done"
+    assert any(e["event"] == "progress" and e["bytes"] == size for e in events)
+
+
+def test_rerun_with_matching_digest_transfers_nothing(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    args = ("--source", nginx.url("gemma.gguf"), "--dest", str(dest), "--allow-insecure")
+    assert run_pull(*args, "--sha256", gemma_sha256, tmp=tmp_path).returncode == 0
+    before = len(nginx.requests())
+    again = run_pull(*args, "--sha256", gemma_sha256, tmp=tmp_path)
+    unpinned = run_pull(*args, tmp=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert unpinned.returncode == 0, unpinned.stderr
+    assert len(nginx.requests()) == before
+    assert again.result()["digest"] == unpinned.result()["digest"] == f"sha256:{gemma_sha256}"
+
+
+def test_a_cut_transfer_resumes_with_a_range_request(
+    cutting_proxy: CuttingProxy, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    run = run_pull(
+        "--source",
+        cutting_proxy.url("gemma.gguf"),
+        "--dest",
+        str(dest),
+        "--sha256",
+        gemma_sha256,
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(cutting_proxy.requests) == 2
+    assert "range:" not in cutting_proxy.requests[0].lower()
+    (delivered,) = cutting_proxy.delivered_body_bytes
+    assert f"Range: bytes={delivered}-" in cutting_proxy.requests[1]
+    assert "If-Range:" in cutting_proxy.requests[1]
+    assert [e["event"] for e in run.events()].count("retry") == 1
+    assert run.result()["digest"] == f"sha256:{gemma_sha256}"
+
+
+def test_a_restarted_pull_resumes_what_the_failed_one_left(
+    cutting_proxy: CuttingProxy, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    args = (
+        "--source",
+        cutting_proxy.url("gemma.gguf"),
+        "--dest",
+        str(dest),
+        "--sha256",
+        gemma_sha256,
+        "--allow-insecure",
+    )
+    first = run_pull(*args, "--retries", "0", tmp=tmp_path)
+    assert first.returncode == 1
+    (delivered,) = cutting_proxy.delivered_body_bytes
+    assert f"giving up after 0 retries at byte {delivered}:" in first.termination
+    assert not (dest / "model.gguf").exists()
+    assert not (dest / ".slm-model.json").exists()
+
+    second = run_pull(*args, tmp=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"Range: bytes={delivered}-" in cutting_proxy.requests[1]
+    assert second.result()["digest"] == f"sha256:{gemma_sha256}"
+    assert sorted(p.name for p in dest.iterdir()) == [".slm-model.json", "model.gguf"]
+
+
+def test_wrong_sha256_names_both_digests_and_leaves_nothing(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    wrong = "0" * 64
+    run = run_pull(
+        "--source",
+        nginx.url("gemma.gguf"),
+        "--dest",
+        str(dest),
+        "--sha256",
+        wrong,
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 1
+    assert f"expected sha256:{wrong}, got sha256:{gemma_sha256}" in run.termination
+    assert run.events()[-1] == {"event": "error", "message": run.termination}
+    assert list(dest.iterdir()) == []
+
+
+def test_http_is_refused_without_allow_insecure(nginx: Nginx, tmp_path: Path) -> None:
+    before = len(nginx.requests())
+    run = run_pull("--source", nginx.url("gemma.gguf"), "--dest", str(tmp_path), tmp=tmp_path)
+    assert run.returncode == 2
+    assert "allowInsecure: true" in run.termination
+    assert len(nginx.requests()) == before
+
+
+def test_a_file_that_is_not_gguf_is_not_placed(nginx: Nginx, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    run = run_pull(
+        "--source",
+        nginx.url("not-a-model.bin"),
+        "--dest",
+        str(dest),
+        "--format",
+        "gguf",
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 1
+    assert "is not a GGUF file" in run.termination
+    assert not (dest / "model.gguf").exists()
+
+
+def test_a_missing_file_fails_with_the_status(nginx: Nginx, tmp_path: Path) -> None:
+    run = run_pull(
+        "--source",
+        nginx.url("absent.gguf"),
+        "--dest",
+        str(tmp_path / "m"),
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 1
+    assert "HTTP 404" in run.termination
