@@ -31,7 +31,7 @@ class _StructType:
 
 
 class _Struct:
-    """A Go struct value (or a pointer to one, which prints with a leading '&')."""
+    """A Go struct value; `pointer` marks a *T, which only error messages show."""
 
     __slots__ = ("pointer", "type", "values")
 
@@ -47,6 +47,18 @@ class _JSONStringMap(dict[str, Any]):
 
 class _JSONStringList(list[Any]):
     """A Go slice whose String method prints it as JSON (Ollama's templateTools)."""
+
+
+class _NilList(list[Any]):
+    """A nil Go slice: prints as [] but marshals as JSON null."""
+
+
+class _NilJSONStringList(_JSONStringList):
+    """A nil templateTools: prints and marshals as null."""
+
+
+class _NilJSONStringMap(_JSONStringMap):
+    """A nil templateProperties: prints as {} but marshals as null."""
 
 
 class _PropertyType(list[str]):
@@ -190,6 +202,8 @@ def _fmt_v(v: Any, depth: int = 0) -> str:
         return v
     if isinstance(v, _JSONStringMap):
         return _go_json(v) if v else "{}"
+    if isinstance(v, _NilJSONStringList):
+        return "null"
     if isinstance(v, _JSONStringList):
         return _go_json(v)
     if isinstance(v, _PropertyType):
@@ -237,7 +251,7 @@ def _omit_empty(v: Any) -> bool:
 
 def _go_json(v: Any) -> str:
     """encoding/json.Marshal, with Go's key order, HTML escaping and number forms."""
-    if v is None:
+    if v is None or isinstance(v, (_NilList, _NilJSONStringList, _NilJSONStringMap)):
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -950,8 +964,7 @@ class _Parser:
                 raise self.err(tok.pos, f"malformed character constant: {tok.val}")
             return _Literal(tok.pos, ord(text))
         if kind == "(":
-            pipe = self.pipeline("parenthesized pipeline", ")")
-            return _Chain(tok.pos, pipe, [])
+            return self.pipeline("parenthesized pipeline", ")")
         raise self.err(tok.pos, f"unexpected {self.describe(tok)} in {context}")
 
 
@@ -1041,6 +1054,8 @@ class _Exec:
         elif isinstance(val, list):
             items = list(enumerate(val))
         elif isinstance(val, int) and not isinstance(val, bool):
+            if len(pipe.decl) > 1:
+                raise self.err(node, f"can't use {val} to iterate over more than one variable")
             items = [(i, i) for i in range(val)]
         else:
             raise self.err(node, f"range can't iterate over {_fmt_v(val)}")
@@ -1084,8 +1099,8 @@ class _Exec:
     def print_value(self, node: _Node, val: Any) -> str:
         if val is None:
             return "<no value>"
-        if callable(val):
-            raise self.err(node, "can't print a function")
+        if isinstance(val, _Struct):
+            return _fmt_v(val, depth=1)  # an action prints what a pointer points to
         return _fmt_v(val)
 
     def pipeline(self, dot: Any, pipe: _Pipe) -> Any:
@@ -1125,9 +1140,9 @@ class _Exec:
         if isinstance(node, _Variable):
             return self.fields(node, self.var(node, node.names[0]), node.names[1:])
         if isinstance(node, _Chain):
-            inner = node.node
-            val = self.pipeline(dot, inner) if isinstance(inner, _Pipe) else self.arg(dot, inner)
-            return self.fields(node, val, node.names)
+            return self.fields(node, self.arg(dot, node.node), node.names)
+        if isinstance(node, _Pipe):
+            return self.pipeline(dot, node)
         if isinstance(node, _Function):
             return self.call(dot, node, [], None, has_final=False)
         raise self.err(node, f"can't evaluate {type(node).__name__}")  # pragma: no cover
@@ -1422,8 +1437,6 @@ def _identifiers(node: _Node) -> Iterator[str]:
                 yield from _identifiers(arg)
     elif isinstance(node, (_Field, _Variable)):
         yield from node.names
-    elif isinstance(node, _Chain) and isinstance(node.node, _Pipe):
-        yield from _identifiers(node.node)
 
 
 def _cut_after_response(root: _List) -> _List:
@@ -1508,9 +1521,9 @@ def _tool_property(p: Any) -> _Struct:
     )
 
 
-def _tools_value(tools: list[dict[str, Any]] | None) -> _JSONStringList | None:
+def _tools_value(tools: list[dict[str, Any]] | None) -> _JSONStringList:
     if tools is None:
-        return None
+        return _NilJSONStringList()
     out = _JSONStringList()
     for tool in tools:
         fn = tool.get("function") or {}
@@ -1538,7 +1551,7 @@ def _tools_value(tools: list[dict[str, Any]] | None) -> _JSONStringList | None:
                                         {k: _tool_property(v) for k, v in props.items()}
                                     )
                                     if isinstance(props, dict)
-                                    else _JSONStringMap(),
+                                    else _NilJSONStringMap(),
                                 },
                             ),
                         },
@@ -1583,8 +1596,8 @@ def _message_value(m: dict[str, Any]) -> _Struct:
             "Role": m["role"],
             "Content": m["content"],
             "Thinking": str(m.get("thinking") or ""),
-            "Images": list(m.get("images") or []),
-            "ToolCalls": [_tool_call_value(c) for c in m.get("tool_calls") or []],
+            "Images": list(m.get("images") or []) or _NilList(),
+            "ToolCalls": [_tool_call_value(c) for c in m.get("tool_calls") or []] or _NilList(),
             "ToolName": str(m.get("tool_name") or ""),
             "ToolCallID": str(m.get("tool_call_id") or ""),
         },
@@ -1673,7 +1686,7 @@ class Template:
         if self.uses_messages:
             data = {
                 "System": sys_text,
-                "Messages": [_message_value(m) for m in collated],
+                "Messages": [_message_value(m) for m in collated] or _NilList(),
                 "Tools": _tools_value(tools),
                 "Response": "",
                 **think_values,

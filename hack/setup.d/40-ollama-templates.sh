@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Ollama's template test data and a renderer built from Ollama's own template package, for the
+# TEMPLATE conformance tests: fetches github.com/ollama/ollama (the version pinned in
+# hack/ollama-template-oracle/go.mod) into the Go module cache and builds
+# ~/.cache/slm-operator/bin/ollama-template-oracle-<version>. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v go >/dev/null || { echo "40-ollama-templates: Go is required (https://go.dev/dl/)" >&2; exit 1; }
+
+src=hack/ollama-template-oracle
+version=$(awk '$1 == "require" && $2 == "github.com/ollama/ollama" {print $3}' "$src/go.mod")
+[ -n "$version" ] || { echo "40-ollama-templates: no github.com/ollama/ollama pin in $src/go.mod" >&2; exit 1; }
+bin="$HOME/.cache/slm-operator/bin/ollama-template-oracle-$version"
+
+go mod download -json "github.com/ollama/ollama@$version" >/dev/null
+
+if [ -x "$bin" ] && [ "$bin" -nt "$src/main.go" ] && [ "$bin" -nt "$src/go.sum" ]; then
+  exit 0
+fi
+mkdir -p "$(dirname "$bin")"
+echo "building $bin"
+(cd "$src" && go build -p 2 -trimpath -o "$bin.tmp" .)
+mv "$bin.tmp" "$bin"
