@@ -375,6 +375,8 @@ def _format_verb(verb: str, arg: Any, prec: int | None, flags: str) -> str:
         return s[:prec] if prec is not None and isinstance(arg, str) else s
     if verb == "q" and isinstance(arg, str):
         return json.dumps(arg, ensure_ascii=False)
+    if verb == "q" and isinstance(arg, int) and not isinstance(arg, bool):
+        return "'" + chr(arg) + "'"
     if verb == "t" and isinstance(arg, bool):
         return "true" if arg else "false"
     if verb == "d" and isinstance(arg, int) and not isinstance(arg, bool):
@@ -384,7 +386,7 @@ def _format_verb(verb: str, arg: Any, prec: int | None, flags: str) -> str:
         return s.upper() if verb == "X" else s
     if verb == "c" and isinstance(arg, int) and not isinstance(arg, bool):
         return chr(arg)
-    if verb in "feEgG" and numeric:
+    if verb in "feEgG" and isinstance(arg, float):
         if verb in "gG" and prec is None:
             s = _go_float(float(arg))
             return s.upper() if verb == "G" else s

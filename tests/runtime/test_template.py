@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from conftest import GEMMA_TEMPLATE
 from slm_runtime.template import Template, TemplateError, parse_template, render_template
+
+from tests.conftest import GEMMA_TEMPLATE
 
 pytestmark = pytest.mark.unit
 

@@ -299,6 +299,9 @@ EDGE_TEMPLATES: dict[str, str] = {
     '|{{ js "a\'b\\"<>" }}|{{ urlquery "a b&c" }}|{{ index "abc" 1 }}|{{ slice "héllo" 1 3 }}'
     "|{{ len \"héllo\" }}|{{ 1.5 }} {{ 1e6 }} {{ 1e-5 }} {{ 123456.0 }} {{ 0x1F }} {{ 'a' }} "
     "{{ -3 }} {{ true }}",
+    "printf": "{{ range .Messages }}{{ end }}"
+    '{{ printf "%f|%e|%.2g|%g|%8.3s|%+d|%x|%X|%c|%q|%5t|%-5d|%05.1f|%s|%d|%v|%v" '
+    '3 1.5 3.14159 1e7 "abcdef" 5 "hi" 255 65 66 true 7 2.25 .Think 1.5 .Tools .System }}',
     "slices": "{{ range .Messages }}{{ end }}{{ len (slice .Messages 1) }}"
     "{{ range slice .Messages 0 1 }}{{ .Role }}{{ end }}{{ len $.Tools }}"
     '{{ printf "%v|%s" .Tools .System }}',
