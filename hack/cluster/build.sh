@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Builds the test cluster's binaries from the Go module proxy into a cache outside the
+# checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>.
+# A binary already in the cache is not rebuilt. Usage: build.sh [k8s|etcd|kwok|helm|crds ...]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=env.sh
+source "${here}/env.sh"
+
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+jobs="${GO_BUILD_JOBS:-2}"
+mkdir -p "${SLM_BIN_DIR}"
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# install_built TMP VERSION NAME...: moves each built NAME from TMP into the cache.
+install_built() {
+  local tmp="$1" version="$2"; shift 2
+  local name
+  for name in "$@"; do
+    mv -f "${tmp}/${name}" "${SLM_BIN_DIR}/${name}-${version}"
+  done
+  rm -rf "${tmp}"
+}
+
+all_cached() {
+  local version="$1"; shift
+  local name
+  for name in "$@"; do
+    [ -x "${SLM_BIN_DIR}/${name}-${version}" ] || return 1
+  done
+}
+
+build_k8s() {
+  local names=(kube-apiserver kube-controller-manager kube-scheduler)
+  all_cached "${K8S_VERSION}" "${names[@]}" && return 0
+  local v="${K8S_VERSION}" major minor stamp="" pkg tmp start=$SECONDS
+  major="${v#v}"; major="${major%%.*}"
+  minor="${v#v*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    stamp+=" -X ${pkg}.gitVersion=${v} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
+    stamp+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${K8S_BUILD_DATE}"
+  done
+  tmp="$(mktemp -d "${SLM_BIN_DIR}/.build.XXXXXX")"
+  log "building ${names[*]} ${v} (cold: tens of minutes on 2 cores)"
+  (cd "${here}/k8s" && go build -p "${jobs}" -trimpath -tags=selinux,notest \
+    -ldflags "-s -w${stamp}" -o "${tmp}/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler)
+  install_built "${tmp}" "${v}" "${names[@]}"
+  log "built ${names[*]} ${v} in $((SECONDS - start))s"
+}
+
+# build_tool DIR NAME VERSION PACKAGE [LDFLAGS]: one binary from a wrapper module.
+build_tool() {
+  local dir="$1" name="$2" version="$3" pkg="$4" ldflags="${5:-}" tmp start=$SECONDS
+  all_cached "${version}" "${name}" && return 0
+  tmp="$(mktemp -d "${SLM_BIN_DIR}/.build.XXXXXX")"
+  log "building ${name} ${version}"
+  (cd "${here}/${dir}" && go build -p "${jobs}" -trimpath -ldflags "-s -w ${ldflags}" \
+    -o "${tmp}/${name}" "${pkg}")
+  install_built "${tmp}" "${version}" "${name}"
+  log "built ${name} ${version} in $((SECONDS - start))s"
+}
+
+build_etcd() {
+  build_tool etcd etcd "${ETCD_VERSION}" go.etcd.io/etcd/server/v3
+}
+
+build_kwok() {
+  build_tool kwok kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok
+}
+
+# Stamped so `helm template` without --kube-version assumes the cluster's Kubernetes.
+build_helm() {
+  local major minor
+  major="${K8S_VERSION#v}"; major="${major%%.*}"
+  minor="$(echo "${K8S_VERSION}" | cut -d. -f2)"
+  build_tool helm helm "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${major} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}"
+}
+
+# The ServiceMonitor CRD and kwok's stage definitions, copied out of the module cache.
+build_crds() {
+  local dest="${SLM_BIN_DIR}/servicemonitor-crd-${PROM_OPERATOR_VERSION}.yaml" dir
+  if [ ! -s "${dest}" ]; then
+    # Outside any module: `go mod download` fetches and checks it against the checksum database.
+    dir="$(cd / && GOFLAGS=-mod=mod go mod download -json "github.com/prometheus-operator/prometheus-operator@${PROM_OPERATOR_VERSION}" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    cp "${dir}/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "${dest}.tmp"
+    mv -f "${dest}.tmp" "${dest}"
+  fi
+  dest="${SLM_BIN_DIR}/kwok-stages-${KWOK_VERSION}"
+  if [ ! -d "${dest}" ]; then
+    dir="$(cd "${here}/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+    rm -rf "${dest}.tmp" && mkdir -p "${dest}.tmp"
+    cp "${dir}/kustomize/stage/node/fast/node-initialize.yaml" \
+      "${dir}/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+      "${dir}"/kustomize/stage/pod/fast/pod-{ready,complete,delete}.yaml "${dest}.tmp/"
+    chmod -R u+w "${dest}.tmp"
+    mv "${dest}.tmp" "${dest}"
+  fi
+}
+
+targets=("$@")
+[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s)
+for t in "${targets[@]}"; do
+  "build_${t}"
+done

@@ -1,0 +1,11 @@
+# Versions of the test cluster's binaries and where they are cached. Sourced by the
+# cluster scripts; the Go versions must match the wrapper modules' go.mod files.
+# shellcheck shell=bash
+K8S_VERSION=v1.36.3
+K8S_BUILD_DATE=2026-01-01T00:00:00Z
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.21.4
+PROM_OPERATOR_VERSION=v0.85.0
+SLM_CACHE_DIR="${SLM_CACHE_DIR:-${HOME}/.cache/slm-operator}"
+SLM_BIN_DIR="${SLM_CACHE_DIR}/bin"
