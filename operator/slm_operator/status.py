@@ -1,0 +1,746 @@
+"""Status, pure: a LocalModel, its Placement and an Observation of its children -> LocalModelStatus.
+
+``observe.py`` fills the plain-data observation types below from the API; ``compute_status``
+turns them into the phase, the six conditions, backend, endpoint, replicas and model digest;
+``status_patch`` gives the merge body to write, or None when nothing changed. The fallback timer
+helpers (``unschedulable_for``, ``should_step_down``) read the same observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from slm_runtime.config import Device, PullResult
+
+from slm_operator.api import (
+    CONDITION_REASONS,
+    CacheMode,
+    Condition,
+    ConditionType,
+    LocalModel,
+    LocalModelSpec,
+    LocalModelStatus,
+    ModelStatus,
+    Phase,
+    Reason,
+    parse_duration,
+)
+from slm_operator.place import Placement
+
+# --- what observe.py fills in -----------------------------------------------------------------
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True)
+class ObjectCondition:
+    """One condition of a child object (a Deployment's Progressing, Available, ReplicaFailure)."""
+
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentSummary:
+    """The runtime Deployment as observed; ``Observation.deployment`` is None when it is absent."""
+
+    generation: int = 0
+    observed_generation: int = 0
+    spec_replicas: int | None = None
+    """``spec.replicas`` (set by the HPA while autoscaling); None when the field is unset."""
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    progressing: ObjectCondition | None = None
+    available: ObjectCondition | None = None
+    replica_failure: ObjectCondition | None = None
+    """The ReplicaFailure condition, e.g. pods rejected by admission (Pod Security, quota)."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The pull Job as observed; ``Observation.pull_job`` is None when it is absent."""
+
+    name: str = ""
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    finished: Literal["Complete", "Failed"] | None = None
+    """The Job's terminal condition (Complete or Failed with status True), if any."""
+    result: PullResult | None = None
+    """The pull container's termination message parsed as PullResult (on success)."""
+    failure_message: str | None = None
+    """The failed pull container's termination message, else the Job's Failed condition message."""
+    progress: str | None = None
+    """Pull progress text such as ``37%``, when known."""
+
+
+@dataclass(frozen=True)
+class PodSummary:
+    """One runtime pod as observed.
+
+    ``waiting_*`` and ``container`` describe the first container (init containers included) that
+    waits for a reason other than ContainerCreating or PodInitializing.
+    """
+
+    name: str
+    phase: str = "Pending"
+    ready: bool = False
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    container: str | None = None
+    last_termination_message: str | None = None
+    """The message of the last terminated state of a container that restarted or failed."""
+    restart_count: int = 0
+    unschedulable_since: datetime | None = None
+    """lastTransitionTime of ``PodScheduled=False, reason=Unschedulable``."""
+    scheduler_message: str | None = None
+    pulling: bool = False
+    """The pull init container is running (PerPod cache mode)."""
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime reports it serves (from /api/show or the puller's metadata file)."""
+
+    digest: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything status needs to know about a LocalModel's children, as plain data."""
+
+    deployment: DeploymentSummary | None = None
+    pull_job: JobSummary | None = None
+    pods: tuple[PodSummary, ...] = ()
+    service_monitor_crd: bool = True
+    """Whether the monitoring.coreos.com ServiceMonitor CRD is installed."""
+    missing_secrets: tuple[str, ...] = ()
+    """Names of referenced Secrets that do not exist in the namespace."""
+    model: ModelInfo | None = None
+
+
+# --- constants --------------------------------------------------------------------------------
+
+FAILURE_REASONS: Final = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.SECRET_NOT_FOUND,
+        Reason.PULL_FAILED,
+        Reason.DIGEST_MISMATCH,
+        Reason.ACCESS_MODE_CONFLICT,
+        Reason.MODEL_CORRUPT,
+    }
+)
+"""Reasons that make a LocalModel Failed: the spec can never work as written."""
+
+DIGEST_MISMATCH_MARKER: Final = "sha256 mismatch"
+"""How the puller's error message starts when the fetched model does not match the pin."""
+
+CRASH_REASONS: Final = frozenset({"CrashLoopBackOff"})
+BROKEN_REASONS: Final = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+"""Waiting reasons that do not resolve by themselves."""
+
+MAX_MESSAGE: Final = 1024
+_CONDITION_ORDER: Final = tuple(ConditionType)
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with seconds and a Z, as Kubernetes writes times."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def default_endpoint(lm: LocalModel) -> str:
+    """The in-cluster URL of the model's Service."""
+    meta = lm.metadata
+    return f"http://{meta.name}.{meta.namespace}.svc:{lm.spec.serving.port}"
+
+
+def default_selector(lm: LocalModel) -> str:
+    """The pod label selector as a string (the scale subresource's labelSelectorPath)."""
+    return f"app.kubernetes.io/name=slm-runtime,app.kubernetes.io/instance={lm.metadata.name}"
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _live(observation: Observation) -> list[PodSummary]:
+    return [p for p in observation.pods if not p.terminating]
+
+
+def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None) -> int:
+    """Replicas asked for: the Deployment's (the HPA's while autoscaling), else the spec's."""
+    if deployment is not None and deployment.spec_replicas is not None:
+        return deployment.spec_replicas
+    if spec.autoscaling.enabled:
+        return spec.autoscaling.min_replicas
+    return spec.serving.replicas
+
+
+# --- the fallback timer -----------------------------------------------------------------------
+
+
+def unschedulable_for(observation: Observation | None, now: datetime) -> float | None:
+    """Seconds the longest-unschedulable live pod has been so, or None when none is."""
+    if observation is None:
+        return None
+    since = [p.unschedulable_since for p in _live(observation) if p.unschedulable_since]
+    if not since:
+        return None
+    oldest = min(_aware(s) for s in since)
+    return max(0.0, (_aware(now) - oldest).total_seconds())
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def next_tier(spec: LocalModelSpec, placement: Placement) -> Device | None:
+    """The tier after the placed one in ``[preferred, *fallback]``, or None at the last."""
+    tiers = spec.hardware.tiers()
+    if placement.device not in tiers:
+        return None
+    index = tiers.index(placement.device)
+    return tiers[index + 1] if index + 1 < len(tiers) else None
+
+
+def should_step_down(
+    spec: LocalModelSpec,
+    placement: Placement | None,
+    observation: Observation | None,
+    now: datetime,
+) -> bool:
+    """True when pods stayed unschedulable for ``fallbackAfter`` and a lower tier is left."""
+    if placement is None or next_tier(spec, placement) is None:
+        return False
+    waited = unschedulable_for(observation, now)
+    return waited is not None and waited >= parse_duration(spec.hardware.fallback_after)
+
+
+def step_down_reason(placement: Placement, observation: Observation, now: datetime) -> str:
+    """Why the operator leaves the placed tier, for status.fallbackReason and the Event."""
+    waited = unschedulable_for(observation, now) or 0.0
+    messages = [p.scheduler_message for p in _live(observation) if p.scheduler_message]
+    detail = f": {messages[0]}" if messages else ""
+    return _clip(f"pods unschedulable on {placement.device.value} for {waited:.0f}s{detail}")
+
+
+# --- compute_status ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cond:
+    status: ConditionStatus
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class _Model:
+    """Where the model stands: available, pulling, waiting or failed."""
+
+    state: Literal["available", "pulling", "pending", "failed"]
+    reason: Reason
+    message: str
+    progress: str | None = None
+    digest: str | None = None
+    size_bytes: int | None = None
+
+
+def compute_status(
+    lm: LocalModel,
+    placement: Placement | None,
+    observation: Observation | None,
+    *,
+    now: datetime,
+    error: str | None = None,
+    error_reason: Reason | None = None,
+    endpoint: str | None = None,
+    selector: str | None = None,
+) -> LocalModelStatus:
+    """The status to store for ``lm``; ``lm.status`` is the previous one.
+
+    ``error`` (with ``error_reason``, InvalidSpec by default) marks a spec that can never work:
+    phase Failed with that message. Otherwise the phase follows the observation.
+    """
+    old = lm.status
+    obs = observation or Observation()
+    spec = lm.spec
+    deployment = obs.deployment
+    desired = desired_replicas(spec, deployment)
+    ready = deployment.ready_replicas if deployment else 0
+    live = _live(obs)
+
+    failure = _failure(lm, obs, error, error_reason)
+    model = _model_state(lm, obs, live, ready)
+    if failure is None and model.state == "failed":
+        failure = (model.reason, model.message)
+
+    conds: dict[ConditionType, _Cond] = {}
+    conds[ConditionType.PLACED] = _placed(placement, old)
+    conds[ConditionType.MODEL_AVAILABLE] = _model_condition(model, failure)
+    conds[ConditionType.AVAILABLE] = _available(deployment, desired)
+    progress_cond, degraded_cond = _rollout(lm, placement, obs, live, desired, model)
+
+    if failure is not None:
+        reason, message = failure
+        phase = Phase.FAILED
+        conds[ConditionType.READY] = _Cond("False", _fit(ConditionType.READY, reason), message)
+        conds[ConditionType.PROGRESSING] = _Cond("False", _stalled_reason(reason), message)
+        conds[ConditionType.DEGRADED] = _Cond("True", _fit(ConditionType.DEGRADED, reason), message)
+    else:
+        phase = _phase(model, deployment, desired, degraded_cond)
+        conds[ConditionType.PROGRESSING] = progress_cond
+        conds[ConditionType.DEGRADED] = degraded_cond
+        conds[ConditionType.READY] = _ready(phase, model, deployment, desired, progress_cond)
+    if conds[ConditionType.DEGRADED].status == "False":
+        conds[ConditionType.DEGRADED] = _monitoring_note(spec, obs, conds[ConditionType.DEGRADED])
+
+    generation = lm.metadata.generation
+    previous = {c.type: c for c in old.conditions}
+    conditions = [
+        _condition(kind, conds[kind], previous.get(kind), generation, now)
+        for kind in _CONDITION_ORDER
+    ]
+    return LocalModelStatus(
+        phase=phase,
+        backend=placement.device if placement else old.backend,
+        fallback_reason=placement.fallback_reason if placement else old.fallback_reason,
+        model=_model_status(lm, model),
+        replicas=deployment.replicas if deployment else 0,
+        ready_replicas=ready,
+        selector=selector or default_selector(lm),
+        endpoint=endpoint or default_endpoint(lm),
+        observed_generation=generation,
+        conditions=conditions,
+    )
+
+
+def _failure(
+    lm: LocalModel, obs: Observation, error: str | None, error_reason: Reason | None
+) -> tuple[Reason, str] | None:
+    if error is not None:
+        reason = error_reason or Reason.INVALID_SPEC
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"{reason.value} is not a failure reason")
+        return reason, _clip(error)
+    if obs.missing_secrets:
+        return Reason.SECRET_NOT_FOUND, _secrets_message(lm, obs.missing_secrets)
+    return None
+
+
+def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
+    fields: dict[str, str] = {}
+    if lm.spec.model.credentials_secret:
+        fields[lm.spec.model.credentials_secret] = "spec.model.credentialsSecret"
+    if lm.spec.serving.auth_secret:
+        fields[lm.spec.serving.auth_secret] = "spec.serving.authSecret"
+    for ref in lm.spec.runtime.image_pull_secrets:
+        fields.setdefault(ref.name, "spec.runtime.imagePullSecrets")
+    parts = []
+    for name in sorted(set(missing)):
+        where = f" (referenced by {fields[name]})" if name in fields else ""
+        parts.append(f"Secret {name!r}{where}")
+    return _clip(
+        f"{', '.join(parts)} not found in namespace {lm.metadata.namespace}; "
+        "create it or change the reference"
+    )
+
+
+def _pull_failure(message: str, what: str) -> tuple[Reason, str]:
+    if DIGEST_MISMATCH_MARKER in message.lower():
+        return Reason.DIGEST_MISMATCH, _clip(
+            f"{what}: {message}; if the new content is expected, update spec.model.sha256"
+        )
+    return Reason.PULL_FAILED, _clip(
+        f"{what}: {message}; check spec.model.source and spec.model.credentialsSecret"
+    )
+
+
+def _model_state(lm: LocalModel, obs: Observation, live: list[PodSummary], ready: int) -> _Model:
+    spec = lm.spec
+    pin = f"sha256:{spec.model.sha256}" if spec.model.sha256 else None
+    job = obs.pull_job
+    info = obs.model
+
+    # A pod that failed its pull (PerPod init container) with a digest mismatch never recovers.
+    for pod in live:
+        text = pod.last_termination_message or ""
+        if DIGEST_MISMATCH_MARKER in text.lower():
+            reason, message = _pull_failure(text, f"pod {pod.name}")
+            return _Model("failed", reason, message)
+
+    if spec.cache.mode is CacheMode.VOLUME and job is not None:
+        if job.finished == "Failed":
+            text = job.failure_message or "the pull Job failed"
+            reason, message = _pull_failure(text, f"pull Job {job.name}")
+            return _Model("failed", reason, message)
+        if job.succeeded > 0 or job.finished == "Complete":
+            result = job.result
+            return _available_model(
+                result.digest if result else (info.digest if info else pin),
+                result.size_bytes if result else (info.size_bytes if info else None),
+            )
+        retry = f"; attempt {job.failed} failed: {job.failure_message}" if job.failed else ""
+        shown = f" ({job.progress})" if job.progress else ""
+        return _Model(
+            "pulling",
+            Reason.PULLING,
+            _clip(f"pull Job {job.name} is pulling {spec.model.source}{shown}{retry}"),
+            progress=job.progress,
+        )
+
+    if ready > 0 or info is not None:
+        return _available_model(info.digest if info else pin, info.size_bytes if info else None)
+
+    old_model = lm.status.model
+    previous = {c.type: c for c in lm.status.conditions}.get(ConditionType.MODEL_AVAILABLE)
+    if (
+        spec.cache.mode is CacheMode.VOLUME
+        and job is None
+        and previous is not None
+        and previous.status == "True"
+        and old_model.source == spec.model.source
+    ):
+        # The finished pull Job was cleaned up; the volume still holds the model.
+        return _available_model(old_model.digest, old_model.size_bytes)
+
+    if any(p.pulling for p in live):
+        return _Model(
+            "pulling", Reason.PULLING, _clip(f"init container is pulling {spec.model.source}")
+        )
+    waiting = {
+        CacheMode.VOLUME: "waiting for the pull Job",
+        CacheMode.PER_POD: "waiting for a pod to pull the model",
+        CacheMode.IMAGE: "waiting for a pod to mount the model image",
+    }[spec.cache.mode]
+    return _Model("pending", Reason.PULL_PENDING, waiting)
+
+
+def _available_model(digest: str | None, size: int | None) -> _Model:
+    detail = digest or "digest not reported yet"
+    if size is not None:
+        detail += f", {size} bytes"
+    return _Model(
+        "available", Reason.PULLED, f"model available ({detail})", digest=digest, size_bytes=size
+    )
+
+
+def _model_condition(model: _Model, failure: tuple[Reason, str] | None) -> _Cond:
+    if model.state == "available":
+        return _Cond("True", Reason.PULLED, model.message)
+    if failure is not None and model.state != "failed":
+        reason, message = failure
+        if reason in CONDITION_REASONS[ConditionType.MODEL_AVAILABLE]:
+            return _Cond("False", reason, message)
+        return _Cond("Unknown", Reason.PULL_PENDING, "not pulled: the spec cannot be served")
+    return _Cond("False", model.reason, model.message)
+
+
+def _placed(placement: Placement | None, old: LocalModelStatus) -> _Cond:
+    if placement is None:
+        previous = {c.type: c for c in old.conditions}.get(ConditionType.PLACED)
+        if previous is not None:
+            return _Cond(previous.status, previous.reason, previous.message)
+        return _Cond("Unknown", Reason.PLACED, "placement not evaluated")
+    where = f"{placement.device.value} ({placement.option})"
+    if not placement.placed:
+        skipped = placement.fallback_reason or "no tier has capacity"
+        return _Cond(
+            "False",
+            Reason.NO_CAPACITY,
+            _clip(
+                f"no tier has capacity ({skipped}); placed on {where} anyway so a cluster "
+                "autoscaler can add a node"
+            ),
+        )
+    if placement.reason is Reason.FELL_BACK:
+        return _Cond(
+            "True", Reason.FELL_BACK, _clip(f"on {where}; skipped {placement.fallback_reason}")
+        )
+    return _Cond("True", Reason.PLACED, f"on {where}")
+
+
+def _available(deployment: DeploymentSummary | None, desired: int) -> _Cond:
+    if deployment is None:
+        return _Cond("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE, "Deployment not created yet")
+    if desired == 0:
+        return _Cond("True", Reason.SCALED_TO_ZERO, "scaled to zero replicas")
+    counts = f"{deployment.available_replicas}/{desired} replicas available"
+    if deployment.available_replicas > 0:
+        return _Cond("True", Reason.MINIMUM_REPLICAS_AVAILABLE, counts)
+    return _Cond("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts)
+
+
+def _rollout(
+    lm: LocalModel,
+    placement: Placement | None,
+    obs: Observation,
+    live: list[PodSummary],
+    desired: int,
+    model: _Model,
+) -> tuple[_Cond, _Cond]:
+    """Progressing and Degraded, from the Deployment and its pods."""
+    deployment = obs.deployment
+    old = lm.status
+    ready = deployment.ready_replicas if deployment else 0
+    counts = f"{ready}/{desired} replicas ready"
+
+    # Degraded: something is wrong that does not fix itself.
+    degraded = _Cond("False", Reason.AS_EXPECTED, "no problems observed")
+    crashing = [p for p in live if not p.ready and (p.restart_count > 0 or _crash(p))]
+    broken = [p for p in live if p.waiting_reason in BROKEN_REASONS]
+    rolling = deployment is not None and (
+        deployment.observed_generation < deployment.generation
+        or deployment.updated_replicas < desired
+    )
+    if crashing:
+        degraded = _Cond(
+            "True", Reason.CRASH_LOOPING, _clip(f"{counts}; {_pod_problem(crashing[0])}")
+        )
+    elif broken:
+        degraded = _Cond(
+            "True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}; {_pod_problem(broken[0])}")
+        )
+    elif deployment is not None and _is_true(deployment.replica_failure):
+        message = deployment.replica_failure.message if deployment.replica_failure else ""
+        degraded = _Cond("True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}; {message}"))
+    elif (
+        deployment is not None
+        and deployment.progressing is not None
+        and deployment.progressing.status == "False"
+    ):
+        degraded = _Cond(
+            "True",
+            Reason.REPLICAS_UNAVAILABLE,
+            _clip(f"{counts}; {deployment.progressing.message}"),
+        )
+    elif (
+        deployment is not None
+        and ready < desired
+        and not rolling
+        and (
+            (old.phase is Phase.READY and ready < old.ready_replicas) or old.phase is Phase.DEGRADED
+        )
+    ):
+        degraded = _Cond(
+            "True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}{_unschedulable_note(live)}")
+        )
+
+    # Progressing: what the operator and the cluster are working on.
+    unschedulable = [p for p in live if p.unschedulable_since is not None]
+    if model.state == "pulling":
+        progressing = _Cond("True", Reason.PULLING, model.message)
+    elif deployment is None:
+        progressing = _Cond("True", Reason.RECONCILING, _pending_message(model))
+    elif unschedulable or (placement is not None and not placement.placed and ready < desired):
+        detail = _unschedulable_note(live) or "; no node has capacity for the pods"
+        progressing = _Cond("True", Reason.WAITING_FOR_CAPACITY, _clip(f"{counts}{detail}"))
+    elif deployment.progressing is not None and deployment.progressing.status == "False":
+        progressing = _Cond(
+            "False",
+            Reason.ROLLOUT_IN_PROGRESS,
+            _clip(f"{counts}; {deployment.progressing.message}"),
+        )
+    elif rolling or ready < desired:
+        progressing = _Cond("True", Reason.ROLLOUT_IN_PROGRESS, counts)
+    else:
+        progressing = _Cond("False", Reason.ROLLOUT_COMPLETE, counts)
+    return progressing, degraded
+
+
+def _pending_message(model: _Model) -> str:
+    if model.state == "available":
+        return "creating the Deployment"
+    return model.message
+
+
+def _crash(pod: PodSummary) -> bool:
+    return pod.waiting_reason in CRASH_REASONS
+
+
+def _is_true(condition: ObjectCondition | None) -> bool:
+    return condition is not None and condition.status == "True"
+
+
+def _pod_problem(pod: PodSummary) -> str:
+    where = f"pod {pod.name}" + (f" container {pod.container}" if pod.container else "")
+    details = []
+    if pod.waiting_reason:
+        waiting = f" ({pod.waiting_message})" if pod.waiting_message else ""
+        details.append(pod.waiting_reason + waiting)
+    if pod.restart_count:
+        details.append(f"restarted {pod.restart_count} times")
+    if pod.last_termination_message:
+        details.append(f"last exit: {pod.last_termination_message}")
+    return f"{where}: {', '.join(details)}" if details else where
+
+
+def _unschedulable_note(live: list[PodSummary]) -> str:
+    pods = [p for p in live if p.unschedulable_since is not None]
+    if not pods:
+        return ""
+    message = pods[0].scheduler_message or "no reason given"
+    return f"; {len(pods)} pod(s) unschedulable: {message}"
+
+
+def _phase(
+    model: _Model, deployment: DeploymentSummary | None, desired: int, degraded: _Cond
+) -> Phase:
+    ready = deployment.ready_replicas if deployment else 0
+    if model.state == "pulling":
+        return Phase.PULLING
+    if deployment is None or desired == 0:
+        return Phase.PENDING
+    if degraded.status == "True":
+        return Phase.DEGRADED
+    if ready >= desired and model.state == "available":
+        return Phase.READY
+    return Phase.DEPLOYING
+
+
+def _ready(
+    phase: Phase,
+    model: _Model,
+    deployment: DeploymentSummary | None,
+    desired: int,
+    progressing: _Cond,
+) -> _Cond:
+    if phase is Phase.READY:
+        ready = deployment.ready_replicas if deployment else 0
+        return _Cond("True", Reason.MODEL_SERVING, f"{ready}/{desired} replicas ready")
+    if deployment is not None and desired == 0:
+        return _Cond("False", Reason.NOT_READY, "scaled to zero replicas")
+    if phase is Phase.PENDING and model.state != "available":
+        return _Cond("False", Reason.NOT_READY, model.message)
+    return _Cond("False", Reason.NOT_READY, progressing.message)
+
+
+def _monitoring_note(spec: LocalModelSpec, obs: Observation, degraded: _Cond) -> _Cond:
+    if spec.monitoring.service_monitor and not obs.service_monitor_crd:
+        return _Cond(
+            "False",
+            Reason.SERVICE_MONITOR_UNSUPPORTED,
+            "no ServiceMonitor created: the monitoring.coreos.com CRD is not installed; install "
+            "the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false",
+        )
+    return degraded
+
+
+def _fit(kind: ConditionType, reason: Reason) -> Reason:
+    """``reason`` when the condition type allows it, else the type's generic not-ready reason."""
+    if reason in CONDITION_REASONS[kind]:
+        return reason
+    return {
+        ConditionType.READY: Reason.NOT_READY,
+        ConditionType.DEGRADED: Reason.REPLICAS_UNAVAILABLE,
+    }[kind]
+
+
+def _stalled_reason(reason: Reason) -> Reason:
+    """The Progressing reason for a Failed LocalModel: the step it is stuck at."""
+    if reason is Reason.INVALID_SPEC:
+        return Reason.INVALID_SPEC
+    if reason in {Reason.PULL_FAILED, Reason.DIGEST_MISMATCH, Reason.ACCESS_MODE_CONFLICT}:
+        return Reason.PULLING
+    return Reason.RECONCILING
+
+
+def _condition(
+    kind: ConditionType,
+    cond: _Cond,
+    previous: Condition | None,
+    generation: int,
+    now: datetime,
+) -> Condition:
+    """A full condition; lastTransitionTime is kept while the status does not change."""
+    if previous is not None and previous.status == cond.status:
+        since = previous.last_transition_time
+    else:
+        since = rfc3339(now)
+    return Condition(
+        type=kind,
+        status=cond.status,
+        reason=cond.reason,
+        message=cond.message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def _model_status(lm: LocalModel, model: _Model) -> ModelStatus:
+    old = lm.status.model
+    same_source = old.source == lm.spec.model.source
+    digest = model.digest or (old.digest if same_source else None)
+    size = model.size_bytes
+    if size is None and same_source and digest == old.digest:
+        size = old.size_bytes
+    return ModelStatus(
+        digest=digest,
+        size_bytes=size,
+        progress=model.progress if model.state == "pulling" else None,
+        source=lm.spec.model.source,
+    )
+
+
+# --- writing status ---------------------------------------------------------------------------
+
+
+def status_patch(
+    old: LocalModelStatus | Mapping[str, Any] | None, new: LocalModelStatus
+) -> dict[str, Any] | None:
+    """The JSON merge patch body ``{"status": {...}}`` that turns ``old`` into ``new``.
+
+    None when nothing changed, so an unchanged status is never written. ``old`` is what is
+    stored: a LocalModelStatus parsed from the object (only the fields it sets count) or the raw
+    ``status`` mapping. Removed fields are sent as null; lists (conditions) are sent whole.
+    """
+    if old is None:
+        stored: dict[str, Any] = {}
+    elif isinstance(old, LocalModelStatus):
+        stored = old.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+    else:
+        stored = dict(old)
+    wanted = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    delta = _merge_diff(stored, wanted)
+    return {"status": delta} if delta else None
+
+
+def _merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        if old[key] is not None:
+            delta[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = _merge_diff(before, value)
+            if inner:
+                delta[key] = inner
+        elif before != value:
+            delta[key] = value
+    return delta
