@@ -42,6 +42,16 @@ CATEGORIES: Final = ("ai",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 FIELD_MANAGER: Final = "slm-operator"
 
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+APP_NAME: Final = "slm-runtime"
+MANAGER_NAME: Final = "slm-operator"
+COMPONENT_SERVER: Final = "model-server"
+COMPONENT_PULLER: Final = "model-puller"
+"""Labels on every child; the Deployment selector is LABEL_NAME + LABEL_INSTANCE (immutable)."""
+
 NAME_MAX_LENGTH: Final = 52
 """LocalModel names are DNS-1035 labels of at most this length, so every child name is valid."""
 DNS1035_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
