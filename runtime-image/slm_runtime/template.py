@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import inspect
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,6 +308,9 @@ def _type_name(v: Any) -> str:
     return type(v).__name__
 
 
+_MAX_WIDTH = 4096
+
+
 def _sprintf(fmt: str, args: Sequence[Any]) -> str:
     """fmt.Sprintf for the verbs templates use: %v %s %d %q %t %f %g %e %x %X %c %%."""
     out: list[str] = []
@@ -334,6 +338,8 @@ def _sprintf(fmt: str, args: Sequence[Any]) -> str:
                 p += fmt[i]
                 i += 1
             prec = int(p or "0")
+            if prec > _MAX_WIDTH:
+                raise TemplateError(f"printf precision {prec} is larger than {_MAX_WIDTH}")
         if i >= n:
             out.append("%!(NOVERB)")
             break
@@ -358,6 +364,8 @@ def _pad(s: str, width: str, flags: str) -> str:
     if not width:
         return s
     w = int(width)
+    if w > _MAX_WIDTH:
+        raise TemplateError(f"printf width {w} is larger than {_MAX_WIDTH}")
     if "-" in flags:
         return s.ljust(w)
     if "0" in flags and (s[:1].isdigit() or s[:1] in ("+", "-")):
@@ -407,8 +415,8 @@ _KEYWORDS = frozenset(
 
 @dataclass(frozen=True)
 class _Tok:
-    kind: str  # text left right space field var dot ident keyword string char number bool nil
-    #            ( ) | := = , eof
+    kind: str  # text left right space field var dot ident keyword string rawstring char
+    #            number bool nil ( ) | := = , eof
     val: str
     pos: int
 
@@ -463,11 +471,8 @@ class _Lexer:
 
     def action(self, start: int, pos: int) -> tuple[int, bool]:
         text, n = self.text, len(self.text)
-        rest = pos
-        while rest < n and text[rest] in _SPACE:
-            rest += 1
-        if text.startswith("/*", rest):
-            close = text.find("*/", rest + 2)
+        if text.startswith("/*", pos):
+            close = text.find("*/", pos + 2)
             if close < 0:
                 raise self.err(start, "unclosed comment")
             found, trims, after = self.right_delim(close + 2)
@@ -520,7 +525,7 @@ class _Lexer:
                 close = text.find("`", pos + 1)
                 if close < 0:
                     raise self.err(pos, "unterminated raw quoted string")
-                self.toks.append(_Tok("string", text[pos + 1 : close], pos))
+                self.toks.append(_Tok("rawstring", text[pos + 1 : close], pos))
                 pos = close + 1
             elif ch == "'":
                 pos = self.quoted(pos, "'", "char")
@@ -951,11 +956,11 @@ class _Parser:
             except ValueError:
                 raise self.err(tok.pos, f"bad number syntax: {tok.val!r}") from None
         if kind == "string":
-            if tok.val.startswith('"'):
-                try:
-                    return _Literal(tok.pos, _unquote(tok.val))
-                except (ValueError, IndexError) as e:
-                    raise self.err(tok.pos, f"bad string {tok.val}: {e}") from None
+            try:
+                return _Literal(tok.pos, _unquote(tok.val))
+            except (ValueError, IndexError) as e:
+                raise self.err(tok.pos, f"bad string {tok.val}: {e}") from None
+        if kind == "rawstring":
             return _Literal(tok.pos, tok.val)
         if kind == "char":
             try:
@@ -991,9 +996,6 @@ def _sorted_keys(d: dict[Any, Any]) -> list[Any]:
         return list(d)
 
 
-_BASIC = (bool, int, float, str)
-
-
 def _basic_kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
@@ -1006,24 +1008,39 @@ def _basic_kind(v: Any) -> str:
     return "other"
 
 
+# Bounds on one rendering, so that a template sent with a request cannot hold a worker: real
+# chat templates over long conversations stay far below both.
+MAX_STEPS = 1_000_000
+MAX_OUTPUT_CHARS = 16 * 1024 * 1024
+
+
 class _Exec:
-    def __init__(self, text: str, data: dict[str, Any], funcs: dict[str, Callable[..., Any]]):
+    def __init__(self, text: str, data: dict[str, Any]):
         self.text = text
         self.vars: list[tuple[str, Any]] = [("$", data)]
         self.out: list[str] = []
-        self.funcs = funcs
-        self.node: _Node | None = None
+        self.size = 0
+        self.steps = 0
 
     def err(self, node: _Node, msg: str) -> TemplateError:
         return TemplateError(f"template: {_line_col(self.text, node.pos)}: executing: {msg}")
 
+    def write(self, node: _Node, text: str) -> None:
+        self.size += len(text)
+        if self.size > MAX_OUTPUT_CHARS:
+            raise self.err(node, f"output exceeds {MAX_OUTPUT_CHARS} characters")
+        self.out.append(text)
+
     def walk(self, dot: Any, node: _Node) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise self.err(node, f"rendering takes more than {MAX_STEPS} steps")
         if isinstance(node, _Text):
-            self.out.append(node.text)
+            self.write(node, node.text)
         elif isinstance(node, _Action):
             val = self.pipeline(dot, node.pipe)
             if not node.pipe.decl:
-                self.out.append(self.print_value(node, val))
+                self.write(node, self.print_value(node, val))
         elif isinstance(node, _List):
             for child in node.nodes:
                 self.walk(dot, child)
@@ -1048,9 +1065,9 @@ class _Exec:
     def walk_range(self, dot: Any, node: _Branch) -> None:
         pipe = node.pipe
         val = self.pipeline(dot, _Pipe(pipe.pos, [], False, pipe.cmds))
-        items: list[tuple[Any, Any]]
+        items: Iterable[tuple[Any, Any]]
         if val is None:
-            items = []
+            items = ()
         elif isinstance(val, dict):
             items = [(k, val[k]) for k in _sorted_keys(val)]
         elif isinstance(val, list):
@@ -1058,10 +1075,12 @@ class _Exec:
         elif isinstance(val, int) and not isinstance(val, bool):
             if len(pipe.decl) > 1:
                 raise self.err(node, f"can't use {val} to iterate over more than one variable")
-            items = [(i, i) for i in range(val)]
+            items = ((i, i) for i in range(val))
         else:
             raise self.err(node, f"range can't iterate over {_fmt_v(val)}")
+        empty = True
         for key, elem in items:
+            empty = False
             mark = len(self.vars)
             if len(pipe.decl) == 1:
                 self.set_or_push(pipe, pipe.decl[0], elem)
@@ -1076,7 +1095,7 @@ class _Exec:
                 break
             finally:
                 del self.vars[mark:]
-        if not items and node.else_body is not None:
+        if empty and node.else_body is not None:
             self.walk(dot, node.else_body)
 
     def set_or_push(self, pipe: _Pipe, name: str, value: Any) -> None:
@@ -1187,12 +1206,15 @@ class _Exec:
         args = [self.arg(dot, a) for a in arg_nodes]
         if has_final:
             args.append(final)
+        func = _FUNC_TABLE[name]
         try:
-            return self.funcs[name](*args)
+            _SIGNATURES[name].bind(*args)
+        except TypeError:
+            raise self.err(fn, f"wrong number of args for {name}: got {len(args)}") from None
+        try:
+            return func(*args)
         except TemplateError as e:
             raise self.err(fn, f"error calling {name}: {e}") from None
-        except TypeError as e:
-            raise self.err(fn, f"wrong number of args for {name}: {e}") from None
 
 
 def _eq(a: Any, *others: Any) -> bool:
@@ -1415,6 +1437,7 @@ _FUNC_TABLE: dict[str, Callable[..., Any]] = {
     "yesterdayDate": _yesterday_date,
     "toTypeScriptType": _to_typescript_type,
 }
+_SIGNATURES = {name: inspect.signature(func) for name, func in _FUNC_TABLE.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1643,7 +1666,10 @@ class Template:
 
     def __init__(self, text: str):
         self.text = text
-        root = _Parser(text).parse()
+        try:
+            root = _Parser(text).parse()
+        except RecursionError:
+            raise TemplateError("template: nested too deeply") from None
         names = {n.lower() for n in _identifiers(root)}
         self.uses_messages = "messages" in names
         if not self.uses_messages and "response" not in names:
@@ -1721,7 +1747,7 @@ class Template:
         return "".join(parts)
 
     def _execute(self, root: _List, data: dict[str, Any]) -> str:
-        ex = _Exec(self.text, data, _FUNC_TABLE)
+        ex = _Exec(self.text, data)
         try:
             ex.walk(data, root)
         except (
@@ -1730,7 +1756,7 @@ class Template:
         ):  # pragma: no cover - the parser confines them to range
             raise TemplateError("break or continue outside range") from None
         except RecursionError:
-            raise TemplateError("template: nesting too deep") from None
+            raise TemplateError("template: nested too deeply") from None
         return "".join(ex.out)
 
 

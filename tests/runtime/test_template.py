@@ -216,3 +216,23 @@ def test_bad_messages(messages: list[Any], message: str) -> None:
 
 def test_template_error_is_a_value_error() -> None:
     assert issubclass(TemplateError, ValueError)
+
+
+# A template can come with a request (/api/generate "template"), so rendering is bounded.
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ range 1000000000000 }}{{ end }}", "more than 1000000 steps"),
+        ("{{ range 100000 }}" + "x" * 10_000 + "{{ end }}", "output exceeds"),
+        ('{{ printf "%999999999d" 1 }}', "printf width 999999999 is larger than 4096"),
+        ("{{ len }}", "wrong number of args for len: got 0"),
+    ],
+)
+def test_rendering_is_bounded(template: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        render_template(template, messages=CHAT)
+
+
+def test_deep_nesting_is_refused() -> None:
+    with pytest.raises(TemplateError, match="nested too deeply"):
+        parse_template("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}")

@@ -331,7 +331,8 @@ EDGE_TEMPLATES: dict[str, str] = {
     "g{{ -3 }}{{- range .Messages }}\n  {{ .Role }}\n{{- end }}",
     "whitespace": "  {{- range .Messages -}}  \n\t[{{- .Role -}}]\n  {{- end -}}  \n\n  X  "
     '{{- "" }}\r\n{{ "" -}}\r\n  Y',
-    "strings": '{{ "tab\\tnl\\n\\u00e9\\x41\\101" }}{{ `raw\\n}}` }}{{ printf "%s" `}}` }}',
+    "strings": '{{ "tab\\tnl\\n\\u00e9\\x41\\101" }}{{ `raw\\n}}` }}{{ printf "%s" `}}` }}'
+    '{{ `"quoted"` }}{{ "\\"" }}',
     "json-misc": "{{ range .Messages }}{{ end }}{{ json .System }}{{ json 1.5 }}{{ json 1e21 }}"
     '{{ json nil }}{{ json "<\\u2028>" }}{{ json .Think }}{{ json .Nope }}',
     "date-funcs": "{{ range .Messages }}{{ end }}"
@@ -358,6 +359,7 @@ ERROR_TEMPLATES: dict[str, str] = {
     "argument-to-field": "{{ range .Messages }}{{ .Role 1 }}{{ end }}",
     "unterminated-string": '{{ "abc }}',
     "bad-number": "{{ 1x2 }}",
+    "comment-after-space": "{{ /* not a comment here */ }}",
     "unclosed-paren": "{{ (len .Prompt }}",
     "empty-action": "{{ }}",
     "if-without-value": "{{ if }}x{{ end }}",
