@@ -13,12 +13,13 @@ mkdir -p "${bin_dir}"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-  log "installing nginx from Debian"
+if [ ! -x /usr/sbin/nginx ] || ! command -v htpasswd >/dev/null; then
+  log "installing nginx and htpasswd (apache2-utils) from Debian"
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nginx
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    nginx apache2-utils
 fi
 
 # go_tool NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into the cache.

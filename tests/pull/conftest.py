@@ -261,6 +261,11 @@ class OciRegistry:
     host: str
     workdir: Path
 
+    def blob_downloads(self, repository: str) -> int:
+        """How many blob GETs the registry has answered for ``repository``."""
+        log = (self.workdir / "registry.log").read_text(encoding="utf-8")
+        return log.count(f'"GET /v2/{repository}/blobs/')
+
     def oras(self, *args: str, cwd: Path | None = None) -> str:
         """Run the real oras CLI against this registry."""
         proc = subprocess.run(
@@ -296,7 +301,7 @@ http:
     proc = subprocess.Popen(
         [str(REGISTRY_BIN), "serve", str(config)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(workdir / "registry.log").open("wb"),
         env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
     )
     wait_listening(port, proc)
@@ -308,6 +313,31 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegist
     """An anonymous registry."""
     workdir = tmp_path_factory.mktemp("registry")
     proc, host = _start_registry(workdir)
+    try:
+        yield OciRegistry(host=host, workdir=workdir)
+    finally:
+        stop(proc)
+
+
+REGISTRY_USER = "puller"
+REGISTRY_PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="session")
+def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """A registry that demands HTTP basic auth (htpasswd, bcrypt)."""
+    htpasswd = shutil.which("htpasswd")
+    if htpasswd is None:
+        pytest.skip(f"htpasswd (apache2-utils) is not installed; {SETUP_HINT}")
+    workdir = tmp_path_factory.mktemp("registry-auth")
+    users = workdir / "htpasswd"
+    subprocess.run(
+        [htpasswd, "-Bbc", str(users), REGISTRY_USER, REGISTRY_PASSWORD],
+        check=True,
+        capture_output=True,
+    )
+    auth = f"auth:\n  htpasswd:\n    realm: slm-test\n    path: {users}\n"
+    proc, host = _start_registry(workdir, auth)
     try:
         yield OciRegistry(host=host, workdir=workdir)
     finally:

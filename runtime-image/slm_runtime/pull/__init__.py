@@ -90,11 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one pull; 0 on success, 1 when the pull fails, 2 on bad input."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    _configure_logging()
     progress = Progress(sys.stdout)
     try:
         request = _request(args)
@@ -115,6 +111,27 @@ def run(args: argparse.Namespace) -> int:
     progress.event("done", digest=meta.digest, sizeBytes=meta.size_bytes, files=meta.files)
     _write_termination_log(args.termination_log, _result_json(result))
     return 0
+
+
+_RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _FieldsFormatter(logging.Formatter):
+    """``time level logger message key=value...``, with the ``extra`` fields of the call."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+        return " ".join([text, *(f"{k}={v}" for k, v in fields.items())])
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Their request lines would log signed URLs (e.g. a CDN redirect's query string).
+    for name in ("httpx", "httpcore", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _request(args: argparse.Namespace) -> PullRequest:

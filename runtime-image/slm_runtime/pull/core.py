@@ -307,32 +307,32 @@ def _pull_registry(
     client: httpx.Client,
     progress: Progress,
 ) -> ModelMetadata:
-    plain_http = request.allow_insecure
-    if isinstance(source, OllamaSource):
-        registry = Registry(
-            client, source.host, source.repository, request.credentials, plain_http=plain_http
-        )
-        reference = source.tag
-    else:
-        registry = Registry(
-            client, source.host, source.repository, request.credentials, plain_http=plain_http
-        )
-        reference = source.reference
+    registry = Registry(
+        client,
+        source.host,
+        source.repository,
+        request.credentials,
+        plain_http=request.allow_insecure,
+    )
+    reference = source.tag if isinstance(source, OllamaSource) else source.reference
     try:
         manifest = registry.manifest(reference)
         log.info("resolved manifest", extra={"source": str(source), "manifest": manifest.digest})
         if isinstance(source, OllamaSource):
             layer = _ollama_model_layer(source, manifest.layers)
-            defaults = _ollama_defaults(registry, manifest.layers)
         else:
             layer = _oci_model_layer(source, manifest.layers)
-            defaults = None
         is_tar = _is_tar(layer)
         layer_hex = layer.digest.removeprefix("sha256:")
         if not is_tar:
             check_pin(layer_hex, request.sha256, f"{source} (model layer {layer.digest})")
         if present := _present(request, dest, request.sha256 if is_tar else layer_hex):
             return present
+        defaults = (
+            _ollama_defaults(registry, manifest.layers)
+            if isinstance(source, OllamaSource)
+            else None
+        )
         part = dest.work / layer.digest.replace(":", "-")
         label = layer.title or str(source)
         fetched = fetch(
