@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from pydantic import BaseModel
 from slm_runtime.config import Device, PullResult
 
 from slm_operator.api import (
@@ -285,7 +286,10 @@ def compute_status(
     """The status to store for ``lm``; ``lm.status`` is the previous one.
 
     ``error`` (with ``error_reason``, InvalidSpec by default) marks a spec that can never work:
-    phase Failed with that message. Otherwise the phase follows the observation.
+    phase Failed with that message. Otherwise the phase follows the observation. An
+    ``observation`` of None means the children were not read: replica counts and the Available
+    condition are carried over from the previous status. ``endpoint`` and ``selector`` default to
+    the Service URL and the pod selector derived from the LocalModel's name.
     """
     old = lm.status
     obs = observation or Observation()
@@ -294,6 +298,7 @@ def compute_status(
     desired = desired_replicas(spec, deployment)
     ready = deployment.ready_replicas if deployment else 0
     live = _live(obs)
+    previous = {c.type: c for c in old.conditions}
 
     failure = _failure(lm, obs, error, error_reason)
     model = _model_state(lm, obs, live, ready)
@@ -301,9 +306,11 @@ def compute_status(
         failure = (model.reason, model.message)
 
     conds: dict[ConditionType, _Cond] = {}
-    conds[ConditionType.PLACED] = _placed(placement, old)
+    conds[ConditionType.PLACED] = _placed(placement, previous.get(ConditionType.PLACED))
     conds[ConditionType.MODEL_AVAILABLE] = _model_condition(model, failure)
     conds[ConditionType.AVAILABLE] = _available(deployment, desired)
+    if observation is None and ConditionType.AVAILABLE in previous:
+        conds[ConditionType.AVAILABLE] = _kept(previous[ConditionType.AVAILABLE])
     progress_cond, degraded_cond = _rollout(lm, placement, obs, live, desired, model)
 
     if failure is not None:
@@ -321,23 +328,79 @@ def compute_status(
         conds[ConditionType.DEGRADED] = _monitoring_note(spec, obs, conds[ConditionType.DEGRADED])
 
     generation = lm.metadata.generation
-    previous = {c.type: c for c in old.conditions}
-    conditions = [
-        _condition(kind, conds[kind], previous.get(kind), generation, now)
-        for kind in _CONDITION_ORDER
-    ]
+    seen = observation is not None
     return LocalModelStatus(
         phase=phase,
         backend=placement.device if placement else old.backend,
         fallback_reason=placement.fallback_reason if placement else old.fallback_reason,
         model=_model_status(lm, model),
-        replicas=deployment.replicas if deployment else 0,
-        ready_replicas=ready,
+        replicas=(deployment.replicas if deployment else 0) if seen else old.replicas,
+        ready_replicas=ready if seen else old.ready_replicas,
         selector=selector or default_selector(lm),
         endpoint=endpoint or default_endpoint(lm),
         observed_generation=generation,
-        conditions=conditions,
+        conditions=_conditions(conds, previous, generation, now),
     )
+
+
+def failed_status(
+    old: LocalModelStatus | None,
+    *,
+    generation: int,
+    error: str,
+    now: datetime,
+    error_reason: Reason = Reason.INVALID_SPEC,
+) -> LocalModelStatus:
+    """Status for a LocalModel whose spec does not even parse: Failed with ``error``.
+
+    What was known before (backend, endpoint, model, replicas and the Placed, ModelAvailable and
+    Available conditions) is kept: the children are left as they were.
+    """
+    if error_reason not in FAILURE_REASONS:
+        raise ValueError(f"{error_reason.value} is not a failure reason")
+    old = old or LocalModelStatus()
+    previous = {c.type: c for c in old.conditions}
+    message = _clip(error)
+    unknown = {
+        ConditionType.PLACED: _Cond("Unknown", Reason.PLACED, "placement not evaluated"),
+        ConditionType.MODEL_AVAILABLE: _Cond(
+            "Unknown", Reason.PULL_PENDING, "not pulled: the spec cannot be served"
+        ),
+        ConditionType.AVAILABLE: _Cond(
+            "Unknown", Reason.MINIMUM_REPLICAS_UNAVAILABLE, "not observed"
+        ),
+    }
+    conds = {
+        kind: _kept(previous[kind]) if kind in previous else cond for kind, cond in unknown.items()
+    }
+    conds[ConditionType.READY] = _Cond("False", _fit(ConditionType.READY, error_reason), message)
+    conds[ConditionType.PROGRESSING] = _Cond("False", _stalled_reason(error_reason), message)
+    conds[ConditionType.DEGRADED] = _Cond(
+        "True", _fit(ConditionType.DEGRADED, error_reason), message
+    )
+    return old.model_copy(
+        update={
+            "phase": Phase.FAILED,
+            "observed_generation": generation,
+            "conditions": _conditions(conds, previous, generation, now),
+        }
+    )
+
+
+def _kept(condition: Condition) -> _Cond:
+    return _Cond(condition.status, condition.reason, condition.message)
+
+
+def _conditions(
+    conds: Mapping[ConditionType, _Cond],
+    previous: Mapping[ConditionType, Condition],
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    return [
+        _condition(kind, conds[kind], previous.get(kind), generation, now)
+        for kind in _CONDITION_ORDER
+    ]
 
 
 def _failure(
@@ -461,11 +524,10 @@ def _model_condition(model: _Model, failure: tuple[Reason, str] | None) -> _Cond
     return _Cond("False", model.reason, model.message)
 
 
-def _placed(placement: Placement | None, old: LocalModelStatus) -> _Cond:
+def _placed(placement: Placement | None, previous: Condition | None) -> _Cond:
     if placement is None:
-        previous = {c.type: c for c in old.conditions}.get(ConditionType.PLACED)
         if previous is not None:
-            return _Cond(previous.status, previous.reason, previous.message)
+            return _kept(previous)
         return _Cond("Unknown", Reason.PLACED, "placement not evaluated")
     where = f"{placement.device.value} ({placement.option})"
     if not placement.placed:
@@ -726,21 +788,37 @@ def status_patch(
     else:
         stored = dict(old)
     wanted = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-    delta = _merge_diff(stored, wanted)
+    delta = _merge_diff(stored, wanted, _STATUS_FIELDS)
     return {"status": delta} if delta else None
 
 
-def _merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def _aliases(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(f.alias or name for name, f in model.model_fields.items())
+
+
+_STATUS_FIELDS: Final = _aliases(LocalModelStatus) | _aliases(ModelStatus)
+"""Only fields of the status model are ever removed; keys written by others stay."""
+
+
+def _merge_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], owned: frozenset[str]
+) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     for key in old.keys() - new.keys():
-        if old[key] is not None:
+        if old[key] is not None and key in owned:
             delta[key] = None
     for key, value in new.items():
         before = old.get(key)
         if isinstance(value, Mapping) and isinstance(before, Mapping):
-            inner = _merge_diff(before, value)
+            inner = _merge_diff(before, value, owned)
             if inner:
                 delta[key] = inner
         elif before != value:
             delta[key] = value
     return delta
+
+
+def transitions(old: LocalModelStatus | None, new: LocalModelStatus) -> list[Condition]:
+    """Conditions of ``new`` whose status differs from ``old`` (for Events after the write)."""
+    before = {c.type: c.status for c in old.conditions} if old else {}
+    return [c for c in new.conditions if before.get(c.type) != c.status]

@@ -27,9 +27,11 @@ from slm_operator.status import (
     Observation,
     PodSummary,
     compute_status,
+    failed_status,
     should_step_down,
     status_patch,
     step_down_reason,
+    transitions,
     unschedulable_for,
 )
 from slm_runtime.config import Device, PullResult
@@ -495,6 +497,51 @@ def test_failed_without_placement_keeps_what_was_known() -> None:
     assert (placed.status, placed.reason) == ("True", Reason.PLACED)
 
 
+def test_unobserved_children_keep_counts_and_availability() -> None:
+    lm = localmodel(status=READY_STATUS)
+    status = compute_status(lm, GPU, None, now=NOW, error="spec.x: bad")
+    assert (status.replicas, status.ready_replicas) == (2, 2)
+    available = _by_type(status)[ConditionType.AVAILABLE]
+    assert (available.status, available.reason) == ("True", Reason.MINIMUM_REPLICAS_AVAILABLE)
+    observed_empty = compute_status(lm, GPU, Observation(), now=NOW, error="spec.x: bad")
+    assert (observed_empty.replicas, observed_empty.ready_replicas) == (0, 0)
+    assert _by_type(observed_empty)[ConditionType.AVAILABLE].status == "False"
+
+
+def test_failed_status_for_a_spec_that_does_not_parse() -> None:
+    later = NOW + timedelta(minutes=1)
+    message = "spec.serving.port: Input should be greater than or equal to 1024"
+    status = failed_status(READY_STATUS, generation=4, error=message, now=later)
+    assert status.phase is Phase.FAILED
+    assert status.observed_generation == 4
+    assert (status.backend, status.endpoint, status.model) == (
+        READY_STATUS.backend,
+        READY_STATUS.endpoint,
+        READY_STATUS.model,
+    )
+    conditions = _by_type(status)
+    assert [c.type for c in status.conditions] == list(ConditionType)
+    assert all(c.observed_generation == 4 for c in status.conditions)
+    ready = conditions[ConditionType.READY]
+    assert (ready.status, ready.reason, ready.message) == ("False", Reason.INVALID_SPEC, message)
+    assert ready.last_transition_time == "2026-03-01T12:01:00Z"
+    placed = conditions[ConditionType.PLACED]
+    assert (placed.status, placed.last_transition_time) == ("True", "2026-03-01T11:00:00Z")
+
+    fresh = failed_status(None, generation=1, error=message, now=NOW)
+    assert {c.type: c.status for c in fresh.conditions} == {
+        ConditionType.READY: "False",
+        ConditionType.MODEL_AVAILABLE: "Unknown",
+        ConditionType.PLACED: "Unknown",
+        ConditionType.AVAILABLE: "Unknown",
+        ConditionType.PROGRESSING: "False",
+        ConditionType.DEGRADED: "True",
+    }
+    assert (
+        status_patch(status, failed_status(status, generation=4, error=message, now=later)) is None
+    )
+
+
 def test_missing_secret_names_it_and_its_field() -> None:
     lm = localmodel(serving={"replicas": 1, "authSecret": "api-token"})
     status = compute_status(lm, GPU, Observation(missing_secrets=("api-token",)), now=NOW)
@@ -632,6 +679,20 @@ def test_patch_is_minimal_camel_case_and_nulls_removed_fields() -> None:
     assert apply_merge_patch(stored, body) == new.model_dump(
         mode="json", by_alias=True, exclude_none=True
     )
+
+
+def test_patch_leaves_keys_it_does_not_own() -> None:
+    stored = READY_STATUS.model_dump(mode="json", by_alias=True, exclude_none=True)
+    stored["kopf"] = {"progress": {}}
+    assert status_patch(stored, READY_STATUS) is None
+
+
+def test_transitions_lists_conditions_whose_status_changed() -> None:
+    first = compute_status(localmodel(), GPU, Observation(pull_job=PULLING), now=NOW)
+    assert [c.type for c in transitions(None, first)] == list(ConditionType)
+    second = compute_status(localmodel(status=first), GPU, Observation(pull_job=PULLED), now=NOW)
+    assert [c.type for c in transitions(first, second)] == [ConditionType.MODEL_AVAILABLE]
+    assert transitions(second, second) == []
 
 
 def test_patch_round_trips_every_case() -> None:
