@@ -1207,10 +1207,9 @@ class _Exec:
         if has_final:
             args.append(final)
         func = _FUNC_TABLE[name]
-        try:
-            _SIGNATURES[name].bind(*args)
-        except TypeError:
-            raise self.err(fn, f"wrong number of args for {name}: got {len(args)}") from None
+        least, most = _ARITY[name]
+        if not least <= len(args) <= most:
+            raise self.err(fn, f"wrong number of args for {name}: got {len(args)}")
         try:
             return func(*args)
         except TemplateError as e:
@@ -1437,7 +1436,18 @@ _FUNC_TABLE: dict[str, Callable[..., Any]] = {
     "yesterdayDate": _yesterday_date,
     "toTypeScriptType": _to_typescript_type,
 }
-_SIGNATURES = {name: inspect.signature(func) for name, func in _FUNC_TABLE.items()}
+
+
+def _arity(func: Callable[..., Any]) -> tuple[int | float, int | float]:
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return sum(
+            p.default is p.empty and p.kind is not p.VAR_POSITIONAL for p in params
+        ), math.inf
+    return sum(p.default is p.empty for p in params), len(params)
+
+
+_ARITY = {name: _arity(func) for name, func in _FUNC_TABLE.items()}
 
 
 # ---------------------------------------------------------------------------------------------
