@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from slm_runtime.config import ModelFormat
+from slm_runtime.config import MODELS_DIR, ModelFormat
 
 MAX_SOURCE_LENGTH: Final = 2048
 
@@ -205,6 +205,22 @@ def infer_format(source: Source) -> ModelFormat | None:
     if lowered.endswith(".onnx"):
         return ModelFormat.ONNX
     return None
+
+
+MODEL_NAMES: Final = {ModelFormat.GGUF: "model.gguf", ModelFormat.ONNX: "model"}
+"""Where the puller places a fetched model in its destination: a GGUF file, an ONNX folder."""
+
+
+def model_path(source: Source, model_format: ModelFormat, models_dir: str = MODELS_DIR) -> str:
+    """The model's path in the runtime pod: the puller's fixed name, or a verify-only path.
+
+    A ``pvc://`` claim is mounted at ``models_dir``; a ``file://`` path is used as it is.
+    """
+    if isinstance(source, FileSource):
+        return source.path
+    if isinstance(source, PvcSource):
+        return f"{models_dir}/{source.path}"
+    return f"{models_dir}/{MODEL_NAMES[model_format]}"
 
 
 def _check_relative_path(path: str, what: str) -> str:

@@ -13,6 +13,7 @@ from slm_runtime.sources import (
     PvcSource,
     Source,
     infer_format,
+    model_path,
     parse_source,
 )
 
@@ -160,3 +161,17 @@ def test_oci_reference_prefers_the_digest() -> None:
     source = parse_source(f"oci://h/r:v1@{DIGEST}")
     assert isinstance(source, OciSource)
     assert source.reference == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("text", "model_format", "expected"),
+    [
+        ("hf://o/r/m.gguf", ModelFormat.GGUF, "/models/model.gguf"),
+        ("oci://h/r:v1", ModelFormat.ONNX, "/models/model"),
+        ("ollama://gemma3:270m", ModelFormat.GGUF, "/models/model.gguf"),
+        ("pvc://claim/dir/m.gguf", ModelFormat.GGUF, "/models/dir/m.gguf"),
+        ("file:///opt/m/model.gguf", ModelFormat.GGUF, "/opt/m/model.gguf"),
+    ],
+)
+def test_model_path(text: str, model_format: ModelFormat, expected: str) -> None:
+    assert model_path(parse_source(text), model_format) == expected

@@ -13,17 +13,16 @@ from typing import Final
 from pydantic import ValidationError
 
 from slm_runtime.config import MODEL_METADATA_FILE, ModelFormat, ModelMetadata
+from slm_runtime.sources import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
 WORK_DIR_NAME: Final = ".slm-partial"
-MODEL_FILE_NAMES: Final = {ModelFormat.GGUF: "model.gguf", ModelFormat.ONNX: "model"}
-"""Where a model lands in the destination: a GGUF file, or an ONNX folder."""
 
 
 def model_name(model_format: ModelFormat) -> str:
     """The model's name inside the destination directory."""
-    return MODEL_FILE_NAMES[model_format]
+    return MODEL_NAMES[model_format]
 
 
 class Destination:
