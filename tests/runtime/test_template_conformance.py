@@ -49,13 +49,16 @@ ORACLE = (
 @cache
 def _template_dir() -> Path:
     """The module's template/ folder in the Go module cache (downloaded on first use)."""
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"github.com/ollama/ollama@{OLLAMA_VERSION}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ORACLE_SRC,
-    )
+    try:
+        out = subprocess.run(
+            ["go", "mod", "download", "-json", f"github.com/ollama/ollama@{OLLAMA_VERSION}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ORACLE_SRC,
+        )
+    except FileNotFoundError:
+        raise RuntimeError(f"these tests need Go; see {SETUP.relative_to(ROOT)}") from None
     if out.returncode != 0:
         raise RuntimeError(f"go mod download github.com/ollama/ollama failed: {out.stderr}")
     return Path(json.loads(out.stdout)["Dir"]) / "template"
