@@ -1,0 +1,129 @@
+"""Container resources for the model server, derived from the model when the spec sets none.
+
+Pure. A pod without requests is BestEffort: the first to be evicted and scheduled with no regard
+for the memory a model needs. So when ``spec.resources`` leaves cpu or memory unset, they are
+derived from the model:
+
+- memory request = model size + KV cache + runtime overhead, rounded up to a mebibyte, and the
+  memory limit equal to it, so a model that outgrows its estimate fails visibly (OOMKilled)
+  instead of starving its neighbours;
+- cpu request = ``parameters.numThread`` (else one core), and no cpu limit, so generation can
+  burst onto idle cores without being throttled.
+
+The estimates are deliberately on the high side for models up to about 4B parameters; set
+``spec.resources`` for anything larger or to tighten them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Final
+
+from slm_operator.api import LocalModelSpec
+
+MIB: Final = 1024**2
+
+DEFAULT_CONTEXT_LENGTH: Final = 4096
+"""Tokens per sequence when ``parameters.contextLength`` is unset (the runtime's default too)."""
+
+KV_CACHE_BYTES_PER_TOKEN: Final = 128 * 1024
+"""K and V in f16 for one token: 2 x layers x KV heads x head size x 2 bytes.
+
+An upper bound for grouped-query-attention models up to about 4B parameters: Phi-4-mini needs
+32 x 8 x 128 x 4 = 128 KiB, Llama 3.2 3B 112 KiB, Qwen2.5 0.5B 12 KiB, Gemma 3 270M 18 KiB.
+Models without grouped-query attention (Phi-3-mini, SmolLM2 1.7B) need more: set
+``spec.resources.requests.memory`` for them.
+"""
+
+RUNTIME_OVERHEAD_BYTES: Final = 512 * MIB
+"""The Python process, HTTP server and the engine's compute buffers, on top of weights and cache."""
+
+DEFAULT_CPU_REQUEST: Final = "1"
+"""cpu request when neither ``resources`` nor ``parameters.numThread`` says otherwise."""
+
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_QUANTITY = re.compile(rf"^({_NUMBER})(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]({_NUMBER}))?$")
+_SUFFIXES: Final[dict[str, Decimal]] = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(1024),
+    "Mi": Decimal(1024**2),
+    "Gi": Decimal(1024**3),
+    "Ti": Decimal(1024**4),
+    "Pi": Decimal(1024**5),
+    "Ei": Decimal(1024**6),
+}
+
+Resources = dict[str, dict[str, str]]
+
+
+def parse_quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity as a number: cpu in cores, memory in bytes (``500m`` -> 0.5)."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2Gi or 4")
+    if isinstance(text, int | float):
+        return float(text)
+    match = _QUANTITY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2Gi or 4")
+    number, suffix, exponent = match.groups()
+    try:
+        value = Decimal(number)
+        if exponent is not None:
+            value *= Decimal(10) ** Decimal(exponent)
+        else:
+            value *= _SUFFIXES[suffix or ""]
+    except (InvalidOperation, ArithmeticError) as exc:
+        raise ValueError(f"{text!r} is out of range for a Kubernetes quantity") from exc
+    return float(value)
+
+
+def format_mebibytes(size_bytes: float) -> str:
+    """Bytes as a quantity in whole mebibytes, rounded up (``1.5 MiB`` -> ``2Mi``)."""
+    return f"{max(1, math.ceil(size_bytes / MIB))}Mi"
+
+
+def estimated_model_bytes(spec: LocalModelSpec, model_size_bytes: int | None) -> int:
+    """The model's size: the pulled size when known, else ``cache.size`` (the model fits in it)."""
+    if model_size_bytes is not None:
+        return model_size_bytes
+    return math.ceil(parse_quantity(spec.cache.size))
+
+
+def memory_estimate(spec: LocalModelSpec, model_size_bytes: int | None) -> int:
+    """Bytes the server needs: weights + KV cache for contextLength x parallel + overhead."""
+    context = spec.parameters.context_length or DEFAULT_CONTEXT_LENGTH
+    kv_cache = context * spec.serving.parallel * KV_CACHE_BYTES_PER_TOKEN
+    return estimated_model_bytes(spec, model_size_bytes) + kv_cache + RUNTIME_OVERHEAD_BYTES
+
+
+def pod_resources(spec: LocalModelSpec, model_size_bytes: int | None) -> Resources:
+    """``{"requests": ..., "limits": ...}`` for the server container; never BestEffort.
+
+    Each of cpu and memory is taken from ``spec.resources`` when the user set it (as a request or
+    a limit), else derived from the model. Accelerator counts are the placement's business.
+    """
+    user_requests = spec.resources.requests.model_dump(by_alias=True, exclude_none=True)
+    user_limits = spec.resources.limits.model_dump(by_alias=True, exclude_none=True)
+    requests: dict[str, str] = dict(user_requests)
+    limits: dict[str, str] = dict(user_limits)
+
+    if "memory" not in user_requests and "memory" not in user_limits:
+        memory = format_mebibytes(memory_estimate(spec, model_size_bytes))
+        requests["memory"] = memory
+        limits["memory"] = memory
+    if "cpu" not in user_requests and "cpu" not in user_limits:
+        threads = spec.parameters.num_thread
+        requests["cpu"] = str(threads) if threads is not None else DEFAULT_CPU_REQUEST
+
+    return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
