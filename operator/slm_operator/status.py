@@ -332,7 +332,7 @@ def compute_status(
     return LocalModelStatus(
         phase=phase,
         backend=placement.device if placement else old.backend,
-        fallback_reason=placement.fallback_reason if placement else old.fallback_reason,
+        fallback_reason=_fallback_reason(spec, placement, old),
         model=_model_status(lm, model),
         replicas=(deployment.replicas if deployment else 0) if seen else old.replicas,
         ready_replicas=ready if seen else old.ready_replicas,
@@ -341,6 +341,19 @@ def compute_status(
         observed_generation=generation,
         conditions=_conditions(conds, previous, generation, now),
     )
+
+
+def _fallback_reason(
+    spec: LocalModelSpec, placement: Placement | None, old: LocalModelStatus
+) -> str | None:
+    """Placement's reason; else, below the preferred tier, the one recorded when stepping down."""
+    if placement is None:
+        return old.fallback_reason
+    if placement.fallback_reason is not None:
+        return placement.fallback_reason
+    if placement.device is not spec.hardware.preferred and old.backend is placement.device:
+        return old.fallback_reason
+    return None
 
 
 def failed_status(

@@ -405,6 +405,18 @@ def test_fallback_sets_backend_and_reason() -> None:
     assert "nvidia.com/gpu" in _by_type(status)[ConditionType.PLACED].message
 
 
+def test_step_down_reason_survives_later_placements() -> None:
+    # After a step-down the operator places from the recorded tier, which skips nothing.
+    on_cpu = Placement(device=Device.CPU, option="cpu", placed=True, reason=Reason.FELL_BACK)
+    stepped = compute_status(localmodel(), on_cpu, None, now=NOW).model_copy(
+        update={"fallback_reason": "pods unschedulable on gpu for 61s"}
+    )
+    again = compute_status(localmodel(status=stepped), on_cpu, None, now=NOW)
+    assert again.fallback_reason == "pods unschedulable on gpu for 61s"
+    back_on_gpu = compute_status(localmodel(status=stepped), GPU, None, now=NOW)
+    assert back_on_gpu.fallback_reason is None
+
+
 def test_no_capacity_names_every_skipped_tier() -> None:
     status = compute_status(localmodel(), CPU_NO_CAPACITY, None, now=NOW)
     message = _by_type(status)[ConditionType.PLACED].message
