@@ -30,6 +30,8 @@ from slm_operator.api import (
     parse_duration,
 )
 from slm_operator.place import Placement
+from slm_operator.render import endpoint as service_endpoint
+from slm_operator.render import selector_string
 
 # --- what observe.py fills in -----------------------------------------------------------------
 
@@ -173,17 +175,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_endpoint(lm: LocalModel) -> str:
-    """The in-cluster URL of the model's Service."""
-    meta = lm.metadata
-    return f"http://{meta.name}.{meta.namespace}.svc:{lm.spec.serving.port}"
-
-
-def default_selector(lm: LocalModel) -> str:
-    """The pod label selector as a string (the scale subresource's labelSelectorPath)."""
-    return f"app.kubernetes.io/name=slm-runtime,app.kubernetes.io/instance={lm.metadata.name}"
-
-
 def _clip(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
@@ -289,7 +280,7 @@ def compute_status(
     phase Failed with that message. Otherwise the phase follows the observation. An
     ``observation`` of None means the children were not read: replica counts and the Available
     condition are carried over from the previous status. ``endpoint`` and ``selector`` default to
-    the Service URL and the pod selector derived from the LocalModel's name.
+    what ``render`` derives for the default cluster domain.
     """
     old = lm.status
     obs = observation or Observation()
@@ -336,8 +327,8 @@ def compute_status(
         model=_model_status(lm, model),
         replicas=(deployment.replicas if deployment else 0) if seen else old.replicas,
         ready_replicas=ready if seen else old.ready_replicas,
-        selector=selector or default_selector(lm),
-        endpoint=endpoint or default_endpoint(lm),
+        selector=selector or selector_string(lm),
+        endpoint=endpoint or service_endpoint(lm),
         observed_generation=generation,
         conditions=_conditions(conds, previous, generation, now),
     )
