@@ -181,7 +181,8 @@ def _clip(text: str) -> str:
 
 
 def _live(observation: Observation) -> list[PodSummary]:
-    return [p for p in observation.pods if not p.terminating]
+    # Sorted, so the pod a message names does not depend on the order pods were listed in.
+    return sorted((p for p in observation.pods if not p.terminating), key=lambda p: p.name)
 
 
 def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None) -> int:

@@ -372,6 +372,15 @@ def test_conditions_complete_and_valid(case: Case) -> None:
     assert LocalModelStatus.model_validate(dumped) == status
 
 
+def test_status_does_not_depend_on_pod_order() -> None:
+    other = replace(CRASHING, name="gemma-7d9f-aaaaa", last_termination_message="exit 137")
+    pods = (running("a"), CRASHING, other)
+    one = compute_status(localmodel(), GPU, Observation(deployment(1), PULLED, pods), now=NOW)
+    two = compute_status(localmodel(), GPU, Observation(deployment(1), PULLED, pods[::-1]), now=NOW)
+    assert one == two
+    assert "gemma-7d9f-aaaaa" in _by_type(one)[ConditionType.DEGRADED].message
+
+
 def test_ready_status_fields() -> None:
     status = READY_STATUS
     assert status.backend is Device.GPU
