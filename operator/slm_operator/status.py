@@ -4,6 +4,20 @@
 turns them into the phase, the six conditions, backend, endpoint, replicas and model digest;
 ``status_patch`` gives the merge body to write, or None when nothing changed. The fallback timer
 helpers (``unschedulable_for``, ``should_step_down``) read the same observation.
+
+Phases, first match wins:
+
+- Failed: the spec can never work as written (an error from parsing or placement, a missing
+  Secret, a failed pull Job, a digest mismatch); the Ready condition says what to change.
+- Pulling: the pull Job (or the PerPod init container, before any pod is ready) is pulling.
+- Pending: no Deployment yet, or scaled to zero.
+- Degraded: pods crash-loop or cannot start (image pull, admission, progress deadline), or
+  replicas went missing after the model was Ready (a rollout of a new template is Deploying).
+- Ready: readyReplicas >= desired replicas and the model is available.
+- Deploying: everything else (pods scheduling, loading the model, rolling out).
+
+No capacity on any tier is Placed=False/NoCapacity with Progressing=WaitingForCapacity, never
+Failed. ``lastTransitionTime`` changes only when a condition's status changes.
 """
 
 from __future__ import annotations
