@@ -176,3 +176,21 @@ def test_a_missing_file_fails_with_the_status(nginx: Nginx, tmp_path: Path) -> N
     )
     assert run.returncode == 1
     assert "HTTP 404" in run.termination
+
+
+def test_a_model_changed_after_its_pull_is_pulled_again(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    args = ("--source", nginx.url("gemma.gguf"), "--dest", str(dest), "--allow-insecure")
+    assert run_pull(*args, tmp=tmp_path).returncode == 0
+    with (dest / "model.gguf").open("r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff" * 16)
+    before = len(nginx.requests())
+    again = run_pull(*args, "--sha256", gemma_sha256, tmp=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "does not match its metadata; pulling again" in again.stderr
+    assert len(nginx.requests()) == before + 1
+    with (dest / "model.gguf").open("rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == gemma_sha256

@@ -129,11 +129,30 @@ def _present(request: PullRequest, dest: Destination, expected: str | None) -> M
     if len(top) != 1:
         return None
     path = dest.root / top.pop()
-    if not path.exists() or model_sha256(path) != wanted:
+    if not path.exists():
+        return None
+    if _unchanged_since_verified(dest, path, meta.size_bytes):
+        log.info("model already present, unchanged since verified", extra={"digest": meta.digest})
+        return meta
+    if model_sha256(path) != wanted:
         log.warning("model in place does not match its metadata; pulling again")
         return None
     log.info("model already present and verified", extra={"digest": meta.digest})
     return meta
+
+
+def _unchanged_since_verified(dest: Destination, path: Path, size: int) -> bool:
+    """No byte of the model can have changed since its metadata was written.
+
+    The metadata is written after the verified model is renamed into place, and any write,
+    truncation or rename of a file moves its ctime (which no user can set) past that point.
+    """
+    recorded = dest.metadata_path.stat().st_ctime_ns
+    files = [path] if path.is_file() else [path / rel for rel in folder_files(path)]
+    stats = [f.stat() for f in files]
+    return sum(st.st_size for st in stats) == size and all(
+        st.st_ctime_ns <= recorded for st in stats
+    )
 
 
 def _record(
@@ -207,7 +226,6 @@ def _pull_https(
         headers["Authorization"] = f"Bearer {request.credentials.token}"
     part = dest.work / f"https-{hashlib.sha256(source.url.encode()).hexdigest()[:16]}"
     fetched = fetch(
-        client,
         source.url,
         part,
         progress,
@@ -261,7 +279,6 @@ def _pull_hf(
         url = hf_hub_url(source.repo_id, f.path, revision=commit, endpoint=request.hf_endpoint)
         part = dest.work / f"hf-{hashlib.sha256(f.path.encode()).hexdigest()[:16]}"
         got = fetch(
-            client,
             url,
             part,
             progress,
@@ -336,7 +353,6 @@ def _pull_registry(
         part = dest.work / layer.digest.replace(":", "-")
         label = layer.title or str(source)
         fetched = fetch(
-            client,
             registry.blob_url(layer.digest),
             part,
             progress,
