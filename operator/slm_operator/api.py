@@ -223,7 +223,7 @@ class ModelSpec(_Spec):
     @model_validator(mode="after")
     def _insecure_needs_opt_in(self) -> ModelSpec:
         if self.source.startswith("http://") and not self.allow_insecure:
-            raise ValueError("http:// is only allowed with allowInsecure: true; use https://")
+            raise ValueError("an http:// source needs allowInsecure: true; use https://")
         return self
 
     def resolved_format(self) -> ModelFormat:
@@ -285,15 +285,29 @@ class HardwareSpec(_Spec):
 
     preferred: Device = Field(default=Device.NPU, description="The tier to try first.")
     fallback: list[Device] = Field(
-        default_factory=lambda: [Device.GPU, Device.CPU],
+        default_factory=list,
         max_length=2,
         json_schema_extra={"x-kubernetes-list-type": "set"},
-        description="Tiers tried in order when the preferred one cannot be placed.",
+        description="Tiers tried in order when the preferred one cannot be placed; when omitted, "
+        "the tiers below preferred in npu, gpu, cpu order. [] means no fallback.",
     )
     fallback_after: Duration = Field(
         default="120s",
         description="How long pods may stay unschedulable before stepping down a tier.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fallback(cls, data: Any) -> Any:
+        # Not a schema default: a fixed [gpu, cpu] would repeat `preferred: gpu`.
+        if isinstance(data, dict) and "fallback" not in data:
+            try:
+                preferred = Device(data.get("preferred", Device.NPU))
+            except ValueError:
+                return data  # the field validator names the bad tier
+            order = list(Device)
+            return {**data, "fallback": order[order.index(preferred) + 1 :]}
+        return data
 
     @model_validator(mode="after")
     def _fallback_distinct(self) -> HardwareSpec:
@@ -666,7 +680,14 @@ class LocalModelStatus(_Spec):
     selector: str | None = Field(default=None, description="Pod label selector (scale).")
     endpoint: str | None = Field(default=None, description="In-cluster URL of the API.")
     observed_generation: int | None = Field(default=None, ge=0)
-    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
 
 
 # --- the whole object -------------------------------------------------------------------------
