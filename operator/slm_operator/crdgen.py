@@ -49,7 +49,6 @@ _KEPT: Final = frozenset(
         "pattern",
         "minItems",
         "maxItems",
-        "uniqueItems",
         "required",
         "nullable",
     }
