@@ -18,24 +18,34 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Final
+
+from slm_runtime.config import ModelFormat
 
 from slm_operator.api import LocalModelSpec
 
 MIB: Final = 1024**2
 
 DEFAULT_CONTEXT_LENGTH: Final = 4096
-"""Tokens per sequence when ``parameters.contextLength`` is unset (the runtime's default too)."""
+"""Tokens per sequence when ``parameters.contextLength`` is unset; the runtime uses at most this."""
 
-KV_CACHE_BYTES_PER_TOKEN: Final = 128 * 1024
-"""K and V in f16 for one token: 2 x layers x KV heads x head size x 2 bytes.
+KV_CACHE_BYTES_PER_TOKEN: Final[Mapping[ModelFormat, int]] = {
+    ModelFormat.GGUF: 128 * 1024,
+    ModelFormat.ONNX: 256 * 1024,
+}
+"""K and V for one token of context: 2 x layers x KV heads x head size x bytes per value.
 
-An upper bound for grouped-query-attention models up to about 4B parameters: Phi-4-mini needs
-32 x 8 x 128 x 4 = 128 KiB, Llama 3.2 3B 112 KiB, Qwen2.5 0.5B 12 KiB, Gemma 3 270M 18 KiB.
-Models without grouped-query attention (Phi-3-mini, SmolLM2 1.7B) need more: set
-``spec.resources.requests.memory`` for them.
+An upper bound for grouped-query-attention models up to about 4B parameters. llama.cpp keeps the
+cache in f16: Phi-4-mini needs 2 x 32 x 8 x 128 x 2 = 128 KiB, Llama 3.2 3B 112 KiB, Qwen2.5 0.5B
+12 KiB, Gemma 3 270M 18 KiB. The onnxruntime-genai model builder keeps it in f32 for CPU int4
+exports, twice as much. Models without grouped-query attention (Phi-3-mini, SmolLM2 1.7B) need
+more: set ``spec.resources.requests.memory`` for them.
 """
+
+EMBEDDING_SEQUENCES: Final[Mapping[ModelFormat, int]] = {ModelFormat.GGUF: 1, ModelFormat.ONNX: 0}
+"""Sequences beyond ``parallel``: llama.cpp serves embeddings from a context of its own."""
 
 RUNTIME_OVERHEAD_BYTES: Final = 512 * MIB
 """The Python process, HTTP server and the engine's compute buffers, on top of weights and cache."""
@@ -100,11 +110,21 @@ def estimated_model_bytes(spec: LocalModelSpec, model_size_bytes: int | None) ->
     return math.ceil(parse_quantity(spec.cache.size))
 
 
-def memory_estimate(spec: LocalModelSpec, model_size_bytes: int | None) -> int:
-    """Bytes the server needs: weights + KV cache for contextLength x parallel + overhead."""
+def kv_cache_bytes(spec: LocalModelSpec) -> int:
+    """The KV cache the runtime allocates: contextLength x parallel, plus embeddings on GGUF."""
+    model_format = spec.model.resolved_format()
     context = spec.parameters.context_length or DEFAULT_CONTEXT_LENGTH
-    kv_cache = context * spec.serving.parallel * KV_CACHE_BYTES_PER_TOKEN
-    return estimated_model_bytes(spec, model_size_bytes) + kv_cache + RUNTIME_OVERHEAD_BYTES
+    sequences = spec.serving.parallel + EMBEDDING_SEQUENCES[model_format]
+    return context * sequences * KV_CACHE_BYTES_PER_TOKEN[model_format]
+
+
+def memory_estimate(spec: LocalModelSpec, model_size_bytes: int | None) -> int:
+    """Bytes the server needs: weights + KV cache + runtime overhead."""
+    return (
+        estimated_model_bytes(spec, model_size_bytes)
+        + kv_cache_bytes(spec)
+        + RUNTIME_OVERHEAD_BYTES
+    )
 
 
 def pod_resources(spec: LocalModelSpec, model_size_bytes: int | None) -> Resources:

@@ -12,23 +12,27 @@ from slm_operator.sizing import (
     MIB,
     RUNTIME_OVERHEAD_BYTES,
     format_mebibytes,
+    kv_cache_bytes,
     memory_estimate,
     parse_quantity,
     pod_resources,
 )
+from slm_runtime.config import ModelFormat
 
 pytestmark = pytest.mark.unit
 
 GEMMA_BYTES = 253_115_616
 """Size of the Gemma 3 270M Q4_K_M GGUF."""
 
+KIB = 1024
+GGUF = "hf://org/repo/model.gguf"
+ONNX = "hf://org/repo/phi-4-mini-onnx"
 
-def make_spec(**spec: Any) -> LocalModelSpec:
+
+def make_spec(source: str = GGUF, **spec: Any) -> LocalModelSpec:
     """A LocalModelSpec from a dict, through the same parser the operator uses."""
-    body = {
-        "metadata": {"name": "m"},
-        "spec": {"model": {"source": "hf://org/repo/model.gguf"}, **spec},
-    }
+    model = {"source": source} | ({"format": "onnx"} if source == ONNX else {})
+    body = {"metadata": {"name": "m"}, "spec": {"model": model, **spec}}
     return parse_localmodel(body).spec
 
 
@@ -83,7 +87,8 @@ def test_format_mebibytes_rounds_up(size: float, expected: str) -> None:
 
 def test_defaults_derive_memory_from_model_and_kv_cache() -> None:
     spec = make_spec()
-    kv = DEFAULT_CONTEXT_LENGTH * 4 * KV_CACHE_BYTES_PER_TOKEN  # parallel defaults to 4
+    # Four parallel sequences plus llama.cpp's embedding context, 128 KiB per token each.
+    kv = DEFAULT_CONTEXT_LENGTH * (4 + 1) * 128 * KIB
     expected_bytes = GEMMA_BYTES + kv + RUNTIME_OVERHEAD_BYTES
     expected = f"{-(-expected_bytes // MIB)}Mi"
 
@@ -93,7 +98,33 @@ def test_defaults_derive_memory_from_model_and_kv_cache() -> None:
         "requests": {"cpu": "1", "memory": expected},
         "limits": {"memory": expected},
     }
+    assert expected == "3314Mi"
     assert parse_quantity(expected) >= expected_bytes
+
+
+@pytest.mark.parametrize(
+    ("source", "parameters", "serving", "expected"),
+    [
+        (GGUF, {}, {}, 4096 * 5 * 128 * KIB),
+        (GGUF, {"contextLength": 2048}, {"parallel": 1}, 2048 * 2 * 128 * KIB),
+        (GGUF, {"contextLength": 8192}, {"parallel": 2}, 8192 * 3 * 128 * KIB),
+        (ONNX, {}, {}, 4096 * 4 * 256 * KIB),
+        (ONNX, {"contextLength": 1024}, {"parallel": 1}, 1024 * 1 * 256 * KIB),
+    ],
+)
+def test_kv_cache_covers_every_sequence_the_runtime_allocates(
+    source: str, parameters: dict[str, Any], serving: dict[str, Any], expected: int
+) -> None:
+    spec = make_spec(source, parameters=parameters, serving=serving)
+    assert kv_cache_bytes(spec) == expected
+    assert memory_estimate(spec, GEMMA_BYTES) == GEMMA_BYTES + expected + RUNTIME_OVERHEAD_BYTES
+
+
+def test_kv_bound_holds_for_phi4_mini() -> None:
+    # Phi-4-mini: 32 layers, 8 KV heads of 128 dims; K and V in f16 (GGUF) or f32 (ONNX on CPU).
+    per_token_f16 = 2 * 32 * 8 * 128 * 2
+    assert KV_CACHE_BYTES_PER_TOKEN[ModelFormat.GGUF] >= per_token_f16
+    assert KV_CACHE_BYTES_PER_TOKEN[ModelFormat.ONNX] >= 2 * per_token_f16
 
 
 def test_empty_resources_are_never_best_effort() -> None:
@@ -107,18 +138,6 @@ def test_memory_limit_equals_request_and_no_cpu_limit() -> None:
     resources = pod_resources(make_spec(), GEMMA_BYTES)
     assert resources["limits"]["memory"] == resources["requests"]["memory"]
     assert "cpu" not in resources["limits"]
-
-
-def test_kv_cache_scales_with_context_and_parallel() -> None:
-    small = memory_estimate(make_spec(parameters={"contextLength": 2048}), GEMMA_BYTES)
-    large = memory_estimate(
-        make_spec(parameters={"contextLength": 8192}, serving={"parallel": 2}), GEMMA_BYTES
-    )
-    default_parallel = 4
-    assert small == GEMMA_BYTES + 2048 * default_parallel * KV_CACHE_BYTES_PER_TOKEN + (
-        RUNTIME_OVERHEAD_BYTES
-    )
-    assert large - small == (8192 * 2 - 2048 * default_parallel) * KV_CACHE_BYTES_PER_TOKEN
 
 
 def test_unknown_model_size_is_bounded_by_the_cache_size() -> None:
