@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import math
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -355,7 +356,9 @@ def _sprintf(fmt: str, args: Sequence[Any]) -> str:
         argi += 1
         out.append(_pad(_format_verb(verb, arg, prec, flags), width, flags))
     if argi < len(args):
-        extra = ", ".join(f"{_type_name(a)}={_fmt_v(a)}" for a in args[argi:])
+        extra = ", ".join(
+            "<nil>" if a is None else f"{_type_name(a)}={_fmt_v(a)}" for a in args[argi:]
+        )
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
 
@@ -902,8 +905,6 @@ class _Parser:
         if not args:
             raise self.err(pos, "empty command")
         first = args[0]
-        if isinstance(first, _Literal) and first.value is None and len(args) == 1:
-            raise self.err(first.pos, "nil is not a command")
         if len(args) > 1 and isinstance(first, (_Literal, _Dot)):
             raise self.err(first.pos, f"can't give argument to non-function {self.source(first)}")
         return _Command(pos, args)
@@ -1141,6 +1142,8 @@ class _Exec:
         first = cmd.args[0]
         if isinstance(first, _Function):
             return self.call(dot, first, cmd.args[1:], final, has_final=has_final)
+        if isinstance(first, _Literal) and first.value is None:
+            raise self.err(first, "nil is not a command")
         if len(cmd.args) > 1 or has_final:
             if isinstance(first, (_Field, _Variable, _Chain)):
                 names = first.names
@@ -1297,9 +1300,11 @@ def _int_arg(v: Any, what: str) -> int:
 
 
 def _index(item: Any, *indexes: Any) -> Any:
+    if item is None:
+        raise TemplateError("index of untyped nil")
     for ix in indexes:
         if item is None:
-            raise TemplateError("index of untyped nil")
+            raise TemplateError("index of nil pointer")
         if isinstance(item, dict):
             if not isinstance(ix, str) and ix is not None:
                 raise TemplateError(f"value has type {_type_name(ix)}; should be string")
@@ -1357,36 +1362,46 @@ def _printf(fmt: Any, *args: Any) -> str:
     return _sprintf(fmt, args)
 
 
+def _eval_args(args: Sequence[Any]) -> str:
+    """The text that html, js and urlquery escape: their operands as an action prints them."""
+    if len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    printable = [
+        "<no value>" if a is None else _Struct(a.type, a.values) if isinstance(a, _Struct) else a
+        for a in args
+    ]
+    return _sprint(*printable)
+
+
+_JS_ESCAPES = {
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "<": "\\u003C",
+    ">": "\\u003E",
+    "&": "\\u0026",
+    "=": "\\u003D",
+    "\n": "\\u000A",
+    "\r": "\\u000D",
+    "\t": "\\u0009",
+    "`": "\\u0060",
+}
+
+
 def _html(*args: Any) -> str:
-    s = _sprint(*args) if len(args) != 1 or not isinstance(args[0], str) else args[0]
+    s = _eval_args(args)
     for a, b in (("&", "&amp;"), ("'", "&#39;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;")):
         s = s.replace(a, b)
     return s.replace("\0", "\ufffd")
 
 
 def _js(*args: Any) -> str:
-    s = _sprint(*args) if len(args) != 1 or not isinstance(args[0], str) else args[0]
-    table = {
-        "\\": "\\\\",
-        "'": "\\'",
-        '"': '\\"',
-        "<": "\\u003C",
-        ">": "\\u003E",
-        "&": "\\u0026",
-        "=": "\\u003D",
-        "\n": "\\u000A",
-        "\r": "\\u000D",
-        "\t": "\\u0009",
-        "`": "\\u0060",
-    }
-    return "".join(table.get(c, c if ord(c) >= 0x20 else f"\\u{ord(c):04X}") for c in s)
+    s = _eval_args(args)
+    return "".join(_JS_ESCAPES.get(c, c if ord(c) >= 0x20 else f"\\u{ord(c):04X}") for c in s)
 
 
 def _urlquery(*args: Any) -> str:
-    from urllib.parse import quote_plus
-
-    s = _sprint(*args) if len(args) != 1 or not isinstance(args[0], str) else args[0]
-    return quote_plus(s)
+    return urllib.parse.quote_plus(_eval_args(args))
 
 
 def _json_func(v: Any) -> str:

@@ -161,7 +161,6 @@ def test_parse_is_cached_and_reusable() -> None:
         ("{{ (len .Prompt }}", "unclosed left paren"),
         ("{{ }}", "missing value for command"),
         ("{{ if }}x{{ end }}", "missing value for if"),
-        ("{{ nil }}", "nil is not a command"),
         ("{{ .Prompt|}}", "missing command after '|'"),
         ("{{/* note", "unclosed comment"),
     ],
@@ -187,6 +186,7 @@ def test_parse_errors(template: str, message: str) -> None:
         ("{{ range .Messages }}{{ if eq .Role 1 }}{{ end }}{{ end }}", "incompatible types"),
         ("{{ range .Messages }}{{ index $.Messages 9 }}{{ end }}", "index out of range: 9"),
         ("{{ range .Messages }}{{ len 3 }}{{ end }}", "len of type int"),
+        ("{{ range .Messages }}{{ nil }}{{ end }}", "nil is not a command"),
         ("{{ range .Messages }}{{ end }}{{ .Nope.Deeper }}", "nil pointer evaluating"),
     ],
 )

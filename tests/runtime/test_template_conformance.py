@@ -305,6 +305,9 @@ EDGE_TEMPLATES: dict[str, str] = {
     "printf": "{{ range .Messages }}{{ end }}"
     '{{ printf "%f|%e|%.2g|%g|%8.3s|%+d|%x|%X|%c|%q|%5t|%-5d|%05.1f|%s|%d|%v|%v" '
     '3 1.5 3.14159 1e7 "abcdef" 5 "hi" 255 65 66 true 7 2.25 .Think 1.5 .Tools .System }}',
+    "nil-handling": "{{ range .Messages }}{{ if false }}{{ nil }}{{ end }}"
+    '{{ html .Nope }}{{ js (index $.Messages 0) "s" nil }}{{ urlquery nil 1 }}'
+    '{{ printf "%v-%v" 1 }}{{ printf "%v" 1 nil 2 }}{{ end }}',
     "slices": "{{ range .Messages }}{{ end }}{{ len (slice .Messages 1) }}"
     "{{ range slice .Messages 0 1 }}{{ .Role }}{{ end }}{{ len $.Tools }}"
     '{{ printf "%v|%s" .Tools .System }}',
@@ -358,6 +361,7 @@ ERROR_TEMPLATES: dict[str, str] = {
     "index-out-of-range": "{{ range .Messages }}{{ index $.Messages 99 }}{{ end }}",
     "slice-inverted": "{{ range .Messages }}{{ slice .Content 5 1 }}{{ end }}",
     "nil-command": "{{ nil }}",
+    "index-nil": "{{ index nil }}",
     "len-of-int": "{{ range .Messages }}{{ len 3 }}{{ end }}",
     "argument-to-field": "{{ range .Messages }}{{ .Role 1 }}{{ end }}",
     "unterminated-string": '{{ "abc }}',
