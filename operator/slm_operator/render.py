@@ -452,12 +452,13 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
 
 
 def _model_storage(
-    lm: LocalModel, source: Source, pull_image: str
+    lm: LocalModel, source: Source, server_image: str, pull_image: str
 ) -> tuple[list[Object], list[Object], bool]:
     """(init containers, model volumes, whether the server mounts /models) for the pod."""
     cache = lm.spec.cache
     if isinstance(source, FileSource):
-        verify = _pull_container(lm, source, pull_image, model_writable=False, with_model=False)
+        # The file is inside the server's image, so that image verifies it.
+        verify = _pull_container(lm, source, server_image, model_writable=False, with_model=False)
         return [verify], [], False
     if isinstance(source, PvcSource):
         volume = {
@@ -475,6 +476,11 @@ def _model_storage(
     if cache.mode is CacheMode.PER_POD:
         volume = {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": cache.size}}
         pull = _pull_container(lm, source, pull_image, model_writable=True, with_model=True)
+        # The emptyDir lives on the node's disk: request it so the scheduler accounts for it.
+        pull["resources"] = {
+            "requests": {**PULL_RESOURCES["requests"], "ephemeral-storage": cache.size},
+            "limits": PULL_RESOURCES["limits"],
+        }
         return [pull], [volume], True
     if not isinstance(source, OciSource) or source.digest is None:
         raise ValueError(
@@ -519,7 +525,7 @@ def deployment(
     source = _source(lm)
     server_image = image(lm, placement)
     init_containers, model_volumes, mounts_model = _model_storage(
-        lm, source, options.pull_image or server_image
+        lm, source, server_image, options.pull_image or server_image
     )
 
     env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}]

@@ -610,6 +610,7 @@ def _per_pod_mode(objects: list[dict[str, Any]]) -> None:
     assert init["command"][:2] == ["slm-runtime", "pull"]
     assert "--sha256" in init["command"]
     assert {"name": "model", "mountPath": "/models", "readOnly": False} in init["volumeMounts"]
+    assert init["resources"]["requests"]["ephemeral-storage"] == "1Gi"
 
 
 def _image_mode(objects: list[dict[str, Any]]) -> None:
@@ -645,6 +646,8 @@ def _file_source(objects: list[dict[str, Any]]) -> None:
     assert all(m["mountPath"] != "/models" for m in server(objects)["volumeMounts"])
     [verify] = spec["initContainers"]
     assert "file:///opt/models/gemma.gguf" in verify["command"]
+    # The file is inside the server's image, whatever image pulls elsewhere.
+    assert verify["image"] == server(objects)["image"]
 
 
 def _autoscaling(objects: list[dict[str, Any]]) -> None:
@@ -788,7 +791,7 @@ CASES: list[tuple[str, str, dict[str, Any], Placement, RenderOptions, Check]] = 
         "gemma3-270m",
         {"model": {"source": "file:///opt/models/gemma.gguf"}},
         CPU,
-        RenderOptions(),
+        RenderOptions(pull_image="example.com/puller:1"),
         _file_source,
     ),
     (
