@@ -14,6 +14,8 @@ server-side apply and prunes what is no longer rendered. Choices worth knowing:
   the Job's whole pod template, which is immutable too: a new runtime image or a changed node
   selector makes a new Job (the old one is pruned) instead of a 422. The puller skips a model that
   is already present and verified, so a new Job costs one re-hash, not a download.
+- The server exits when its model is missing, so while a Volume cache's first pull runs the
+  operator can pass ``RenderOptions.hold_replicas`` to render the Deployment at zero replicas.
 - Pull pods carry ``app.kubernetes.io/name=slm-puller`` and component ``model-puller``, so neither
   the Service nor the Deployment's selector ever matches them.
 - NetworkPolicy. The API, health and metrics share one port and a NetworkPolicy cannot tell paths
@@ -140,6 +142,9 @@ class RenderOptions:
     """Image of the pull containers; the server's image when None."""
     metrics_from: tuple[Mapping[str, Any], ...] = ()
     """NetworkPolicyPeers (e.g. Prometheus' namespace) also admitted when a policy is enabled."""
+    hold_replicas: bool = False
+    """Render the Deployment with zero replicas and no HPA or PDB, e.g. while the first pull Job
+    fills the model volume, so no server starts (and crash-loops) without its model."""
 
 
 # --- small pieces -----------------------------------------------------------------------------
@@ -593,7 +598,9 @@ def deployment(
         rolling = {"maxSurge": "25%", "maxUnavailable": 0}
 
     deployment_spec: Object = {}
-    if not spec.autoscaling.enabled:
+    if options.hold_replicas:
+        deployment_spec["replicas"] = 0
+    elif not spec.autoscaling.enabled:
         deployment_spec["replicas"] = spec.serving.replicas
     deployment_spec.update(
         {
@@ -753,9 +760,9 @@ def render(lm: LocalModel, placement: Placement, options: RenderOptions) -> list
     objects += [deployment(lm, placement, options, config), service(lm)]
     if spec.monitoring.service_monitor and options.service_monitor_supported:
         objects.append(service_monitor(lm))
-    if _wants_pdb(lm):
+    if _wants_pdb(lm) and not options.hold_replicas:
         objects.append(pod_disruption_budget(lm))
-    if spec.autoscaling.enabled:
+    if spec.autoscaling.enabled and not options.hold_replicas:
         objects.append(horizontal_pod_autoscaler(lm))
     if spec.serving.network_policy.enabled:
         objects.append(network_policy(lm, options))

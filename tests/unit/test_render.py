@@ -680,6 +680,13 @@ def _single_replica(objects: list[dict[str, Any]]) -> None:
     assert by_kind(objects)["Deployment"]["spec"]["replicas"] == 1
 
 
+def _held(objects: list[dict[str, Any]]) -> None:
+    assert by_kind(objects)["Deployment"]["spec"]["replicas"] == 0
+    assert "HorizontalPodAutoscaler" not in _kinds(objects)
+    assert "PodDisruptionBudget" not in _kinds(objects)
+    assert "Job" in _kinds(objects)
+
+
 def _pdb(objects: list[dict[str, Any]]) -> None:
     pdb = by_kind(objects)["PodDisruptionBudget"]["spec"]
     assert pdb["maxUnavailable"] == 1
@@ -828,6 +835,14 @@ CASES: list[tuple[str, str, dict[str, Any], Placement, RenderOptions, Check]] = 
         _single_replica,
     ),
     ("two replicas", "gemma3-270m", {}, CPU, RenderOptions(), _pdb),
+    (
+        "replicas held while pulling",
+        "gemma3-270m",
+        {**GGUF_GEMMA, "autoscaling": {"enabled": True, "minReplicas": 2}},
+        CPU,
+        RenderOptions(hold_replicas=True),
+        _held,
+    ),
     (
         "autoscaling from two",
         "gemma3-270m",
