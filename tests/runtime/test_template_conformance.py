@@ -413,8 +413,11 @@ def _random_template(rng: random.Random) -> str:
         op = {string: ["eq", "ne", "lt", "ge"], integer: ["eq", "ne", "lt", "le", "gt", "ge"]}
         return f"({rng.choice(op.get(a, ['and', 'or']))} {a(d + 1)} {b(d + 1)})"
 
+    def other(d: int) -> str:
+        return rng.choice(others)
+
     def value(d: int) -> str:
-        return rng.choice([string, integer, boolean, lambda d: rng.choice(others)])(d)
+        return rng.choice([string, integer, boolean, other])(d)
 
     def statement(d: int) -> str:
         r = rng.random()
