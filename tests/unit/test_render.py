@@ -374,6 +374,17 @@ def test_objects_validate_strictly_against_kubernetes_schemas(key: str) -> None:
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {err.message} at {err.path}")
 
 
+def test_schema_validation_rejects_unknown_and_mistyped_fields() -> None:
+    deployment = by_kind(render_variant("gemma"))["Deployment"]
+    unknown = copy.deepcopy(deployment)
+    unknown["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    mistyped = copy.deepcopy(deployment)
+    mistyped["spec"]["replicas"] = "two"
+    for obj in (unknown, mistyped):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("key", sorted(VARIANTS))
 def test_pod_templates_meet_pod_security_restricted(key: str) -> None:
     templates = pod_templates(render_variant(key))
