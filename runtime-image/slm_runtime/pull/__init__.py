@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Final
 
-import httpx
-
 from slm_runtime.config import (
     ENV_SOURCE_PASSWORD,
     ENV_SOURCE_TOKEN,
@@ -97,15 +95,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail(args.termination_log, progress, str(err), code=2)
     try:
-        with httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(30.0, read=120.0),
-            headers={"User-Agent": "slm-runtime-pull"},
-        ) as client:
-            meta = pull(request, client, progress)
+        meta = pull(request, progress)
     except (PullError, DigestMismatchError, TransferError, RegistryError, ValueError) as err:
         return _fail(args.termination_log, progress, str(err), code=1)
-    except (httpx.HTTPError, OSError) as err:
+    except OSError as err:
         return _fail(args.termination_log, progress, f"{type(err).__name__}: {err}", code=1)
     result = PullResult(digest=meta.digest, size_bytes=meta.size_bytes, files=meta.files)
     progress.event("done", digest=meta.digest, sizeBytes=meta.size_bytes, files=meta.files)

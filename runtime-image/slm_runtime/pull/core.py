@@ -7,11 +7,12 @@ import json
 import logging
 import shutil
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 from pydantic import ValidationError
 
 from slm_runtime.config import ModelDefaults, ModelFormat, ModelMetadata, ModelParameters
@@ -25,7 +26,7 @@ from slm_runtime.pull.digest import (
 from slm_runtime.pull.progress import Progress
 from slm_runtime.pull.registry import Credentials, Descriptor, Registry, RegistryError
 from slm_runtime.pull.store import Destination, model_name, now_rfc3339
-from slm_runtime.pull.transfer import DEFAULT_RETRIES, Fetched, fetch
+from slm_runtime.pull.transfer import DEFAULT_RETRIES, USER_AGENT, Fetched, fetch
 from slm_runtime.sources import (
     FileSource,
     HfSource,
@@ -36,6 +37,9 @@ from slm_runtime.sources import (
     Source,
     infer_format,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class PullRequest:
     retries: int = DEFAULT_RETRIES
 
 
-def pull(request: PullRequest, client: httpx.Client, progress: Progress) -> ModelMetadata:
+def pull(request: PullRequest, progress: Progress) -> ModelMetadata:
     """Make ``request.dest`` hold the verified model, transferring only what is missing."""
     source = request.source
     if isinstance(source, FileSource | PvcSource):
@@ -77,16 +81,34 @@ def pull(request: PullRequest, client: httpx.Client, progress: Progress) -> Mode
     dest.prepare()
     try:
         if isinstance(source, HttpsSource):
-            result = _pull_https(request, source, dest, client, progress)
-        elif isinstance(source, HfSource):
-            result = _pull_hf(request, source, dest, client, progress)
+            result = _pull_https(request, source, dest, progress)
         else:
-            result = _pull_registry(request, source, dest, client, progress)
+            with _client(str(source)) as client:
+                if isinstance(source, HfSource):
+                    result = _pull_hf(request, source, dest, client, progress)
+                else:
+                    result = _pull_registry(request, source, dest, client, progress)
     except DigestMismatchError:
         dest.cleanup()  # never resume from bytes that failed verification
         raise
     dest.cleanup()
     return result
+
+
+@contextmanager
+def _client(what: str) -> Iterator[httpx.Client]:
+    """An HTTP client for API calls (manifests, tokens, listings); its errors become PullError."""
+    import httpx  # only registry and Hub pulls need it
+
+    try:
+        with httpx.Client(
+            follow_redirects=True,
+            timeout=httpx.Timeout(30.0, read=120.0),
+            headers={"User-Agent": USER_AGENT},
+        ) as client:
+            yield client
+    except httpx.HTTPError as err:
+        raise PullError(f"{what}: {type(err).__name__}: {err}") from err
 
 
 # --- verify only ------------------------------------------------------------------------------
@@ -216,7 +238,6 @@ def _pull_https(
     request: PullRequest,
     source: HttpsSource,
     dest: Destination,
-    client: httpx.Client,
     progress: Progress,
 ) -> ModelMetadata:
     if present := _present(request, dest, request.sha256):

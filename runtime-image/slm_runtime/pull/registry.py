@@ -8,9 +8,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ class Credentials:
     token: str | None = None
     username: str | None = None
     password: str | None = None
-
-    def basic(self) -> httpx.BasicAuth | None:
-        """HTTP basic credentials, when a username and password are set."""
-        if self.username and self.password is not None:
-            return httpx.BasicAuth(self.username, self.password)
-        return None
 
     def basic_header(self) -> str | None:
         """The ``Authorization: Basic`` value, when a username and password are set."""
@@ -193,11 +188,12 @@ class Registry:
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.setdefault("scope", f"repository:{self._repository}:pull")
         headers: dict[str, str] = {}
-        if self._credentials.token and not self._credentials.basic():
+        basic = self._credentials.basic_header()
+        if basic:
+            headers["Authorization"] = basic
+        elif self._credentials.token:
             headers["Authorization"] = f"Bearer {self._credentials.token}"
-        resp = self._client.get(
-            params["realm"], params=query, headers=headers, auth=self._credentials.basic()
-        )
+        resp = self._client.get(params["realm"], params=query, headers=headers)
         if resp.status_code >= 400:
             raise RegistryError(
                 f"{self._repository}: the token service refused (HTTP {resp.status_code}); "
