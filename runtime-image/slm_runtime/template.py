@@ -643,11 +643,15 @@ def _parse_number(lit: str) -> int | float:
 # Parse tree.
 
 
-class _BreakLoopError(Exception):
+class _LoopControlError(Exception):
+    """Unwinds a {{break}} or {{continue}} to its {{range}}."""
+
+
+class _BreakLoopError(_LoopControlError):
     pass
 
 
-class _ContinueLoopError(Exception):
+class _ContinueLoopError(_LoopControlError):
     pass
 
 
@@ -1699,17 +1703,9 @@ class Template:
         self.uses_messages = "messages" in names
         if not self.uses_messages and "response" not in names:
             # Ollama appends {{ .Response }} to templates that have no slot for the answer.
-            root.nodes.append(
-                _Action(
-                    len(text),
-                    _Pipe(
-                        len(text),
-                        [],
-                        False,
-                        [_Command(len(text), [_Field(len(text), ["Response"])])],
-                    ),
-                )
-            )
+            end = len(text)
+            response = _Command(end, [_Field(end, ["Response"])])
+            root.nodes.append(_Action(end, _Pipe(end, [], False, [response])))
         self.root = root
         self._last_turn = _cut_after_response(root) if not self.uses_messages else root
 
@@ -1775,11 +1771,8 @@ class Template:
         ex = _Exec(self.text, data)
         try:
             ex.walk(data, root)
-        except (
-            _BreakLoopError,
-            _ContinueLoopError,
-        ):  # pragma: no cover - the parser confines them to range
-            raise TemplateError("break or continue outside range") from None
+        except _LoopControlError:  # pragma: no cover - the parser confines them to range
+            raise TemplateError("template: break or continue outside range") from None
         except RecursionError:
             raise TemplateError("template: nested too deeply") from None
         return "".join(ex.out)
