@@ -92,6 +92,9 @@ Object = dict[str, Any]
 CONFIG_HASH_ANNOTATION: Final = "slm.dev/config-hash"
 """On the pod template: a digest of the rendered runtime config, so a config change rolls pods."""
 
+DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
+"""Makes ``kubectl logs`` and ``kubectl exec`` pick the server over the pull init container."""
+
 PULLER_APP_NAME: Final = "slm-puller"
 """``app.kubernetes.io/name`` of pull Job pods: never matched by the Service or Deployment."""
 
@@ -589,7 +592,11 @@ def deployment(
     _set_if(pod_spec, "imagePullSecrets", _image_pull_secrets(lm))
 
     pod_labels = {**scheduling.pod_labels, **labels(lm)}
-    annotations = {**scheduling.pod_annotations, CONFIG_HASH_ANNOTATION: config_hash(config)}
+    annotations = {
+        **scheduling.pod_annotations,
+        CONFIG_HASH_ANNOTATION: config_hash(config),
+        DEFAULT_CONTAINER_ANNOTATION: SERVER_CONTAINER,
+    }
     rolling: Object
     if placement.accelerated:
         # A surge pod on a full accelerator node would sit Pending and look like a fallback.
