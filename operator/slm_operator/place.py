@@ -104,6 +104,9 @@ def place(
 ) -> Placement:
     """The first tier with room for one pod, else the last servable tier with ``placed=False``.
 
+    With no room anywhere, the pods wait on the last tier's first option that some node offers
+    (any option when none does), so they queue for hardware the cluster has.
+
     ``start_at`` is the tier the operator stepped down to after ``fallbackAfter``: the tiers above
     it are skipped. It is ignored when ``spec.hardware`` no longer lists it. ``pod_requests``
     (cpu in cores, memory in bytes, ...) must also be free on the node.
@@ -157,7 +160,7 @@ def place(
     return _placement(
         spec,
         last,
-        servable[last][0],
+        _waiting_option(servable[last], nodes),
         tiers,
         servable,
         placed=False,
@@ -174,6 +177,18 @@ def servable_options(
     if tier is None:
         return []
     return [option for option in tier.options if model_format in option.formats]
+
+
+def _waiting_option(
+    options: Sequence[AcceleratorOption], nodes: Sequence[NodeInfo]
+) -> AcceleratorOption:
+    """The option to wait on: the first whose resource some node offers, else the first."""
+    for option in options:
+        if option.resource is None or any(
+            n.allocatable.get(option.resource, 0.0) > 0 for n in nodes
+        ):
+            return option
+    return options[0]
 
 
 def option_misfit(

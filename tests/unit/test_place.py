@@ -309,6 +309,16 @@ CASES = [
         skipped={Device.NPU: "no node offers", Device.GPU: "no node offers nvidia.com/gpu"},
     ),
     Case(
+        "nothing fits on AMD GPUs only: waits for an AMD GPU, not an absent NVIDIA one",
+        [cpu_node(), amd_gpu_node(used={"amd.com/gpu": 1.0})],
+        Device.GPU,
+        "amd-gpu",
+        Reason.NO_CAPACITY,
+        source=GGUF,
+        spec={"hardware": {"preferred": "gpu", "fallback": []}},
+        skipped={Device.GPU: "no node offers nvidia.com/gpu, no Ready node with free amd.com/gpu"},
+    ),
+    Case(
         "no nodes at all",
         [],
         Device.CPU,
