@@ -41,3 +41,6 @@ test-unit: ## pure tests only
 
 crds: ## regenerate crds/ from the API models
 	$(PY) -m slm_operator.crdgen
+
+bench-pull: ## pull throughput vs curl from local nginx, and the re-run time (writes docs/benchmarks.md)
+	$(PY) bench/pull_bench.py
