@@ -351,7 +351,7 @@ def _no_servable_message(
     if not fixes:
         fixes.append(f"add an option serving {model_format.value} to the accelerator catalog")
     return (
-        f"no tier in [{listed}] can serve a {model_format.value} model ({why}); "
+        f"no tier in [{listed}] can serve {model_format.value} models ({why}); "
         f"{', or '.join(fixes)}"
     )
 

@@ -35,10 +35,10 @@ AMD_TAINT = {"key": "amd.com/gpu", "effect": "NoSchedule"}
 NO_NPU = "no node offers intel.com/npu or amd.com/xdna"
 
 
-def make_spec(source: str = ONNX, model_format: str | None = None, **spec: Any) -> LocalModelSpec:
+def make_spec(source: str = ONNX, **spec: Any) -> LocalModelSpec:
     """A LocalModelSpec from a dict, through the same parser the operator uses."""
-    model = {"source": source} | ({"format": model_format} if model_format else {})
-    return parse_localmodel({"metadata": {"name": "m"}, "spec": {"model": model, **spec}}).spec
+    body = {"metadata": {"name": "m"}, "spec": {"model": {"source": source}, **spec}}
+    return parse_localmodel(body).spec
 
 
 def node(name: str, *, used: dict[str, float] | None = None, **kwargs: Any) -> NodeInfo:
@@ -595,7 +595,7 @@ def test_device_order(
             GGUF,
             {"preferred": "npu", "fallback": []},
             None,
-            "no tier in [npu] can serve a gguf model (npu: format gguf is not served on npu); "
+            "no tier in [npu] can serve gguf models (npu: format gguf is not served on npu); "
             "add gpu or cpu to spec.hardware.fallback, or serve the model in onnx format",
         ),
         (
@@ -609,7 +609,7 @@ def test_device_order(
                     )
                 ]
             ),
-            "no tier in [gpu] can serve a onnx model (gpu: format onnx is not served on gpu); "
+            "no tier in [gpu] can serve onnx models (gpu: format onnx is not served on gpu); "
             "serve the model in gguf format",
         ),
         (
@@ -618,7 +618,7 @@ def test_device_order(
             AcceleratorCatalog(
                 tiers=[Tier(device=Device.CPU, options=[AcceleratorOption(name="cpu")])]
             ),
-            "no tier in [npu, gpu] can serve a onnx model (npu: not in the accelerator catalog; "
+            "no tier in [npu, gpu] can serve onnx models (npu: not in the accelerator catalog; "
             "gpu: not in the accelerator catalog); add cpu to spec.hardware.fallback",
         ),
     ],
