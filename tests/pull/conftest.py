@@ -111,7 +111,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def requests(self) -> list[str]:
-        """Access log lines so far: ``<status> <range header> <bytes sent>``."""
+        """Access log lines so far: ``<status> "<range>" <bytes sent> "<authorization>"``."""
         if not self.access_log.exists():
             return []
         return self.access_log.read_text(encoding="utf-8").splitlines()
@@ -143,7 +143,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    log_format ranges '$status "$http_range" $body_bytes_sent';
+    log_format ranges '$status "$http_range" $body_bytes_sent "$http_authorization"';
     access_log {access_log} ranges;
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;

@@ -292,7 +292,9 @@ def _pull_hf(
         else:
             files = [entry]
     except HfHubHTTPError as err:
-        raise PullError(f"{source}: {str(err).splitlines()[0]}") from err
+        detail = f" ({err.server_message.strip()})" if err.server_message else ""
+        first_line = str(err).splitlines()[0]
+        raise PullError(f"{source}: {type(err).__name__}: {first_line}{detail}") from err
     log.info("resolved Hugging Face revision", extra={"source": str(source), "commit": commit})
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     fetched: dict[str, Fetched] = {}
