@@ -444,6 +444,8 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
             "backoffLimit": PULL_BACKOFF_LIMIT,
             "podFailurePolicy": {
                 "rules": [
+                    # A pull pod evicted or preempted does not count against backoffLimit.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                     {
                         "action": "FailJob",
                         "onExitCodes": {
@@ -451,7 +453,7 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
                             "operator": "In",
                             "values": [PULL_BAD_INPUT_EXIT_CODE],
                         },
-                    }
+                    },
                 ]
             },
             "template": template,
