@@ -1,14 +1,16 @@
-"""Operator settings: the accelerator catalog, what each tier needs and which runtime it runs.
+"""Operator settings and the accelerator catalog: what each tier needs and which runtime it runs.
 
-The catalog is set through the environment or Helm values. Pure data and defaults; no I/O.
+Both come from the environment or Helm values (the catalog as a mounted YAML file).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from slm_runtime.config import Device, ModelFormat
 
 DEFAULT_IMAGE: Final = "ghcr.io/slm-operator/slm-runtime:0.1.0"
@@ -105,3 +107,46 @@ def default_catalog() -> AcceleratorCatalog:
             Tier(device=Device.CPU, options=[AcceleratorOption(name="cpu")]),
         ]
     )
+
+
+class OperatorSettings(BaseSettings):
+    """How the operator runs; every field can be set by an ``SLM_OPERATOR_*`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="SLM_OPERATOR_", extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch (comma separated in the environment); empty = all.",
+    )
+    catalog_file: str | None = Field(
+        default=None, description="YAML file holding the accelerator catalog (Helm mounts it)."
+    )
+    cluster_domain: str = Field(default="cluster.local")
+    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    health_port: int = Field(default=8081, ge=1, le=65535)
+    resync_seconds: float = Field(
+        default=300.0, ge=60.0, description="Periodic re-observation; drift is caught by watches."
+    )
+    runtime_image: str | None = Field(
+        default=None, description="Overrides every catalog option's runtime image."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    def load_catalog(self) -> AcceleratorCatalog:
+        """The catalog from ``catalog_file``, else the defaults; the image override applied."""
+        if self.catalog_file:
+            with open(self.catalog_file, encoding="utf-8") as handle:
+                catalog = AcceleratorCatalog.model_validate(yaml.safe_load(handle))
+        else:
+            catalog = default_catalog()
+        if self.runtime_image:
+            for tier in catalog.tiers:
+                for option in tier.options:
+                    option.image = self.runtime_image
+        return catalog

@@ -1,0 +1,62 @@
+"""`slm-operator`: run the LocalModel controller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from slm_operator.settings import OperatorSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the operator until it is stopped (SIGTERM / SIGINT)."""
+    parser = argparse.ArgumentParser(prog="slm-operator", description=__doc__)
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: SLM_OPERATOR_NAMESPACES, else all",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format", choices=["plain", "full", "json"], default="full", help="log line format"
+    )
+    parser.add_argument(
+        "--peering",
+        default=None,
+        help="kopf peering object name for HA (default: standalone, one active replica)",
+    )
+    parser.add_argument("--priority", type=int, default=0, help="peering priority (HA)")
+    args = parser.parse_args(argv)
+
+    settings = OperatorSettings()
+    namespaces = args.namespace or settings.namespaces
+    kopf.configure(
+        verbose=args.verbose,
+        log_format={
+            "plain": kopf.LogFormat.PLAIN,
+            "full": kopf.LogFormat.FULL,
+            "json": kopf.LogFormat.JSON,
+        }[args.log_format],
+    )
+    import slm_operator.handlers  # noqa: F401 - registers the handlers
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=args.priority,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

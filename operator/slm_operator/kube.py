@@ -1,0 +1,227 @@
+"""I/O: a thin, typed REST layer over the Kubernetes client for the kinds the operator manages.
+
+The operator knows every kind it touches, so paths come from a static table rather than API
+discovery; server-side apply always uses the one field manager.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from slm_operator.api import FIELD_MANAGER, GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One API kind: where it lives in the REST tree."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        """The collection or item path."""
+        group_version = self.api_version
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        parts = [prefix]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name:
+            parts.append(name)
+        return "/".join(parts)
+
+
+CONFIG_MAP: Final = Kind("v1", "ConfigMap", "configmaps")
+PVC: Final = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+SERVICE: Final = Kind("v1", "Service", "services")
+POD: Final = Kind("v1", "Pod", "pods")
+NODE: Final = Kind("v1", "Node", "nodes", namespaced=False)
+EVENT: Final = Kind("v1", "Event", "events")
+JOB: Final = Kind("batch/v1", "Job", "jobs")
+DEPLOYMENT: Final = Kind("apps/v1", "Deployment", "deployments")
+PDB: Final = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+HPA: Final = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+NETWORK_POLICY: Final = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+SERVICE_MONITOR: Final = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+LOCAL_MODEL: Final = Kind(f"{GROUP}/{VERSION}", "LocalModel", PLURAL)
+CRD: Final = Kind(
+    "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False
+)
+
+CHILD_KINDS: Final = (
+    CONFIG_MAP,
+    PVC,
+    JOB,
+    DEPLOYMENT,
+    SERVICE,
+    SERVICE_MONITOR,
+    PDB,
+    HPA,
+    NETWORK_POLICY,
+)
+"""Every kind render.py may produce, in apply order (config and storage before workloads)."""
+
+KINDS_BY_KEY: Final = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, POD, NODE, EVENT)}
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    """The Kind entry for an object."""
+    return KINDS_BY_KEY[(obj["apiVersion"], obj["kind"])]
+
+
+class Kube:
+    """Synchronous calls the operator makes; every method is one request."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else the local kubeconfig."""
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Object | None:
+        request = self._api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException(status=response.status, reason=response.reason, body=data)
+        if not data:
+            return None
+        result: Object = json.loads(data)
+        return result
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> Object | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self._request("GET", kind.path(namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[Object]:
+        """Items of a kind, optionally filtered by labels."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._request("GET", kind.path(namespace), query=query) or {}
+        items: list[Object] = result.get("items", [])
+        return items
+
+    def apply(self, obj: Mapping[str, Any]) -> Object:
+        """Server-side apply with the operator's field manager, taking over conflicting fields."""
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        result = self._request(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=dict(obj),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+        assert result is not None  # noqa: S101 - the API server always returns the object
+        return result
+
+    def create(self, obj: Mapping[str, Any]) -> Object | None:
+        """Create an object; None when it already exists."""
+        kind = kind_of(obj)
+        try:
+            return self._request(
+                "POST",
+                kind.path(obj["metadata"].get("namespace")),
+                body=dict(obj),
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
+        """Delete in the background; False when it was already gone."""
+        try:
+            self._request(
+                "DELETE",
+                kind.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch the LocalModel status subresource."""
+        self._request(
+            "PATCH",
+            LOCAL_MODEL.path(namespace, name) + "/status",
+            body={"status": dict(patch)},
+            content_type="application/merge-patch+json",
+        )
+
+    def crd_exists(self, name: str) -> bool:
+        """Whether a CustomResourceDefinition is installed."""
+        return self.get(CRD, None, name) is not None
+
+    def post_event(
+        self, involved: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        """Record a core/v1 Event on a LocalModel (best effort: a failure is only logged)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", LOCAL_MODEL.api_version),
+                "kind": involved.get("kind", LOCAL_MODEL.kind),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._request("POST", EVENT.path(meta["namespace"]), body=event)
+        except ApiException as exc:
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc.reason)

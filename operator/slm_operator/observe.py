@@ -1,0 +1,253 @@
+"""Observation: live Kubernetes objects (from the watch caches) -> the plain data status.py reads.
+
+Nothing here calls the API: the operator's watches keep the objects current, and these functions
+only translate them. Node objects become ``place.NodeInfo``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from pydantic import ValidationError
+from slm_runtime.config import PullResult
+
+from slm_operator.place import NodeInfo
+from slm_operator.sizing import parse_quantity
+from slm_operator.status import (
+    DeploymentSummary,
+    JobSummary,
+    ModelInfo,
+    ObjectCondition,
+    Observation,
+    PodSummary,
+)
+
+log = logging.getLogger(__name__)
+
+_BENIGN_WAITING: Final = frozenset({"ContainerCreating", "PodInitializing"})
+PULL_CONTAINER: Final = "pull"
+_MISSING_SECRET = re.compile(r'secrets? "([^"]+)" not found')
+
+Obj = Mapping[str, Any]
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _condition(obj: Obj, kind: str) -> ObjectCondition | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return ObjectCondition(
+                status=cond.get("status", "Unknown"),
+                reason=cond.get("reason", ""),
+                message=cond.get("message", ""),
+            )
+    return None
+
+
+def deployment_summary(obj: Obj) -> DeploymentSummary:
+    """A Deployment's replica counts and conditions."""
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    return DeploymentSummary(
+        generation=obj["metadata"].get("generation", 0),
+        observed_generation=status.get("observedGeneration", 0),
+        spec_replicas=spec.get("replicas"),
+        replicas=status.get("replicas", 0),
+        ready_replicas=status.get("readyReplicas", 0),
+        updated_replicas=status.get("updatedReplicas", 0),
+        available_replicas=status.get("availableReplicas", 0),
+        progressing=_condition(obj, "Progressing"),
+        available=_condition(obj, "Available"),
+        replica_failure=_condition(obj, "ReplicaFailure"),
+    )
+
+
+def _termination_messages(pod: Obj) -> list[tuple[str, str | None]]:
+    """(exit-state, message) of every terminated container of a pod."""
+    status = pod.get("status") or {}
+    found = []
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        for state_key in ("state", "lastState"):
+            terminated = (cs.get(state_key) or {}).get("terminated")
+            if terminated:
+                ok = "ok" if terminated.get("exitCode") == 0 else "failed"
+                found.append((ok, terminated.get("message")))
+    return found
+
+
+def parse_pull_result(message: str | None) -> PullResult | None:
+    """The puller's termination message as a PullResult, if it is one."""
+    if not message:
+        return None
+    try:
+        return PullResult.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None
+
+
+def job_summary(obj: Obj, pods: Iterable[Obj]) -> JobSummary:
+    """The pull Job, with its pod's termination message read as the pull result."""
+    status = obj.get("status") or {}
+    finished = None
+    for kind in ("Complete", "Failed"):
+        cond = _condition(obj, kind)
+        if cond and cond.status == "True":
+            finished = kind
+    result = None
+    failure = None
+    for pod in pods:
+        for state, message in _termination_messages(pod):
+            if state == "ok" and result is None:
+                result = parse_pull_result(message)
+            elif state == "failed" and message:
+                failure = message.strip()
+    if finished == "Failed" and not failure:
+        failed = _condition(obj, "Failed")
+        failure = failed.message if failed else "the pull Job failed"
+    return JobSummary(
+        name=obj["metadata"]["name"],
+        active=status.get("active", 0),
+        succeeded=status.get("succeeded", 0),
+        failed=status.get("failed", 0),
+        finished=finished,  # type: ignore[arg-type]
+        result=result,
+        failure_message=failure,
+    )
+
+
+def pod_summary(obj: Obj) -> PodSummary:
+    """A runtime pod's phase, readiness, waiting reason and scheduling state."""
+    status = obj.get("status") or {}
+    meta = obj["metadata"]
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    unschedulable_since = None
+    scheduler_message = None
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            unschedulable_since = _time(cond.get("lastTransitionTime"))
+            scheduler_message = cond.get("message")
+    waiting_reason = waiting_message = container = None
+    restarts = 0
+    pulling = False
+    last_message = None
+    statuses = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for cs in statuses:
+        restarts += cs.get("restartCount", 0)
+        state = cs.get("state") or {}
+        if cs.get("name") == PULL_CONTAINER and "running" in state:
+            pulling = True
+        waiting = state.get("waiting")
+        if waiting and waiting.get("reason") not in _BENIGN_WAITING and waiting_reason is None:
+            waiting_reason = waiting.get("reason")
+            waiting_message = waiting.get("message")
+            container = cs.get("name")
+        terminated = (cs.get("lastState") or {}).get("terminated") or state.get("terminated")
+        if terminated and terminated.get("exitCode") not in (0, None) and terminated.get("message"):
+            last_message = terminated["message"].strip()
+    return PodSummary(
+        name=meta["name"],
+        phase=status.get("phase", "Pending"),
+        ready=ready,
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        container=container,
+        last_termination_message=last_message,
+        restart_count=restarts,
+        unschedulable_since=unschedulable_since,
+        scheduler_message=scheduler_message,
+        pulling=pulling,
+        terminating=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def observation(
+    *,
+    deployment: Obj | None,
+    pull_job: Obj | None,
+    job_pods: Iterable[Obj],
+    runtime_pods: Iterable[Obj],
+    service_monitor_crd: bool,
+) -> Observation:
+    """Everything status needs about one LocalModel's children.
+
+    A Secret the pods reference but that does not exist shows up as the kubelet's
+    CreateContainerConfigError; reading it from pod status spares the operator any access to
+    Secrets.
+    """
+    job_pods = list(job_pods)
+    pods = tuple(pod_summary(p) for p in runtime_pods)
+    waiting = [pod_summary(p) for p in job_pods] + list(pods)
+    missing = sorted(
+        {
+            name
+            for pod in waiting
+            if pod.waiting_reason == "CreateContainerConfigError" and pod.waiting_message
+            for name in _MISSING_SECRET.findall(pod.waiting_message)
+        }
+    )
+    job = job_summary(pull_job, job_pods) if pull_job else None
+    return Observation(
+        deployment=deployment_summary(deployment) if deployment else None,
+        pull_job=job,
+        pods=pods,
+        service_monitor_crd=service_monitor_crd,
+        missing_secrets=tuple(missing),
+        model=model_info(job.result) if job else None,
+    )
+
+
+def _quantities(values: Mapping[str, Any]) -> dict[str, float]:
+    parsed = {}
+    for name, value in values.items():
+        try:
+            parsed[name] = parse_quantity(str(value))
+        except ValueError:
+            log.warning("ignoring unparseable quantity %s=%r", name, value)
+    return parsed
+
+
+def node_info(obj: Obj) -> NodeInfo:
+    """A Node as placement sees it: readiness, labels, taints and allocatable resources."""
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return NodeInfo(
+        name=obj["metadata"]["name"],
+        ready=ready,
+        unschedulable=bool(spec.get("unschedulable")),
+        labels=dict(obj["metadata"].get("labels") or {}),
+        taints=list(spec.get("taints") or []),
+        allocatable=_quantities(status.get("allocatable") or {}),
+    )
+
+
+def model_info(pull: PullResult | None) -> ModelInfo | None:
+    """The served model's digest and size from a pull result."""
+    if pull is None:
+        return None
+    return ModelInfo(digest=pull.digest, size_bytes=pull.size_bytes)

@@ -1,0 +1,387 @@
+"""The reconcile: validate -> place -> render -> apply -> prune -> observe -> write status once.
+
+One level-based function serves create, update and resume of a LocalModel, events of its
+children, the periodic resync and the fallback timer (handlers.py wires them). The watch caches
+(kopf indexes) hold every child, node and LocalModel, so a reconcile at rest reads nothing from
+the API and writes nothing to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from slm_runtime.config import Device
+
+from slm_operator import metrics
+from slm_operator.api import (
+    COMPONENT_PULLER,
+    LABEL_COMPONENT,
+    InvalidSpecError,
+    LocalModel,
+    LocalModelStatus,
+    Phase,
+    Reason,
+    parse_duration,
+    parse_localmodel,
+)
+from slm_operator.apply import APPLIED_HASH_ANNOTATION, apply_children, prune_children
+from slm_operator.kube import CHILD_KINDS, DEPLOYMENT, JOB, POD, Kind, Kube, Object
+from slm_operator.observe import observation
+from slm_operator.place import NodeInfo, NoServableTier, Placement, place
+from slm_operator.render import RenderOptions, endpoint, render, selector_string
+from slm_operator.settings import AcceleratorCatalog, OperatorSettings
+from slm_operator.sizing import parse_quantity, pod_resources
+from slm_operator.status import (
+    compute_status,
+    failed_status,
+    next_tier,
+    should_step_down,
+    status_patch,
+    step_down_reason,
+    unschedulable_for,
+)
+
+log = logging.getLogger(__name__)
+
+TIER_ANNOTATION: Final = "slm.dev/tier"
+HARDWARE_ANNOTATION: Final = "slm.dev/hardware"
+RETRY_SECONDS: Final = 10.0
+
+Key = tuple[str, str]
+Ident = tuple[str, str, str]
+T = TypeVar("T")
+
+
+def hardware_hash(lm: LocalModel) -> str:
+    """A short digest of spec.hardware: a recorded tier is kept only while it is unchanged."""
+    text = lm.spec.hardware.model_dump_json(by_alias=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def ident(obj: Mapping[str, Any]) -> Ident:
+    """(apiVersion, kind, name) of an object."""
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+def _snapshot(read: Callable[[], T]) -> T:
+    """Read a watch cache from a worker thread; the event loop may be mutating it meanwhile."""
+    for _ in range(5):
+        try:
+            return read()
+        except RuntimeError:  # changed size during iteration
+            continue
+    return read()
+
+
+class Caches:
+    """Views over the operator's watch indexes (kopf indexes bound at the first handler call).
+
+    ``models``: (namespace, name) -> LocalModel body; ``children``: (namespace, instance) ->
+    child bodies, one index per kind; ``nodes``: name -> NodeInfo; ``crds``: name -> True.
+    """
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
+        self._recent: dict[tuple[Key, Ident], Object] = {}
+        self._recent_lock = threading.Lock()
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Keep references to the indexes kopf passes to every handler."""
+        for name, value in kwargs.items():
+            if name.endswith("_idx") and name not in self.indexes:
+                self.indexes[name] = value
+
+    def _values(self, index: str, key: Any) -> list[Any]:
+        idx = self.indexes.get(index)
+        if idx is None:
+            return []
+        return _snapshot(lambda: list(idx[key]) if key in idx else [])
+
+    def model(self, key: Key) -> Object | None:
+        """The LocalModel body as last seen."""
+        values = self._values("localmodels_idx", key)
+        return values[0] if values else None
+
+    def model_keys(self) -> list[Key]:
+        """Every known LocalModel."""
+        idx = self.indexes.get("localmodels_idx")
+        return _snapshot(lambda: list(idx.keys())) if idx else []
+
+    def children_of(self, key: Key) -> list[Object]:
+        """Every child of a LocalModel (pods included), as last seen."""
+        found: list[Object] = []
+        for kind in (*CHILD_KINDS, POD):
+            found.extend(self._values(f"{kind.plural}_idx", key))
+        return found
+
+    def nodes(self) -> list[NodeInfo]:
+        """Placement's view of every node."""
+        idx = self.indexes.get("nodes_idx")
+        if idx is None:
+            return []
+        return _snapshot(lambda: [n for store in idx.values() for n in store])
+
+    def crd_installed(self, name: str) -> bool:
+        """Whether a CRD of that name exists."""
+        return bool(self._values("crds_idx", name))
+
+    # Applies reach the watch a moment later; until then the apply's answer is the live object.
+
+    def remember(self, key: Key, obj: Object) -> None:
+        """Record what an apply returned."""
+        with self._recent_lock:
+            self._recent[(key, ident(obj))] = obj
+
+    def live(self, key: Key, kind: Kind, name: str) -> Object | None:
+        """The child as the API server has it: the watch's copy, or a fresher apply answer."""
+        wanted = (kind.api_version, kind.kind, name)
+        cached: Object | None = next(
+            (c for c in self._values(f"{kind.plural}_idx", key) if ident(c) == wanted), None
+        )
+        with self._recent_lock:
+            recent = self._recent.get((key, wanted))
+            if recent is None:
+                return cached
+            if cached is not None and _hash(cached) == _hash(recent):
+                del self._recent[(key, wanted)]
+                return cached
+            return recent
+
+    def forget(self, key: Key) -> None:
+        """Drop apply answers of a deleted LocalModel."""
+        with self._recent_lock:
+            for k in [k for k in self._recent if k[0] == key]:
+                del self._recent[k]
+
+
+def _hash(obj: Mapping[str, Any]) -> str | None:
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+class Reconciler:
+    """Runs the reconcile for one LocalModel at a time; timers and retries re-trigger it."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, catalog: AcceleratorCatalog) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.catalog = catalog
+        self.caches = Caches()
+        self._locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._written: dict[Key, LocalModelStatus] = {}
+        self._timers: dict[Key, threading.Timer] = {}
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def trigger(self, key: Key, cause: str) -> None:
+        """Reconcile ``key`` if it exists; unexpected errors are logged and retried later."""
+        body = self.caches.model(key)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            self.reconcile(body, cause=cause)
+        except InvalidSpecError:
+            pass  # already reported in status
+        except Exception:
+            log.exception("reconcile of %s/%s failed; retrying in %.0fs", *key, RETRY_SECONDS)
+            self.schedule(key, RETRY_SECONDS)
+
+    def schedule(self, key: Key, delay: float) -> None:
+        """Reconcile ``key`` again after ``delay`` seconds (at most one pending timer each)."""
+        with self._guard:
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            timer = threading.Timer(delay, self.trigger, args=(key, "timer"))
+            timer.daemon = True
+            self._timers[key] = timer
+            timer.start()
+
+    def forget(self, key: Key) -> None:
+        """Drop every trace of a deleted LocalModel."""
+        with self._guard:
+            timer = self._timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            self._locks.pop(key, None)
+        self._written.pop(key, None)
+        self.caches.forget(key)
+        metrics.forget_model(key)
+
+    def resync_all(self) -> None:
+        """Re-observe every LocalModel (the slow safety net behind the watches)."""
+        for key in self.caches.model_keys():
+            self.trigger(key, "resync")
+
+    # --- the reconcile ------------------------------------------------------------------------
+
+    def reconcile(self, body: Mapping[str, Any], *, cause: str) -> LocalModelStatus:
+        """Bring one LocalModel's children and status in line with its spec."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock(key), metrics.RECONCILE_SECONDS.time():
+            metrics.RECONCILES.labels(cause=cause).inc()
+            try:
+                return self._reconcile(key, body)
+            except InvalidSpecError:
+                raise
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                raise
+
+    def _reconcile(self, key: Key, body: Mapping[str, Any]) -> LocalModelStatus:
+        now = datetime.now(UTC)
+        try:
+            lm = parse_localmodel(body)
+        except InvalidSpecError as exc:
+            self._fail(key, body, str(exc), Reason.INVALID_SPEC, now)
+            raise
+
+        children = self.caches.children_of(key)
+        deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
+        job_pods = [c for c in children if c["kind"] == POD.kind and _is_puller(c)]
+        obs = observation(
+            deployment=deployment,
+            pull_job=next((c for c in children if c["kind"] == JOB.kind), None),
+            job_pods=job_pods,
+            runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
+            service_monitor_crd=self.caches.crd_installed("servicemonitors.monitoring.coreos.com"),
+        )
+
+        nodes = self.caches.nodes()
+        requests = pod_resources(lm.spec, lm.status.model.size_bytes)
+        pod_requests = {k: parse_quantity(v) for k, v in requests.get("requests", {}).items()}
+        try:
+            placement = place(
+                lm.spec,
+                nodes,
+                self.catalog,
+                start_at=_recorded_tier(lm, deployment),
+                pod_requests=pod_requests,
+            )
+            stepped = None
+            if should_step_down(lm.spec, placement, obs, now):
+                stepped = step_down_reason(placement, obs, now)
+                placement = place(
+                    lm.spec,
+                    nodes,
+                    self.catalog,
+                    start_at=next_tier(lm.spec, placement),
+                    pod_requests=pod_requests,
+                )
+                metrics.FALLBACKS.inc()
+        except NoServableTier as exc:
+            self._fail(key, body, f"spec.hardware: {exc}", Reason.INVALID_SPEC, now)
+            raise InvalidSpecError(str(exc)) from exc
+        self._arm_fallback_timer(key, lm, placement, obs, now)
+
+        desired = render(
+            lm,
+            placement,
+            RenderOptions(
+                service_monitor_supported=obs.service_monitor_crd,
+                cluster_domain=self.settings.cluster_domain,
+                model_size_bytes=lm.status.model.size_bytes,
+            ),
+        )
+        for obj in desired:
+            if obj["kind"] == DEPLOYMENT.kind:
+                annotations = obj["metadata"].setdefault("annotations", {})
+                annotations[TIER_ANNOTATION] = placement.device.value
+                annotations[HARDWARE_ANNOTATION] = hardware_hash(lm)
+        result = apply_children(
+            self.kube, desired, lambda kind, _ns, name: self.caches.live(key, kind, name)
+        )
+        for applied in result.applied:
+            live = result.live.get(applied)
+            if live is not None:
+                self.caches.remember(key, {**live, "apiVersion": applied[0], "kind": applied[1]})
+        owned = [c for c in children if c["kind"] != POD.kind]
+        pruned = prune_children(self.kube, lm.metadata.uid, desired, owned, CHILD_KINDS)
+        metrics.WRITES.inc(len(result.applied) + len(pruned))
+
+        status = compute_status(
+            lm,
+            placement,
+            obs,
+            now=now,
+            endpoint=endpoint(lm, self.settings.cluster_domain),
+            selector=selector_string(lm),
+        )
+        if stepped is not None:
+            status.fallback_reason = stepped
+        if self._write_status(key, lm.status, status) and stepped is not None:
+            self.kube.post_event(
+                body,
+                reason=Reason.FELL_BACK.value,
+                message=f"moved to {placement.device.value}: {stepped}",
+                warning=True,
+            )
+        metrics.observe_model(key, status.phase, status.backend)
+        return status
+
+    def _arm_fallback_timer(
+        self, key: Key, lm: LocalModel, placement: Placement, obs: Any, now: datetime
+    ) -> None:
+        """Wake up when unschedulable pods will have waited ``fallbackAfter``."""
+        waited = unschedulable_for(obs, now)
+        if waited is None or next_tier(lm.spec, placement) is None:
+            return
+        remaining = parse_duration(lm.spec.hardware.fallback_after) - waited
+        self.schedule(key, max(1.0, remaining + 0.5))
+
+    def _write_status(self, key: Key, stored: LocalModelStatus, status: LocalModelStatus) -> bool:
+        """Patch status when it differs from what is stored (or was last written)."""
+        patch = status_patch(self._written.get(key, stored), status)
+        if patch is None:
+            return False
+        self.kube.patch_status(key[0], key[1], patch)
+        metrics.WRITES.inc()
+        self._written[key] = status
+        return True
+
+    def _fail(
+        self, key: Key, body: Mapping[str, Any], message: str, reason: Reason, now: datetime
+    ) -> None:
+        """Failed status for a spec that cannot work, built without a parsed model."""
+        try:
+            previous = LocalModelStatus.model_validate(body.get("status") or {})
+        except ValueError:
+            previous = LocalModelStatus()
+        status = failed_status(
+            previous,
+            generation=body["metadata"].get("generation", 0),
+            error=message,
+            now=now,
+            error_reason=reason,
+        )
+        if self._write_status(key, previous, status):
+            self.kube.post_event(body, reason=reason.value, message=message, warning=True)
+        metrics.observe_model(key, Phase.FAILED, None)
+
+
+def _deployment_ident(lm: LocalModel) -> Ident:
+    return (DEPLOYMENT.api_version, DEPLOYMENT.kind, lm.metadata.name)
+
+
+def _is_puller(pod: Mapping[str, Any]) -> bool:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return labels.get(LABEL_COMPONENT) == COMPONENT_PULLER
+
+
+def _recorded_tier(lm: LocalModel, deployment: Mapping[str, Any] | None) -> Device | None:
+    """The tier the Deployment was placed on, while spec.hardware is unchanged."""
+    annotations = (deployment or {}).get("metadata", {}).get("annotations") or {}
+    if annotations.get(HARDWARE_ANNOTATION) != hardware_hash(lm):
+        return None
+    tier = annotations.get(TIER_ANNOTATION)
+    return Device(tier) if tier in {d.value for d in Device} else None
