@@ -80,8 +80,9 @@ def test_hand_edit_of_an_owned_field_is_drift() -> None:
 def test_hash_is_stable_and_ignores_its_own_annotation() -> None:
     once = with_hash(_deployment())
     twice = with_hash(once)
-    assert once["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] == (
-        twice["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+    assert (
+        once["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+        == (twice["metadata"]["annotations"][APPLIED_HASH_ANNOTATION])
     )
 
 
