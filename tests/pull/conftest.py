@@ -281,7 +281,7 @@ class OciRegistry:
         return proc.stdout
 
 
-def _start_registry(workdir: Path, auth_block: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def start_registry(workdir: Path, auth_block: str = "") -> tuple[subprocess.Popen[bytes], str]:
     if not REGISTRY_BIN.exists() or not ORAS_BIN.exists():
         pytest.skip(f"the OCI registry or oras is not built; {SETUP_HINT}")
     port = free_port()
@@ -312,7 +312,7 @@ http:
 def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
     """An anonymous registry."""
     workdir = tmp_path_factory.mktemp("registry")
-    proc, host = _start_registry(workdir)
+    proc, host = start_registry(workdir)
     try:
         yield OciRegistry(host=host, workdir=workdir)
     finally:
@@ -337,7 +337,7 @@ def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oc
         capture_output=True,
     )
     auth = f"auth:\n  htpasswd:\n    realm: slm-test\n    path: {users}\n"
-    proc, host = _start_registry(workdir, auth)
+    proc, host = start_registry(workdir, auth)
     try:
         yield OciRegistry(host=host, workdir=workdir)
     finally:

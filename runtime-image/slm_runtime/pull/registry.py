@@ -89,7 +89,9 @@ class Registry:
         self._repository = repository
         self._base = f"{'http' if plain_http else 'https'}://{host}/v2/{repository}"
         self._credentials = credentials
-        self._auth_header: str | None = None
+        # A token on its own is a registry bearer token, sent from the first request on.
+        self._preissued = bool(credentials.token and not credentials.basic_header())
+        self._auth_header = f"Bearer {credentials.token}" if self._preissued else None
 
     def blob_url(self, digest: str) -> str:
         """Where the blob with ``digest`` is served."""
@@ -152,7 +154,7 @@ class Registry:
 
     def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
         resp = self._client.get(url, headers={**headers, **self.auth_headers()})
-        if resp.status_code == 401:
+        if resp.status_code == 401 and not self._preissued:
             self._authenticate(resp.headers.get("www-authenticate", ""))
             resp = self._client.get(url, headers={**headers, **self.auth_headers()})
         if resp.status_code == 401:
@@ -187,12 +189,8 @@ class Registry:
             )
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.setdefault("scope", f"repository:{self._repository}:pull")
-        headers: dict[str, str] = {}
         basic = self._credentials.basic_header()
-        if basic:
-            headers["Authorization"] = basic
-        elif self._credentials.token:
-            headers["Authorization"] = f"Bearer {self._credentials.token}"
+        headers = {"Authorization": basic} if basic else {}
         resp = self._client.get(params["realm"], params=query, headers=headers)
         if resp.status_code >= 400:
             raise RegistryError(
