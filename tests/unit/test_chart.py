@@ -1,0 +1,346 @@
+"""The Helm chart, plain manifests and GitOps example, rendered offline with Helm and kustomize.
+
+Helm is the cached v3 binary that `make setup` builds (hack/setup.d/20-cluster.sh); the API
+server's own checks of the same output run in tests/cluster/test_install.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from slm_operator.settings import AcceleratorCatalog, default_catalog
+
+from tests.cluster.conftest import CACHE, VERSIONS
+from tests.unit.crdcheck import crd_errors
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "slm-operator"
+HELM = CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"
+RBAC_RULES = CHART / "files" / "rbac-rules.yaml"
+CLUSTER_SCOPED = {"nodes", "customresourcedefinitions"}
+
+Obj = dict[str, Any]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the cached Helm binary."""
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: run `make setup` to build it", pytrace=False)
+    result = subprocess.run(
+        [str(HELM), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def render(*sets: str, tests: bool = False) -> list[Obj]:
+    """`helm template` of the chart with ``--set`` values (``--set-json`` for ``key={...}``)."""
+    args = ["template", "rel", str(CHART), "--namespace", "ops"]
+    args += [arg for s in sets for arg in (set_flag(s), s)]
+    if not tests:
+        args.append("--skip-tests")
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def set_flag(value: str) -> str:
+    """``--set-json`` for a JSON value, else ``--set``."""
+    return "--set-json" if '={"' in value or "=[" in value else "--set"
+
+
+def one(objects: list[Obj], kind: str, namespace: str | None = None) -> Obj:
+    """The single object of ``kind`` (in ``namespace`` when given)."""
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def rule_key(rule: Obj) -> str:
+    """A rule as comparable text."""
+    return json.dumps(rule, sort_keys=True)
+
+
+def test_helm_lint_strict() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_objects() -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in render())
+    assert kinds == [
+        ("ClusterRole", "rel-slm-operator"),
+        ("ClusterRoleBinding", "rel-slm-operator"),
+        ("ConfigMap", "rel-slm-operator-catalog"),
+        ("CustomResourceDefinition", "localmodels.slm.dev"),
+        ("Deployment", "rel-slm-operator"),
+        ("Service", "rel-slm-operator"),
+        ("ServiceAccount", "rel-slm-operator"),
+    ]
+
+
+def test_deployment_is_restricted_probed_and_single() -> None:
+    deployment = one(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["command"][0] == "slm-operator"
+    security = container["securityContext"]
+    assert security["runAsUser"] == 65532
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert ports == {"metrics": 9090, "health": 8081}
+    assert env["SLM_OPERATOR_METRICS_PORT"] == "9090"
+    assert env["SLM_OPERATOR_HEALTH_PORT"] == "8081"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+    assert "memory" in container["resources"]["limits"]
+    assert container["image"] == "ghcr.io/slm-operator/slm-operator:0.1.0"
+
+
+def test_catalog_configmap_is_mounted_where_the_operator_reads_it() -> None:
+    objects = render()
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = Path(env["SLM_OPERATOR_CATALOG_FILE"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    configmap = one(objects, "ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    catalog = AcceleratorCatalog.model_validate(yaml.safe_load(configmap["data"][path.name]))
+    assert catalog == default_catalog()
+
+
+def test_values_catalog_mirrors_the_operator_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    expected = default_catalog().model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert values["catalog"] == expected
+
+
+def test_settings_reach_the_operator_environment() -> None:
+    objects = render(
+        "watchNamespaces={team-a,team-b}",
+        "runtime.image=mirror.example/slm-runtime:1",
+        "operator.resyncSeconds=120",
+        "image.digest=sha256:" + "a" * 64,
+    )
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SLM_OPERATOR_NAMESPACES"] == "team-a,team-b"
+    assert env["SLM_OPERATOR_RUNTIME_IMAGE"] == "mirror.example/slm-runtime:1"
+    assert env["SLM_OPERATOR_RESYNC_SECONDS"] == "120"
+    assert container["image"] == "ghcr.io/slm-operator/slm-operator@sha256:" + "a" * 64
+
+
+def test_catalog_change_rolls_the_pod() -> None:
+    def checksum(*sets: str) -> str:
+        pod = one(render(*sets), "Deployment")["spec"]["template"]
+        value: str = pod["metadata"]["annotations"]["slm.dev/catalog-checksum"]
+        return value
+
+    cpu_only = {"tiers": [{"device": "cpu", "options": [{"name": "cpu"}]}]}
+    assert checksum() != checksum("catalog=" + json.dumps(cpu_only))
+
+
+def test_crd_is_the_generated_one_and_kept_on_uninstall() -> None:
+    generated = ROOT / "crds" / "slm.dev_localmodels.yaml"
+    copy = CHART / "files" / "crds" / generated.name
+    assert copy.read_text() == generated.read_text(), (
+        "the chart's CRD is stale: run make chart-crds"
+    )
+    crd = one(render(), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    expected = yaml.safe_load(generated.read_text())
+    assert crd["spec"] == expected["spec"]
+    assert all(o["kind"] != "CustomResourceDefinition" for o in render("crds.enabled=false"))
+
+
+def test_cluster_wide_rbac_is_the_single_source() -> None:
+    source = yaml.safe_load(RBAC_RULES.read_text())
+    objects = render()
+    role = one(objects, "ClusterRole")
+    assert sorted(map(rule_key, role["rules"])) == sorted(map(rule_key, source))
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-slm-operator", "namespace": "ops"}
+    ]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+
+
+def test_watched_namespaces_get_roles_and_only_cluster_reads_stay_cluster_wide() -> None:
+    source = yaml.safe_load(RBAC_RULES.read_text())
+    objects = render("watchNamespaces={team-a,team-b}")
+    cluster_rules = one(objects, "ClusterRole")["rules"]
+    assert cluster_rules
+    assert all(set(r["resources"]) <= CLUSTER_SCOPED for r in cluster_rules)
+    for ns in ("team-a", "team-b"):
+        role = one(objects, "Role", ns)
+        assert not any(set(r["resources"]) & CLUSTER_SCOPED for r in role["rules"])
+        assert sorted(map(rule_key, role["rules"] + cluster_rules)) == sorted(map(rule_key, source))
+        binding = one(objects, "RoleBinding", ns)
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"][0]["namespace"] == "ops"
+
+
+def test_service_and_servicemonitor_select_the_operator_pod() -> None:
+    objects = render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = one(objects, "Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert {p["name"] for p in service["spec"]["ports"]} == {"metrics", "health"}
+    assert all(o["kind"] != "ServiceMonitor" for o in render())
+
+
+def test_helm_test_pod_is_restricted_with_an_explicit_command() -> None:
+    (pod,) = [o for o in render(tests=True) if o["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["command"][-1] == "http://rel-slm-operator.ops.svc:8081/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("bogus=1", "bogus"),
+        ("operator.bogus=1", "bogus"),
+        ('catalog={"tiers": [{"device": "cpu", "options": [{"name": "c", "gpus": 1}]}]}', "gpus"),
+        ('catalog={"tiers": [{"device": "tpu", "options": [{"name": "c"}]}]}', "device"),
+        ("serviceMonitor.enable=true", "enable"),
+        ("replicaCount=2", "replicaCount"),
+        ("operator.logFormat=xml", "logFormat"),
+        ("watchNamespaces={Team_A}", "watchNamespaces"),
+    ],
+)
+def test_schema_rejects_unknown_and_invalid_values(value: str, named: str) -> None:
+    result = helm("template", "rel", str(CHART), set_flag(value), value, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert named in result.stderr
+
+
+def _objects_in(schema: Any, path: str = "$") -> list[tuple[str, Obj]]:
+    """Every sub-schema that describes an object with properties, with its path."""
+    found: list[tuple[str, Obj]] = []
+    if isinstance(schema, dict):
+        if "properties" in schema:
+            found.append((path, schema))
+        for key, value in schema.items():
+            found += _objects_in(value, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            found += _objects_in(value, f"{path}[{i}]")
+    return found
+
+
+def test_schema_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = [p for p, s in _objects_in(schema) if s.get("additionalProperties") is not False]
+    assert not open_objects
+
+
+def test_every_value_is_documented() -> None:
+    """Each key has a `# --` comment, or sits inside a documented block (the catalog's data)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^(\s*)([A-Za-z][\w]*):(.*)$")
+    undocumented = []
+    documented_indent: int | None = None
+    for i, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        if documented_indent is not None and indent > documented_indent:
+            continue
+        documented_indent = None
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#") and "# --" not in lines[j]:
+            j -= 1
+        has_doc = j >= 0 and "# --" in lines[j]
+        nxt = next(
+            (ln for ln in lines[i + 1 :] if ln.strip() and not ln.strip().startswith("#")), ""
+        )
+        is_section = not match.group(3).strip() and len(nxt) - len(nxt.lstrip()) > indent
+        if has_doc:
+            documented_indent = indent
+        elif not is_section:
+            undocumented.append(match.group(2))
+    assert not undocumented
+
+
+def test_plain_manifests_are_fresh() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "generate.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HELM": str(HELM)},
+    )
+    committed = (ROOT / "deploy" / "slm-operator.yaml").read_text()
+    assert result.stdout == committed, "deploy/ is stale: run make manifests"
+    objects = [d for d in yaml.safe_load_all(committed) if d]
+    assert objects[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": "slm-system",
+            "labels": {
+                "app.kubernetes.io/part-of": "slm-operator",
+                "pod-security.kubernetes.io/enforce": "restricted",
+            },
+        },
+    }
+    assert all(o["kind"] not in ("CustomResourceDefinition", "Pod") for o in objects)
+    assert {o["metadata"].get("namespace", "slm-system") for o in objects} == {"slm-system"}
+
+
+def test_gitops_overlay_renders_valid_localmodels() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "examples" / "gitops" / "overlays" / "production")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    objects = [d for d in yaml.safe_load_all(rendered) if d]
+    model = one(objects, "LocalModel")
+    assert model["metadata"]["namespace"] == "ai-prod"
+    assert model["spec"]["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4}
+    assert crd_errors(model) == []
+    for path in (ROOT / "examples" / "gitops" / "argocd").glob("*.yaml"):
+        app = yaml.safe_load(path.read_text())
+        assert app["kind"] == "Application"
+        source = app["spec"]["source"]["path"]
+        assert (ROOT / source).is_dir(), f"{path.name} points at a missing folder {source}"
