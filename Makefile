@@ -44,3 +44,14 @@ crds: ## regenerate crds/ from the API models
 
 bench-pull: ## pull throughput vs curl from local nginx, and the re-run time (writes docs/benchmarks.md)
 	$(PY) bench/pull_bench.py
+
+HELM ?= $(shell bash -c 'source hack/cluster/versions.sh && echo $${SLM_BIN_DIR}/helm-$${HELM_VERSION}')
+
+chart-crds: ## copy the generated CRD from crds/ into the Helm chart (after `make crds`)
+	cp crds/*.yaml charts/slm-operator/files/crds/
+
+manifests: chart-crds ## regenerate deploy/ (plain kubectl manifests) from the Helm chart
+	HELM=$(HELM) bash deploy/generate.sh > deploy/slm-operator.yaml
+
+helm-lint: ## helm lint the chart, strictly
+	$(HELM) lint --strict charts/slm-operator
