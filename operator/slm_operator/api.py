@@ -275,7 +275,8 @@ class HardwareSpec(_Spec):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "!has(self.fallback) || !self.fallback.exists(t, t == self.preferred)",
+                    "!has(self.fallback) || !has(self.preferred) || "
+                    "!self.fallback.exists(t, t == self.preferred)",
                     "spec.hardware.fallback must not repeat spec.hardware.preferred",
                     ".fallback",
                 )
@@ -418,6 +419,8 @@ class AutoscalingSpec(_Spec):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
+                    # has(): the API server also checks the `{}` default, before its defaults.
+                    "!has(self.minReplicas) || !has(self.maxReplicas) || "
                     "self.minReplicas <= self.maxReplicas",
                     "spec.autoscaling.minReplicas must be <= maxReplicas",
                     ".minReplicas",

@@ -189,7 +189,12 @@ def cel_errors(obj: Any, schema: Schema | None = None, path: str = "") -> list[C
     schema = open_api_schema() if schema is None else schema
     errors = []
     for entry in schema.get("x-kubernetes-validations", []):
-        result = _program(entry["rule"]).evaluate({"self": json_to_cel(obj)})
+        try:
+            result = _program(entry["rule"]).evaluate({"self": json_to_cel(obj)})
+        except celpy.CELEvalError as exc:
+            # The API server rejects on evaluation errors too (e.g. "no such key").
+            errors.append(CrdError(path, f"{exc.args[0]} evaluating rule: {entry['message']}"))
+            continue
         if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             errors.append(CrdError(path + entry.get("fieldPath", ""), entry["message"]))
     if isinstance(obj, dict):

@@ -14,6 +14,7 @@ import yaml
 from crdcheck import (
     CRD_PATH,
     apply_defaults,
+    cel_errors,
     cel_rules,
     compile_rule,
     load_crd,
@@ -179,6 +180,8 @@ def test_defaults_are_valid_for_their_node() -> None:
             validator = jsonschema.Draft4Validator(to_json_schema(node, strict=True))
             errors = list(validator.iter_errors(apply_defaults(node, node["default"])))
             assert errors == [], path
+            # CEL rules see the default as written, before the defaults inside it apply.
+            assert cel_errors(node["default"], node) == [], path
     assert seen > 10
 
 
