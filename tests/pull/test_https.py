@@ -163,6 +163,7 @@ def test_a_file_that_is_not_gguf_is_not_placed(nginx: Nginx, tmp_path: Path) -> 
     assert run.returncode == 1
     assert "is not a GGUF file" in run.termination
     assert not (dest / "model.gguf").exists()
+    assert [p.name for p in dest.rglob("*") if p.is_file()] == []
 
 
 def test_a_missing_file_fails_with_the_status(nginx: Nginx, tmp_path: Path) -> None:

@@ -221,14 +221,24 @@ def _sniff_format(path: Path, declared: ModelFormat | None, what: str) -> ModelF
 
 
 def _place_file(
-    request: PullRequest, dest: Destination, part: Path, fetched: Fetched, what: str
+    request: PullRequest,
+    dest: Destination,
+    part: Path,
+    fetched: Fetched,
+    what: str,
+    defaults: ModelDefaults | None = None,
 ) -> ModelMetadata:
     check_pin(fetched.sha256, request.sha256, what)
-    model_format = _sniff_format(part, request.model_format or infer_format(request.source), what)
-    if model_format is not ModelFormat.GGUF:
-        raise PullError(f"{what} is a single file; an {model_format} model is a folder")
+    try:
+        declared = request.model_format or infer_format(request.source)
+        model_format = _sniff_format(part, declared, what)
+        if model_format is not ModelFormat.GGUF:
+            raise PullError(f"{what} is a single file; an {model_format} model is a folder")
+    except PullError:
+        part.unlink()  # complete and verified, but not a model this runtime can serve
+        raise
     final = dest.place(part, model_name(model_format))
-    return _record(request, dest, final, fetched.sha256, model_format)
+    return _record(request, dest, final, fetched.sha256, model_format, defaults)
 
 
 # --- https ------------------------------------------------------------------------------------
@@ -393,10 +403,7 @@ def _pull_registry(
     if is_tar:
         folder = _extract(part, dest.work / "oci-folder", str(source))
         return _place_folder(request, dest, folder, str(source))
-    check_pin(fetched.sha256, request.sha256, str(source))
-    model_format = _sniff_format(part, request.model_format or infer_format(source), str(source))
-    final = dest.place(part, model_name(model_format))
-    return _record(request, dest, final, fetched.sha256, model_format, defaults)
+    return _place_file(request, dest, part, fetched, str(source), defaults)
 
 
 def _is_tar(layer: Descriptor) -> bool:
