@@ -174,10 +174,11 @@ def test_omitted_fallback_is_the_tiers_below_preferred() -> None:
 @pytest.mark.skipif(not EXAMPLES, reason="examples/ has no LocalModel yet")
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_pass_both(path: Path) -> None:
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc.get("kind") == "LocalModel":
-            parse_localmodel(doc)
-            assert crd_errors(doc) == []
+    models = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "LocalModel"]
+    assert models, f"{path.name} holds no LocalModel"
+    for doc in models:
+        parse_localmodel(doc)
+        assert crd_errors(doc) == []
 
 
 @pytest.mark.parametrize(
