@@ -48,7 +48,12 @@ EMBEDDING_SEQUENCES: Final[Mapping[ModelFormat, int]] = {ModelFormat.GGUF: 1, Mo
 """Sequences beyond ``parallel``: llama.cpp serves embeddings from a context of its own."""
 
 RUNTIME_OVERHEAD_BYTES: Final = 512 * MIB
-"""The Python process, HTTP server and the engine's compute buffers, on top of weights and cache."""
+"""The Python process, HTTP server and the engine's compute buffers, on top of weights and cache.
+
+Weights are memory-mapped, so under pressure their pages are reclaimed rather than OOM-killed;
+the cache and compute buffers are not. Gemma 3 270M at 4096 x 4 peaked at 1584 MiB resident
+after four chats and an embedding, against an estimate of 3314 MiB.
+"""
 
 DEFAULT_CPU_REQUEST: Final = "1"
 """cpu request when neither ``resources`` nor ``parameters.numThread`` says otherwise."""
