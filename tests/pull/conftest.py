@@ -105,10 +105,17 @@ class Nginx:
     port: int
     root: Path
     access_log: Path
+    tls_port: int
+    ca_file: Path
+    """The self-signed certificate the TLS listener presents (for 127.0.0.1)."""
 
     def url(self, name: str) -> str:
-        """The URL of a file under the served root."""
+        """The plain-HTTP URL of a file under the served root."""
         return f"http://127.0.0.1:{self.port}/{name}"
+
+    def https_url(self, name: str) -> str:
+        """The HTTPS URL of a file under the served root."""
+        return f"https://127.0.0.1:{self.tls_port}/{name}"
 
     def requests(self) -> list[str]:
         """Access log lines so far: ``<status> "<range>" <bytes sent> "<authorization>"``."""
@@ -133,8 +140,31 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Iterato
     root.mkdir()
     (root / "gemma.gguf").symlink_to(gemma_gguf)
     (root / "not-a-model.bin").write_bytes(b"plain bytes, no GGUF magic" * 10)
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     access_log = prefix / "access.log"
+    cert, key = prefix / "cert.pem", prefix / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(
@@ -152,6 +182,9 @@ http {{
     scgi_temp_path {prefix}/tmp;
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         root {root};
         sendfile on;
     }}
@@ -166,7 +199,8 @@ http {{
     )
     try:
         wait_listening(port, proc)
-        yield Nginx(port=port, root=root, access_log=access_log)
+        wait_listening(tls_port, proc)
+        yield Nginx(port=port, root=root, access_log=access_log, tls_port=tls_port, ca_file=cert)
     finally:
         stop(proc)
 

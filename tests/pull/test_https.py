@@ -195,3 +195,22 @@ def test_a_model_changed_after_its_pull_is_pulled_again(
     assert len(nginx.requests()) == before + 1
     with (dest / "model.gguf").open("rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == gemma_sha256
+
+
+def test_https_verifies_the_server_certificate(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    args = ("--source", nginx.https_url("gemma.gguf"), "--dest", str(dest))
+    untrusted = run_pull(*args, tmp=tmp_path)
+    assert untrusted.returncode == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.termination
+    assert "SSL_CERT_FILE" in untrusted.termination
+    assert [e["event"] for e in untrusted.events()].count("retry") == 0
+    assert not (dest / "model.gguf").exists()
+
+    trusted = run_pull(
+        *args, "--sha256", gemma_sha256, tmp=tmp_path, env={"SSL_CERT_FILE": str(nginx.ca_file)}
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.result()["digest"] == f"sha256:{gemma_sha256}"

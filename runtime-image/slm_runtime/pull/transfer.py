@@ -103,6 +103,10 @@ def fetch(
                         f"{label}: received {state.offset} bytes, but {expected_size} were expected"
                     )
                 break
+            except ssl.SSLCertVerificationError as err:
+                raise TransferError(
+                    f"{label}: {err}; trust the server's CA (SSL_CERT_FILE)"
+                ) from err
             except (OSError, http.client.HTTPException, _RetryableError) as err:
                 if state.offset > before:
                     failures = 0
