@@ -173,6 +173,17 @@ def _resume_state(url: str, part: Path, expected_size: int | None) -> _State:
     return _State(offset, hasher, record.get("validator"))
 
 
+def _ssl_context() -> ssl.SSLContext:
+    """CAs from SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's: the same as httpx."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _connect(url: str) -> tuple[http.client.HTTPConnection, str]:
     """A connection for ``url`` (through the environment's proxy, if any) and the request target."""
     parts = urlsplit(url)
@@ -194,16 +205,14 @@ def _connect(url: str) -> tuple[http.client.HTTPConnection, str]:
                 pp.hostname or "",
                 proxy_port,
                 timeout=_TIMEOUT_S,
-                context=ssl.create_default_context(),
+                context=_ssl_context(),
             )
             conn.set_tunnel(host, port)
         else:
             conn = http.client.HTTPConnection(pp.hostname or "", proxy_port, timeout=_TIMEOUT_S)
             target = url
     elif secure:
-        conn = http.client.HTTPSConnection(
-            host, port, timeout=_TIMEOUT_S, context=ssl.create_default_context()
-        )
+        conn = http.client.HTTPSConnection(host, port, timeout=_TIMEOUT_S, context=_ssl_context())
     else:
         conn = http.client.HTTPConnection(host, port, timeout=_TIMEOUT_S)
     return conn, target
