@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds
+.PHONY: help setup venv lint fmt test test-unit crds cluster-up cluster-down cluster-binaries test-cluster
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,18 @@ test-unit: ## pure tests only
 
 crds: ## regenerate crds/ from the API models
 	$(PY) -m slm_operator.crdgen
+
+cluster-binaries: ## build (or reuse) the test cluster's binaries in ~/.cache/slm-operator/bin
+	bash hack/cluster/build.sh
+
+cluster-up: ## start the test cluster on 127.0.0.1 (no-op when running); kubeconfig in ~/.cache/slm-operator/cluster
+	bash hack/cluster/up.sh
+
+cluster-down: ## stop the test cluster and remove every process, namespace, mount and state
+	bash hack/cluster/down.sh
+
+test-cluster: ## the cluster suite only (reuses a running cluster)
+	$(PY) -m pytest -m cluster
 
 bench-pull: ## pull throughput vs curl from local nginx, and the re-run time (writes docs/benchmarks.md)
 	$(PY) bench/pull_bench.py

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Stops the test cluster and removes everything it left: processes, the host-0 pods'
+# network namespaces and mounts, the pod bridge, hostPath PVs and the state folder.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=env.sh
+source "${here}/env.sh"
+state="${SLM_CLUSTER_DIR}"
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# stop NAME: SIGTERM to the component's process group, SIGKILL after 15 seconds.
+stop() {
+  local pidfile="${state}/pids/$1.pid" pid i
+  [ -s "${pidfile}" ] || return 0
+  pid="$(cat "${pidfile}")"
+  if kill -0 "${pid}" 2>/dev/null; then
+    kill -TERM -- "-${pid}" 2>/dev/null || true
+    for i in $(seq 150); do
+      kill -0 "${pid}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-${pid}" 2>/dev/null || true
+  fi
+  rm -f "${pidfile}"
+}
+
+for ((i = ${#SLM_COMPONENTS[@]} - 1; i >= 0; i--)); do
+  stop "${SLM_COMPONENTS[i]}"
+done
+
+# What the host-0 agent cleans on SIGTERM, again, in case it was killed: pod processes
+# (each in its own session, recorded by the agent), network namespaces, the bridge, mounts.
+if [ -d "${state}/host-0" ]; then
+  "${here}/hostnode/cleanup.sh" "${state}/host-0"
+fi
+if [ -d /tmp/hostpath_pv ]; then
+  rm -rf /tmp/hostpath_pv
+fi
+if [ -d "${state}" ]; then
+  if grep -q " ${state}" /proc/self/mounts; then
+    log "error: mounts remain under ${state}:"
+    grep " ${state}" /proc/self/mounts >&2
+    exit 1
+  fi
+  rm -rf "${state}"
+fi
+log "cluster down"

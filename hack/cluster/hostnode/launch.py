@@ -1,0 +1,70 @@
+"""Container entry point: set up mounts and identity inside fresh namespaces, then exec.
+
+Runs under `nsenter --net=... unshare --mount --uts --`, with the standard library only,
+and execs the container's command in place so the agent's child pid is the container.
+Usage: launch.py SPEC_JSON ERROR_FD. On failure before exec it writes the reason to
+ERROR_FD and exits 127; a successful exec closes ERROR_FD (close-on-exec).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _mount(*args: str) -> None:
+    result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise OSError(f"mount {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _setup(spec: dict[str, Any]) -> None:
+    socket.sethostname(spec["hostname"])
+    for m in spec["mounts"]:
+        if m["kind"] == "tmpfs":
+            _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", m["target"])
+        else:
+            _mount("--bind", m["source"], m["target"])
+        if m["readOnly"]:
+            _mount("-o", "remount,bind,ro", m["target"])
+    if spec["readOnlyRoot"]:
+        _mount("-o", "remount,bind,ro", "/")
+    os.setgroups(spec["groups"])
+    os.setgid(spec["gid"])
+    os.setuid(spec["uid"])
+    if spec["noNewPrivs"]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    os.chdir(spec["workingDir"])
+
+
+def main() -> None:
+    """Set up the container from the spec file and exec its command."""
+    with open(sys.argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    error_fd = int(sys.argv[2])
+    os.set_inheritable(error_fd, False)
+    argv: list[str] = spec["argv"]
+    try:
+        _setup(spec)
+        os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 (the container's command)
+    except OSError as e:
+        detail = e.strerror or str(e)
+        if isinstance(e, FileNotFoundError) and "/" not in argv[0]:
+            detail = f'exec: "{argv[0]}": executable file not found in $PATH'
+        elif isinstance(e, FileNotFoundError | PermissionError):
+            detail = f'exec: "{argv[0]}": {e.strerror}'
+        os.write(error_fd, detail.encode())
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The real test cluster, for every test under tests/cluster (marker `cluster`).
+
+Fixtures:
+    cluster     session-scoped `Cluster`: brings the cluster up with hack/cluster/up.sh, or
+                reuses a running one (left running); a cluster it started is torn down at
+                the end and must leave no process or namespace behind.
+    namespace   a fresh namespace per test, deleted afterwards.
+    kubectl     `kubectl(*args, input=..., check=True)` bound to the cluster and `namespace`.
+    host_node   the name of the node whose pods really run ("host-0").
+
+A cluster that cannot start fails the tests; set SLM_SKIP_CLUSTER=1 to skip them instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HACK = ROOT / "hack" / "cluster"
+CACHE = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "slm-operator"))
+STATE = Path(os.environ.get("SLM_CLUSTER_DIR", CACHE / "cluster"))
+HOST_NODE = "host-0"
+HOST_GATEWAY = "10.244.0.1"
+"""The host's address as seen from host-0 pods (serve test fixtures on it or 0.0.0.0)."""
+HOST_NODE_TOLERATION = {"key": "slm.dev/host-node", "operator": "Exists", "effect": "NoSchedule"}
+"""host-0 is tainted so that only pods meant for it land there."""
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _versions() -> dict[str, str]:
+    """The pinned versions from hack/cluster/versions.sh."""
+    text = (HACK / "versions.sh").read_text()
+    return dict(re.findall(r"^([A-Z0-9_]+)=(v[^\s]+)$", text, re.MULTILINE))
+
+
+VERSIONS = _versions()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running test cluster."""
+
+    kubeconfig: Path
+    state_dir: Path
+    audit_log: Path
+    """JSON lines, one per write (Metadata level); see docs/test-cluster.md."""
+    host_node: str = HOST_NODE
+    host_gateway: str = HOST_GATEWAY
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        namespace: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raise with its stderr when check fails."""
+        cmd = ["kubectl", f"--kubeconfig={self.kubeconfig}"]
+        if namespace:
+            cmd.append(f"--namespace={namespace}")
+        result = subprocess.run(
+            [*cmd, *args], input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    @property
+    def helm_path(self) -> Path:
+        """The cached Helm v3 binary."""
+        return CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run Helm against this cluster."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        result = subprocess.run(
+            [str(self.helm_path), *args], capture_output=True, text=True, env=env, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """One object as a dict."""
+        out = self.kubectl("get", kind, name, "-o", "json", namespace=namespace).stdout
+        obj: dict[str, Any] = json.loads(out)
+        return obj
+
+    def apply(self, obj: dict[str, Any], namespace: str | None = None) -> None:
+        """Create or update an object (client-side apply from JSON)."""
+        self.kubectl("apply", "-f", "-", input=json.dumps(obj), namespace=namespace)
+
+    def host_log(self, namespace: str, pod: str, container: str) -> str:
+        """stdout and stderr of a host-0 container, read from the node's files."""
+        uid = str(self.get("pod", pod, namespace)["metadata"]["uid"])
+        path = self.state_dir / "host-0" / "pods" / uid / "containers" / container / "log"
+        return path.read_text(errors="replace")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder needs the cluster."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+def _leftovers() -> list[str]:
+    """Processes, network namespaces and mounts a stopped cluster must not leave."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    found += [
+        f"netns {line.split()[0]}" for line in netns.stdout.splitlines() if line.startswith("slm-")
+    ]
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        found += [f"mount {line.split()[1]}" for line in f if str(STATE) in line]
+    procs = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False)
+    binaries = re.compile(rf"{re.escape(str(CACHE / 'bin'))}/|-m hostnode ")
+    found += [
+        f"process {line.strip()}" for line in procs.stdout.splitlines() if binaries.search(line)
+    ]
+    return found
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The running test cluster (started here when none runs)."""
+    if os.environ.get("SLM_SKIP_CLUSTER") == "1":
+        pytest.skip("SLM_SKIP_CLUSTER=1")
+    c = Cluster(STATE / "kubeconfig", STATE, STATE / "audit.log")
+    running = (
+        c.kubeconfig.exists() and c.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+    )
+    if not running:
+        result = subprocess.run(
+            ["bash", str(HACK / "up.sh")], capture_output=True, text=True, timeout=300, check=False
+        )
+        if result.returncode != 0:
+            pytest.fail(f"the test cluster did not start:\n{result.stderr}", pytrace=False)
+    yield c
+    if running or os.environ.get("SLM_KEEP_CLUSTER") == "1":
+        return
+    down = subprocess.run(
+        ["bash", str(HACK / "down.sh")], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert down.returncode == 0, down.stderr
+    assert not _leftovers(), f"cluster-down left: {_leftovers()}"
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of this test's own, deleted afterwards (without waiting)."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl(
+        "wait", "--for=create", "serviceaccount/default",
+        f"--namespace={name}", "--timeout=30s",
+    )  # fmt: skip
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def kubectl(cluster: Cluster, namespace: str) -> Kubectl:
+    """kubectl bound to the cluster and this test's namespace."""
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            *args, input=input, check=check, namespace=namespace, timeout=timeout
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def host_node(cluster: Cluster) -> str:
+    """The node whose pods really run."""
+    return cluster.host_node
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> list[str]:
+    """Install the project's CRDs from crds/ (server-side apply); return their names."""
+    files = sorted((ROOT / "crds").glob("*.yaml"))
+    if not files:
+        pytest.skip("crds/ not generated yet")
+    args = [arg for f in files for arg in ("-f", str(f))]
+    out = cluster.kubectl("apply", "--server-side", *args, "-o", "name").stdout.split()
+    cluster.kubectl("wait", "--for=condition=Established", *out, "--timeout=60s")
+    return [name.split("/", 1)[1] for name in out]
