@@ -184,11 +184,11 @@ class Kube:
         return True
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch the LocalModel status subresource."""
+        """Merge-patch the LocalModel status subresource with a ``{"status": {...}}`` body."""
         self._request(
             "PATCH",
             LOCAL_MODEL.path(namespace, name) + "/status",
-            body={"status": dict(patch)},
+            body=dict(patch),
             content_type="application/merge-patch+json",
         )
 

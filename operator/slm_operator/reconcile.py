@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -37,6 +38,7 @@ from slm_operator.render import RenderOptions, endpoint, render, selector_string
 from slm_operator.settings import AcceleratorCatalog, OperatorSettings
 from slm_operator.sizing import parse_quantity, pod_resources
 from slm_operator.status import (
+    Observation,
     compute_status,
     failed_status,
     next_tier,
@@ -248,35 +250,32 @@ class Reconciler:
 
         children = self.caches.children_of(key)
         deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
-        job_pods = [c for c in children if c["kind"] == POD.kind and _is_puller(c)]
-        obs = observation(
-            deployment=deployment,
-            pull_job=next((c for c in children if c["kind"] == JOB.kind), None),
-            job_pods=job_pods,
-            runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
-            service_monitor_crd=self.caches.crd_installed("servicemonitors.monitoring.coreos.com"),
-        )
+        monitoring_crd = self.caches.crd_installed("servicemonitors.monitoring.coreos.com")
+        obs = _observe(children, deployment, None, monitoring_crd)
 
         nodes = self.caches.nodes()
         requests = pod_resources(lm.spec, lm.status.model.size_bytes)
         pod_requests = {k: parse_quantity(v) for k, v in requests.get("requests", {}).items()}
         try:
-            placement = place(
-                lm.spec,
-                nodes,
-                self.catalog,
-                start_at=_recorded_tier(lm, deployment),
-                pod_requests=pod_requests,
+            natural = place(lm.spec, nodes, self.catalog, pod_requests=pod_requests)
+            placement = _keep_step_down(
+                natural,
+                _recorded_tier(lm, deployment),
+                lambda tier: place(
+                    lm.spec, nodes, self.catalog, start_at=tier, pod_requests=pod_requests
+                ),
+                lm.spec.hardware.tiers(),
             )
             stepped = None
             if should_step_down(lm.spec, placement, obs, now):
                 stepped = step_down_reason(placement, obs, now)
-                placement = place(
-                    lm.spec,
-                    nodes,
-                    self.catalog,
-                    start_at=next_tier(lm.spec, placement),
-                    pod_requests=pod_requests,
+                placement = _keep_step_down(
+                    natural,
+                    next_tier(lm.spec, placement),
+                    lambda tier: place(
+                        lm.spec, nodes, self.catalog, start_at=tier, pod_requests=pod_requests
+                    ),
+                    lm.spec.hardware.tiers(),
                 )
                 metrics.FALLBACKS.inc()
         except NoServableTier as exc:
@@ -284,15 +283,17 @@ class Reconciler:
             raise InvalidSpecError(str(exc)) from exc
         self._arm_fallback_timer(key, lm, placement, obs, now)
 
-        desired = render(
-            lm,
-            placement,
-            RenderOptions(
-                service_monitor_supported=obs.service_monitor_crd,
-                cluster_domain=self.settings.cluster_domain,
-                model_size_bytes=lm.status.model.size_bytes,
-            ),
+        options = RenderOptions(
+            service_monitor_supported=monitoring_crd,
+            cluster_domain=self.settings.cluster_domain,
+            model_size_bytes=lm.status.model.size_bytes,
         )
+        desired = render(lm, placement, options)
+        job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
+        obs = _observe(children, deployment, job_name, monitoring_crd)
+        if _first_pull_running(obs, job_name):
+            # No server starts (and crash-loops) before its model volume is filled.
+            desired = render(lm, placement, replace(options, hold_replicas=True))
         for obj in desired:
             if obj["kind"] == DEPLOYMENT.kind:
                 annotations = obj["metadata"].setdefault("annotations", {})
@@ -367,6 +368,61 @@ class Reconciler:
         if self._write_status(key, previous, status):
             self.kube.post_event(body, reason=reason.value, message=message, warning=True)
         metrics.observe_model(key, Phase.FAILED, None)
+
+
+def _observe(
+    children: list[Object],
+    deployment: Object | None,
+    job_name: str | None,
+    monitoring_crd: bool,
+) -> Observation:
+    """The observation status reads; the pull Job is the one currently rendered, if any."""
+    return observation(
+        deployment=deployment,
+        pull_job=next(
+            (c for c in children if c["kind"] == JOB.kind and c["metadata"]["name"] == job_name),
+            None,
+        ),
+        job_pods=[
+            c
+            for c in children
+            if c["kind"] == POD.kind
+            and _is_puller(c)
+            and (c["metadata"].get("labels") or {}).get("job-name") == job_name
+        ],
+        runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
+        service_monitor_crd=monitoring_crd,
+    )
+
+
+def _first_pull_running(obs: Observation, job_name: str | None) -> bool:
+    """A pull Job is rendered, has not completed, and no server is ready to keep serving."""
+    if job_name is None:
+        return False
+    done = obs.pull_job is not None and obs.pull_job.finished == "Complete"
+    serving = obs.deployment is not None and obs.deployment.ready_replicas > 0
+    return not done and not serving
+
+
+def _keep_step_down(
+    natural: Placement,
+    tier: Device | None,
+    place_from: Callable[[Device], Placement],
+    tiers: list[Device],
+) -> Placement:
+    """The placement from a stepped-down ``tier`` when it is below the natural choice.
+
+    Tiers the natural placement skipped anyway keep their own reason (a format the tier cannot
+    serve, no capacity); only the ones left because pods stayed unschedulable say so.
+    """
+    if tier is None or tier not in tiers or natural.device not in tiers:
+        return natural
+    if tiers.index(tier) <= tiers.index(natural.device):
+        return natural
+    stepped = place_from(tier)
+    own = {s.device: s for s in natural.skipped}
+    skipped = tuple(own.get(s.device, s) for s in stepped.skipped)
+    return replace(stepped, skipped=skipped)
 
 
 def _deployment_ident(lm: LocalModel) -> Ident:

@@ -1,0 +1,327 @@
+"""The operator on the real control plane, running as a subprocess under its own RBAC.
+
+kwok nodes (cpu-0, cpu-1, gpu-0 with nvidia.com/gpu, npu-0 with intel.com/npu) take the pods
+whose placement is under test; kwok marks them Ready and completes Jobs without running them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Cluster
+from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for this module's tests, watching every namespace."""
+    cluster.apply(
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia"},
+            "handler": "nvidia",
+        }
+    )
+    with run_operator(cluster, tmp_path_factory.mktemp("operator")) as op:
+        yield op
+
+
+def localmodel(name: str, **spec: Any) -> dict[str, Any]:
+    """A LocalModel with a GGUF source that kwok-run pull Jobs never fetch."""
+    body: dict[str, Any] = {
+        "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
+        "hardware": {"preferred": "cpu", "fallback": []},
+    }
+    for key, value in spec.items():
+        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
+    return {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "LocalModel",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The LocalModel's status (empty until the operator writes one)."""
+    obj = cluster.get("localmodel", name, namespace)
+    result: dict[str, Any] = obj.get("status") or {}
+    return result
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    """One condition of a status."""
+    return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90
+) -> dict[str, Any]:
+    """Wait until the LocalModel reports ``phase``; return its status."""
+    result: dict[str, Any] = wait_for(
+        lambda: (s := status(cluster, namespace, name)).get("phase") == phase and s,
+        timeout=timeout,
+        what=f"{namespace}/{name} phase {phase}",
+    )
+    return result
+
+
+def exists(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:
+    """Whether an object exists."""
+    result = cluster.kubectl("get", kind, name, "-o", "name", namespace=namespace, check=False)
+    return result.returncode == 0
+
+
+def test_model_on_kwok_nodes_reaches_ready(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("gemma"), namespace)
+    st = wait_phase(cluster, namespace, "gemma", "Ready")
+    assert st["backend"] == "cpu"
+    assert st["endpoint"] == f"http://gemma.{namespace}.svc:8080"
+    assert st["readyReplicas"] == 1
+    assert condition(st, "Ready")["status"] == "True"
+    assert condition(st, "Placed")["reason"] == "Placed"
+    for kind, name in [
+        ("configmap", "gemma-config"),
+        ("deployment", "gemma"),
+        ("service", "gemma"),
+    ]:
+        obj = cluster.get(kind, name, namespace)
+        owner = obj["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["controller"]) == ("LocalModel", "gemma", True)
+    printed = cluster.kubectl("get", "lm", "gemma", namespace=namespace).stdout
+    assert "Ready" in printed
+    assert "cpu" in printed
+
+
+def test_spec_that_cannot_work_fails_with_a_message(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # The API server accepts it; only the operator knows a folder needs an explicit format.
+    cluster.apply(
+        localmodel("folder", model={"source": "hf://microsoft/Phi-4-mini-instruct-onnx/cpu"}),
+        namespace,
+    )
+    st = wait_phase(cluster, namespace, "folder", "Failed")
+    ready = condition(st, "Ready")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "InvalidSpec"
+    assert "spec.model.format" in ready["message"]
+    assert not exists(cluster, namespace, "deployment", "folder")
+
+
+def test_npu_preferred_gguf_falls_back_to_gpu_with_reason(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(
+        localmodel("npu-first", hardware={"preferred": "npu", "fallback": ["gpu", "cpu"]}),
+        namespace,
+    )
+    st = wait_for(
+        lambda: (s := status(cluster, namespace, "npu-first")).get("backend") and s,
+        timeout=60,
+        what="a backend",
+    )
+    assert st["backend"] == "gpu"
+    assert "npu" in st["fallbackReason"]
+    assert "gguf" in st["fallbackReason"]
+    pod_spec = cluster.get("deployment", "npu-first", namespace)["spec"]["template"]["spec"]
+    limits = pod_spec["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert pod_spec["runtimeClassName"] == "nvidia"
+    strategy = cluster.get("deployment", "npu-first", namespace)["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxSurge"] == 0
+
+
+def test_full_gpu_steps_down_to_cpu_after_fallback_after(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # Occupy the only GPU, then ask for one.
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "gpu-hog"},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "gpu-0"},
+                "containers": [
+                    {
+                        "name": "hog",
+                        "image": "hog",
+                        "command": ["hog"],
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    }
+                ],
+            },
+        },
+        namespace,
+    )
+    wait_for(
+        lambda: cluster.get("pod", "gpu-hog", namespace).get("spec", {}).get("nodeName"),
+        timeout=30,
+        what="the GPU to be taken",
+    )
+    cluster.apply(
+        localmodel(
+            "gpu-first", hardware={"preferred": "gpu", "fallback": ["cpu"], "fallbackAfter": "3s"}
+        ),
+        namespace,
+    )
+    st = wait_for(
+        lambda: (s := status(cluster, namespace, "gpu-first")).get("backend") == "cpu" and s,
+        timeout=90,
+        what="the step down to cpu",
+    )
+    assert "unschedulable" in st["fallbackReason"]
+    events = cluster.kubectl(
+        "get", "events", "--field-selector", "involvedObject.name=gpu-first", "-o", "json",
+        namespace=namespace,
+    ).stdout  # fmt: skip
+    assert "FellBack" in events
+    wait_phase(cluster, namespace, "gpu-first", "Ready")
+    deployment = cluster.get("deployment", "gpu-first", namespace)
+    assert deployment["metadata"]["annotations"]["slm.dev/tier"] == "cpu"
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
+    assert "nvidia.com/gpu" not in limits
+    cluster.kubectl("delete", "pod", "gpu-hog", "--wait=false", namespace=namespace)
+
+
+def test_no_tier_with_capacity_is_progressing_not_failed(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(
+        localmodel(
+            "nowhere",
+            hardware={"preferred": "gpu", "fallback": []},
+            scheduling={"nodeSelector": {"slm.dev/test": "no-such-node"}},
+        ),
+        namespace,
+    )
+    st = wait_for(
+        lambda: (
+            condition(s := status(cluster, namespace, "nowhere"), "Placed").get("reason")
+            == "NoCapacity"
+            and s
+        ),
+        timeout=60,
+        what="Placed=False NoCapacity",
+    )
+    assert condition(st, "Placed")["status"] == "False"
+    assert st["phase"] != "Failed"
+    assert exists(cluster, namespace, "deployment", "nowhere")
+
+
+def test_drift_is_repaired_from_watches(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("drift"), namespace)
+    wait_phase(cluster, namespace, "drift", "Ready")
+    cluster.kubectl("delete", "service", "drift", namespace=namespace)
+    wait_for(
+        lambda: exists(cluster, namespace, "service", "drift"), timeout=10, what="Service back"
+    )
+    cluster.kubectl("delete", "configmap", "drift-config", namespace=namespace)
+    wait_for(
+        lambda: exists(cluster, namespace, "configmap", "drift-config"),
+        timeout=10,
+        what="ConfigMap back",
+    )
+    cluster.kubectl(
+        "patch", "deployment", "drift", "--type=merge",
+        "-p", json.dumps({"spec": {"revisionHistoryLimit": 9}}),
+        namespace=namespace,
+    )  # fmt: skip
+    wait_for(
+        lambda: cluster.get("deployment", "drift", namespace)["spec"]["revisionHistoryLimit"] != 9,
+        timeout=10,
+        what="Deployment edit reverted",
+    )
+
+
+def test_parameter_change_rolls_pods_and_scale_works(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("roll"), namespace)
+    wait_phase(cluster, namespace, "roll", "Ready")
+    before = cluster.get("deployment", "roll", namespace)["spec"]["template"]["metadata"]
+    cluster.kubectl(
+        "patch", "localmodel", "roll", "--type=merge",
+        "-p", json.dumps({"spec": {"parameters": {"temperature": 0.2}}}), namespace=namespace,
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            "temperature: 0.2"
+            in cluster.get("configmap", "roll-config", namespace)["data"]["config.yaml"]
+        ),
+        timeout=20,
+        what="the ConfigMap to carry the new default",
+    )
+    after = cluster.get("deployment", "roll", namespace)["spec"]["template"]["metadata"]
+    assert (
+        after["annotations"]["slm.dev/config-hash"] != before["annotations"]["slm.dev/config-hash"]
+    )
+
+    cluster.kubectl("scale", "localmodel", "roll", "--replicas=2", namespace=namespace)
+    wait_for(
+        lambda: cluster.get("deployment", "roll", namespace)["spec"]["replicas"] == 2,
+        timeout=20,
+        what="the Deployment to scale",
+    )
+    wait_for(lambda: exists(cluster, namespace, "pdb", "roll"), timeout=20, what="a PDB")
+    st = wait_for(
+        lambda: (s := status(cluster, namespace, "roll")).get("readyReplicas") == 2 and s,
+        timeout=60,
+        what="two ready replicas",
+    )
+    assert st[
+        "selector"
+    ] == "app.kubernetes.io/instance=roll,app.kubernetes.io/name=slm-runtime" or (
+        "app.kubernetes.io/instance=roll" in st["selector"]
+    )
+    cluster.kubectl("scale", "localmodel", "roll", "--replicas=1", namespace=namespace)
+    wait_for(lambda: not exists(cluster, namespace, "pdb", "roll"), timeout=20, what="PDB pruned")
+
+
+def test_deletion_garbage_collects_children(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("gone"), namespace)
+    wait_for(lambda: exists(cluster, namespace, "deployment", "gone"), timeout=60, what="children")
+    cluster.kubectl("delete", "localmodel", "gone", namespace=namespace)
+    wait_for(
+        lambda: (
+            not exists(cluster, namespace, "deployment", "gone")
+            and not exists(cluster, namespace, "configmap", "gone-config")
+        ),
+        timeout=60,
+        what="garbage collection",
+    )
+
+
+def writes_by(cluster: Cluster, username: str, since: float) -> list[dict[str, Any]]:
+    """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s)."""
+    found = []
+    for line in Path(cluster.audit_log).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("user", {}).get("username") != username:
+            continue
+        if entry.get("verb") not in {"create", "update", "patch", "delete", "deletecollection"}:
+            continue
+        stamp = entry.get("requestReceivedTimestamp", "")
+        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        if when >= since:
+            found.append(entry)
+    return found
