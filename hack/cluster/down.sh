@@ -5,6 +5,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
 source "${here}/env.sh"
+# One cluster operation at a time (concurrent test sessions share the cluster).
+if [ "${SLM_CLUSTER_LOCKED:-}" != 1 ]; then
+  mkdir -p "${SLM_CACHE_DIR}"
+  exec 9>"${SLM_CACHE_DIR}/cluster.lock"
+  flock 9
+fi
 state="${SLM_CLUSTER_DIR}"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -20,7 +26,10 @@ stop() {
       kill -0 "${pid}" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL -- "-${pid}" 2>/dev/null || true
+    if kill -0 "${pid}" 2>/dev/null; then
+      log "$1 did not stop on SIGTERM within 15s: killing it"
+      kill -KILL -- "-${pid}" 2>/dev/null || true
+    fi
   fi
   rm -f "${pidfile}"
 }

@@ -9,6 +9,10 @@ root="$(cd "${here}/../.." && pwd)"
 # shellcheck source=env.sh
 source "${here}/env.sh"
 
+# One cluster operation at a time (concurrent test sessions share the cluster).
+mkdir -p "${SLM_CACHE_DIR}"
+exec 9>"${SLM_CACHE_DIR}/cluster.lock"
+flock 9
 state="${SLM_CLUSTER_DIR}"
 pki="${state}/pki"
 export KUBECONFIG="${SLM_KUBECONFIG}"
@@ -34,7 +38,7 @@ ready() { kubectl get --raw /readyz >/dev/null 2>&1; }
 # group), logging to logs/NAME.log.
 start() {
   local name="$1"; shift
-  setsid "$@" >>"${state}/logs/${name}.log" 2>&1 </dev/null &
+  setsid "$@" >>"${state}/logs/${name}.log" 2>&1 </dev/null 9>&- &
   echo "$!" >"${state}/pids/${name}.pid"
 }
 
@@ -59,7 +63,7 @@ if [ -d "${state}/pids" ]; then
     exit 0
   fi
   log "cluster state is partial: tearing it down first"
-  bash "${here}/down.sh"
+  SLM_CLUSTER_LOCKED=1 bash "${here}/down.sh"
 fi
 
 apiserver="$(bin kube-apiserver "${K8S_VERSION}")"

@@ -127,7 +127,8 @@ def _leftovers() -> list[str]:
     with open("/proc/self/mounts", encoding="utf-8") as f:
         found += [f"mount {line.split()[1]}" for line in f if str(STATE) in line]
     procs = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False)
-    binaries = re.compile(rf"{re.escape(str(CACHE / 'bin'))}/|-m hostnode ")
+    names = "kube-apiserver|kube-controller-manager|kube-scheduler|etcd|kwok"
+    binaries = re.compile(rf"{re.escape(str(CACHE / 'bin'))}/({names})-v|-m hostnode ")
     found += [
         f"process {line.strip()}" for line in procs.stdout.splitlines() if binaries.search(line)
     ]
