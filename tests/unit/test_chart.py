@@ -226,7 +226,7 @@ def test_helm_test_pod_is_restricted_with_an_explicit_command() -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["automountServiceAccountToken"] is False
     (container,) = pod["spec"]["containers"]
-    assert container["command"][:2] == ["python", "-c"]
+    assert container["command"][:2] == ["python3", "-c"]
     assert container["command"][-1] == "http://rel-slm-operator.ops.svc:8081/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
