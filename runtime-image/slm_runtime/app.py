@@ -1,0 +1,198 @@
+"""The FastAPI app factory: lifespan loads the model, routers serve the API families."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from slm_runtime.admission import Admission
+from slm_runtime.config import MODEL_METADATA_FILE, Api, RuntimeConfig
+from slm_runtime.engines import EngineError, LoadResult, load_engine
+from slm_runtime.errors import install_handlers
+from slm_runtime.metrics import Metrics
+from slm_runtime.prompt import PromptBuilder
+from slm_runtime.routes import health, ollama, openai
+from slm_runtime.state import RuntimeState
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[RuntimeConfig], LoadResult]
+
+
+def _model_digest(model_path: str) -> str:
+    """The puller's digest from ``.slm-model.json`` beside (or inside) the model, if present."""
+    path = Path(model_path)
+    for folder in (path, path.parent):
+        meta = folder / MODEL_METADATA_FILE
+        if meta.is_file():
+            try:
+                digest = json.loads(meta.read_text(encoding="utf-8")).get("digest", "")
+            except (OSError, ValueError):
+                return ""
+            return digest if isinstance(digest, str) else ""
+    return ""
+
+
+class _Observe:
+    """Pure ASGI middleware: request counts and latency by route, and the body size limit."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLargeError
+            return message
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers", ()))
+        if scope["method"] == "POST" and headers.get(b"content-type", b"").startswith(
+            b"application/x-www-form-urlencoded"
+        ):
+            # `curl -d` sends this by default; the APIs only take JSON, as Ollama does.
+            headers[b"content-type"] = b"application/json"
+            scope = {**scope, "headers": list(headers.items())}
+        declared = headers.get(b"content-length")
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                raise _TooLargeError
+            await self.app(scope, limited_receive, observed_send)
+        except _TooLargeError:
+            status = 413
+            body = json.dumps(
+                {"error": f"the request body exceeds {self.max_body} bytes"}
+                if not scope["path"].startswith("/v1/")
+                else {
+                    "error": {
+                        "message": f"the request body exceeds {self.max_body} bytes",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.monotonic() - started)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+def create_app(
+    config: RuntimeConfig,
+    *,
+    api_token: str | None = None,
+    engine_loader: EngineLoader = load_engine,
+) -> FastAPI:
+    """Build the app for one model; the model loads in the lifespan, before traffic is accepted."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(engine_loader, config)
+        except EngineError as exc:
+            log.error("the model could not be loaded: %s", exc)
+            raise
+        load_seconds = time.monotonic() - started
+        engine = result.engine
+        metrics.load_seconds.set(load_seconds)
+        metrics.device.info(
+            {
+                "device": engine.device.value,
+                "engine": engine.engine_name,
+                "engine_version": engine.engine_version,
+                "format": engine.format.value,
+                "model": config.model_name,
+            }
+        )
+        app.state.runtime = RuntimeState(
+            config=config,
+            engine=engine,
+            prompts=PromptBuilder(
+                template=config.template,
+                system=config.system,
+                model_template=engine.chat_template,
+                bos_token=engine.bos_token,
+                eos_token=engine.eos_token,
+            ),
+            admission=Admission(
+                config.parallel,
+                config.limits.max_queue,
+                config.limits.request_timeout_seconds,
+                metrics,
+            ),
+            metrics=metrics,
+            device_failures=result.failures,
+            load_seconds=load_seconds,
+            digest=_model_digest(config.model_path),
+        )
+        log.info(
+            "serving %s on %s (%s) in %.2fs",
+            config.model_name,
+            engine.device.value,
+            engine.engine_name,
+            load_seconds,
+        )
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.close)
+
+    app = FastAPI(
+        title="slm-runtime",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.metrics = metrics
+    app.state.runtime = None
+    install_handlers(app)
+    app.include_router(health.router)
+    if Api.OLLAMA in config.apis:
+        app.include_router(ollama.build_router(api_token))
+    if Api.OPENAI in config.apis:
+        app.include_router(openai.build_router(api_token))
+    app.add_middleware(_Observe, metrics=metrics, max_body=config.limits.max_request_bytes)
+    return app

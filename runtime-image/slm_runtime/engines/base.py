@@ -1,0 +1,206 @@
+"""The engine contract: what the API layer asks of an inference backend, and the shared pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from slm_runtime.config import Device, ModelFormat
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; the message is safe to show to the client."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt does not fit in the context window of one sequence."""
+
+
+class UnsupportedError(EngineError):
+    """The model format or engine cannot serve this kind of request."""
+
+
+class GenerationFailedError(EngineError):
+    """The engine failed while generating; details are in the log, not in the message."""
+
+
+class DeviceUnavailableError(Exception):
+    """A device could not be used; the message is the engine's own error text."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request generation settings, after defaults, configuration and request are merged."""
+
+    max_tokens: int = -1
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_mode: bool = False
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What ``/api/show``, ``/api/tags`` and ``/api/ps`` report about the loaded model."""
+
+    family: str
+    parameter_size: str
+    quantization_level: str
+    size_bytes: int
+    context_length: int
+    architecture_info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of one generation, with its token counts and timings."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+
+
+Event = Delta | Finished
+
+
+class Generation:
+    """One running generation: the engine thread pushes events, the event loop consumes them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.created = time.monotonic()
+        self._loop = loop
+        self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._done_callbacks: list[Callable[[], None]] = []
+        self._finished = False
+
+    # --- engine side (any thread) ---
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the consumer went away; the engine stops generating at the next token."""
+        return self._cancelled.is_set()
+
+    def push(self, event: Event | BaseException) -> None:
+        """Deliver an event to the consumer from the engine's thread."""
+        self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event | BaseException) -> None:
+        self._queue.put_nowait(event)
+        if isinstance(event, Finished | BaseException) and not self._finished:
+            self._finished = True
+            for callback in self._done_callbacks:
+                callback()
+
+    # --- consumer side (event loop) ---
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop once the engine has finished with this generation."""
+        if self._finished:
+            callback()
+        else:
+            self._done_callbacks.append(callback)
+
+    def cancel(self) -> None:
+        """Stop generating (client disconnected, shutdown)."""
+        self._cancelled.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events until ``Finished``; engine failures are raised here."""
+        while True:
+            event = await self._queue.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+class Engine(Protocol):
+    """An inference backend serving one loaded model."""
+
+    engine_name: str
+    engine_version: str
+    format: ModelFormat
+    device: Device
+    context_length: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    details: ModelDetails
+    supports_embeddings: bool
+    supports_json: bool
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to, as the engine would feed it."""
+        ...
+
+    def generate(
+        self, prompt: str, params: SamplingParams, loop: asyncio.AbstractEventLoop
+    ) -> Generation:
+        """Start generating; raises ``PromptTooLongError`` before anything runs."""
+        ...
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled embeddings for each text, and the number of tokens read (blocking)."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work and free the model."""
+        ...
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop sequence, and cuts at the first match."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._buffer = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add generated text; return what is safe to emit and whether a stop sequence matched."""
+        if not self._stops:
+            return text, False
+        self._buffer += text
+        cut = min((i for i in (self._buffer.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self._buffer = self._buffer[:cut], ""
+            return out, True
+        keep = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(self._buffer)), keep, -1):
+                if self._buffer.endswith(stop[:n]):
+                    keep = n
+                    break
+        out = self._buffer[: len(self._buffer) - keep]
+        self._buffer = self._buffer[len(self._buffer) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        """Whatever is held back, at the end of generation."""
+        out, self._buffer = self._buffer, ""
+        return out

@@ -1,0 +1,500 @@
+"""GGUF models on llama.cpp: one context, one decode per step for all running sequences."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from slm_runtime.config import Device, ModelFormat
+from slm_runtime.engines.base import (
+    Delta,
+    DeviceUnavailableError,
+    EngineError,
+    Finished,
+    FinishReason,
+    Generation,
+    GenerationFailedError,
+    ModelDetails,
+    PromptTooLongError,
+    SamplingParams,
+    StopMatcher,
+)
+
+log = logging.getLogger(__name__)
+
+# llama.cpp's file types, as Ollama names them.
+_FTYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    32: "BF16",
+}
+_GPU_LAYERS_ALL = 999
+_PIECE_BUFFER = 256
+
+
+_GGML_LOG_LEVELS = {2: logging.WARNING, 3: logging.ERROR}
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _forward_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Send llama.cpp's warnings and errors to our log; drop its chatty load report."""
+    if level in _GGML_LOG_LEVELS:
+        message = text.decode("utf-8", "replace").strip()
+        if message:
+            log.log(_GGML_LOG_LEVELS[level], "llama.cpp: %s", message)
+
+
+def _human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    generation: Generation
+    params: SamplingParams
+    prompt: list[int]
+    max_tokens: int
+    grammar: str | None = None
+    seq_id: int = -1
+    sampler: Any = None
+    pending: list[int] = field(default_factory=list)
+    n_past: int = 0
+    generated: int = 0
+    started: float = 0.0
+    first_token_at: float = 0.0
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+
+
+class LlamaCppEngine:
+    """llama-cpp-python's low-level API with continuous batching over ``parallel`` sequences."""
+
+    engine_name = "llama.cpp"
+    engine_version = llama_cpp.__version__
+    format = ModelFormat.GGUF
+    supports_embeddings = True
+    supports_json = True
+
+    def __init__(
+        self,
+        model_path: str,
+        device: Device,
+        *,
+        context_length: int | None,
+        parallel: int,
+        threads: int | None,
+    ) -> None:
+        llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        if not Path(model_path).is_file():
+            raise EngineError(f"model file {model_path} does not exist")
+        model_params = llama_cpp.llama_model_default_params()
+        if device is Device.NPU:
+            raise DeviceUnavailableError("llama.cpp has no NPU backend")
+        if device is Device.GPU:
+            if not llama_cpp.llama_supports_gpu_offload():
+                raise DeviceUnavailableError(
+                    "llama.cpp was built without a GPU backend (llama_supports_gpu_offload() is "
+                    "false)"
+                )
+            model_params.n_gpu_layers = _GPU_LAYERS_ALL
+        else:
+            model_params.n_gpu_layers = 0
+        self.device: Device = device
+        self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), model_params)
+        if not self._model:
+            raise DeviceUnavailableError(f"llama.cpp could not load {model_path} on {device}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.context_length = context_length or min(
+            llama_cpp.llama_model_n_ctx_train(self._model), 4096
+        )
+        self._parallel = parallel
+        self._threads = threads or os.cpu_count() or 1
+        self._n_batch = max(512, self.context_length)
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = self.context_length * parallel
+        ctx_params.n_batch = self._n_batch
+        ctx_params.n_ubatch = 512
+        ctx_params.n_seq_max = parallel
+        ctx_params.n_threads = self._threads
+        ctx_params.n_threads_batch = self._threads
+        ctx_params.kv_unified = False
+        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise DeviceUnavailableError(f"llama.cpp could not create a context on {device}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._embed_ctx: Any = None
+        self._embed_lock = threading.Lock()
+
+        self.metadata = self._read_metadata()
+        self.chat_template = self.metadata.get("tokenizer.chat_template")
+        self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self.details = self._read_details(model_path)
+
+        self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
+        self._free_ids = list(range(parallel))
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # --- model facts ---
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1 << 16)
+        for i in range(llama_cpp.llama_model_meta_count(self._model)):
+            n = llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
+            if n < 0:
+                continue
+            if n >= len(buf):
+                big = ctypes.create_string_buffer(n + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self._model, i, big, len(big))
+                out[key] = big.value.decode("utf-8", "replace")
+            else:
+                out[key] = buf.value.decode("utf-8", "replace")
+        return out
+
+    def _read_details(self, model_path: str) -> ModelDetails:
+        arch = self.metadata.get("general.architecture", "")
+        info: dict[str, object] = {
+            "general.architecture": arch,
+            "general.parameter_count": llama_cpp.llama_model_n_params(self._model),
+        }
+        for key, value in self.metadata.items():
+            if key.startswith(f"{arch}.") and value.lstrip("-").isdigit():
+                info[key] = int(value)
+        ftype = llama_cpp.llama_model_ftype(self._model)
+        return ModelDetails(
+            family=arch,
+            parameter_size=_human_count(llama_cpp.llama_model_n_params(self._model)),
+            quantization_level=_FTYPES.get(ftype, str(ftype)),
+            size_bytes=Path(model_path).stat().st_size,
+            context_length=self.context_length,
+            architecture_info=info,
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    def _piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(_PIECE_BUFFER)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, _PIECE_BUFFER, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens for ``text``, with BOS when the model wants one; special tokens are parsed."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, capacity, True, True)
+        if n < 0:
+            capacity = -n
+            tokens = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, capacity, True, True)
+        return list(tokens[:n])
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens the prompt takes."""
+        return len(self.tokenize(text))
+
+    # --- generation ---
+
+    def generate(
+        self, prompt: str, params: SamplingParams, loop: asyncio.AbstractEventLoop
+    ) -> Generation:
+        """Queue a sequence for the decode loop."""
+        tokens = self.tokenize(prompt)
+        if not tokens:
+            raise EngineError("the prompt is empty")
+        if len(tokens) >= self.context_length:
+            raise PromptTooLongError(
+                f"the prompt is {len(tokens)} tokens but the context window is "
+                f"{self.context_length}; shorten it or raise contextLength"
+            )
+        room = self.context_length - len(tokens)
+        max_tokens = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        grammar = None
+        if params.json_mode:
+            grammar = JSON_GBNF
+            if params.json_schema is not None:
+                try:
+                    grammar = json_schema_to_gbnf(json.dumps(params.json_schema))
+                except Exception as exc:
+                    raise EngineError(f"the JSON schema in format is not usable: {exc}") from exc
+        generation = Generation(loop, prompt_tokens=len(tokens))
+        sequence = _Sequence(
+            grammar=grammar,
+            generation=generation,
+            params=params,
+            prompt=tokens,
+            max_tokens=max_tokens,
+            stop=StopMatcher(params.stop),
+        )
+        if self._closed:
+            raise EngineError("the engine is shutting down")
+        self._incoming.put(sequence)
+        return generation
+
+    def _make_sampler(self, params: SamplingParams, gbnf: str | None) -> Any:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if gbnf is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+            if not grammar:
+                raise EngineError("llama.cpp rejected the JSON grammar")
+            llama_cpp.llama_sampler_chain_add(chain, grammar)
+        if (
+            params.repeat_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        ):
+            last_n = self.context_length if params.repeat_last_n < 0 else params.repeat_last_n
+            llama_cpp.llama_sampler_chain_add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    self._n_vocab,
+                    last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.temperature <= 0.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_top_k(params.top_k)
+            )
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+        )
+        if params.min_p > 0.0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1)
+            )
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_temp(params.temperature)
+        )
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _run(self) -> None:
+        active: list[_Sequence] = []
+        while True:
+            self._admit(active, block=not active)
+            if self._closed:
+                for seq in list(active):
+                    self._finish(active, seq, "cancelled")
+                return
+            for seq in [s for s in active if s.generation.cancelled]:
+                self._finish(active, seq, "cancelled")
+            if not active:
+                continue
+            try:
+                self._step(active)
+            except Exception:  # a failed decode must not take the loop down
+                log.exception("llama.cpp decode failed")
+                for seq in list(active):
+                    self._release(active, seq)
+                    seq.generation.push(GenerationFailedError("generation failed"))
+
+    def _admit(self, active: list[_Sequence], *, block: bool) -> None:
+        while self._free_ids:
+            try:
+                seq = self._incoming.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if seq is None:
+                self._closed = True
+                return
+            if seq.generation.cancelled:
+                seq.generation.push(Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0))
+                continue
+            try:
+                seq.sampler = self._make_sampler(seq.params, seq.grammar)
+            except EngineError as exc:
+                seq.generation.push(exc)
+                continue
+            seq.seq_id = self._free_ids.pop()
+            seq.pending = list(seq.prompt)
+            seq.started = time.monotonic()
+            active.append(seq)
+
+    def _step(self, active: list[_Sequence]) -> None:
+        batch = self._batch
+        n = 0
+        budget = self._n_batch
+        outputs: list[tuple[_Sequence, int]] = []
+        # Sequences already generating go first (one token each), prompts fill the rest.
+        for seq in sorted(active, key=lambda s: len(s.pending) > 1):
+            take = min(len(seq.pending), budget - n)
+            if take <= 0:
+                break
+            for j in range(take):
+                batch.token[n] = seq.pending[j]
+                batch.pos[n] = seq.n_past + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.seq_id
+                last = j == take - 1 and take == len(seq.pending)
+                batch.logits[n] = last
+                if last:
+                    outputs.append((seq, n))
+                n += 1
+            seq.n_past += take
+            del seq.pending[:take]
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode returned {rc}")
+        now = time.monotonic()
+        for seq, index in outputs:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+            if seq.generated == 0:
+                seq.first_token_at = now
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush())
+                self._finish(active, seq, "stop")
+                continue
+            seq.generated += 1
+            text, stopped = seq.stop.feed(seq.decoder.decode(self._piece(token)))
+            self._emit(seq, text)
+            if stopped:
+                self._finish(active, seq, "stop")
+            elif seq.generated >= seq.max_tokens:
+                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush())
+                self._finish(active, seq, "length")
+            else:
+                seq.pending.append(token)
+
+    @staticmethod
+    def _emit(seq: _Sequence, text: str) -> None:
+        if text:
+            seq.generation.push(Delta(text))
+
+    def _finish(self, active: list[_Sequence], seq: _Sequence, reason: FinishReason) -> None:
+        self._release(active, seq)
+        end = time.monotonic()
+        first = seq.first_token_at or end
+        seq.generation.push(
+            Finished(
+                finish_reason=reason,
+                prompt_tokens=len(seq.prompt),
+                completion_tokens=seq.generated,
+                prompt_seconds=first - seq.started,
+                generation_seconds=end - first,
+            )
+        )
+
+    def _release(self, active: list[_Sequence], seq: _Sequence) -> None:
+        active.remove(seq)
+        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        llama_cpp.llama_sampler_free(seq.sampler)
+        self._free_ids.append(seq.seq_id)
+
+    # --- embeddings ---
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled embeddings from a second context on the same weights, made on first use."""
+        with self._embed_lock:
+            if self._embed_ctx is None:
+                params = llama_cpp.llama_context_default_params()
+                params.n_ctx = self.context_length
+                params.n_batch = self.context_length
+                params.n_ubatch = self.context_length
+                params.n_seq_max = 1
+                params.embeddings = True
+                params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+                params.n_threads = self._threads
+                params.n_threads_batch = self._threads
+                self._embed_ctx = llama_cpp.llama_init_from_model(self._model, params)
+                if not self._embed_ctx:
+                    raise EngineError("llama.cpp could not create an embedding context")
+            n_embd = llama_cpp.llama_model_n_embd(self._model)
+            memory = llama_cpp.llama_get_memory(self._embed_ctx)
+            batch = llama_cpp.llama_batch_init(self.context_length, 0, 1)
+            vectors: list[list[float]] = []
+            total = 0
+            try:
+                for text in texts:
+                    tokens = self.tokenize(text)
+                    if not tokens:
+                        raise EngineError("an input is empty")
+                    if len(tokens) > self.context_length:
+                        raise PromptTooLongError(
+                            f"an input is {len(tokens)} tokens but the context window is "
+                            f"{self.context_length}"
+                        )
+                    total += len(tokens)
+                    llama_cpp.llama_memory_clear(memory, True)
+                    for i, token in enumerate(tokens):
+                        batch.token[i] = token
+                        batch.pos[i] = i
+                        batch.n_seq_id[i] = 1
+                        batch.seq_id[i][0] = 0
+                        batch.logits[i] = True
+                    batch.n_tokens = len(tokens)
+                    rc = llama_cpp.llama_decode(self._embed_ctx, batch)
+                    if rc != 0:
+                        raise EngineError(f"llama_decode returned {rc}")
+                    pointer = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, 0)
+                    vectors.append([float(pointer[k]) for k in range(n_embd)])
+            finally:
+                llama_cpp.llama_batch_free(batch)
+            return vectors, total
+
+    def close(self) -> None:
+        """Stop the decode loop (running sequences end as cancelled) and free the model."""
+        self._incoming.put(None)
+        self._thread.join(timeout=30)
+        llama_cpp.llama_batch_free(self._batch)
+        if self._embed_ctx:
+            llama_cpp.llama_free(self._embed_ctx)
+        llama_cpp.llama_free(self._ctx)
+        llama_cpp.llama_model_free(self._model)

@@ -1,0 +1,221 @@
+"""ONNX models on ONNX Runtime GenAI, with the execution provider chosen per device."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import onnxruntime_genai as og
+
+from slm_runtime.config import Device, ModelFormat
+from slm_runtime.engines.base import (
+    Delta,
+    DeviceUnavailableError,
+    EngineError,
+    Finished,
+    FinishReason,
+    Generation,
+    GenerationFailedError,
+    ModelDetails,
+    PromptTooLongError,
+    SamplingParams,
+    StopMatcher,
+    UnsupportedError,
+)
+
+log = logging.getLogger(__name__)
+
+_OPENVINO = "OpenVINO"
+_OPENVINO_LIBRARY_NAME = "OpenVINOExecutionProvider"
+
+
+def _register_openvino() -> None:
+    """Register the OpenVINO plugin library when the image ships it (the CPU image does)."""
+    try:
+        import onnxruntime_ep_openvino
+    except ImportError:
+        return
+    try:
+        og.register_execution_provider_library(
+            _OPENVINO_LIBRARY_NAME, onnxruntime_ep_openvino.get_library_path()
+        )
+    except Exception as exc:  # already registered, or an unusable library
+        log.debug("OpenVINO execution provider not registered: %s", exc)
+
+
+def _config_for(model_dir: str, device: Device) -> Any:
+    cfg = og.Config(model_dir)
+    cfg.clear_providers()
+    if device is Device.NPU:
+        _register_openvino()
+        cfg.append_provider(_OPENVINO)
+        cfg.set_provider_option(_OPENVINO, "device_type", "NPU")
+    elif device is Device.GPU:
+        cfg.append_provider("cuda")
+    return cfg
+
+
+class OnnxGenaiEngine:
+    """One generator per request, each in its own thread; ONNX Runtime sessions run concurrently."""
+
+    engine_name = "onnxruntime-genai"
+    engine_version = og.__version__
+    format = ModelFormat.ONNX
+    supports_embeddings = False
+    supports_json = False
+
+    def __init__(self, model_dir: str, device: Device, *, context_length: int | None) -> None:
+        root = Path(model_dir)
+        if not (root / "genai_config.json").is_file():
+            raise EngineError(f"{model_dir} holds no genai_config.json")
+        try:
+            self._model = og.Model(_config_for(model_dir, device))
+        except RuntimeError as exc:
+            raise DeviceUnavailableError(str(exc)) from exc
+        self.device = device
+        self._tokenizer = og.Tokenizer(self._model)
+        genai = json.loads((root / "genai_config.json").read_text(encoding="utf-8"))
+        model_cfg = genai.get("model", {})
+        trained = int(model_cfg.get("context_length", 2048))
+        eos = model_cfg.get("eos_token_id", [])
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.context_length = min(context_length or trained, trained)
+        tokenizer_cfg = _read_json(root / "tokenizer_config.json")
+        template_file = root / "chat_template.jinja"
+        self.chat_template = _as_str(tokenizer_cfg.get("chat_template")) or (
+            template_file.read_text(encoding="utf-8") if template_file.is_file() else None
+        )
+        self.bos_token = _token_str(tokenizer_cfg.get("bos_token"))
+        self.eos_token = _token_str(tokenizer_cfg.get("eos_token"))
+        size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+        self.details = ModelDetails(
+            family=str(model_cfg.get("type", "")),
+            parameter_size="",
+            quantization_level="",
+            size_bytes=size,
+            context_length=self.context_length,
+            architecture_info={
+                "general.architecture": str(model_cfg.get("type", "")),
+                "context_length": self.context_length,
+                "vocab_size": model_cfg.get("vocab_size"),
+            },
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids for ``text``."""
+        return [int(t) for t in self._tokenizer.encode(text)]
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens the prompt takes."""
+        return len(self.tokenize(text))
+
+    def generate(
+        self, prompt: str, params: SamplingParams, loop: asyncio.AbstractEventLoop
+    ) -> Generation:
+        """Start a generator thread for this request."""
+        if params.json_mode:
+            raise UnsupportedError("format json is not supported for ONNX models")
+        tokens = self.tokenize(prompt)
+        if not tokens:
+            raise EngineError("the prompt is empty")
+        if len(tokens) >= self.context_length:
+            raise PromptTooLongError(
+                f"the prompt is {len(tokens)} tokens but the context window is "
+                f"{self.context_length}; shorten it or raise contextLength"
+            )
+        room = self.context_length - len(tokens)
+        max_tokens = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        generation = Generation(loop, prompt_tokens=len(tokens))
+        threading.Thread(
+            target=self._run,
+            args=(generation, tokens, params, max_tokens),
+            name="onnx-generate",
+            daemon=True,
+        ).start()
+        return generation
+
+    def _run(
+        self, generation: Generation, tokens: list[int], params: SamplingParams, max_tokens: int
+    ) -> None:
+        started = time.monotonic()
+        first = 0.0
+        produced = 0
+        reason: FinishReason = "length"
+        try:
+            gen_params = og.GeneratorParams(self._model)
+            options: dict[str, Any] = {
+                "max_length": len(tokens) + max_tokens,
+                "do_sample": params.temperature > 0.0,
+                "repetition_penalty": params.repeat_penalty or 1.0,
+            }
+            if params.temperature > 0.0:
+                options.update(
+                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0
+                )
+            if params.seed is not None:
+                options["random_seed"] = params.seed
+            gen_params.set_search_options(**options)
+            generator = og.Generator(self._model, gen_params)
+            generator.append_tokens(tokens)
+            stream = self._tokenizer.create_stream()
+            stop = StopMatcher(params.stop)
+            while True:
+                if generation.cancelled:
+                    reason = "cancelled"
+                    break
+                generator.generate_next_token()
+                first = first or time.monotonic()
+                token = int(generator.get_next_tokens()[0])
+                if token in self._eos_ids:
+                    reason = "stop"
+                    break
+                produced += 1
+                text, stopped = stop.feed(stream.decode(token))
+                if text:
+                    generation.push(Delta(text))
+                if stopped:
+                    reason = "stop"
+                    break
+                if produced >= max_tokens or generator.is_done():
+                    reason = "length"
+                    break
+            tail = stop.flush()
+            if tail:
+                generation.push(Delta(tail))
+        except Exception:
+            log.exception("onnxruntime-genai generation failed")
+            generation.push(GenerationFailedError("generation failed"))
+            return
+        end = time.monotonic()
+        first = first or end
+        generation.push(Finished(reason, len(tokens), produced, first - started, end - first))
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """ONNX Runtime GenAI models are generative only."""
+        raise UnsupportedError("embeddings are not supported for ONNX models")
+
+    def close(self) -> None:
+        """Release the model."""
+        del self._model
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _as_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _token_str(value: object) -> str:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,145 @@
+"""Errors the API answers with, and the exception handlers that give each API family its shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slm_runtime.admission import DrainingError, OverloadedError
+from slm_runtime.engines.base import (
+    EngineError,
+    GenerationFailedError,
+    PromptTooLongError,
+    UnsupportedError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class APIError(Exception):
+    """An error with an HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+def is_openai(request: Request) -> bool:
+    """Whether the request belongs to the OpenAI API family."""
+    return request.url.path.startswith("/v1/") or request.url.path == "/v1"
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    501: "not_implemented_error",
+    503: "service_unavailable_error",
+}
+
+
+def error_body(request: Request, status: int, message: str, code: str | None = None) -> Any:
+    """The error body in the request's API family shape."""
+    if is_openai(request):
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status, "server_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+    return {"error": message}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error response in the request's API family shape."""
+    return JSONResponse(error_body(request, status, message, code), status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            return "the request body is not valid JSON: " + str(err.get("ctx", {}).get("error", ""))
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every failure to its status code and family shape; nothing escapes as a crash."""
+
+    @app.exception_handler(APIError)
+    async def _api(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(request, exc.status, exc.message, code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request, 400, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(request, exc.status_code, message, headers=headers)
+
+    @app.exception_handler(OverloadedError)
+    async def _overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
+        status = 429 if is_openai(request) else 503
+        return error_response(
+            request,
+            status,
+            "the server is busy: every sequence slot is taken and the queue is full; retry later",
+            code="rate_limit_exceeded" if status == 429 else None,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(DrainingError)
+    async def _draining(request: Request, exc: DrainingError) -> JSONResponse:
+        return error_response(
+            request,
+            503,
+            "the server is shutting down; retry on another replica",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(EngineError)
+    async def _engine(request: Request, exc: EngineError) -> JSONResponse:
+        if isinstance(exc, GenerationFailedError):
+            return error_response(request, 500, "internal error while generating")
+        if isinstance(exc, UnsupportedError):
+            return error_response(request, 501, str(exc))
+        if isinstance(exc, PromptTooLongError):
+            return error_response(request, 400, str(exc), code="context_length_exceeded")
+        return error_response(request, 400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return error_response(request, 500, "internal error")

@@ -1,0 +1,142 @@
+"""Turns chat messages or a generate prompt into the text the model reads (Modelfile semantics)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from slm_runtime.engines.base import EngineError
+from slm_runtime.template import TemplateError, render_template
+
+
+class PromptError(EngineError):
+    """The prompt could not be rendered; the message says why."""
+
+
+def _raise(message: str) -> None:
+    raise PromptError(f"the model's chat template refused the request: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now(UTC).strftime(fmt)
+
+
+class PromptBuilder:
+    """Renders prompts with the configured Go template, else the model's own Jinja template."""
+
+    def __init__(
+        self,
+        *,
+        template: str | None,
+        system: str | None,
+        model_template: str | None,
+        bos_token: str,
+        eos_token: str,
+    ) -> None:
+        self.template = template
+        self.system = system
+        self._bos = bos_token
+        self._eos = eos_token
+        self._jinja = None
+        if template is None and model_template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+            self._jinja = env.from_string(model_template)
+
+    @property
+    def has_template(self) -> bool:
+        """Whether chat requests can be rendered at all."""
+        return self.template is not None or self._jinja is not None
+
+    def _with_system(
+        self, messages: list[dict[str, Any]], system: str | None
+    ) -> list[dict[str, Any]]:
+        if any(m.get("role") == "system" for m in messages):
+            return messages
+        system = system if system is not None else self.system
+        return [{"role": "system", "content": system}, *messages] if system else messages
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        think: bool | None = None,
+    ) -> str:
+        """The prompt for a conversation; SYSTEM applies when no system message is given."""
+        if self.template is not None:
+            return self._go(self.template, messages, self.system, None, tools, think)
+        return self._jinja_render(self._with_system(messages, None), tools=tools, think=think)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        template: str | None = None,
+        raw: bool = False,
+        think: bool | None = None,
+    ) -> str:
+        """The prompt for ``/api/generate``: ``raw`` skips templating, ``template`` overrides it."""
+        if raw:
+            return prompt
+        system_text = system if system is not None else self.system
+        template = template if template is not None else self.template
+        if template is not None:
+            return self._go(template, [], system_text, prompt, None, think)
+        if self._jinja is None:
+            return f"{system_text}\n\n{prompt}" if system_text else prompt
+        messages = self._with_system([{"role": "user", "content": prompt}], system)
+        return self._jinja_render(messages, tools=None, think=think)
+
+    def _jinja_render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        think: bool | None,
+    ) -> str:
+        if self._jinja is None:
+            raise PromptError(
+                "the model has no chat template; set a template in the LocalModel "
+                "or use /api/generate with raw=true"
+            )
+        try:
+            text = self._jinja.render(
+                messages=messages,
+                tools=tools,
+                add_generation_prompt=True,
+                bos_token=self._bos,
+                eos_token=self._eos,
+                enable_thinking=think,
+            )
+        except JinjaTemplateError as exc:
+            raise PromptError(f"the model's chat template failed: {exc}") from exc
+        # The tokenizer adds BOS itself; a template that writes it too would double it.
+        if self._bos and text.startswith(self._bos):
+            text = text[len(self._bos) :]
+        return text
+
+    @staticmethod
+    def _go(
+        template: str,
+        messages: list[dict[str, Any]],
+        system: str | None,
+        prompt: str | None,
+        tools: list[dict[str, Any]] | None,
+        think: bool | None,
+    ) -> str:
+        try:
+            return render_template(
+                template,
+                messages=messages,
+                system=system,
+                prompt=prompt,
+                tools=tools,
+                think=think,
+            )
+        except TemplateError as exc:
+            raise PromptError(f"the template failed: {exc}") from exc

@@ -1,0 +1,444 @@
+"""The Ollama API: generate, chat, embeddings and model information, as Ollama's clients expect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from slm_runtime.engines.base import Delta, Finished, UnsupportedError
+from slm_runtime.errors import APIError
+from slm_runtime.routes.auth import bearer_auth
+from slm_runtime.state import Run, RuntimeState, runtime
+
+NDJSON = "application/x-ndjson"
+_NS = 1_000_000_000
+_NEVER = "9999-12-31T23:59:59Z"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Options(_Request):
+    """Per-request overrides of the Modelfile PARAMETERs."""
+
+    num_predict: int | None = Field(default=None, ge=-2)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, ge=0.0)
+    repeat_last_n: int | None = Field(default=None, ge=-1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    stop: list[str] | str | None = None
+    num_ctx: int | None = Field(default=None, ge=1)
+    num_thread: int | None = Field(default=None, ge=1)
+
+    def overrides(self) -> dict[str, Any]:
+        """Sampling fields for the engine; num_predict -1/-2 mean "until the context is full"."""
+        out = self.model_dump(exclude={"num_predict", "num_ctx", "num_thread"}, exclude_none=True)
+        if self.num_predict is not None:
+            out["max_tokens"] = -1 if self.num_predict < 0 else self.num_predict
+        return out
+
+
+Format = Literal["json", ""] | dict[str, Any] | None
+KeepAlive = str | int | float | None
+
+
+class GenerateRequest(_Request):
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    suffix: str | None = None
+    images: list[str] | None = None
+    format: Format = None
+    options: Options = Field(default_factory=Options)
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    stream: bool = True
+    raw: bool = False
+    keep_alive: KeepAlive = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+
+
+class Message(_Request):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class ChatRequest(_Request):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: Format = None
+    options: Options = Field(default_factory=Options)
+    stream: bool = True
+    keep_alive: KeepAlive = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+
+
+class EmbedRequest(_Request):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = True
+    options: Options = Field(default_factory=Options)
+    keep_alive: KeepAlive = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+class EmbeddingsRequest(_Request):
+    model: str = Field(min_length=1)
+    prompt: str
+    options: Options = Field(default_factory=Options)
+    keep_alive: KeepAlive = None
+
+
+class ShowRequest(_Request):
+    model: str = ""
+    name: str = ""
+    verbose: bool = False
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json_format(fmt: Format) -> tuple[bool, dict[str, Any] | None]:
+    if isinstance(fmt, dict):
+        return True, fmt
+    return fmt == "json", None
+
+
+def _reject_images(images: list[str] | None) -> None:
+    if images:
+        raise APIError(400, "this model does not accept images")
+
+
+def _think(value: bool | str | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _final(model: str, end: Finished, started: float, load_seconds: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": _now(),
+        "done": True,
+        "done_reason": "stop" if end.finish_reason == "stop" else "length",
+        "total_duration": int((time.monotonic() - started) * _NS),
+        "load_duration": 0,
+        "prompt_eval_count": end.prompt_tokens,
+        "prompt_eval_duration": int(end.prompt_seconds * _NS),
+        "eval_count": end.completion_tokens,
+        "eval_duration": int(end.generation_seconds * _NS),
+    }
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+async def _ndjson(
+    run: Run, model: str, piece: Any, final_extra: dict[str, Any], load_seconds: float
+) -> AsyncIterator[bytes]:
+    try:
+        async for event in run:
+            if isinstance(event, Delta):
+                yield _line(
+                    {"model": model, "created_at": _now(), **piece(event.text), "done": False}
+                )
+            else:
+                yield _line(
+                    {**_final(model, event, run.started, load_seconds), **piece(""), **final_extra}
+                )
+    except APIError as exc:
+        yield _line({"error": exc.message})
+    except Exception:
+        yield _line({"error": "internal error while generating"})
+
+
+async def _respond(
+    state: RuntimeState,
+    request: Request,
+    route: str,
+    prompt: str,
+    params: Any,
+    model: str,
+    stream: bool,
+    piece: Any,
+    final_extra: dict[str, Any] | None = None,
+) -> Any:
+    generation = await state.start(prompt, params)
+    run = Run(state, generation, route)
+    try:
+        await run.prime()
+    except BaseException:
+        generation.cancel()
+        raise
+    if stream:
+        return StreamingResponse(
+            _ndjson(run, model, piece, final_extra or {}, state.load_seconds), media_type=NDJSON
+        )
+    text, end = await run.collect(request)
+    return {
+        **_final(model, end, run.started, state.load_seconds),
+        **piece(text),
+        **(final_extra or {}),
+    }
+
+
+def _load_response(model: str, keep_alive: KeepAlive) -> dict[str, Any]:
+    unload = keep_alive in (0, "0", "0s", "0m")
+    return {
+        "model": model,
+        "created_at": _now(),
+        "response": "",
+        "done": True,
+        "done_reason": "unload" if unload else "load",
+    }
+
+
+def _details(state: RuntimeState) -> dict[str, Any]:
+    d = state.engine.details
+    return {
+        "parent_model": "",
+        "format": state.engine.format.value,
+        "family": d.family,
+        "families": [d.family] if d.family else None,
+        "parameter_size": d.parameter_size,
+        "quantization_level": d.quantization_level,
+    }
+
+
+def _parameters_text(state: RuntimeState) -> str:
+    params = state.config.parameters.model_dump(exclude_none=True)
+    lines = []
+    names = {"context_length": "num_ctx"}
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        lines += [
+            f"{names.get(key, key):<30} {json.dumps(v) if key == 'stop' else v}" for v in values
+        ]
+    return "\n".join(lines)
+
+
+def _modelfile(state: RuntimeState) -> str:
+    cfg = state.config
+    out = [f"FROM {cfg.model_path}"]
+    if cfg.template is not None:
+        out.append(f'TEMPLATE """{cfg.template}"""')
+    if cfg.system is not None:
+        out.append(f'SYSTEM """{cfg.system}"""')
+    for line in _parameters_text(state).splitlines():
+        out.append(f"PARAMETER {' '.join(line.split(maxsplit=1))}")
+    return "\n".join(out) + "\n"
+
+
+State = Annotated[RuntimeState, Depends(runtime)]
+
+
+def build_router(api_token: str | None) -> APIRouter:
+    """The Ollama routes, behind the API token when one is set."""
+    router = APIRouter(dependencies=[Depends(bearer_auth(api_token))])
+
+    @router.post("/api/generate")
+    async def generate(body: GenerateRequest, request: Request, state: State) -> Any:
+        state.check_model(body.model)
+        _reject_images(body.images)
+        if not body.prompt and body.suffix is None:
+            return _load_response(body.model, body.keep_alive)
+        if body.suffix:
+            raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model")
+        json_mode, schema = _json_format(body.format)
+        params = state.sampling(body.options.overrides(), json_mode=json_mode, json_schema=schema)
+        prompt = state.prompts.generate(
+            body.prompt,
+            system=body.system,
+            template=body.template,
+            raw=body.raw,
+            think=_think(body.think),
+        )
+        return await _respond(
+            state,
+            request,
+            "/api/generate",
+            prompt,
+            params,
+            body.model,
+            body.stream,
+            lambda text: {"response": text},
+        )
+
+    @router.post("/api/chat")
+    async def chat(body: ChatRequest, request: Request, state: State) -> Any:
+        state.check_model(body.model)
+        for message in body.messages:
+            _reject_images(message.images)
+        if not body.messages:
+            return {
+                "model": body.model,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "load",
+            }
+        json_mode, schema = _json_format(body.format)
+        params = state.sampling(body.options.overrides(), json_mode=json_mode, json_schema=schema)
+        prompt = state.prompts.chat(
+            [m.model_dump(exclude_none=True) for m in body.messages],
+            tools=body.tools,
+            think=_think(body.think),
+        )
+        return await _respond(
+            state,
+            request,
+            "/api/chat",
+            prompt,
+            params,
+            body.model,
+            body.stream,
+            lambda text: {"message": {"role": "assistant", "content": text}},
+        )
+
+    async def _embed(state: RuntimeState, texts: list[str]) -> tuple[list[list[float]], int]:
+        if not state.engine.supports_embeddings:
+            raise UnsupportedError(
+                f"embeddings are not supported for {state.engine.format.value} models"
+            )
+        release = await state.admission.acquire()
+        try:
+            return await asyncio.to_thread(state.engine.embed, texts)
+        finally:
+            release()
+
+    @router.post("/api/embed")
+    async def embed(body: EmbedRequest, state: State) -> Any:
+        state.check_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise APIError(400, "input must not be empty")
+        started = time.monotonic()
+        vectors, tokens = await _embed(state, texts)
+        normalized = []
+        for vector in vectors:
+            if body.dimensions:
+                vector = vector[: body.dimensions]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            normalized.append([x / norm for x in vector])
+        return {
+            "model": body.model,
+            "embeddings": normalized,
+            "total_duration": int((time.monotonic() - started) * _NS),
+            "load_duration": 0,
+            "prompt_eval_count": tokens,
+        }
+
+    @router.post("/api/embeddings")
+    async def embeddings(body: EmbeddingsRequest, state: State) -> Any:
+        state.check_model(body.model)
+        if not body.prompt:
+            return {"embedding": []}
+        vectors, _ = await _embed(state, [body.prompt])
+        return {"embedding": vectors[0]}
+
+    def _model_entry(state: RuntimeState) -> dict[str, Any]:
+        name = f"{state.config.model_name}:latest"
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": _rfc3339(state.loaded_at),
+            "size": state.engine.details.size_bytes,
+            "digest": state.digest.removeprefix("sha256:"),
+            "details": _details(state),
+        }
+
+    @router.get("/api/tags")
+    async def tags(state: State) -> Any:
+        return {"models": [_model_entry(state)]}
+
+    @router.post("/api/show")
+    async def show(body: ShowRequest, state: State) -> Any:
+        name = body.model or body.name
+        if not name:
+            raise APIError(400, "model is required")
+        state.check_model(name)
+        capabilities = ["completion"]
+        if state.engine.supports_embeddings:
+            capabilities.append("embedding")
+        return {
+            "license": "",
+            "modelfile": _modelfile(state),
+            "parameters": _parameters_text(state),
+            "template": state.config.template or state.engine.chat_template or "",
+            "system": state.config.system or "",
+            "details": _details(state),
+            "model_info": {
+                **state.engine.details.architecture_info,
+                "context_length": state.engine.context_length,
+            },
+            "capabilities": capabilities,
+            "modified_at": _rfc3339(state.loaded_at),
+        }
+
+    @router.get("/api/ps")
+    async def ps(state: State) -> Any:
+        entry = _model_entry(state)
+        size = state.engine.details.size_bytes
+        entry.pop("modified_at")
+        return {
+            "models": [
+                {
+                    **entry,
+                    "expires_at": _NEVER,
+                    "size_vram": 0 if state.engine.device.value == "cpu" else size,
+                    "context_length": state.engine.context_length,
+                    "device": state.engine.device.value,
+                }
+            ]
+        }
+
+    @router.get("/api/version")
+    async def api_version() -> Any:
+        try:
+            return {"version": version("slm-operator")}
+        except PackageNotFoundError:
+            return {"version": "0.0.0"}
+
+    async def managed(request: Request, state: State) -> JSONResponse:
+        raise APIError(
+            501,
+            f"{request.url.path} is not available: models are managed by the LocalModel "
+            f'resource "{state.config.model_name}"; change its spec instead',
+        )
+
+    for path, methods in (
+        ("/api/pull", ["POST"]),
+        ("/api/push", ["POST"]),
+        ("/api/create", ["POST"]),
+        ("/api/copy", ["POST"]),
+        ("/api/delete", ["DELETE"]),
+        ("/api/blobs/{digest}", ["HEAD", "POST"]),
+    ):
+        router.add_api_route(path, managed, methods=methods, include_in_schema=False)
+
+    return router

@@ -1,0 +1,314 @@
+"""The OpenAI API: chat completions, completions, embeddings and models."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from slm_runtime.engines.base import Delta, Finished, SamplingParams, UnsupportedError
+from slm_runtime.errors import APIError
+from slm_runtime.routes.auth import bearer_auth
+from slm_runtime.state import Run, RuntimeState, runtime
+
+SSE = "text/event-stream"
+_OWNER = "slm-operator"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Request):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message text; only text parts are accepted."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        texts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise APIError(400, f"content part type {part.type!r} is not supported; use text")
+            texts.append(part.text)
+        return "".join(texts)
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+Stop = str | list[str] | None
+
+
+class _Sampling(_Request):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop = Field(default=None)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    def overrides(self, max_tokens: int | None) -> dict[str, Any]:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        if stop is not None and len(stop) > 16:
+            raise APIError(400, "stop: at most 16 sequences")
+        return {
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "stop": stop,
+        }
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    logprobs: Literal[False] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: None = None
+
+
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+def _usage(end: Finished) -> dict[str, int]:
+    return {
+        "prompt_tokens": end.prompt_tokens,
+        "completion_tokens": end.completion_tokens,
+        "total_tokens": end.prompt_tokens + end.completion_tokens,
+    }
+
+
+def _finish_reason(end: Finished) -> str:
+    return "stop" if end.finish_reason == "stop" else "length"
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _json_mode(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None]:
+    if fmt is None or fmt.type == "text":
+        return False, None
+    if fmt.type == "json_schema":
+        schema = (fmt.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format.json_schema.schema must be a JSON schema object")
+        return True, schema
+    return True, None
+
+
+async def _stream(
+    run: Run,
+    include_usage: bool,
+    chunk: Any,
+) -> AsyncIterator[bytes]:
+    try:
+        async for event in run:
+            if isinstance(event, Delta):
+                yield _sse(chunk(event.text, None))
+            else:
+                yield _sse(chunk(None, _finish_reason(event)))
+                if include_usage:
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event)})
+    except Exception:
+        yield _sse(
+            {"error": {"message": "internal error while generating", "type": "server_error"}}
+        )
+    yield b"data: [DONE]\n\n"
+
+
+async def _start(state: RuntimeState, route: str, prompt: str, params: SamplingParams) -> Run:
+    generation = await state.start(prompt, params)
+    run = Run(state, generation, route)
+    try:
+        await run.prime()
+    except BaseException:
+        generation.cancel()
+        raise
+    return run
+
+
+State = Annotated[RuntimeState, Depends(runtime)]
+
+
+def build_router(api_token: str | None) -> APIRouter:
+    """The OpenAI routes, behind the API token when one is set."""
+    router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_auth(api_token))])
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
+        state.check_model(body.model)
+        json_mode, schema = _json_mode(body.response_format)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = state.sampling(body.overrides(max_tokens), json_mode=json_mode, json_schema=schema)
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        prompt = state.prompts.chat(messages, tools=body.tools)
+        run = await _start(state, "/v1/chat/completions", prompt, params)
+        ident = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            first = True
+
+            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+                nonlocal first
+                delta: dict[str, Any] = {}
+                if first:
+                    delta["role"] = "assistant"
+                    first = False
+                if text is not None:
+                    delta["content"] = text
+                return {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                }
+
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(run, include_usage, chunk), media_type=SSE)
+        text, end = await run.collect(request)
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": _finish_reason(end),
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(end),
+        }
+
+    @router.post("/completions")
+    async def completions(body: CompletionRequest, request: Request, state: State) -> Any:
+        state.check_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise APIError(400, "prompt: send exactly one prompt per request")
+        if body.suffix:
+            raise APIError(400, "suffix is not supported by this model")
+        params = state.sampling(body.overrides(body.max_tokens))
+        run = await _start(state, "/v1/completions", prompts[0], params)
+        ident = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        echo = prompts[0] if body.echo else ""
+
+        def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": [
+                    {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+                ],
+            }
+
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(run, include_usage, chunk), media_type=SSE)
+        text, end = await run.collect(request)
+        response = chunk(echo + text, _finish_reason(end))
+        response["usage"] = _usage(end)
+        return response
+
+    @router.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest, state: State) -> Any:
+        state.check_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not t for t in texts):
+            raise APIError(400, "input must be a non-empty string or list of non-empty strings")
+        if not state.engine.supports_embeddings:
+            raise UnsupportedError(
+                f"embeddings are not supported for {state.engine.format.value} models"
+            )
+        release = await state.admission.acquire()
+        try:
+            vectors, tokens = await asyncio.to_thread(state.engine.embed, texts)
+        finally:
+            release()
+        data = []
+        for index, vector in enumerate(vectors):
+            if body.dimensions:
+                vector = vector[: body.dimensions]
+            embedding: Any = vector
+            if body.encoding_format == "base64":
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                embedding = base64.b64encode(packed).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _model(state: RuntimeState) -> dict[str, Any]:
+        return {
+            "id": state.config.model_name,
+            "object": "model",
+            "created": int(state.loaded_at),
+            "owned_by": _OWNER,
+        }
+
+    @router.get("/models")
+    async def models(state: State) -> Any:
+        return {"object": "list", "data": [_model(state)]}
+
+    @router.get("/models/{model_id:path}")
+    async def model(model_id: str, state: State) -> Any:
+        state.check_model(model_id)
+        return _model(state)
+
+    return router

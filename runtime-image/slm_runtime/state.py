@@ -1,0 +1,162 @@
+"""What the routes share: the loaded engine, prompt rendering, admission and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from slm_runtime.admission import Admission
+from slm_runtime.config import Device, ModelParameters, RuntimeConfig
+from slm_runtime.engines.base import Delta, Engine, Event, Finished, Generation, SamplingParams
+from slm_runtime.errors import APIError
+from slm_runtime.metrics import Metrics
+from slm_runtime.prompt import PromptBuilder
+
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
+
+
+@dataclass
+class RuntimeState:
+    """Set on ``app.state.runtime`` by the lifespan once the model is loaded."""
+
+    config: RuntimeConfig
+    engine: Engine
+    prompts: PromptBuilder
+    admission: Admission
+    metrics: Metrics
+    device_failures: dict[Device, str]
+    load_seconds: float
+    digest: str = ""
+    loaded_at: float = field(default_factory=time.time)
+
+    def check_model(self, name: str) -> None:
+        """Answer 404 unless ``name`` is the served model (``name:latest`` matches too)."""
+        served = self.config.model_name
+        if name not in (served, f"{served}:latest"):
+            raise APIError(404, f'model "{name}" not found; this server serves "{served}"')
+
+    def sampling(
+        self,
+        overrides: dict[str, Any],
+        *,
+        json_mode: bool = False,
+        json_schema: dict[str, Any] | None = None,
+    ) -> SamplingParams:
+        """Engine defaults, then the configured PARAMETERs, then the request's options."""
+        merged: dict[str, Any] = {}
+        configured: ModelParameters = self.config.parameters
+        for name in (*_SAMPLING_FIELDS, "stop"):
+            value = getattr(configured, name)
+            if value is not None:
+                merged[name] = value
+        if configured.num_predict is not None:
+            merged["max_tokens"] = configured.num_predict
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        stop = merged.pop("stop", ())
+        merged["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        return SamplingParams(**merged, json_mode=json_mode, json_schema=json_schema)
+
+    async def start(self, prompt: str, params: SamplingParams) -> Generation:
+        """Take a slot (or fail with 429/503) and start generating; the slot frees at the end."""
+        release = await self.admission.acquire()
+        try:
+            generation = await asyncio.to_thread(
+                self.engine.generate, prompt, params, asyncio.get_running_loop()
+            )
+        except BaseException:
+            release()
+            raise
+        generation.add_done_callback(release)
+        return generation
+
+
+class Run:
+    """A generation as the routes consume it, recording metrics on the way."""
+
+    def __init__(self, state: RuntimeState, generation: Generation, route: str) -> None:
+        self.state = state
+        self.generation = generation
+        self.route = route
+        self.started = time.monotonic()
+        self.first: Event | None = None
+        self._events = generation.events()
+        self._seen_text = False
+
+    async def prime(self) -> None:
+        """Wait for the first event, so that failures before any output become HTTP errors."""
+        self.first = await self._next()
+
+    async def _next(self) -> Event:
+        event = await anext(self._events)
+        if isinstance(event, Delta) and not self._seen_text:
+            self._seen_text = True
+            self.state.metrics.ttft.labels(self.route).observe(time.monotonic() - self.started)
+        if isinstance(event, Finished):
+            self.state.metrics.prompt_tokens.inc(event.prompt_tokens)
+            self.state.metrics.generated_tokens.inc(event.completion_tokens)
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        try:
+            if self.first is not None:
+                first, self.first = self.first, None
+                yield first
+                if isinstance(first, Finished):
+                    return
+            while True:
+                event = await self._next()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self.generation.cancel()
+
+    async def collect(self, request: Request) -> tuple[str, Finished]:
+        """All text and the end, stopping the generation if the client goes away meanwhile."""
+        parts: list[str] = []
+
+        async def consume() -> Finished:
+            async for event in self:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                else:
+                    return event
+            raise RuntimeError("generation ended without a result")
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        consumer = asyncio.create_task(consume())
+        watcher = asyncio.create_task(disconnected())
+        try:
+            done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not consumer.done():
+                self.generation.cancel()
+                consumer.cancel()
+        if consumer not in done:
+            raise APIError(499, "client disconnected")
+        return "".join(parts), consumer.result()
+
+
+def runtime(request: Request) -> RuntimeState:
+    """The runtime state, for routes (FastAPI dependency)."""
+    state: RuntimeState = request.app.state.runtime
+    return state

@@ -1,0 +1,242 @@
+"""Bad requests over raw HTTP: each gets its status and a message in its API family's shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.runtime.conftest import Server
+
+pytestmark = pytest.mark.runtime
+
+USER = [{"role": "user", "content": "hi"}]
+LONG_PROMPT = "word " * 3000
+
+
+@dataclass(frozen=True)
+class Bad:
+    name: str
+    method: str
+    path: str
+    status: int
+    message: str
+    body: Any = None
+    content: bytes | None = None
+
+
+CASES = [
+    Bad(
+        "ollama malformed JSON",
+        "POST",
+        "/api/generate",
+        400,
+        "not valid JSON",
+        content=b'{"model": "gemma", "prompt": ',
+    ),
+    Bad(
+        "openai malformed JSON",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "not valid JSON",
+        content=b"{not json}",
+    ),
+    Bad("chat without model", "POST", "/api/chat", 400, "model", {"messages": USER}),
+    Bad(
+        "unknown role",
+        "POST",
+        "/api/chat",
+        400,
+        "messages.0.role",
+        {"model": "gemma", "messages": [{"role": "robot", "content": "x"}]},
+    ),
+    Bad(
+        "temperature not a number",
+        "POST",
+        "/api/generate",
+        400,
+        "options.temperature",
+        {"model": "gemma", "prompt": "x", "options": {"temperature": "hot"}},
+    ),
+    Bad(
+        "empty messages",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "messages",
+        {"model": "gemma", "messages": []},
+    ),
+    Bad(
+        "several choices",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "n",
+        {"model": "gemma", "messages": USER, "n": 2},
+    ),
+    Bad(
+        "temperature out of range",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "temperature",
+        {"model": "gemma", "messages": USER, "temperature": 3},
+    ),
+    Bad(
+        "max_tokens zero",
+        "POST",
+        "/v1/completions",
+        400,
+        "max_tokens",
+        {"model": "gemma", "prompt": "x", "max_tokens": 0},
+    ),
+    Bad(
+        "ollama unknown model",
+        "POST",
+        "/api/generate",
+        404,
+        'model "llama3" not found',
+        {"model": "llama3", "prompt": "x"},
+    ),
+    Bad(
+        "openai unknown model",
+        "POST",
+        "/v1/chat/completions",
+        404,
+        'model "gpt-4o" not found',
+        {"model": "gpt-4o", "messages": USER},
+    ),
+    Bad(
+        "several prompts",
+        "POST",
+        "/v1/completions",
+        400,
+        "exactly one prompt",
+        {"model": "gemma", "prompt": ["a", "b"]},
+    ),
+    Bad(
+        "ollama prompt longer than the context",
+        "POST",
+        "/api/generate",
+        400,
+        "context window is 1024",
+        {"model": "gemma", "prompt": LONG_PROMPT, "stream": False},
+    ),
+    Bad(
+        "openai prompt longer than the context",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "context window is 1024",
+        {"model": "gemma", "messages": [{"role": "user", "content": LONG_PROMPT}]},
+    ),
+    Bad(
+        "pull is managed by the LocalModel",
+        "POST",
+        "/api/pull",
+        501,
+        "LocalModel",
+        {"model": "gemma"},
+    ),
+    Bad("wrong method", "GET", "/api/chat", 405, "not allowed"),
+    Bad(
+        "empty embedding input",
+        "POST",
+        "/v1/embeddings",
+        400,
+        "input",
+        {"model": "gemma", "input": []},
+    ),
+    Bad(
+        "images on a text model",
+        "POST",
+        "/api/generate",
+        400,
+        "images",
+        {"model": "gemma", "prompt": "x", "images": ["aGk="]},
+    ),
+    Bad("unknown OpenAI route", "GET", "/v1/nothing", 404, "no route"),
+    Bad(
+        "json_schema without a schema",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "schema",
+        {"model": "gemma", "messages": USER, "response_format": {"type": "json_schema"}},
+    ),
+    Bad(
+        "image content part",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        "image_url",
+        {
+            "model": "gemma",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://x"}}],
+                }
+            ],
+        },
+    ),
+    Bad(
+        "body larger than the limit",
+        "POST",
+        "/api/generate",
+        413,
+        "exceeds 65536 bytes",
+        {"model": "gemma", "prompt": "x" * 70000},
+    ),
+    Bad(
+        "bad JSON schema in format",
+        "POST",
+        "/api/generate",
+        400,
+        "schema",
+        {"model": "gemma", "prompt": "x", "format": {"type": "nonsense-type"}},
+    ),
+]
+
+
+def _message(path: str, body: Any) -> str:
+    if path.startswith("/v1/"):
+        error = body["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        return str(error["message"])
+    assert set(body) == {"error"}
+    return str(body["error"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_request(gemma_server: Server, case: Bad) -> None:
+    with gemma_server.client() as client:
+        if case.content is not None:
+            response = client.request(
+                case.method,
+                case.path,
+                content=case.content,
+                headers={"content-type": "application/json"},
+            )
+        else:
+            response = client.request(case.method, case.path, json=case.body)
+        assert response.status_code == case.status, response.text
+        assert case.message in _message(case.path, response.json())
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/api/embed", {"model": "tiny", "input": "x"}, "not supported for onnx models"),
+        ("/v1/embeddings", {"model": "tiny", "input": "x"}, "not supported for onnx models"),
+        ("/api/generate", {"model": "tiny", "prompt": "x", "format": "json"}, "format json"),
+    ],
+)
+def test_what_onnx_cannot_serve(onnx_server: Server, path: str, body: Any, message: str) -> None:
+    response = httpx.post(onnx_server.url + path, json=body, timeout=30)
+    assert response.status_code == 501
+    assert message in _message(path, response.json())

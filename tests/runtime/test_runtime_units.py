@@ -1,0 +1,115 @@
+"""Pure pieces of the runtime: stop matching, configuration overrides, prompt rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from slm_runtime.config import Device
+from slm_runtime.engines.base import StopMatcher
+from slm_runtime.prompt import PromptBuilder, PromptError
+from slm_runtime.server import load_settings
+
+from tests.conftest import GEMMA_TEMPLATE
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("stops", "pieces", "emitted", "stopped"),
+    [
+        ((), ["ab", "c"], "abc", False),
+        (("END",), ["hello E", "N", "D more"], "hello ", True),
+        (("END",), ["hello E", "NX"], "hello ENX", False),
+        (("\n\n", "###"), ["a\n", "b##", "#c"], "a\nb", True),
+        (("xy",), ["x"], "", False),
+    ],
+)
+def test_stop_matcher(
+    stops: tuple[str, ...], pieces: list[str], emitted: str, stopped: bool
+) -> None:
+    matcher = StopMatcher(stops)
+    out, hit = "", False
+    for piece in pieces:
+        text, hit = matcher.feed(piece)
+        out += text
+        if hit:
+            break
+    assert hit is stopped
+    assert out == emitted
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "modelName: m\nformat: gguf\nmodelPath: /models/m.gguf\n"
+        "parameters: {temperature: 0.5, topK: 10}\nlimits: {maxQueue: 4}\n"
+    )
+    monkeypatch.setenv("SLM_PORT", "9000")
+    monkeypatch.setenv("SLM_DEVICES", '["gpu", "cpu"]')
+    monkeypatch.setenv("SLM_PARAMETERS__TEMPERATURE", "0.2")
+    monkeypatch.setenv("SLM_LIMITS__MAX_QUEUE", "8")
+    monkeypatch.setenv("SLM_API_TOKEN", "not-a-config-field")
+    config = load_settings(path)
+    assert config.port == 9000
+    assert config.devices == [Device.GPU, Device.CPU]
+    assert config.parameters.temperature == 0.2
+    assert config.parameters.top_k == 10
+    assert config.limits.max_queue == 8
+
+
+def test_environment_values_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("modelName: m\nformat: gguf\nmodelPath: /m.gguf\n")
+    monkeypatch.setenv("SLM_PARAMETERS__TEMPERATURE", "9")
+    with pytest.raises(ValueError, match="temperature"):
+        load_settings(path)
+
+
+def _builder(**kwargs: object) -> PromptBuilder:
+    defaults: dict[str, object] = {
+        "template": None,
+        "system": None,
+        "model_template": None,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+    }
+    defaults.update(kwargs)
+    return PromptBuilder(**defaults)  # type: ignore[arg-type]
+
+
+def test_go_template_with_configured_system() -> None:
+    builder = _builder(template=GEMMA_TEMPLATE, system="Be brief.")
+    prompt = builder.chat([{"role": "user", "content": "Hi"}])
+    assert prompt == (
+        "<start_of_turn>system\nBe brief.<end_of_turn>\n"
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    own = builder.chat([{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}])
+    assert "Be brief." not in own
+    assert "Mine." in own
+
+
+def test_generate_prompt_through_the_go_template() -> None:
+    builder = _builder(template=GEMMA_TEMPLATE)
+    assert builder.generate("Hi") == (
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert builder.generate("Hi", raw=True) == "Hi"
+    assert builder.generate("Hi", template="[{{ .Prompt }}]") == "[Hi]"
+
+
+def test_model_jinja_template_is_used_when_none_is_configured() -> None:
+    builder = _builder(
+        model_template="{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+        system="S",
+    )
+    # BOS is left to the tokenizer.
+    assert builder.chat([{"role": "user", "content": "Hi"}]) == "<system>S<user>Hi<assistant>"
+
+
+def test_chat_without_any_template_says_what_to_set() -> None:
+    with pytest.raises(PromptError, match="no chat template"):
+        _builder().chat([{"role": "user", "content": "Hi"}])
+    assert _builder(system="S").generate("Hi") == "S\n\nHi"

@@ -1,0 +1,271 @@
+"""Serving behaviour: auth, overload, disconnects, SIGTERM drain, fallback, batching, metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+import yaml
+
+from tests.runtime.conftest import Server, free_port, gemma_config, onnx_config, wait_until
+
+pytestmark = pytest.mark.runtime
+
+Factory = Callable[..., Server]
+CHAT = {"model": "gemma", "messages": [{"role": "user", "content": "Write a long story."}]}
+
+
+def test_bearer_token_guards_every_api_route(gemma_gguf: Path, server_factory: Factory) -> None:
+    server = server_factory(gemma_config(gemma_gguf), env={"SLM_API_TOKEN": "s3cret-token"})
+    with server.client() as client:
+        for path in ("/healthz", "/readyz", "/metrics", "/"):
+            assert client.get(path).status_code == 200, path
+        denied = client.get("/api/tags")
+        assert denied.status_code == 401
+        assert "API token" in denied.json()["error"]
+        wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "invalid_api_key"
+        assert client.post("/api/chat", json=CHAT).status_code == 401
+    good = openai.OpenAI(base_url=server.url + "/v1", api_key="s3cret-token", max_retries=0)
+    assert [m.id for m in good.models.list()] == ["gemma"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).models.list()
+    oll = ollama.Client(host=server.url, headers={"Authorization": "Bearer s3cret-token"})
+    assert oll.list().models
+    assert "s3cret-token" not in server.logs()
+
+
+def _open_stream(
+    server: Server, path: str, body: dict[str, object]
+) -> tuple[httpx.Client, httpx.Response]:
+    client = httpx.Client(base_url=server.url, timeout=60)
+    response = client.send(client.build_request("POST", path, json=body), stream=True)
+    assert response.status_code == 200
+    return client, response
+
+
+def test_overload_gets_429_or_503_with_retry_after(
+    gemma_gguf: Path, server_factory: Factory
+) -> None:
+    server = server_factory(
+        gemma_config(
+            gemma_gguf,
+            parallel=1,
+            limits={"maxQueue": 0},
+            parameters={"contextLength": 1024, "numPredict": 400},
+        )
+    )
+    client, busy = _open_stream(server, "/api/chat", CHAT)
+    try:
+        next(busy.iter_lines())
+        with server.client() as other:
+            openai_reply = other.post("/v1/chat/completions", json=CHAT)
+            ollama_reply = other.post("/api/chat", json=CHAT)
+        assert openai_reply.status_code == 429
+        assert openai_reply.headers["retry-after"] == "1"
+        assert openai_reply.json()["error"]["type"] == "rate_limit_error"
+        assert ollama_reply.status_code == 503
+        assert ollama_reply.headers["retry-after"] == "1"
+        assert "busy" in ollama_reply.json()["error"]
+    finally:
+        busy.close()
+        client.close()
+    wait_until(lambda: server.metric("slm_runtime_requests_in_flight") == 0, 30, "the slot to free")
+    assert (
+        httpx.post(
+            server.url + "/api/chat",
+            json={**CHAT, "stream": False, "options": {"num_predict": 2}},
+            timeout=60,
+        ).status_code
+        == 200
+    )
+
+
+def test_client_disconnect_stops_generation(gemma_gguf: Path, server_factory: Factory) -> None:
+    server = server_factory(
+        gemma_config(
+            gemma_gguf, parameters={"contextLength": 1024, "numPredict": -1, "temperature": 0.8}
+        )
+    )
+    # Streaming: read one chunk, hang up.
+    client, stream = _open_stream(server, "/api/chat", CHAT)
+    next(stream.iter_lines())
+    stream.close()
+    client.close()
+    wait_until(
+        lambda: server.metric("slm_runtime_requests_in_flight") == 0,
+        30,
+        "the streaming generation to stop",
+    )
+    after_stream = server.metric("slm_runtime_generated_tokens_total")
+    assert after_stream < 200
+    # Non-streaming: send the request on a raw socket, hang up while it generates.
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({**CHAT, "stream": False}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_until(
+            lambda: server.metric("slm_runtime_requests_in_flight") == 1, 30, "the request to start"
+        )
+        start = server.metric("slm_runtime_generated_tokens_total")
+    wait_until(
+        lambda: server.metric("slm_runtime_requests_in_flight") == 0,
+        30,
+        "the non-streaming generation to stop",
+    )
+    assert server.metric("slm_runtime_generated_tokens_total") - start < 200
+
+
+def test_sigterm_drains_in_flight_requests(gemma_gguf: Path, server_factory: Factory) -> None:
+    server = server_factory(gemma_config(gemma_gguf, limits={"drainTimeoutSeconds": 30}))
+    client, stream = _open_stream(
+        server,
+        "/v1/completions",
+        {"model": "gemma", "prompt": "Once upon a time", "max_tokens": 40, "stream": True},
+    )
+    lines = stream.iter_lines()
+    first = next(lines)
+    assert first.startswith("data: ")
+    server.proc.send_signal(signal.SIGTERM)
+    rest = list(lines)
+    client.close()
+    payloads = [
+        json.loads(x.removeprefix("data: ")) for x in [first, *rest] if x.startswith("data: {")
+    ]
+    assert [x for x in rest if x][-1] == "data: [DONE]"
+    assert payloads[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    # uvicorn re-raises the signal once it has drained, so the exit status is SIGTERM's.
+    assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/healthz", timeout=2)
+    assert "draining" in server.logs()
+
+
+def test_device_fallback_lands_on_cpu_with_engine_errors_logged(
+    gemma_gguf: Path, server_factory: Factory
+) -> None:
+    gguf = server_factory(gemma_config(gemma_gguf, devices=["npu", "gpu", "cpu"]))
+    ready = httpx.get(gguf.url + "/readyz").json()
+    assert ready["device"] == "cpu"
+    assert ready["fallback"]["npu"] == "llama.cpp has no NPU backend"
+    assert "without a GPU backend" in ready["fallback"]["gpu"]
+    assert "llama.cpp has no NPU backend" in gguf.logs()
+
+    onnx = server_factory(onnx_config(devices=["npu", "gpu", "cpu"]))
+    ready = httpx.get(onnx.url + "/readyz").json()
+    assert ready["device"] == "cpu"
+    assert "OpenVINO execution provider is not supported in this build" in ready["fallback"]["npu"]
+    assert "Cuda interface not available" in ready["fallback"]["gpu"]
+    logs = onnx.logs()
+    assert "OpenVINO execution provider is not supported in this build" in logs
+    assert "Cuda interface not available" in logs
+    assert httpx.get(onnx.url + "/api/ps").json()["models"][0]["device"] == "cpu"
+    assert 'device="cpu",engine="onnxruntime-genai"' in httpx.get(onnx.url + "/metrics").text
+
+
+def test_no_usable_device_exits_with_the_reason(gemma_gguf: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**gemma_config(gemma_gguf, devices=["npu"]), "port": free_port(), "host": "127.0.0.1"}
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "slm_runtime.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "no configured device could load the model" in done.stderr
+    assert "llama.cpp has no NPU backend" in done.stderr
+
+
+def test_parallel_sequences_are_decoded_together(gemma_gguf: Path, server_factory: Factory) -> None:
+    server = server_factory(
+        gemma_config(gemma_gguf, parallel=2, parameters={"contextLength": 1024})
+    )
+    long_body = {**CHAT, "options": {"num_predict": 300, "temperature": 0.8}}
+    client_a, stream_a = _open_stream(server, "/api/chat", long_body)
+    lines_a = stream_a.iter_lines()
+    next(lines_a)
+    # B starts while A is generating, and B's first token arrives before A is done.
+    with server.client() as client_b:
+        reply = client_b.post(
+            "/api/chat", json={**CHAT, "stream": False, "options": {"num_predict": 4}}
+        )
+    assert reply.status_code == 200
+    assert reply.json()["eval_count"] == 4
+    assert server.metric("slm_runtime_requests_in_flight") == 1, "A must still be generating"
+    rest = [json.loads(x) for x in lines_a if x]
+    assert rest[-1]["done"] is True
+    stream_a.close()
+    client_a.close()
+
+
+def test_metrics_are_clean_for_promtool(gemma_server: Server) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by hack/setup.d/30-runtime.sh"
+    with gemma_server.client() as client:
+        assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+        assert (
+            client.post("/api/generate", json={"model": "nope", "prompt": "x"}).status_code == 404
+        )
+        text = client.get("/metrics").text
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert 'slm_runtime_requests_total{code="200",route="/api/chat"}' in text
+    assert 'slm_runtime_requests_total{code="404",route="/api/generate"}' in text
+    assert 'slm_runtime_device_info{device="cpu",engine="llama.cpp"' in text
+    assert gemma_server.metric("slm_runtime_generated_tokens_total") > 0
+    assert gemma_server.metric("slm_runtime_prompt_tokens_total") > 0
+    assert (
+        gemma_server.metric("slm_runtime_time_to_first_token_seconds_count", 'route="/api/chat"')
+        > 0
+    )
+    assert gemma_server.metric("slm_runtime_model_load_seconds") > 0
+    assert "slm_runtime_requests_queued 0.0" in text
+    assert "slm_runtime_request_duration_seconds_bucket" in text
+
+
+def test_concurrent_clients_all_complete(gemma_server: Server) -> None:
+    results: list[int] = []
+
+    def one() -> None:
+        reply = httpx.post(
+            gemma_server.url + "/api/generate",
+            json={
+                "model": "gemma",
+                "prompt": "Hello",
+                "stream": False,
+                "options": {"num_predict": 6},
+            },
+            timeout=120,
+        )
+        results.append(reply.status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
