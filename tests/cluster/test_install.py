@@ -212,7 +212,8 @@ def test_helm_install_test_upgrade_uninstall(
     # moving from `kubectl apply -f crds/` to Helm would.
     adopt = ["--take-ownership"] if crd_exists(cluster) else []
     try:
-        cluster.helm("install", RELEASE, str(CHART), *adopt, *test_values)
+        installed = cluster.helm("install", RELEASE, str(CHART), *adopt, *test_values)
+        assert f"helm test {RELEASE} -n {namespace}" in installed.stdout  # NOTES.txt
         crd = cluster.get("crd", CRD_NAME)
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         with operator_like_pod(cluster, namespace, RELEASE, tmp_path, health_port):
