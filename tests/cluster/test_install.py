@@ -250,6 +250,35 @@ def test_helm_install_test_upgrade_uninstall(
         restore_crd(cluster)
 
 
+def test_watched_namespace_install_runs_a_model_under_roles(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    restricted(cluster, namespace)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    release = "slm-operator-ns"
+    try:
+        cluster.helm(
+            "install", release, str(CHART), "--namespace", namespace, "--wait",
+            "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}",
+        )  # fmt: skip
+        assert cluster.get("role", release, namespace)["rules"]
+        cluster_rules = cluster.get("clusterrole", release)["rules"]
+        assert {r for rule in cluster_rules for r in rule["resources"]} == {
+            "nodes",
+            "namespaces",
+            "customresourcedefinitions",
+        }
+        with operator_like_pod(cluster, namespace, release, tmp_path, free_port()) as process:
+            cluster.apply(localmodel("scoped"), namespace)
+            wait_ready(cluster, namespace, "scoped")
+            cluster.kubectl("delete", "lm", "scoped", namespace=namespace)
+            assert process.poll() is None
+        log = (tmp_path / "operator.log").read_text(errors="replace")
+        assert "Forbidden" not in log, log[-2000:]
+    finally:
+        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+
+
 @pytest.fixture(scope="module")
 def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """deploy/ applied after crds/ (the documented two steps), its operator running."""

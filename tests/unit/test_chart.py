@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "slm-operator"
 HELM = CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"
 RBAC_RULES = CHART / "files" / "rbac-rules.yaml"
-CLUSTER_SCOPED = {"nodes", "customresourcedefinitions"}
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
 
 Obj = dict[str, Any]
 
