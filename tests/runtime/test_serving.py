@@ -24,6 +24,13 @@ pytestmark = pytest.mark.runtime
 
 Factory = Callable[..., Server]
 CHAT = {"model": "gemma", "messages": [{"role": "user", "content": "Write a long story."}]}
+# Greedy continuation of prose: the base model does not stop on its own for hundreds of tokens.
+PROSE = {"model": "gemma", "prompt": "The history of the printing press begins", "raw": True}
+
+
+def prose(num_predict: int, **extra: object) -> dict[str, object]:
+    """A long-running /api/generate body."""
+    return {**PROSE, "options": {"temperature": 0, "num_predict": num_predict}, **extra}
 
 
 def test_bearer_token_guards_every_api_route(gemma_gguf: Path, server_factory: Factory) -> None:
@@ -64,10 +71,10 @@ def test_overload_gets_429_or_503_with_retry_after(
             gemma_gguf,
             parallel=1,
             limits={"maxQueue": 0},
-            parameters={"contextLength": 1024, "numPredict": 400},
+            parameters={"contextLength": 1024},
         )
     )
-    client, busy = _open_stream(server, "/api/chat", CHAT)
+    client, busy = _open_stream(server, "/api/generate", prose(400))
     try:
         next(busy.iter_lines())
         with server.client() as other:
@@ -95,12 +102,10 @@ def test_overload_gets_429_or_503_with_retry_after(
 
 def test_client_disconnect_stops_generation(gemma_gguf: Path, server_factory: Factory) -> None:
     server = server_factory(
-        gemma_config(
-            gemma_gguf, parameters={"contextLength": 1024, "numPredict": -1, "temperature": 0.8}
-        )
+        gemma_config(gemma_gguf, parameters={"contextLength": 1024, "numPredict": -1})
     )
     # Streaming: read one chunk, hang up.
-    client, stream = _open_stream(server, "/api/chat", CHAT)
+    client, stream = _open_stream(server, "/api/generate", prose(-1))
     next(stream.iter_lines())
     stream.close()
     client.close()
@@ -113,10 +118,10 @@ def test_client_disconnect_stops_generation(gemma_gguf: Path, server_factory: Fa
     assert after_stream < 200
     # Non-streaming: send the request on a raw socket, hang up while it generates.
     host, port = server.url.removeprefix("http://").split(":")
-    body = json.dumps({**CHAT, "stream": False}).encode()
+    body = json.dumps(prose(-1, stream=False)).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -202,20 +207,18 @@ def test_parallel_sequences_are_decoded_together(gemma_gguf: Path, server_factor
     server = server_factory(
         gemma_config(gemma_gguf, parallel=2, parameters={"contextLength": 1024})
     )
-    long_body = {**CHAT, "options": {"num_predict": 300, "temperature": 0.8}}
-    client_a, stream_a = _open_stream(server, "/api/chat", long_body)
+    client_a, stream_a = _open_stream(server, "/api/generate", prose(120))
     lines_a = stream_a.iter_lines()
     next(lines_a)
     # B starts while A is generating, and B's first token arrives before A is done.
     with server.client() as client_b:
-        reply = client_b.post(
-            "/api/chat", json={**CHAT, "stream": False, "options": {"num_predict": 4}}
-        )
+        reply = client_b.post("/api/generate", json=prose(4, stream=False))
     assert reply.status_code == 200
     assert reply.json()["eval_count"] == 4
     assert server.metric("slm_runtime_requests_in_flight") == 1, "A must still be generating"
     rest = [json.loads(x) for x in lines_a if x]
     assert rest[-1]["done"] is True
+    assert rest[-1]["eval_count"] == 120
     stream_a.close()
     client_a.close()
 
