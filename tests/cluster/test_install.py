@@ -280,8 +280,8 @@ def test_watched_namespace_install_runs_a_model_under_roles(
 
 
 @pytest.fixture(scope="module")
-def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """deploy/ applied after crds/ (the documented two steps), its operator running."""
+def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """deploy/ applied after crds/ (the documented two steps), its operator running; its log."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
     cluster.kubectl("apply", "-f", str(DEPLOY))
@@ -291,7 +291,7 @@ def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("plain")
     try:
         with operator_like_pod(cluster, "slm-system", "slm-operator", workdir, free_port()):
-            yield
+            yield workdir / "operator.log"
     finally:
         # The Namespace, ServiceAccount and cluster RBAC stay: the other cluster tests use the
         # same names, and a namespace still terminating would fail them.
@@ -302,17 +302,19 @@ def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
             )  # fmt: skip
 
 
-def test_plain_manifests_run_a_model(cluster: Cluster, plain_install: None, namespace: str) -> None:
+def test_plain_manifests_run_a_model(cluster: Cluster, plain_install: Path, namespace: str) -> None:
     restricted(cluster, namespace)
     labels = cluster.get("namespace", "slm-system")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     cluster.apply(localmodel("plain"), namespace)
     wait_ready(cluster, namespace, "plain")
     cluster.kubectl("delete", "lm", "plain", namespace=namespace)
+    log = plain_install.read_text(errors="replace")
+    assert "Forbidden" not in log, log[-2000:]
 
 
 def test_gitops_overlay_applies_and_diffs_empty_with_an_hpa(
-    cluster: Cluster, plain_install: None
+    cluster: Cluster, plain_install: Path
 ) -> None:
     rendered = cluster.kubectl("kustomize", str(OVERLAY)).stdout
     namespace = next(
