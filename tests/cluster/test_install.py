@@ -221,7 +221,9 @@ def test_helm_install_test_upgrade_uninstall(
             wait_ready(cluster, namespace, "gemma")
             assert model_pvcs(cluster, namespace, "gemma")
 
-            result = cluster.helm("test", RELEASE, "--namespace", namespace)
+            result = cluster.helm("test", RELEASE, "--namespace", namespace, check=False)
+            test_pod = cluster.get("pod", f"{RELEASE}-test-health", namespace)
+            assert result.returncode == 0, json.dumps(test_pod["status"].get("containerStatuses"))
             assert "Phase:          Succeeded" in result.stdout
             said = cluster.host_log(namespace, f"{RELEASE}-test-health", "health")
             assert f"{HOST_GATEWAY}:{health_port}/healthz 200" in said
@@ -237,6 +239,7 @@ def test_helm_install_test_upgrade_uninstall(
         cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait")
         assert crd_exists(cluster), "helm uninstall deleted the CRD"
         assert phase(cluster, namespace, "gemma") == "Ready"
+        assert cluster.get("deployment", "gemma", namespace)["status"]["readyReplicas"] == 1
         assert model_pvcs(cluster, namespace, "gemma") == pvcs
         gone = cluster.kubectl("get", "deployment", RELEASE, namespace=namespace, check=False)
         assert gone.returncode != 0
