@@ -6,16 +6,40 @@ whose placement is under test; kwok marks them Ready and completes Jobs without 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import HOST_NODE, HOST_NODE_TOLERATION, Cluster
 from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
+from tests.conftest import GEMMA_TEMPLATE, ROOT
+
+INSTANCE = "app.kubernetes.io/instance"
+INVALID_SPECS = ROOT / "tests" / "data" / "invalid-specs.yaml"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +55,9 @@ def operator(
             "handler": "nvidia",
         }
     )
-    with run_operator(cluster, tmp_path_factory.mktemp("operator")) as op:
+    # The slowest resync allowed, so the at-rest audit window spans one.
+    env = {"SLM_OPERATOR_RESYNC_SECONDS": "60"}
+    with run_operator(cluster, tmp_path_factory.mktemp("operator"), env) as op:
         yield op
 
 
@@ -308,8 +334,13 @@ def test_deletion_garbage_collects_children(
     )
 
 
-def writes_by(cluster: Cluster, username: str, since: float) -> list[dict[str, Any]]:
-    """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s)."""
+def writes_by(
+    cluster: Cluster, username: str, since: float, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s).
+
+    With ``namespace``, only requests for objects in it (other tests share the cluster).
+    """
     found = []
     for line in Path(cluster.audit_log).read_text().splitlines():
         try:
@@ -320,8 +351,169 @@ def writes_by(cluster: Cluster, username: str, since: float) -> list[dict[str, A
             continue
         if entry.get("verb") not in {"create", "update", "patch", "delete", "deletecollection"}:
             continue
+        if namespace and entry.get("objectRef", {}).get("namespace") != namespace:
+            continue
         stamp = entry.get("requestReceivedTimestamp", "")
         when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
         if when >= since:
             found.append(entry)
     return found
+
+
+@pytest.fixture(scope="module")
+def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
+    """A plain HTTP server on the host gateway serving the Gemma GGUF to host-0 pods."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
+    server = http.server.ThreadingHTTPServer((cluster.host_gateway, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{cluster.host_gateway}:{server.server_address[1]}/{gemma_gguf.name}"
+    server.shutdown()
+    server.server_close()
+
+
+def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:
+    """The Gemma example, pinned to host-0 where its pods really run."""
+    return localmodel(
+        name,
+        model={"source": source, "sha256": sha256, "allowInsecure": True},
+        cache={"size": "1Gi"},
+        template=GEMMA_TEMPLATE,
+        parameters={
+            "contextLength": 1024,
+            "numPredict": 12,
+            "temperature": 0,
+            "stop": ["<end_of_turn>"],
+        },
+        serving={"parallel": 1},
+        scheduling={
+            "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
+            "tolerations": [HOST_NODE_TOLERATION],
+        },
+        **spec,
+    )
+
+
+def test_gemma_on_the_host_node_pulls_serves_and_answers(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_gguf: Path,
+) -> None:
+    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    cluster.apply(on_host_node("gemma", model_server, digest), namespace)
+    phases = set()
+
+    def ready() -> dict[str, Any] | None:
+        st = status(cluster, namespace, "gemma")
+        phases.add(st.get("phase"))
+        if st.get("phase") == "Failed":
+            raise AssertionError(f"Failed: {st}\n{operator.log()[-3000:]}")
+        return st if st.get("phase") == "Ready" else None
+
+    st = wait_for(ready, timeout=300, what="the host-0 model to be Ready", interval=0.5)
+    assert "Pulling" in phases or "Deploying" in phases
+    assert st["model"]["digest"] == f"sha256:{digest}"
+    assert st["model"]["sizeBytes"] == gemma_gguf.stat().st_size
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-l", f"{INSTANCE}=gemma,app.kubernetes.io/name=slm-runtime",
+            "-o", "json", namespace=namespace,
+        ).stdout
+    )["items"]  # fmt: skip
+    assert len(pods) == 1
+    assert pods[0]["spec"]["nodeName"] == HOST_NODE
+    ip = pods[0]["status"]["podIP"]
+    reply = httpx.post(
+        f"http://{ip}:8080/v1/chat/completions",
+        json={
+            "model": "gemma",
+            "messages": [{"role": "user", "content": "Name a primary colour."}],
+            "max_tokens": 12,
+            "temperature": 0,
+        },
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()["choices"][0]["message"]["content"]
+    assert answer.strip()
+
+
+def test_service_monitor_follows_monitoring_setting(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("scraped"), namespace)
+    wait_for(
+        lambda: exists(cluster, namespace, "servicemonitor", "scraped"),
+        timeout=60,
+        what="a ServiceMonitor",
+    )
+    monitor = cluster.get("servicemonitor", "scraped", namespace)
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    cluster.kubectl(
+        "patch", "localmodel", "scraped", "--type=merge",
+        "-p", json.dumps({"spec": {"monitoring": {"serviceMonitor": False}}}), namespace=namespace,
+    )  # fmt: skip
+    wait_for(
+        lambda: not exists(cluster, namespace, "servicemonitor", "scraped"),
+        timeout=30,
+        what="the ServiceMonitor to be pruned",
+    )
+
+
+def test_pods_are_admitted_under_restricted_pod_security(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    cluster.apply(localmodel("strict"), namespace)
+    st = wait_phase(cluster, namespace, "strict", "Ready")
+    assert st["readyReplicas"] == 1
+    # Both pod templates were admitted: the pull Job's pod and the server's.
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-o", "json", namespace=namespace).stdout)
+    assert jobs["items"]
+    assert all(j["status"].get("succeeded") == 1 for j in jobs["items"])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in yaml.safe_load(INVALID_SPECS.read_text())["cases"] if not c["crd"]],
+    ids=lambda c: c["name"],
+)
+def test_specs_only_the_operator_can_reject_fail_with_a_message(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, case: dict[str, Any]
+) -> None:
+    table = yaml.safe_load(INVALID_SPECS.read_text())
+    body = merge_patch(table["base"], case["patch"])
+    body["metadata"] = {"name": "invalid"}
+    cluster.apply(body, namespace)
+    st = wait_phase(cluster, namespace, "invalid", "Failed", timeout=60)
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert case["field"] in ready["message"]
+
+
+def test_at_rest_the_operator_writes_nothing(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    names = [f"idle-{i}" for i in range(10)]
+    for name in names:
+        cluster.apply(localmodel(name), namespace)
+    for name in names:
+        wait_phase(cluster, namespace, name, "Ready", timeout=120)
+
+    # Let the last status writes and watch events settle: wait until a quiet 5 s window.
+    def quiet() -> bool:
+        return not writes_by(cluster, operator.username, time.time() - 5, namespace)
+
+    wait_for(quiet, timeout=60, what="the operator to go quiet", interval=1)
+    start = time.time()
+    window = float(os.environ.get("SLM_AUDIT_WINDOW_SECONDS", "120"))
+    time.sleep(window)  # the assertion is about a span of time, so this one waits by design
+    writes = writes_by(cluster, operator.username, start, namespace)
+    assert writes == [], [
+        (w["verb"], w.get("objectRef", {}).get("resource"), w.get("objectRef", {}).get("name"))
+        for w in writes
+    ]
