@@ -192,6 +192,25 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
+    def pod_log_tail(self, namespace: str, name: str, container: str, lines: int = 5) -> str:
+        """The last lines a container printed; empty when no node serves its logs."""
+        try:
+            request = self._api.param_serialize(
+                "GET",
+                POD.path(namespace, name) + "/log",
+                query_params=[("container", container), ("tailLines", str(lines))],
+                header_params={"Accept": "text/plain"},
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(*request, _request_timeout=5)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # logs are best effort: kwok nodes serve none
+            log.debug("no log for %s/%s: %s", namespace, name, exc)
+            return ""
+        if not 200 <= response.status <= 299:
+            return ""
+        return bytes(data).decode("utf-8", errors="replace")
+
     def crd_exists(self, name: str) -> bool:
         """Whether a CustomResourceDefinition is installed."""
         return self.get(CRD, None, name) is not None

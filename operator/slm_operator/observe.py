@@ -246,6 +246,18 @@ def node_info(obj: Obj) -> NodeInfo:
     )
 
 
+def pull_progress(log_tail: str) -> str | None:
+    """The latest ``percent`` from the puller's JSON progress lines, as ``37%``."""
+    for line in reversed(log_tail.splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("percent"), int | float):
+            return f"{event['percent']:.0f}%"
+    return None
+
+
 def model_info(pull: PullResult | None) -> ModelInfo | None:
     """The served model's digest and size from a pull result."""
     if pull is None:

@@ -32,7 +32,7 @@ from slm_operator.api import (
 )
 from slm_operator.apply import APPLIED_HASH_ANNOTATION, apply_children, prune_children
 from slm_operator.kube import CHILD_KINDS, DEPLOYMENT, JOB, POD, Kind, Kube, Object
-from slm_operator.observe import observation
+from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
 from slm_operator.render import RenderOptions, endpoint, render, selector_string
 from slm_operator.settings import AcceleratorCatalog, OperatorSettings
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 TIER_ANNOTATION: Final = "slm.dev/tier"
 HARDWARE_ANNOTATION: Final = "slm.dev/hardware"
 RETRY_SECONDS: Final = 10.0
+PROGRESS_SECONDS: Final = 5.0
 
 Key = tuple[str, str]
 Ident = tuple[str, str, str]
@@ -291,6 +292,7 @@ class Reconciler:
         desired = render(lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
         obs = _observe(children, deployment, job_name, monitoring_crd)
+        obs = self._with_progress(key, obs, children, job_name)
         if _first_pull_running(obs, job_name):
             # No server starts (and crash-loops) before its model volume is filled.
             desired = render(lm, placement, replace(options, hold_replicas=True))
@@ -329,6 +331,30 @@ class Reconciler:
             )
         metrics.observe_model(key, status.phase, status.backend)
         return status
+
+    def _with_progress(
+        self, key: Key, obs: Observation, children: list[Object], job_name: str | None
+    ) -> Observation:
+        """While a pull runs, read its progress from the puller's log and look again soon."""
+        job = obs.pull_job
+        if job is None or job.finished is not None or not job.active:
+            return obs
+        running = [
+            c
+            for c in children
+            if c["kind"] == POD.kind
+            and _is_puller(c)
+            and (c["metadata"].get("labels") or {}).get("job-name") == job_name
+            and (c.get("status") or {}).get("phase") == "Running"
+        ]
+        self.schedule(key, PROGRESS_SECONDS)
+        if not running:
+            return obs
+        tail = self.kube.pod_log_tail(key[0], running[0]["metadata"]["name"], PULL_CONTAINER)
+        progress = pull_progress(tail)
+        if progress is None:
+            return obs
+        return replace(obs, pull_job=replace(job, progress=progress))
 
     def _arm_fallback_timer(
         self, key: Key, lm: LocalModel, placement: Placement, obs: Any, now: datetime

@@ -1,0 +1,123 @@
+"""Live objects -> the plain data status reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from slm_operator.observe import node_info, observation, pod_summary, pull_progress
+
+pytestmark = pytest.mark.unit
+
+
+def _pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {}}, "status": status}
+
+
+def test_unschedulable_pod_records_since_and_message() -> None:
+    pod = _pod(
+        "p",
+        phase="Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "lastTransitionTime": "2026-01-02T03:04:05Z",
+                "message": "0/5 nodes are available: 1 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    summary = pod_summary(pod)
+    assert summary.unschedulable_since is not None
+    assert summary.unschedulable_since.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert "nvidia.com/gpu" in (summary.scheduler_message or "")
+
+
+def test_missing_secret_is_read_from_the_kubelet_error() -> None:
+    waiting = {
+        "reason": "CreateContainerConfigError",
+        "message": 'secret "hf-token" not found',
+    }
+    pod = _pod(
+        "p", phase="Pending", containerStatuses=[{"name": "server", "state": {"waiting": waiting}}]
+    )
+    obs = observation(
+        deployment=None, pull_job=None, job_pods=[], runtime_pods=[pod], service_monitor_crd=True
+    )
+    assert obs.missing_secrets == ("hf-token",)
+
+
+def test_pull_result_comes_from_the_termination_message() -> None:
+    result = {"digest": "sha256:" + "a" * 64, "sizeBytes": 12, "files": ["model.gguf"]}
+    job = {
+        "metadata": {"name": "m-pull-1"},
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    pod = _pod(
+        "m-pull-1-x",
+        phase="Succeeded",
+        containerStatuses=[
+            {
+                "name": "pull",
+                "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
+            }
+        ],
+    )
+    obs = observation(
+        deployment=None, pull_job=job, job_pods=[pod], runtime_pods=[], service_monitor_crd=True
+    )
+    assert obs.pull_job is not None
+    assert obs.pull_job.finished == "Complete"
+    assert obs.model is not None
+    assert obs.model.digest == result["digest"]
+    assert obs.model.size_bytes == 12
+
+
+def test_failed_pull_keeps_the_pullers_message() -> None:
+    job = {
+        "metadata": {"name": "m-pull-1"},
+        "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]},
+    }
+    message = "sha256 mismatch: expected aaaa, got bbbb"
+    pod = _pod(
+        "m-pull-1-x",
+        containerStatuses=[
+            {"name": "pull", "state": {"terminated": {"exitCode": 1, "message": message}}}
+        ],
+    )
+    obs = observation(
+        deployment=None, pull_job=job, job_pods=[pod], runtime_pods=[], service_monitor_crd=True
+    )
+    assert obs.pull_job is not None
+    assert obs.pull_job.failure_message == message
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        ('{"event": "progress", "percent": 37.4}\n', "37%"),
+        ('{"event": "progress", "percent": 10}\n{"event": "progress", "percent": 55.5}\n', "56%"),
+        ('{"event": "progress", "percent": null}\n', None),
+        ("not json\n", None),
+        ("", None),
+    ],
+)
+def test_pull_progress(tail: str, expected: str | None) -> None:
+    assert pull_progress(tail) == expected
+
+
+def test_node_info_reads_readiness_taints_and_quantities() -> None:
+    node = {
+        "metadata": {"name": "gpu-0", "labels": {"a": "b"}},
+        "spec": {"unschedulable": True, "taints": [{"key": "k", "effect": "NoSchedule"}]},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "allocatable": {"cpu": "15500m", "memory": "62Gi", "nvidia.com/gpu": "1"},
+        },
+    }
+    info = node_info(node)
+    assert info.ready
+    assert info.unschedulable
+    assert info.allocatable == {"cpu": 15.5, "memory": 62 * 2**30, "nvidia.com/gpu": 1.0}
