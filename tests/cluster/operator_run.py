@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +104,55 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
     return path
 
 
-@dataclass
 class OperatorProcess:
-    """A running operator."""
+    """A running operator that can be stopped and started again."""
 
-    process: subprocess.Popen[bytes]
-    metrics_url: str
-    health_url: str
-    log_path: Path
-    username: str = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
+    username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.metrics_url = f"http://127.0.0.1:{env['SLM_OPERATOR_METRICS_PORT']}/metrics"
+        self.health_url = f"http://127.0.0.1:{env['SLM_OPERATOR_HEALTH_PORT']}/healthz"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the operator and wait for its liveness endpoint."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "slm_operator", "--verbose"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
+        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.health_url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again (state must come back from the cluster alone)."""
+        self.stop()
+        self.start()
 
     def log(self) -> str:
         """Everything the operator printed so far."""
@@ -128,48 +167,19 @@ class OperatorProcess:
 def run_operator(
     cluster: Cluster, workdir: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[OperatorProcess]:
-    """Start the operator and wait for its liveness endpoint; stop it afterwards."""
+    """Start the operator under its ServiceAccount; stop it afterwards."""
     install_rbac(cluster)
     kubeconfig = service_account_kubeconfig(cluster, workdir / "operator.kubeconfig")
-    metrics_port, health_port = free_port(), free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
-        "SLM_OPERATOR_METRICS_PORT": str(metrics_port),
-        "SLM_OPERATOR_HEALTH_PORT": str(health_port),
+        "SLM_OPERATOR_METRICS_PORT": str(free_port()),
+        "SLM_OPERATOR_HEALTH_PORT": str(free_port()),
         **(extra_env or {}),
     }
-    log_path = workdir / "operator.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "slm_operator", "--verbose"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    op = OperatorProcess(
-        process,
-        f"http://127.0.0.1:{metrics_port}/metrics",
-        f"http://127.0.0.1:{health_port}/healthz",
-        log_path,
-    )
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"operator exited with {process.returncode}:\n{op.log()}")
-        try:
-            return httpx.get(op.health_url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    op = OperatorProcess(env, workdir / "operator.log")
     try:
-        wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
+        op.start()
         yield op
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        op.stop()

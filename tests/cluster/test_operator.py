@@ -21,11 +21,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster.conftest import HOST_NODE, HOST_NODE_TOLERATION, Cluster
+from tests.cluster.conftest import CACHE, HOST_NODE, HOST_NODE_TOLERATION, Cluster
 from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
 from tests.conftest import GEMMA_TEMPLATE, ROOT
 
 INSTANCE = "app.kubernetes.io/instance"
+SERVICE_MONITOR_CRD_FILE = next(
+    (CACHE / "bin").glob("servicemonitor-crd-*.yaml"), CACHE / "bin" / "servicemonitor-crd.yaml"
+)
 INVALID_SPECS = ROOT / "tests" / "data" / "invalid-specs.yaml"
 
 
@@ -219,7 +222,14 @@ def test_full_gpu_steps_down_to_cpu_after_fallback_after(
     assert deployment["metadata"]["annotations"]["slm.dev/tier"] == "cpu"
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
     assert "nvidia.com/gpu" not in limits
-    cluster.kubectl("delete", "pod", "gpu-hog", "--wait=false", namespace=namespace)
+    # The GPU frees up and the operator restarts: the model stays where the timer put it.
+    cluster.kubectl("delete", "pod", "gpu-hog", "--grace-period=0", "--force", namespace=namespace)
+    wait_for(lambda: not exists(cluster, namespace, "pod", "gpu-hog"), timeout=30, what="GPU freed")
+    operator.restart()
+    st = wait_phase(cluster, namespace, "gpu-first", "Ready")
+    assert st["backend"] == "cpu"
+    deployment = cluster.get("deployment", "gpu-first", namespace)
+    assert deployment["metadata"]["annotations"]["slm.dev/tier"] == "cpu"
 
 
 def test_no_tier_with_capacity_is_progressing_not_failed(
@@ -517,3 +527,88 @@ def test_at_rest_the_operator_writes_nothing(
         (w["verb"], w.get("objectRef", {}).get("resource"), w.get("objectRef", {}).get("name"))
         for w in writes
     ]
+
+
+def test_autoscaling_hands_replicas_to_the_hpa(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(
+        localmodel("scaled", autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 3}),
+        namespace,
+    )
+    wait_for(lambda: exists(cluster, namespace, "hpa", "scaled"), timeout=60, what="an HPA")
+    hpa = cluster.get("hpa", "scaled", namespace)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "scaled"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 3)
+    deployment = json.loads(
+        cluster.kubectl(
+            "get", "deployment", "scaled", "-o", "json", "--show-managed-fields",
+            namespace=namespace,
+        ).stdout
+    )  # fmt: skip
+    managers = {
+        m["manager"]: m.get("fieldsV1", {}) for m in deployment["metadata"]["managedFields"]
+    }
+    assert "f:replicas" not in json.dumps(managers.get("slm-operator", {}))
+    # What the HPA would do; the operator must not undo it.
+    cluster.kubectl("scale", "deployment", "scaled", "--replicas=3", namespace=namespace)
+    st = wait_for(
+        lambda: (s := status(cluster, namespace, "scaled")).get("readyReplicas") == 3 and s,
+        timeout=60,
+        what="three ready replicas",
+    )
+    assert st["phase"] == "Ready"
+    assert cluster.get("deployment", "scaled", namespace)["spec"]["replicas"] == 3
+
+
+def test_retained_model_volume_outlives_its_localmodel(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.apply(localmodel("kept", cache={"reclaimPolicy": "Retain"}), namespace)
+    wait_phase(cluster, namespace, "kept", "Ready")
+    pvcs = json.loads(cluster.kubectl("get", "pvc", "-o", "json", namespace=namespace).stdout)
+    names = [p["metadata"]["name"] for p in pvcs["items"]]
+    assert len(names) == 1
+    assert names[0].startswith("kept-model-")
+    assert not pvcs["items"][0]["metadata"].get("ownerReferences")
+    cluster.kubectl("delete", "localmodel", "kept", namespace=namespace)
+    wait_for(lambda: not exists(cluster, namespace, "deployment", "kept"), timeout=60, what="GC")
+    assert exists(cluster, namespace, "pvc", names[0])
+
+
+def test_without_the_service_monitor_crd_a_condition_says_so(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    crd_file = SERVICE_MONITOR_CRD_FILE
+    cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
+    try:
+        cluster.apply(localmodel("unmonitored"), namespace)
+        st = wait_phase(cluster, namespace, "unmonitored", "Ready")
+        degraded = condition(st, "Degraded")
+        assert degraded["status"] == "False"
+        assert degraded["reason"] == "ServiceMonitorUnsupported"
+        assert "ServiceMonitor" in degraded["message"]
+    finally:
+        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        )  # fmt: skip
+    # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
+    wait_for(
+        lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
+        timeout=60,
+        what="the ServiceMonitor once the CRD exists",
+    )
+
+
+def test_operator_metrics(operator: OperatorProcess) -> None:
+    text = operator.metrics()
+    for family in (
+        "slm_operator_reconciles_total",
+        "slm_operator_reconcile_errors_total",
+        "slm_operator_reconcile_duration_seconds_bucket",
+        "slm_operator_writes_total",
+        "slm_operator_models{",
+    ):
+        assert family in text, family
