@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slm_runtime.admission import Admission
 from slm_runtime.config import MODEL_METADATA_FILE, Api, RuntimeConfig
 from slm_runtime.engines import EngineError, LoadResult, load_engine
-from slm_runtime.errors import install_handlers
+from slm_runtime.errors import error_response, install_handlers
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
 from slm_runtime.routes import health, ollama, openai
@@ -48,6 +49,7 @@ class _Observe:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self._too_large = f"the request body exceeds {max_body} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +65,8 @@ class _Observe:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _TooLargeError
+                    # FastAPI lets HTTP exceptions through body parsing to the handlers.
+                    raise StarletteHTTPException(413, self._too_large)
             return message
 
         async def observed_send(message: Message) -> None:
@@ -82,39 +85,16 @@ class _Observe:
         declared = headers.get(b"content-length")
         try:
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                raise _TooLargeError
+                status = 413
+                response = error_response(Request(scope), 413, self._too_large)
+                await response(scope, receive, send)
+                return
             await self.app(scope, limited_receive, observed_send)
-        except _TooLargeError:
-            status = 413
-            body = json.dumps(
-                {"error": f"the request body exceeds {self.max_body} bytes"}
-                if not scope["path"].startswith("/v1/")
-                else {
-                    "error": {
-                        "message": f"the request body exceeds {self.max_body} bytes",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(time.monotonic() - started)
-
-
-class _TooLargeError(Exception):
-    pass
 
 
 def create_app(

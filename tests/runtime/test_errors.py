@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,3 +241,20 @@ def test_what_onnx_cannot_serve(onnx_server: Server, path: str, body: Any, messa
     response = httpx.post(onnx_server.url + path, json=body, timeout=30)
     assert response.status_code == 501
     assert message in _message(path, response.json())
+
+
+def test_chunked_body_over_the_limit(gemma_server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "gemma", "messages": [], "pad": "'
+        for _ in range(20):
+            yield b"x" * 4096
+        yield b'"}'
+
+    response = httpx.post(
+        gemma_server.url + "/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert "exceeds 65536 bytes" in _message("/v1/", response.json())
