@@ -285,3 +285,22 @@ def test_job_runs_to_completion_or_failure(
     pods = json.loads(kubectl("get", "pods", "-l", "job-name=job", "-o", "json").stdout)["items"]
     assert len(pods) == 1
     assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == exit_code
+
+
+def test_non_root_pod_runs_the_repo_venv_and_cannot_see_root_home(
+    cluster: Cluster, namespace: str, kubectl: Kubectl
+) -> None:
+    script = (
+        "slm-runtime --help > /dev/null && ! ls /root/.cache 2>/dev/null"
+        " && echo isolated > /dev/termination-log"
+    )
+    pod = host_pod(
+        "venv",
+        ["sh", "-c", script],
+        restartPolicy="Never",
+        securityContext={"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+    )
+    cluster.apply(pod, namespace)
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/venv", "--timeout=60s")
+    state = pod_status(cluster, namespace, "venv")["containerStatuses"][0]["state"]
+    assert state["terminated"]["message"] == "isolated\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -63,6 +64,10 @@ class Agent:
         self.backoff = backoff
         self.backoff_cap = 20.0
         self.tls = tls
+        # Pods see an empty /root (the host's holds the cluster's admin credentials), except
+        # for the Python installation that the repository's .venv links into.
+        keep = [p for p in (sys.base_prefix,) if p.startswith("/root/")]
+        self.hide: list[Obj] = [{"path": "/root", "keep": keep}]
         self.network = Network(state_dir)
         self.mount_points = MountPoints(state_dir / "created-paths")
         self.stop = threading.Event()

@@ -99,6 +99,7 @@ class Container:
         mount_points: MountPoints,
         netns: str | None,
         hostname: str,
+        hide: list[Obj],
     ) -> str | None:
         """Start the process; return why it could not start, or None."""
         mounts: list[Obj] = []
@@ -129,6 +130,7 @@ class Container:
             json.dump(
                 {
                     "hostname": hostname[:63],
+                    "hide": hide,
                     "mounts": mounts,
                     "readOnlyRoot": ident.read_only_root,
                     "uid": ident.uid,

@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from typing import Any
@@ -25,13 +26,41 @@ def _mount(*args: str) -> None:
         raise OSError(f"mount {' '.join(args)}: {result.stderr.strip()}")
 
 
+def _bind(fd: int, target: str) -> None:
+    # Bind from the open file: the source's path may be hidden by now.
+    _mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{fd}", target)
+    os.close(fd)
+
+
+def _hide(path: str, keep: list[str]) -> None:
+    """Cover path with an empty tmpfs that shows only the folders in keep, read-only."""
+    fds = [os.open(k, os.O_PATH) for k in keep]
+    _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", path)
+    for k, fd in zip(keep, fds, strict=True):
+        os.makedirs(k, exist_ok=True)
+        _bind(fd, k)
+        _mount("-o", "remount,bind,ro", k)
+
+
 def _setup(spec: dict[str, Any]) -> None:
     socket.sethostname(spec["hostname"])
+    sources = {
+        m["source"]: os.open(m["source"], os.O_PATH) for m in spec["mounts"] if m["kind"] == "bind"
+    }
+    dirs = {src for src, fd in sources.items() if stat.S_ISDIR(os.fstat(fd).st_mode)}
+    for hidden in spec["hide"]:
+        _hide(hidden["path"], hidden["keep"])
     for m in spec["mounts"]:
+        if not os.path.lexists(m["target"]):
+            if m["source"] in dirs or m["kind"] == "tmpfs":
+                os.makedirs(m["target"])
+            else:
+                os.makedirs(os.path.dirname(m["target"]), exist_ok=True)
+                open(m["target"], "x").close()
         if m["kind"] == "tmpfs":
             _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", m["target"])
         else:
-            _mount("--bind", m["source"], m["target"])
+            _bind(os.dup(sources[m["source"]]), m["target"])
         if m["readOnly"]:
             _mount("-o", "remount,bind,ro", m["target"])
     if spec["readOnlyRoot"]:

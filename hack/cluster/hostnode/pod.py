@@ -53,6 +53,7 @@ class PodRunner(threading.Thread):
         self.main = [self._container(c) for c in spec["containers"]]
         self.init_done = not self.init
         self.last_status: Obj | None = None
+        self.retry_at = 0.0
 
     def _container(self, spec: Obj) -> Container:
         return Container(spec, self.dir / "containers" / spec["name"], self.key)
@@ -68,12 +69,17 @@ class PodRunner(threading.Thread):
         """Drive the pod until it is deleted or the agent stops."""
         try:
             self._loop()
-        except Exception:
+        except Exception as e:
             log.exception("%s: runner failed", self.key)
+            self.error = ("RunContainerError", f"host-0 failed to run the pod: {e}")
+            self.phase = "Failed"
+            self._report()
+            while not self.gone.is_set() and not self.stopping.is_set() and not self._deleting():
+                time.sleep(TICK)
         finally:
             self._kill_all(grace=0 if self.gone.is_set() else None)
             self._cleanup()
-            if not self.stopping.is_set() and not self.gone.is_set():
+            if self._deleting() and not self.stopping.is_set() and not self.gone.is_set():
                 self._finalize_delete()
             self.agent.forget(self.uid)
 
@@ -93,8 +99,12 @@ class PodRunner(threading.Thread):
             time.sleep(TICK)
 
     def _step(self, now: float) -> None:
-        if self.volumes is None and not self._setup():
-            return
+        if self.volumes is None:
+            if now < self.retry_at:
+                return
+            if not self._setup():
+                self.retry_at = now + 1
+                return
         if not self.init_done:
             self._step_init(now)
         else:
@@ -233,6 +243,7 @@ class PodRunner(threading.Thread):
         error = c.start(
             command, env, ident, self.volumes, self.agent.mount_points, self.netns,
             pod["metadata"]["name"],
+            self.agent.hide,
         )  # fmt: skip
         if error:
             self._release(c)
