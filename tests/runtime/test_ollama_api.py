@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -163,3 +164,21 @@ def test_onnx_chat_with_its_own_template(onnx_server: Server) -> None:
     assert parts[-1].eval_count == 5
     ps = httpx.get(onnx_server.url + "/api/ps").json()
     assert ps["models"][0]["device"] == "cpu"
+
+
+def test_format_json_schema_gives_parseable_output(gemma_server: Server) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    result = ollama.Client(host=gemma_server.url).generate(
+        model="gemma",
+        prompt="Describe a cat as a JSON object.",
+        format=schema,
+        options={"temperature": 0, "num_predict": 60},
+    )
+    assert result.done_reason == "stop"
+    data = json.loads(result.response)
+    assert isinstance(data["name"], str)
+    assert isinstance(data["age"], int)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from slm_runtime.config import Device, ModelFormat
@@ -57,9 +58,10 @@ _FTYPES = {
 }
 _GPU_LAYERS_ALL = 999
 _PIECE_BUFFER = 256
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
-_GGML_LOG_LEVELS = {2: logging.WARNING, 3: logging.ERROR}
+_GGML_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml: 1 debug, 2 info, 3 warn, 4 error
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
@@ -87,6 +89,7 @@ class _Sequence:
     grammar: str | None = None
     seq_id: int = -1
     sampler: Any = None
+    grammar_sampler: Any = None
     pending: list[int] = field(default_factory=list)
     n_past: int = 0
     generated: int = 0
@@ -280,13 +283,8 @@ class LlamaCppEngine:
         self._incoming.put(sequence)
         return generation
 
-    def _make_sampler(self, params: SamplingParams, gbnf: str | None) -> Any:
+    def _make_sampler(self, params: SamplingParams) -> Any:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if gbnf is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
-            if not grammar:
-                raise EngineError("llama.cpp rejected the JSON grammar")
-            llama_cpp.llama_sampler_chain_add(chain, grammar)
         if (
             params.repeat_penalty != 1.0
             or params.presence_penalty != 0.0
@@ -357,11 +355,14 @@ class LlamaCppEngine:
             if seq.generation.cancelled:
                 seq.generation.push(Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0))
                 continue
-            try:
-                seq.sampler = self._make_sampler(seq.params, seq.grammar)
-            except EngineError as exc:
-                seq.generation.push(exc)
-                continue
+            if seq.grammar is not None:
+                seq.grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+                    self._vocab, seq.grammar.encode(), b"root"
+                )
+                if not seq.grammar_sampler:
+                    seq.generation.push(EngineError("llama.cpp rejected the JSON grammar"))
+                    continue
+            seq.sampler = self._make_sampler(seq.params)
             seq.seq_id = self._free_ids.pop()
             seq.pending = list(seq.prompt)
             seq.started = time.monotonic()
@@ -395,7 +396,10 @@ class LlamaCppEngine:
             raise EngineError(f"llama_decode returned {rc}")
         now = time.monotonic()
         for seq, index in outputs:
-            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+            if seq.grammar_sampler is not None:
+                token = self._sample_constrained(seq, index)
+            else:
+                token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
             if seq.generated == 0:
                 seq.first_token_at = now
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -412,6 +416,47 @@ class LlamaCppEngine:
                 self._finish(active, seq, "length")
             else:
                 seq.pending.append(token)
+
+    def _candidates(self, index: int) -> tuple[Any, Any]:
+        """All tokens with their logits at batch position ``index``, as llama.cpp takes them."""
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+        data = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        data["logit"] = logits
+        data["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        return data, array
+
+    def _sample_constrained(self, seq: _Sequence, index: int) -> int:
+        """Sample as usual, then check the token against the grammar; only if it is refused,
+        apply the grammar to the whole vocabulary and sample again (as llama.cpp's own
+        sampler does: checking 262k tokens every step is far slower)."""
+        data, array = self._candidates(index)
+        llama_cpp.llama_sampler_apply(seq.sampler, ctypes.byref(array))
+        token = int(data["id"][array.selected])
+        single = np.array([(token, 1.0, 0.0)], dtype=_TOKEN_DATA)
+        check = llama_cpp.llama_token_data_array(
+            data=single.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=1,
+            selected=-1,
+            sorted=False,
+        )
+        llama_cpp.llama_sampler_apply(seq.grammar_sampler, ctypes.byref(check))
+        if not np.isfinite(single["logit"][0]):
+            data, array = self._candidates(index)
+            llama_cpp.llama_sampler_apply(seq.grammar_sampler, ctypes.byref(array))
+            llama_cpp.llama_sampler_apply(seq.sampler, ctypes.byref(array))
+            token = int(data["id"][array.selected])
+        llama_cpp.llama_sampler_accept(seq.grammar_sampler, token)
+        llama_cpp.llama_sampler_accept(seq.sampler, token)
+        return token
 
     @staticmethod
     def _emit(seq: _Sequence, text: str) -> None:
@@ -436,6 +481,8 @@ class LlamaCppEngine:
         active.remove(seq)
         llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
         llama_cpp.llama_sampler_free(seq.sampler)
+        if seq.grammar_sampler is not None:
+            llama_cpp.llama_sampler_free(seq.grammar_sampler)
         self._free_ids.append(seq.seq_id)
 
     # --- embeddings ---
