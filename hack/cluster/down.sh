@@ -20,6 +20,7 @@ stop() {
   local pidfile="${state}/pids/$1.pid" pid i
   [ -s "${pidfile}" ] || return 0
   pid="$(cat "${pidfile}")"
+  local start=$SECONDS
   if kill -0 "${pid}" 2>/dev/null; then
     kill -TERM -- "-${pid}" 2>/dev/null || true
     for i in $(seq 150); do
@@ -32,6 +33,7 @@ stop() {
     fi
   fi
   rm -f "${pidfile}"
+  [ $((SECONDS - start)) -lt 3 ] || log "$1 took $((SECONDS - start))s to stop"
 }
 
 for ((i = ${#SLM_COMPONENTS[@]} - 1; i >= 0; i--)); do
@@ -40,9 +42,7 @@ done
 
 # What the host-0 agent cleans on SIGTERM, again, in case it was killed: pod processes
 # (each in its own session, recorded by the agent), network namespaces, the bridge, mounts.
-if [ -d "${state}/host-0" ]; then
-  "${here}/hostnode/cleanup.sh" "${state}/host-0"
-fi
+"${here}/hostnode/cleanup.sh" "${state}/host-0"
 if [ -d /tmp/hostpath_pv ]; then
   rm -rf /tmp/hostpath_pv
 fi

@@ -14,6 +14,10 @@ for f in "${state}"/ips/*; do
   rm -f "${f}"
 done
 ip link del slm0 2>/dev/null
+# `ip netns add` bind-mounts /run/netns onto itself; undo that once no namespace is left.
+if mountpoint -q /run/netns && [ -z "$(ls -A /run/netns)" ]; then
+  umount /run/netns && rmdir /run/netns
+fi
 if [ -s "${state}/created-paths" ]; then
   # Deepest first; only empty folders and empty files are removed.
   tac "${state}/created-paths" | while read -r p; do
