@@ -141,6 +141,10 @@ def source_from(value: str, where: str = "FROM") -> str | None:
         if value.startswith("/") and value.lower().endswith(".gguf"):
             return f"file://{value}"
         return None
+    # Ollama model names are case-insensitive; tags keep their case.
+    head, slash, last = value.rpartition("/")
+    model, colon, tag = last.partition(":")
+    value = f"{head}{slash}{model}".lower() + colon + tag
     if not _OLLAMA_NAME.fullmatch(value):
         raise ModelfileError(
             f"{where}: FROM {value!r} is neither an Ollama model name (llama3.2:1b), an hf.co/ "
