@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds cluster-up cluster-down cluster-binaries test-cluster
+.PHONY: help setup venv lint fmt test test-unit crds bench-runtime cluster-up cluster-down cluster-binaries test-cluster
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,3 +67,6 @@ manifests: chart-crds ## regenerate deploy/ (plain kubectl manifests) from the H
 
 helm-lint: ## helm lint the chart, strictly
 	$(HELM) lint --strict charts/slm-operator
+
+bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else llama-server on PATH)
+	$(PY) bench/runtime_bench.py
