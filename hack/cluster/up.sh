@@ -158,7 +158,7 @@ start host-0 env PYTHONPATH="${here}" "${python}" -m hostnode \
   --kubeconfig="${SLM_KUBECONFIG}" --state-dir="${state}/host-0" --node-name=host-0 \
   --kubelet-version="${K8S_VERSION}" \
   --tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key" \
-  --client-ca-file="${pki}/ca.crt" \
+  --client-ca-file="${pki}/ca.crt" --share="${root}" \
   --container-path="${root}/.venv/bin:/usr/local/bin:/usr/bin:/bin"
 
 # The default ServiceAccount and RBAC bootstrap come from the controller manager and the

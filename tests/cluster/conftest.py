@@ -2,8 +2,8 @@
 
 Fixtures:
     cluster     session-scoped `Cluster`: brings the cluster up with hack/cluster/up.sh, or
-                reuses a running one (left running); a cluster it started is torn down at
-                the end and must leave no process or namespace behind.
+                reuses a running one; the last test session using a cluster that tests
+                started tears it down and checks that no process or namespace is left.
     namespace   a fresh namespace per test, deleted afterwards.
     kubectl     `kubectl(*args, input=..., check=True)` bound to the cluster and `namespace`.
     host_node   the name of the node whose pods really run ("host-0").
@@ -13,6 +13,8 @@ A cluster that cannot start fails the tests; set SLM_SKIP_CLUSTER=1 to skip them
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -135,27 +137,56 @@ def _leftovers() -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _users_lock() -> Iterator[Path]:
+    """Serialize the bookkeeping of which test sessions use the cluster."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "cluster-users.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        users = STATE / "users"
+        users.mkdir(parents=True, exist_ok=True)
+        for entry in users.iterdir():  # forget sessions that died without teardown
+            if not Path(f"/proc/{entry.name}").exists():
+                entry.unlink()
+        yield users
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """The running test cluster (started here when none runs)."""
+    """The running test cluster (started here when none runs).
+
+    Sessions share the cluster. One that a test session started is stopped by the last
+    session using it, which then checks that nothing is left behind; one started with
+    `make cluster-up` is left running.
+    """
     if os.environ.get("SLM_SKIP_CLUSTER") == "1":
         pytest.skip("SLM_SKIP_CLUSTER=1")
     c = Cluster(STATE / "kubeconfig", STATE, STATE / "audit.log")
-    running = (
-        c.kubeconfig.exists() and c.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
-    )
-    if not running:
+    with _users_lock() as users:
         result = subprocess.run(
             ["bash", str(HACK / "up.sh")], capture_output=True, text=True, timeout=300, check=False
         )
         if result.returncode != 0:
             pytest.fail(f"the test cluster did not start:\n{result.stderr}", pytrace=False)
+        if "cluster already running" not in result.stderr:
+            (STATE / "started-by-tests").touch()
+        users.mkdir(parents=True, exist_ok=True)  # up.sh may have reset the state
+        (users / str(os.getpid())).touch()
     yield c
-    if running or os.environ.get("SLM_KEEP_CLUSTER") == "1":
-        return
-    down = subprocess.run(
-        ["bash", str(HACK / "down.sh")], capture_output=True, text=True, timeout=120, check=False
-    )
+    with _users_lock() as users:
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        last = not any(users.iterdir())
+        if not last or not (STATE / "started-by-tests").exists():
+            return
+        if os.environ.get("SLM_KEEP_CLUSTER") == "1":
+            return
+        down = subprocess.run(
+            ["bash", str(HACK / "down.sh")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert down.returncode == 0, down.stderr
     assert not _leftovers(), f"cluster-down left: {_leftovers()}"
 

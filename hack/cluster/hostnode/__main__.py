@@ -35,6 +35,12 @@ def main() -> None:
     parser.add_argument("--tls-cert-file", help="serve container logs (kubectl logs) with this")
     parser.add_argument("--tls-private-key-file")
     parser.add_argument("--client-ca-file", help="CA of the API server's kubelet client cert")
+    parser.add_argument(
+        "--share",
+        action="append",
+        default=[],
+        help="a folder under /root that pods still see (the repository)",
+    )
     args = parser.parse_args()  # fmt: skip
     logging.basicConfig(
         level=logging.INFO,
@@ -49,6 +55,7 @@ def main() -> None:
         tls=(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
         if args.tls_cert_file
         else None,
+        shared=tuple(args.share),
     )  # fmt: skip
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -52,6 +52,7 @@ class Agent:
         version: str,
         backoff: float,
         tls: tuple[str, str, str] | None = None,
+        shared: tuple[str, ...] = (),
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -65,8 +66,8 @@ class Agent:
         self.backoff_cap = 20.0
         self.tls = tls
         # Pods see an empty /root (the host's holds the cluster's admin credentials), except
-        # for the Python installation that the repository's .venv links into.
-        keep = [p for p in (sys.base_prefix,) if p.startswith("/root/")]
+        # for the Python installation that the repository's .venv links into and `shared`.
+        keep = [p for p in (sys.base_prefix, *shared) if p.startswith("/root/")]
         self.hide: list[Obj] = [{"path": "/root", "keep": keep}]
         self.network = Network(state_dir)
         self.mount_points = MountPoints(state_dir / "created-paths")
