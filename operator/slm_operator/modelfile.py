@@ -283,6 +283,11 @@ def to_localmodel(
     if namespace:
         metadata["namespace"] = namespace
     spec: dict[str, Any] = {"model": {"source": chosen}}
+    if chosen.startswith("http://"):
+        spec["model"]["allowInsecure"] = True
+        model.warnings.append(
+            f"{chosen} is plain http: allowInsecure set; pin spec.model.sha256 or use https://"
+        )
     if model.parameters:
         spec["parameters"] = dict(model.parameters)
     if model.system is not None:

@@ -126,6 +126,16 @@ def test_source_override_and_stdin(
     assert body["spec"]["parameters"] == {"seed": 7}
 
 
+def test_http_source_opts_in_to_insecure_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "Modelfile"
+    path.write_text("FROM http://10.0.0.1:8000/m.gguf\n")
+    body, err = run_import(capsys, str(path), "--name", "m")
+    assert body["spec"]["model"] == {"source": "http://10.0.0.1:8000/m.gguf", "allowInsecure": True}
+    assert "plain http: allowInsecure set" in err
+
+
 def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["import", str(MODELFILES / "gemma3.Modelfile"), "-o", "json"]) == 0
     body = json.loads(capsys.readouterr().out)
