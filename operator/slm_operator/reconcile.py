@@ -293,9 +293,16 @@ class Reconciler:
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
         obs = _observe(children, deployment, job_name, monitoring_crd)
         obs = self._with_progress(key, obs, children, job_name)
-        if _first_pull_running(obs, job_name):
-            # No server starts (and crash-loops) before its model volume is filled.
-            desired = render(lm, placement, replace(options, hold_replicas=True))
+        # The pulled size sizes the pods from their first start (no rollout once status has it),
+        # and no server starts (and crash-loops) before its model volume is filled.
+        size = obs.model.size_bytes if obs.model else None
+        final = replace(
+            options,
+            model_size_bytes=size or options.model_size_bytes,
+            hold_replicas=_first_pull_running(obs, job_name),
+        )
+        if final != options:
+            desired = render(lm, placement, final)
         for obj in desired:
             if obj["kind"] == DEPLOYMENT.kind:
                 annotations = obj["metadata"].setdefault("annotations", {})

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.cluster.conftest import ROOT, Cluster
+from .conftest import ROOT, Cluster
 
 SYSTEM_NAMESPACE = "slm-system"
 SERVICE_ACCOUNT = "slm-operator"

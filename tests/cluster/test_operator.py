@@ -21,9 +21,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster.conftest import CACHE, HOST_NODE, HOST_NODE_TOLERATION, Cluster
-from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
 from tests.conftest import GEMMA_TEMPLATE, ROOT
+
+from .conftest import CACHE, HOST_NODE, HOST_NODE_TOLERATION, Cluster
+from .operator_run import OperatorProcess, run_operator, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
 SERVICE_MONITOR_CRD_FILE = next(
@@ -384,24 +385,25 @@ def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
 
 def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:
     """The Gemma example, pinned to host-0 where its pods really run."""
-    return localmodel(
-        name,
-        model={"source": source, "sha256": sha256, "allowInsecure": True},
-        cache={"size": "1Gi"},
-        template=GEMMA_TEMPLATE,
-        parameters={
+    base: dict[str, Any] = {
+        "model": {"source": source, "sha256": sha256, "allowInsecure": True},
+        "cache": {"size": "1Gi"},
+        "template": GEMMA_TEMPLATE,
+        "parameters": {
             "contextLength": 1024,
             "numPredict": 12,
             "temperature": 0,
             "stop": ["<end_of_turn>"],
         },
-        serving={"parallel": 1},
-        scheduling={
+        "serving": {"parallel": 1},
+        "scheduling": {
             "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
             "tolerations": [HOST_NODE_TOLERATION],
         },
-        **spec,
-    )
+    }
+    for key, value in spec.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return localmodel(name, **base)
 
 
 def test_gemma_on_the_host_node_pulls_serves_and_answers(
@@ -612,3 +614,21 @@ def test_operator_metrics(operator: OperatorProcess) -> None:
         "slm_operator_models{",
     ):
         assert family in text, family
+
+
+def test_missing_secret_fails_naming_it(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, model_server: str, gemma_gguf: Path
+) -> None:
+    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    body = on_host_node("locked", model_server, digest, serving={"authSecret": "absent-token"})
+    cluster.apply(body, namespace)
+    st = wait_phase(cluster, namespace, "locked", "Failed", timeout=240)
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "SecretNotFound"
+    assert "absent-token" in ready["message"]
+    # Creating the Secret is enough: the kubelet retries and the model comes up.
+    cluster.kubectl(
+        "create", "secret", "generic", "absent-token", "--from-literal=token=s3cret",
+        namespace=namespace,
+    )  # fmt: skip
+    wait_phase(cluster, namespace, "locked", "Ready", timeout=240)
