@@ -8,6 +8,7 @@ import os
 import re
 import ssl
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -329,8 +330,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(dump(applied, args.output), end="")
     else:
         print(f"localmodel.{GROUP}/{args.name} applied in namespace {cluster.namespace}")
-        print(f"watch it with: slmctl status {args.name} -n {cluster.namespace}")
+        if args.wait is None:
+            print(f"watch it with: slmctl status {args.name} -n {cluster.namespace}")
+    if args.wait is not None:
+        wait_ready(cluster, args.name, args.wait)
     return 0
+
+
+def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
+    """Poll until the current generation is Ready; print each phase change to stderr."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while True:
+        obj = cluster.call("GET", cluster.namespace, name)
+        st = obj.get("status") or {}
+        current = (st.get("observedGeneration") or 0) >= obj["metadata"].get("generation", 0)
+        phase = _phase(obj) if current and st.get("phase") else "Pending"
+        if phase != shown:
+            print(f"{name}: {phase}", file=sys.stderr)
+            shown = phase
+        if current and st.get("phase") == "Ready":
+            return
+        if current and st.get("phase") == "Failed":
+            raise CliError(f'LocalModel "{name}" has Failed: {_failure(st)}')
+        if time.monotonic() > deadline:
+            raise CliError(
+                f'LocalModel "{name}" is not Ready after {timeout:.0f}s (phase {phase}); '
+                f"see: slmctl status {name} -n {cluster.namespace}"
+            )
+        time.sleep(1)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -602,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=[f.value for f in ModelFormat], help="model format")
     run.add_argument("--sha256", help="pin the model's digest (64 lowercase hex)")
     run.add_argument("--replicas", type=int, help="number of pods")
+    run.add_argument(
+        "--wait",
+        nargs="?",
+        const=600.0,
+        type=float,
+        metavar="SECONDS",
+        help="wait until Ready, showing each phase (default 600 s)",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the LocalModel, send nothing")
     run.add_argument("-o", "--output", choices=["yaml", "json"], help="print the object")
     run.set_defaults(func=cmd_run)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from slm_operator import cli
 
 from tests.cluster.conftest import HOST_NODE, HOST_NODE_TOLERATION, ROOT, Cluster
 from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
@@ -87,8 +88,14 @@ def test_run_ls_status_on_the_cluster(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     source = "https://models.example/gemma-3-270m-q4_k_m.gguf"
-    out = slmctl(cluster, "run", "small", "--source", source, "--hardware", "cpu", "-n", namespace)
+    out = slmctl(
+        cluster, "run", "small", "--source", source, "--hardware", "cpu", "-n", namespace,
+        "--wait", "90",
+    )  # fmt: skip
     assert f"applied in namespace {namespace}" in out.stdout
+    phases = out.stderr.splitlines()
+    assert phases[0] == "small: Pending"
+    assert phases[-1] == "small: Ready"
     obj = json.loads(
         cluster.kubectl(
             "get", "localmodel", "small", "-o", "json", "--show-managed-fields",
@@ -100,11 +107,7 @@ def test_run_ls_status_on_the_cluster(
         "preferred": "cpu", "fallback": [], "fallbackAfter": "120s"
     }  # fmt: skip
 
-    ready = wait_for(
-        lambda: (s := lm_status(cluster, namespace, "small")).get("phase") == "Ready" and s,
-        timeout=90, what="small to be Ready",
-    )  # fmt: skip
-    assert ready["backend"] == "cpu"
+    assert lm_status(cluster, namespace, "small")["backend"] == "cpu"
 
     table = slmctl(cluster, "ls", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "MODEL", "BACKEND", "READY", "PHASE", "AGE"]
@@ -183,6 +186,16 @@ def test_failed_model_shows_its_message_and_chat_refuses(
     chat = slmctl(cluster, "chat", "broken", "-n", namespace, "-p", "hi", check=False)
     assert chat.returncode == 1
     assert chat.stderr.startswith('error: LocalModel "broken" has Failed: InvalidSpec')
+
+
+def test_an_api_server_without_the_crd_says_to_install_it(
+    cluster: Cluster, crds: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = cli.Cluster.connect(str(cluster.kubeconfig), None, "default")
+    monkeypatch.setattr(cli, "GROUP", "absent.slm.dev")
+    with pytest.raises(cli.CliError, match="is not installed on https://") as info:
+        api.call("GET", "default")
+    assert "install the CRDs: kubectl apply --server-side -f crds/" in str(info.value)
 
 
 def test_errors_for_a_missing_model_and_namespace(cluster: Cluster, crds: list[str]) -> None:
