@@ -538,8 +538,12 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         """Stop the decode loop (running sequences end as cancelled) and free the model."""
+        self._closed = True
         self._incoming.put(None)
         self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.warning("the decode loop did not stop; leaving its memory to the process exit")
+            return
         llama_cpp.llama_batch_free(self._batch)
         if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)
