@@ -271,3 +271,52 @@ def test_chat_streams_from_the_real_model_on_the_host_node(
     # Greedy decoding: the same question gives the same answer through either API.
     again = slmctl(cluster, "chat", "gemma", "-n", namespace, "-p", "Name a primary colour.")
     assert again.stdout == answer.stdout
+
+    # A bearer-token user with only the RBAC docs/slmctl.md names can chat too.
+    kubeconfig = chat_user_kubeconfig(cluster, namespace, tmp_path / "chatter.kubeconfig")
+    as_user = slmctl(
+        cluster, "chat", "gemma", "-n", namespace, "--kubeconfig", str(kubeconfig),
+        "-p", "Name a primary colour.",
+    )  # fmt: skip
+    assert as_user.stdout == answer.stdout
+
+
+def chat_user_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
+    """A ServiceAccount token kubeconfig allowed to get LocalModels and use the service proxy."""
+    rules = [
+        {"apiGroups": ["slm.dev"], "resources": ["localmodels"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["create"]},
+    ]
+    objects = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "chatter"}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "chatter"},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "chatter"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "chatter"},
+            "subjects": [{"kind": "ServiceAccount", "name": "chatter", "namespace": namespace}],
+        },
+    ]
+    for obj in objects:
+        cluster.apply(obj, namespace)
+    token = cluster.kubectl("create", "token", "chatter", namespace=namespace).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": admin["clusters"][0]["cluster"]}],
+                "users": [{"name": "chatter", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "test", "user": "chatter"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
