@@ -75,11 +75,17 @@ def test_overload_gets_429_or_503_with_retry_after(
         )
     )
     client, busy = _open_stream(server, "/api/generate", prose(400))
+    # Keep the line iterator: dropping it would close the connection and free the slot.
+    lines = busy.iter_lines()
     try:
-        next(busy.iter_lines())
-        with server.client() as other:
-            openai_reply = other.post("/v1/chat/completions", json=CHAT)
-            ollama_reply = other.post("/api/chat", json=CHAT)
+        next(lines)
+        # Refusals are immediate; a timeout here means the request was admitted.
+        with httpx.Client(base_url=server.url, timeout=10) as other:
+            try:
+                openai_reply = other.post("/v1/chat/completions", json=CHAT)
+                ollama_reply = other.post("/api/chat", json=CHAT)
+            except httpx.TimeoutException:
+                pytest.fail(f"a request was admitted past a full queue:\n{server.logs()[-4000:]}")
         assert openai_reply.status_code == 429
         assert openai_reply.headers["retry-after"] == "1"
         assert openai_reply.json()["error"]["type"] == "rate_limit_error"
