@@ -30,8 +30,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster.conftest import HOST_GATEWAY, HOST_NODE_TOLERATION, ROOT, Cluster
-from tests.cluster.operator_run import free_port, wait_for
+from .conftest import HOST_GATEWAY, HOST_NODE_TOLERATION, ROOT, Cluster
+from .operator_run import free_port, wait_for
 
 CHART = ROOT / "charts" / "slm-operator"
 CRD_FILE = ROOT / "crds" / "slm.dev_localmodels.yaml"
