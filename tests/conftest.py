@@ -25,7 +25,7 @@ def gemma_gguf() -> Path:
 
 GEMMA_TEMPLATE = (
     "{{- range .Messages }}<start_of_turn>"
-    "{{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n"
+    '{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
     "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"
 )
 """A Gemma chat template in Ollama's Go-template form, for the base model that ships none."""
