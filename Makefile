@@ -39,8 +39,9 @@ test: ## run every test suite (unit, runtime, cluster)
 test-unit: ## pure tests only
 	$(PY) -m pytest -m unit
 
-crds: ## regenerate crds/ from the API models
+crds: ## regenerate crds/ from the API models (and the chart's copy)
 	$(PY) -m slm_operator.crdgen
+	cp crds/*.yaml charts/slm-operator/files/crds/
 
 cluster-binaries: ## build (or reuse) the test cluster's binaries in ~/.cache/slm-operator/bin
 	bash hack/cluster/build.sh
