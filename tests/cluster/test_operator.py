@@ -632,3 +632,33 @@ def test_missing_secret_fails_naming_it(
         namespace=namespace,
     )  # fmt: skip
     wait_phase(cluster, namespace, "locked", "Ready", timeout=240)
+
+
+def test_per_pod_and_image_cache_modes_reconcile(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    digest = "a" * 64
+    cluster.apply(localmodel("perpod", cache={"mode": "PerPod"}), namespace)
+    cluster.apply(
+        localmodel(
+            "image",
+            model={
+                "source": f"oci://registry.example/models/gemma@sha256:{digest}",
+                "format": "gguf",
+            },
+            cache={"mode": "Image"},
+        ),
+        namespace,
+    )
+    wait_phase(cluster, namespace, "perpod", "Ready")
+    pod_spec = cluster.get("deployment", "perpod", namespace)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["pull"]
+    assert not exists(cluster, namespace, "jobs", "perpod")
+    pvcs = cluster.kubectl("get", "pvc", "-o", "name", namespace=namespace).stdout
+    assert "perpod" not in pvcs
+
+    wait_for(lambda: exists(cluster, namespace, "deployment", "image"), timeout=60, what="image")
+    volumes = cluster.get("deployment", "image", namespace)["spec"]["template"]["spec"]["volumes"]
+    image_volumes = [v["image"] for v in volumes if "image" in v]
+    assert image_volumes
+    assert image_volumes[0]["reference"].endswith(f"@sha256:{digest}")
