@@ -69,6 +69,15 @@ class Agent:
         # for the Python installation that the repository's .venv links into and `shared`.
         keep = [p for p in (sys.base_prefix, *shared) if p.startswith("/root/")]
         self.hide: list[Obj] = [{"path": "/root", "keep": keep}]
+        # The checkout whose .venv provides container commands stays visible even when a volume
+        # is mounted over a folder that holds it (a clone under /tmp, with /tmp an emptyDir).
+        self.restore = sorted(
+            {
+                os.path.dirname(os.path.dirname(entry))
+                for entry in container_path.split(":")
+                if entry.endswith("/.venv/bin")
+            }
+        )
         self.network = Network(state_dir)
         self.mount_points = MountPoints(state_dir / "created-paths")
         self.stop = threading.Event()

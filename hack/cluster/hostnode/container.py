@@ -100,6 +100,7 @@ class Container:
         netns: str | None,
         hostname: str,
         hide: list[Obj],
+        restore: list[str] | None = None,
     ) -> str | None:
         """Start the process; return why it could not start, or None."""
         mounts: list[Obj] = []
@@ -131,6 +132,7 @@ class Container:
                 {
                     "hostname": hostname[:63],
                     "hide": hide,
+                    "restore": restore or [],
                     "mounts": mounts,
                     "readOnlyRoot": ident.read_only_root,
                     "uid": ident.uid,

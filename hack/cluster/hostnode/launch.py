@@ -48,6 +48,7 @@ def _setup(spec: dict[str, Any]) -> None:
         m["source"]: os.open(m["source"], os.O_PATH) for m in spec["mounts"] if m["kind"] == "bind"
     }
     dirs = {src for src, fd in sources.items() if stat.S_ISDIR(os.fstat(fd).st_mode)}
+    restore = {p: os.open(p, os.O_PATH) for p in spec.get("restore", []) if os.path.isdir(p)}
     for hidden in spec["hide"]:
         _hide(hidden["path"], hidden["keep"])
     for m in spec["mounts"]:
@@ -63,6 +64,14 @@ def _setup(spec: dict[str, Any]) -> None:
             _bind(os.dup(sources[m["source"]]), m["target"])
         if m["readOnly"]:
             _mount("-o", "remount,bind,ro", m["target"])
+    targets = [m["target"].rstrip("/") for m in spec["mounts"]]
+    for path, fd in restore.items():
+        if any(path == t or path.startswith(t + "/") for t in targets):
+            os.makedirs(path, exist_ok=True)
+            _bind(fd, path)
+            _mount("-o", "remount,bind,ro", path)
+        else:
+            os.close(fd)
     if spec["readOnlyRoot"]:
         _mount("-o", "remount,bind,ro", "/")
     os.setgroups(spec["groups"])

@@ -243,7 +243,7 @@ class PodRunner(threading.Thread):
         error = c.start(
             command, env, ident, self.volumes, self.agent.mount_points, self.netns,
             pod["metadata"]["name"],
-            self.agent.hide,
+            self.agent.hide, self.agent.restore,
         )  # fmt: skip
         if error:
             self._release(c)
