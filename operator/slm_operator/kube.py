@@ -199,7 +199,7 @@ class Kube:
                 "GET",
                 POD.path(namespace, name) + "/log",
                 query_params=[("container", container), ("tailLines", str(lines))],
-                header_params={"Accept": "text/plain"},
+                header_params={"Accept": "*/*"},
                 auth_settings=["BearerToken"],
             )
             response = self._api.call_api(*request, _request_timeout=5)
