@@ -578,32 +578,6 @@ def test_retained_model_volume_outlives_its_localmodel(
     assert exists(cluster, namespace, "pvc", names[0])
 
 
-def test_without_the_service_monitor_crd_a_condition_says_so(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
-) -> None:
-    crd_file = SERVICE_MONITOR_CRD_FILE
-    cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
-    try:
-        cluster.apply(localmodel("unmonitored"), namespace)
-        st = wait_phase(cluster, namespace, "unmonitored", "Ready")
-        degraded = condition(st, "Degraded")
-        assert degraded["status"] == "False"
-        assert degraded["reason"] == "ServiceMonitorUnsupported"
-        assert "ServiceMonitor" in degraded["message"]
-    finally:
-        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        )  # fmt: skip
-    # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
-    wait_for(
-        lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
-        timeout=60,
-        what="the ServiceMonitor once the CRD exists",
-    )
-
-
 def test_operator_metrics(operator: OperatorProcess) -> None:
     text = operator.metrics()
     for family in (
@@ -662,3 +636,30 @@ def test_per_pod_and_image_cache_modes_reconcile(
     image_volumes = [v["image"] for v in volumes if "image" in v]
     assert image_volumes
     assert image_volumes[0]["reference"].endswith(f"@sha256:{digest}")
+
+
+# Last in this module: removing a CRD the operator watches disturbs its watch streams.
+def test_without_the_service_monitor_crd_a_condition_says_so(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    crd_file = SERVICE_MONITOR_CRD_FILE
+    cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
+    try:
+        cluster.apply(localmodel("unmonitored"), namespace)
+        st = wait_phase(cluster, namespace, "unmonitored", "Ready")
+        degraded = condition(st, "Degraded")
+        assert degraded["status"] == "False"
+        assert degraded["reason"] == "ServiceMonitorUnsupported"
+        assert "ServiceMonitor" in degraded["message"]
+    finally:
+        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        )  # fmt: skip
+    # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
+    wait_for(
+        lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
+        timeout=60,
+        what="the ServiceMonitor once the CRD exists",
+    )
