@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds bench-runtime cluster-up cluster-down cluster-binaries test-cluster
+.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,9 +39,13 @@ test: ## run every test suite (unit, runtime, cluster)
 test-unit: ## pure tests only
 	$(PY) -m pytest -m unit
 
-crds: ## regenerate crds/ from the API models (and the chart's copy)
+crds: ## regenerate crds/ from the API models (and the chart's copy, and docs/reference.md)
 	$(PY) -m slm_operator.crdgen
 	cp crds/*.yaml charts/slm-operator/files/crds/
+	$(PY) -m slm_operator.refdoc
+
+reference: ## regenerate docs/reference.md (the LocalModel field reference) from the API models
+	$(PY) -m slm_operator.refdoc
 
 cluster-binaries: ## build (or reuse) the test cluster's binaries in ~/.cache/slm-operator/bin
 	bash hack/cluster/build.sh

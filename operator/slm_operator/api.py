@@ -371,26 +371,51 @@ class ServingSpec(_Spec):
 class ResourceList(_Spec):
     """cpu and memory quantities."""
 
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
-    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage")
+    cpu: Quantity | None = Field(default=None, description="CPU cores, e.g. 500m or 4.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 4Gi.")
+    ephemeral_storage: Quantity | None = Field(
+        default=None, alias="ephemeral-storage", description="Local scratch disk, e.g. 1Gi."
+    )
 
 
 class ResourcesSpec(_Spec):
     """Container requests and limits; derived from the model when empty."""
 
-    requests: ResourceList = Field(default_factory=ResourceList)
-    limits: ResourceList = Field(default_factory=ResourceList)
+    requests: ResourceList = Field(
+        default_factory=ResourceList,
+        description="Requests of the model server container. Where neither a request nor a "
+        "limit sets it, cpu is parameters.numThread cores (else 1) and memory is the model size "
+        "+ KV cache (contextLength x parallel) + runtime overhead.",
+    )
+    limits: ResourceList = Field(
+        default_factory=ResourceList,
+        description="Limits of the model server container. A derived memory request is also "
+        "the memory limit; cpu has no limit unless set, so generation can use idle cores.",
+    )
 
 
 class SchedulingSpec(_Spec):
     """Where pods may run, on top of what the hardware tier requires."""
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
-    tolerations: list[RawObject] = Field(default_factory=list, max_length=64)
-    affinity: RawObject = Field(default_factory=dict)
-    topology_spread_constraints: list[RawObject] = Field(default_factory=list, max_length=16)
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    tolerations: list[RawObject] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Kubernetes Toleration list, added to the hardware tier's own tolerations.",
+    )
+    affinity: RawObject = Field(
+        default_factory=dict,
+        description="Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the "
+        "pods, as is.",
+    )
+    topology_spread_constraints: list[RawObject] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Kubernetes TopologySpreadConstraint list for the model server pods, as is.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pods."
+    )
     pod_labels: dict[str, str] = Field(
         default_factory=dict, description="Extra labels on the pods."
     )
@@ -430,13 +455,16 @@ class AutoscalingSpec(_Spec):
     )
 
     enabled: bool = Field(default=False, description="Create an HPA for the Deployment.")
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(default=4, ge=1, le=1000)
+    min_replicas: int = Field(
+        default=1, ge=1, le=1000, description="Fewest replicas the HPA keeps; at most maxReplicas."
+    )
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas the HPA adds.")
     target_cpu_utilization: int | None = Field(
         default=80,
         ge=1,
         le=100,
-        description="Average CPU utilisation (percent of requests) to keep; works out of the box.",
+        description="Average CPU utilisation (percent of requests) to keep; works out of the box. "
+        "null drops the CPU metric.",
     )
     target_inflight_requests: int | None = Field(
         default=None,
@@ -458,7 +486,7 @@ class AutoscalingSpec(_Spec):
 class LocalObjectReference(_Spec):
     """A reference to an object in the same namespace."""
 
-    name: ObjectName
+    name: ObjectName = Field(description="Name of the object.")
 
 
 class RuntimeSpec(_Spec):
@@ -467,8 +495,14 @@ class RuntimeSpec(_Spec):
     image: str | None = Field(
         default=None, max_length=1024, description="Overrides the catalog's image for every tier."
     )
-    image_pull_policy: PullPolicy = Field(default=PullPolicy.IF_NOT_PRESENT)
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    image_pull_policy: PullPolicy = Field(
+        default=PullPolicy.IF_NOT_PRESENT, description="Pull policy of the runtime image."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets (type kubernetes.io/dockerconfigjson) for pulling the runtime image.",
+    )
 
 
 class LocalModelSpec(_Spec):
@@ -646,12 +680,18 @@ CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
 class Condition(_Spec):
     """A metav1.Condition."""
 
-    type: ConditionType
-    status: Literal["True", "False", "Unknown"]
-    reason: Reason
-    message: str = Field(default="", max_length=32768)
+    type: ConditionType = Field(description="Which aspect the condition reports.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether it holds.")
+    reason: Reason = Field(
+        description="Why, in one CamelCase word from the closed set (see the Conditions table)."
+    )
+    message: str = Field(
+        default="", max_length=32768, description="What is wrong and what to change, for people."
+    )
     last_transition_time: str = Field(description="RFC 3339 time the status last changed.")
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation of the spec this was computed from."
+    )
 
     @model_validator(mode="after")
     def _reason_belongs(self) -> Condition:
@@ -664,28 +704,39 @@ class ModelStatus(_Spec):
     """What is being served."""
 
     digest: str | None = Field(default=None, description="sha256:<hex> of what is served.")
-    size_bytes: int | None = Field(default=None, ge=0)
+    size_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the model file (or folder) in bytes."
+    )
     progress: str | None = Field(default=None, description="Pull progress, e.g. 37%.")
-    source: str | None = None
+    source: str | None = Field(
+        default=None, description="The spec.model.source this status describes."
+    )
 
 
 class LocalModelStatus(_Spec):
     """The observed state of a LocalModel, written by the operator only."""
 
-    phase: Phase = Phase.PENDING
+    phase: Phase = Field(
+        default=Phase.PENDING,
+        description="One-word summary: Pending, Pulling, Deploying, Ready, Degraded or Failed.",
+    )
     backend: Device | None = Field(default=None, description="The tier actually placed.")
     fallback_reason: str | None = Field(
         default=None, description="Why the preferred tier(s) were skipped."
     )
     model: ModelStatus = Field(default_factory=ModelStatus)
-    replicas: int = Field(default=0, ge=0)
-    ready_replicas: int = Field(default=0, ge=0)
+    replicas: int = Field(default=0, ge=0, description="Pods of the Deployment (scale).")
+    ready_replicas: int = Field(default=0, ge=0, description="Pods answering requests.")
     selector: str | None = Field(default=None, description="Pod label selector (scale).")
     endpoint: str | None = Field(default=None, description="In-cluster URL of the API.")
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this status was computed from."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
+        description="One condition per type: Ready, ModelAvailable, Placed, Available, "
+        "Progressing, Degraded.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],

@@ -165,8 +165,15 @@ class ModelParameters(_Camel):
     repeat_last_n: int | None = Field(
         default=None, ge=-1, le=1_048_576, description="How far back repeat_penalty looks."
     )
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description="Penalty for tokens that appeared at all."
+    )
+    frequency_penalty: float | None = Field(
+        default=None,
+        ge=-2.0,
+        le=2.0,
+        description="Penalty growing with how often a token appeared.",
+    )
     seed: int | None = Field(
         default=None, ge=0, le=2**32 - 1, description="Random seed for reproducible sampling."
     )
