@@ -8,6 +8,7 @@ references.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, Final
@@ -24,7 +25,7 @@ from slm_operator.api import (
     VERSION,
     InvalidSpecError,
 )
-from slm_operator.kube import CHILD_KINDS, POD, Kind, Kube
+from slm_operator.kube import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind, Kube
 from slm_operator.observe import node_info
 from slm_operator.reconcile import Reconciler
 from slm_operator.settings import OperatorSettings
@@ -116,10 +117,34 @@ def _child_event(
         rec.trigger((namespace, instance), cause="child")
 
 
+def _optional_child_event(
+    kind: Kind,
+    *,
+    namespace: str | None,
+    labels: kopf.Labels,
+    type: str | None,
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
+    instance = labels.get(LABEL_INSTANCE)
+    rec = reconciler()
+    rec.caches.bind(kwargs)
+    if instance and namespace:
+        rec.caches.observe(kind, (namespace, instance), dict(body), deleted=type == "DELETED")
+        if type is not None:
+            rec.trigger((namespace, instance), cause="child")
+
+
 def _register_children() -> None:
     for kind in (*CHILD_KINDS, POD):
         group, _, version = kind.api_version.rpartition("/")
         resource = (group, version, kind.plural) if group else (version, kind.plural)
+        if kind in OPTIONAL_KINDS:
+            # No kopf index: an index whose resource vanishes before its first listing
+            # completes would hold every handler back for good.
+            handler = functools.partial(_optional_child_event, kind)
+            kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(handler)
+            continue
         kopf.index(*resource, id=f"{kind.plural}_idx", labels=MANAGED)(_child_index)
         kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(_child_event)
 
@@ -137,6 +162,9 @@ def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
     """Create or prune ServiceMonitors when their CRD comes or goes."""
     rec = reconciler()
     rec.caches.bind(kwargs)
+    if type == "DELETED":
+        for kind in OPTIONAL_KINDS:
+            rec.caches.drop_kind(kind)
     if type is not None:
         rec.resync_all()
 

@@ -75,6 +75,9 @@ CHILD_KINDS: Final = (
 )
 """Every kind render.py may produce, in apply order (config and storage before workloads)."""
 
+OPTIONAL_KINDS: Final = (SERVICE_MONITOR,)
+"""Child kinds whose CRD may be absent, or come and go while the operator runs."""
+
 KINDS_BY_KEY: Final = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, POD, NODE, EVENT)}
 
 

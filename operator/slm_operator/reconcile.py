@@ -31,7 +31,16 @@ from slm_operator.api import (
     parse_localmodel,
 )
 from slm_operator.apply import APPLIED_HASH_ANNOTATION, apply_children, prune_children
-from slm_operator.kube import CHILD_KINDS, DEPLOYMENT, JOB, POD, Kind, Kube, Object
+from slm_operator.kube import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    JOB,
+    OPTIONAL_KINDS,
+    POD,
+    Kind,
+    Kube,
+    Object,
+)
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
 from slm_operator.render import RenderOptions, endpoint, render, selector_string
@@ -90,6 +99,10 @@ class Caches:
 
     def __init__(self) -> None:
         self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
+        self._events: dict[str, dict[Key, dict[str, Object]]] = {
+            f"{kind.plural}_idx": {} for kind in OPTIONAL_KINDS
+        }
+        self._events_lock = threading.Lock()
         self._recent: dict[tuple[Key, Ident], Object] = {}
         self._recent_lock = threading.Lock()
 
@@ -99,7 +112,28 @@ class Caches:
             if name.endswith("_idx") and name not in self.indexes:
                 self.indexes[name] = value
 
+    def observe(self, kind: Kind, key: Key, obj: Object, *, deleted: bool) -> None:
+        """Cache a child of an optional kind from its watch event (kopf indexes only those
+        kinds whose resource always exists)."""
+        uid = str(obj.get("metadata", {}).get("uid", ""))
+        with self._events_lock:
+            store = self._events[f"{kind.plural}_idx"]
+            if deleted:
+                store.get(key, {}).pop(uid, None)
+                if not store.get(key, True):
+                    del store[key]
+            else:
+                store.setdefault(key, {})[uid] = obj
+
+    def drop_kind(self, kind: Kind) -> None:
+        """Forget every cached object of an optional kind whose CRD is gone."""
+        with self._events_lock:
+            self._events[f"{kind.plural}_idx"].clear()
+
     def _values(self, index: str, key: Any) -> list[Any]:
+        if index in self._events:
+            with self._events_lock:
+                return list(self._events[index].get(key, {}).values())
         idx = self.indexes.get(index)
         if idx is None:
             return []

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import http.server
 import json
 import os
 import re
 import secrets
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from .operator_run import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack" / "cluster"
@@ -235,3 +241,50 @@ def crds(cluster: Cluster) -> list[str]:
     out = cluster.kubectl("apply", "--server-side", *args, "-o", "name").stdout.split()
     cluster.kubectl("wait", "--for=condition=Established", *out, "--timeout=60s")
     return [name.split("/", 1)[1] for name in out]
+
+
+HOST_NODE_SCHEDULING: dict[str, Any] = {
+    "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
+    "tolerations": [HOST_NODE_TOLERATION],
+}
+"""spec.scheduling that pins a LocalModel to host-0, where its pods really run."""
+
+
+@pytest.fixture(scope="module")
+def operator_env() -> dict[str, str]:
+    """Extra environment for the module's operator; a module overrides it to tune settings."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster,
+    crds: list[str],
+    operator_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """One operator for the module's tests, watching every namespace under its own RBAC."""
+    cluster.apply(
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia"},
+            "handler": "nvidia",
+        }
+    )
+    from .operator_run import run_operator  # operator_run itself imports this module
+
+    with run_operator(cluster, tmp_path_factory.mktemp("operator"), operator_env) as op:
+        yield op
+
+
+@pytest.fixture(scope="module")
+def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
+    """A plain HTTP server on the host gateway serving the Gemma GGUF to host-0 pods."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
+    server = http.server.ThreadingHTTPServer((cluster.host_gateway, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{cluster.host_gateway}:{server.server_address[1]}/{gemma_gguf.name}"
+    server.shutdown()
+    server.server_close()

@@ -154,6 +154,10 @@ class OperatorProcess:
         self.stop()
         self.start()
 
+    def alive(self) -> bool:
+        """Whether the process still runs and answers its liveness endpoint."""
+        return self.process is not None and self.process.poll() is None and self._healthy()
+
     def log(self) -> str:
         """Everything the operator printed so far."""
         return self.log_path.read_text(errors="replace")

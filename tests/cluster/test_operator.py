@@ -6,14 +6,10 @@ whose placement is under test; kwok marks them Ready and completes Jobs without 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +19,8 @@ import yaml
 
 from tests.conftest import GEMMA_TEMPLATE, ROOT
 
-from .conftest import CACHE, HOST_NODE, HOST_NODE_TOLERATION, Cluster
-from .operator_run import OperatorProcess, run_operator, wait_for
+from .conftest import CACHE, HOST_NODE, HOST_NODE_SCHEDULING, Cluster
+from .operator_run import OperatorProcess, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
 SERVICE_MONITOR_CRD_FILE = next(
@@ -47,22 +43,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator for this module's tests, watching every namespace."""
-    cluster.apply(
-        {
-            "apiVersion": "node.k8s.io/v1",
-            "kind": "RuntimeClass",
-            "metadata": {"name": "nvidia"},
-            "handler": "nvidia",
-        }
-    )
-    # The slowest resync allowed, so the at-rest audit window spans one.
-    env = {"SLM_OPERATOR_RESYNC_SECONDS": "60"}
-    with run_operator(cluster, tmp_path_factory.mktemp("operator"), env) as op:
-        yield op
+def operator_env() -> dict[str, str]:
+    """The slowest resync allowed, so the at-rest audit window spans one."""
+    return {"SLM_OPERATOR_RESYNC_SECONDS": "60"}
 
 
 def localmodel(name: str, **spec: Any) -> dict[str, Any]:
@@ -371,18 +354,6 @@ def writes_by(
     return found
 
 
-@pytest.fixture(scope="module")
-def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
-    """A plain HTTP server on the host gateway serving the Gemma GGUF to host-0 pods."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
-    server = http.server.ThreadingHTTPServer((cluster.host_gateway, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{cluster.host_gateway}:{server.server_address[1]}/{gemma_gguf.name}"
-    server.shutdown()
-    server.server_close()
-
-
 def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:
     """The Gemma example, pinned to host-0 where its pods really run."""
     base: dict[str, Any] = {
@@ -396,10 +367,7 @@ def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, 
             "stop": ["<end_of_turn>"],
         },
         "serving": {"parallel": 1},
-        "scheduling": {
-            "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
-            "tolerations": [HOST_NODE_TOLERATION],
-        },
+        "scheduling": HOST_NODE_SCHEDULING,
     }
     for key, value in spec.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
@@ -472,6 +440,48 @@ def test_service_monitor_follows_monitoring_setting(
         timeout=30,
         what="the ServiceMonitor to be pruned",
     )
+
+
+def test_without_the_service_monitor_crd_a_condition_says_so(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    crd_file = SERVICE_MONITOR_CRD_FILE
+    cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
+    try:
+        cluster.apply(localmodel("unmonitored"), namespace)
+        st = wait_phase(cluster, namespace, "unmonitored", "Ready")
+        degraded = condition(st, "Degraded")
+        assert degraded["status"] == "False"
+        assert degraded["reason"] == "ServiceMonitorUnsupported"
+        assert "ServiceMonitor" in degraded["message"]
+    finally:
+        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        )  # fmt: skip
+    # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
+    wait_for(
+        lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
+        timeout=60,
+        what="the ServiceMonitor once the CRD exists",
+    )
+    # The operator kept watching through all of it: a new model reconciles, and a hand-deleted
+    # child (Service) and ServiceMonitor are restored by watches.
+    cluster.apply(localmodel("after-crd-churn"), namespace)
+    wait_phase(cluster, namespace, "after-crd-churn", "Ready")
+    assert exists(cluster, namespace, "servicemonitor", "after-crd-churn")
+    cluster.kubectl("delete", "service", "unmonitored", namespace=namespace)
+    cluster.kubectl("delete", "servicemonitor", "unmonitored", namespace=namespace)
+    wait_for(
+        lambda: (
+            exists(cluster, namespace, "service", "unmonitored")
+            and exists(cluster, namespace, "servicemonitor", "unmonitored")
+        ),
+        timeout=30,
+        what="the Service and ServiceMonitor restored after a hand delete",
+    )
+    assert operator.alive(), operator.log()[-4000:]
 
 
 def test_pods_are_admitted_under_restricted_pod_security(
@@ -636,30 +646,3 @@ def test_per_pod_and_image_cache_modes_reconcile(
     image_volumes = [v["image"] for v in volumes if "image" in v]
     assert image_volumes
     assert image_volumes[0]["reference"].endswith(f"@sha256:{digest}")
-
-
-# Last in this module: removing a CRD the operator watches disturbs its watch streams.
-def test_without_the_service_monitor_crd_a_condition_says_so(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
-) -> None:
-    crd_file = SERVICE_MONITOR_CRD_FILE
-    cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
-    try:
-        cluster.apply(localmodel("unmonitored"), namespace)
-        st = wait_phase(cluster, namespace, "unmonitored", "Ready")
-        degraded = condition(st, "Degraded")
-        assert degraded["status"] == "False"
-        assert degraded["reason"] == "ServiceMonitorUnsupported"
-        assert "ServiceMonitor" in degraded["message"]
-    finally:
-        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        )  # fmt: skip
-    # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
-    wait_for(
-        lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
-        timeout=60,
-        what="the ServiceMonitor once the CRD exists",
-    )

@@ -6,15 +6,11 @@ from the Gemma runtime on host-0, reached through the API server's service proxy
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +18,10 @@ import pytest
 import yaml
 from slm_operator import cli
 
-from tests.cluster.conftest import HOST_NODE, HOST_NODE_TOLERATION, ROOT, Cluster
-from tests.cluster.operator_run import OperatorProcess, run_operator, wait_for
 from tests.conftest import GEMMA_TEMPLATE
+
+from .conftest import HOST_NODE_SCHEDULING, ROOT, Cluster
+from .operator_run import OperatorProcess, wait_for
 
 MODELFILES = ROOT / "tests" / "data" / "modelfiles"
 
@@ -48,23 +45,6 @@ def lm_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     out = slmctl(cluster, "status", name, "-n", namespace, "-o", "json").stdout
     result: dict[str, Any] = json.loads(out).get("status") or {}
     return result
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator for this module, watching every namespace."""
-    cluster.apply(
-        {
-            "apiVersion": "node.k8s.io/v1",
-            "kind": "RuntimeClass",
-            "metadata": {"name": "nvidia"},
-            "handler": "nvidia",
-        }
-    )
-    with run_operator(cluster, tmp_path_factory.mktemp("operator")) as op:
-        yield op
 
 
 @pytest.mark.parametrize("path", sorted(MODELFILES.glob("*.Modelfile")), ids=lambda p: p.stem)
@@ -207,18 +187,6 @@ def test_errors_for_a_missing_model_and_namespace(cluster: Cluster, crds: list[s
     assert "No LocalModels in namespace no-such-namespace-here" in empty.stderr
 
 
-@pytest.fixture(scope="module")
-def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
-    """A plain HTTP server on the host gateway serving the Gemma GGUF to host-0 pods."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
-    server = http.server.ThreadingHTTPServer((cluster.host_gateway, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{cluster.host_gateway}:{server.server_address[1]}/{gemma_gguf.name}"
-    server.shutdown()
-    server.server_close()
-
-
 def gemma_modelfile(source: str) -> str:
     """A Modelfile for Gemma 3 270M, a base model that the template makes a chat model."""
     return (
@@ -246,10 +214,7 @@ def test_chat_streams_from_the_real_model_on_the_host_node(
     body["spec"]["cache"] = {"size": "1Gi"}
     body["spec"]["hardware"] = {"preferred": "cpu", "fallback": []}
     body["spec"]["serving"] = {"parallel": 1}
-    body["spec"]["scheduling"] = {
-        "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
-        "tolerations": [HOST_NODE_TOLERATION],
-    }
+    body["spec"]["scheduling"] = HOST_NODE_SCHEDULING
     cluster.apply(body, namespace)
 
     def ready() -> bool:
