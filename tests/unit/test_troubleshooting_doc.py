@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from slm_operator import api, refdoc
+from slm_operator.api import InvalidSpecError, LocalModel, Reason, parse_localmodel
+from slm_operator.place import NodeInfo, NoServableTier, Placement, place
+from slm_operator.settings import default_catalog
+from slm_operator.status import (
+    DeploymentSummary,
+    JobSummary,
+    Observation,
+    PodSummary,
+    compute_status,
+    step_down_reason,
+)
+from slm_runtime.config import Device, PullResult
 
 pytestmark = pytest.mark.unit
 
@@ -107,3 +122,140 @@ def test_links_into_the_page_resolve() -> None:
 def test_links_to_other_docs_exist() -> None:
     for target in re.findall(r"\]\(([\w-]+\.md)(?:#[\w-]+)?\)", _text()):
         assert (DOCS / target).is_file(), target
+
+
+# --- the messages the doc quotes are the ones the operator writes -------------------------------
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+JOB = "gemma3-270m-pull-1a2b3c4d"
+
+
+def _lm(**spec: Any) -> LocalModel:
+    body: dict[str, Any] = {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "LocalModel",
+        "metadata": {"name": "gemma3-270m", "namespace": "ai", "generation": 1},
+        "spec": {
+            "model": {"source": "hf://org/repo@main/model.gguf"},
+            "serving": {"replicas": 2},
+            **spec,
+        },
+    }
+    return parse_localmodel(body)
+
+
+def _messages(lm: LocalModel, placement: Placement | None, obs: Observation) -> dict[str, str]:
+    """``Type=Status Reason: message`` by reason, from the first condition type carrying it."""
+    found: dict[str, str] = {}
+    for c in compute_status(lm, placement, obs, now=NOW).conditions:
+        found.setdefault(c.reason.value, f"{c.type.value}={c.status} {c.reason.value}: {c.message}")
+    return found
+
+
+def _placement(lm: LocalModel, *nodes: NodeInfo) -> Placement:
+    return place(lm.spec, list(nodes), default_catalog(), pod_requests={"cpu": 1.0})
+
+
+CPU_NODE = NodeInfo(name="n1", allocatable={"cpu": 4.0, "memory": 16 * 1024.0**3})
+FULL_CPU_NODE = NodeInfo(name="n1", allocatable={"cpu": 4.0}, requested={"cpu": 3.5})
+PULLED = JobSummary(
+    name=JOB,
+    succeeded=1,
+    finished="Complete",
+    result=PullResult(digest="sha256:" + "ab" * 32, size_bytes=1),
+)
+
+
+def _deployment(ready: int, desired: int = 2) -> DeploymentSummary:
+    return DeploymentSummary(
+        generation=1,
+        observed_generation=1,
+        spec_replicas=desired,
+        replicas=desired,
+        ready_replicas=ready,
+        updated_replicas=desired,
+        available_replicas=ready,
+    )
+
+
+def _written_messages() -> list[str]:
+    """What the operator writes in the situations the doc shows, with the doc's names."""
+    lm = _lm()
+    cpu = _placement(lm, CPU_NODE)
+    found: list[str] = []
+    with pytest.raises(InvalidSpecError) as bad_format:
+        _lm(model={"source": "https://example.com/model.bin"})
+    found.append(f"Ready=False InvalidSpec: {bad_format.value}")
+    npu_only = _lm(hardware={"preferred": "npu", "fallback": []})
+    with pytest.raises(NoServableTier) as no_tier:
+        _placement(npu_only, CPU_NODE)
+    found.append(f"Ready=False InvalidSpec: spec.hardware: {no_tier.value}")
+    secret = _lm(model={"source": "hf://org/repo@main/model.gguf", "credentialsSecret": "hf-token"})
+    found.append(
+        _messages(secret, cpu, Observation(missing_secrets=("hf-token",)))["SecretNotFound"]
+    )
+    failed = JobSummary(
+        name=JOB,
+        failed=1,
+        finished="Failed",
+        failure_message="hf://org/repo@main/model.gguf: HfHubHTTPError: 401 Client Error: ...",
+    )
+    found.append(_messages(lm, cpu, Observation(pull_job=failed))["PullFailed"])
+    mismatch = replace(
+        failed,
+        failure_message="sha256 mismatch for hf://org/repo@main/model.gguf: "
+        "expected sha256:cdcd..., got sha256:abab...",
+    )
+    found.append(_messages(lm, cpu, Observation(pull_job=mismatch))["DigestMismatch"])
+    found.append(_messages(lm, cpu, Observation(pull_job=PULLED))["FellBack"])
+    waiting = PodSummary(
+        name="p",
+        unschedulable_since=NOW,
+        scheduler_message="0/3 nodes are available: 3 Insufficient memory.",
+    )
+    starved = _placement(lm, FULL_CPU_NODE)
+    messages = _messages(
+        lm, starved, Observation(deployment=_deployment(0), pull_job=PULLED, pods=(waiting,))
+    )
+    found += [messages["NoCapacity"], messages["WaitingForCapacity"]]
+    crashing = PodSummary(
+        name="gemma3-270m-7d9f-abcde",
+        phase="Running",
+        waiting_reason="CrashLoopBackOff",
+        waiting_message="back-off 40s restarting failed container",
+        container="runtime",
+        restart_count=4,
+        last_termination_message="no configured device could load the model (gpu: ...; cpu: ...)",
+    )
+    obs = Observation(deployment=_deployment(0), pull_job=PULLED, pods=(crashing,))
+    found.append(_messages(lm, cpu, obs)["CrashLooping"])
+    image = replace(
+        crashing,
+        waiting_reason="ImagePullBackOff",
+        waiting_message='Back-off pulling image "ghcr.io/example/slm-runtime:0.1.0"',
+        restart_count=0,
+        last_termination_message=None,
+    )
+    obs = Observation(deployment=_deployment(0), pull_job=PULLED, pods=(image,))
+    found.append(_messages(lm, cpu, obs)["ReplicasUnavailable"])
+    obs = Observation(
+        deployment=_deployment(2),
+        pull_job=PULLED,
+        pods=(PodSummary(name="a", ready=True), PodSummary(name="b", ready=True)),
+        service_monitor_crd=False,
+    )
+    found.append(_messages(lm, cpu, obs)["ServiceMonitorUnsupported"])
+    gpu = Placement(device=Device.GPU, option="nvidia-gpu", placed=True, reason=Reason.PLACED)
+    stuck = PodSummary(
+        name="p",
+        unschedulable_since=NOW - timedelta(seconds=121),
+        scheduler_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    )
+    found.append(f"moved to cpu: {step_down_reason(gpu, Observation(pods=(stuck,)), NOW)}")
+    return found
+
+
+def test_quoted_operator_messages_are_what_the_operator_writes() -> None:
+    text = " ".join(_text().split())
+    for message in _written_messages():
+        assert message in text, f"docs/troubleshooting.md does not quote: {message}"
