@@ -227,11 +227,16 @@ def _phase_link(phase: api.Phase) -> str:
 
 def _intro() -> list[str]:
     columns = [
-        f"| {c['name'].upper()} | `{c['jsonPath']}` | {c['description']}"
-        + (" (`-o wide`)" if c.get("priority") else "")
+        f"| {c['name'].upper()} | `{c['jsonPath']}` | "
+        + (
+            f"{c['description'].rstrip('.')} (with `-o wide`)."
+            if c.get("priority")
+            else c["description"]
+        )
         + " |"
         for c in crdgen.PRINTER_COLUMNS
     ]
+    name_rule = str(api.NAME_RULE["message"]).removeprefix("metadata.name ")
     short = ", ".join(f"`{s}`" for s in api.SHORT_NAMES)
     return [
         "# LocalModel reference",
@@ -241,9 +246,10 @@ def _intro() -> list[str]:
         f"(`kubectl get {api.CATEGORIES[0]}` lists it). The API server applies the defaults "
         "below and rejects values outside the constraints; the operator checks the same rules "
         "again and reports a spec it cannot serve as phase `Failed` (see "
-        f"[troubleshooting]({TROUBLESHOOTING})).",
+        f"[troubleshooting]({TROUBLESHOOTING})). `kubectl explain {api.SINGULAR}.spec` shows the "
+        "same descriptions from the installed CRD.",
         "",
-        f"- `metadata.name`: {api.NAME_RULE['message']}, so every child object's name is valid.",
+        f"- `metadata.name` {name_rule}, so every child object's name is valid.",
         "- Subresources: `status` (written by the operator only) and `scale` "
         "(`kubectl scale lm NAME --replicas N` sets `spec.serving.replicas`; reads "
         "`status.replicas` and `status.selector`).",

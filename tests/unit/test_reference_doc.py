@@ -96,7 +96,7 @@ def test_cel_rules_and_the_name_rule_are_listed() -> None:
     text = refdoc.render_reference()
     assert "spec.hardware.fallback must not repeat spec.hardware.preferred" in text
     assert "spec.autoscaling.minReplicas must be <= maxReplicas" in text
-    assert str(api.NAME_RULE["message"]) in text
+    assert "`" + str(api.NAME_RULE["message"]).replace("metadata.name", "metadata.name`", 1) in text
 
 
 def test_every_condition_type_reason_and_phase_is_in_the_reference() -> None:
