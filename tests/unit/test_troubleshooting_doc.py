@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
 from slm_operator import api, refdoc
 from slm_operator.api import InvalidSpecError, LocalModel, Reason, parse_localmodel
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
@@ -21,7 +23,10 @@ from slm_operator.status import (
     compute_status,
     step_down_reason,
 )
+from slm_runtime.admission import DrainingError, OverloadedError
 from slm_runtime.config import Device, PullResult
+from slm_runtime.errors import install_handlers
+from slm_runtime.routes.auth import bearer_auth
 
 pytestmark = pytest.mark.unit
 
@@ -259,3 +264,48 @@ def test_quoted_operator_messages_are_what_the_operator_writes() -> None:
     text = " ".join(_text().split())
     for message in _written_messages():
         assert message in text, f"docs/troubleshooting.md does not quote: {message}"
+
+
+def _runtime_errors() -> TestClient:
+    """The runtime's own exception handlers and bearer check, on routes that raise its errors."""
+    app = FastAPI()
+    install_handlers(app)
+
+    async def busy() -> None:
+        raise OverloadedError
+
+    async def draining() -> None:
+        raise DrainingError
+
+    async def secret() -> None:
+        return None
+
+    for prefix in ("/v1", "/api"):
+        app.add_api_route(f"{prefix}/busy", busy)
+        app.add_api_route(f"{prefix}/draining", draining)
+        app.add_api_route(f"{prefix}/secret", secret, dependencies=[Depends(bearer_auth("t0k"))])
+    return TestClient(app)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "retry_after"),
+    [
+        ("/v1/busy", 429, "1"),
+        ("/api/busy", 503, "1"),
+        ("/api/draining", 503, "1"),
+        ("/v1/secret", 401, None),
+    ],
+)
+def test_quoted_runtime_errors_are_what_the_runtime_answers(
+    path: str, status: int, retry_after: str | None
+) -> None:
+    response = _runtime_errors().get(path)
+    assert response.status_code == status
+    assert response.headers.get("retry-after") == retry_after
+    error = response.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    section = _section(_text(), "## Errors from the model's API")
+    assert message in " ".join(section.split()), (
+        f"docs/troubleshooting.md does not quote: {message}"
+    )
+    assert f"{status}" in section
