@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -94,7 +95,44 @@ Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length
 """A Go-style duration such as ``90s``, ``2m`` or ``1h30m``."""
 
 ObjectName = Annotated[str, StringConstraints(pattern=K8S_NAME_PATTERN, max_length=253)]
-LabelMap = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field()]
+
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_SUBDOMAIN = re.compile(K8S_NAME_PATTERN)
+
+
+def _check_key(key: str) -> None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError(f"key {key!r}: the prefix before '/' must be a DNS subdomain")
+    if not (len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name)):
+        raise ValueError(
+            f"key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The API server's label syntax, so a bad label fails the LocalModel, not its children."""
+    for key, value in labels.items():
+        _check_key(key)
+        if not (len(value) <= 63 and _LABEL_VALUE.fullmatch(value)):
+            raise ValueError(
+                f"value {value!r} of {key!r}: at most 63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit"
+            )
+    return labels
+
+
+def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        _check_key(key)
+    return annotations
+
+
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+"""Kubernetes labels (also node selectors): qualified-name keys, values of at most 63 chars."""
+Annotations = Annotated[dict[str, str], AfterValidator(_check_annotations)]
 
 # Raw Kubernetes structures passed through to the pod (tolerations, affinity, ...). They are
 # validated by the API server when the Deployment is applied, so the CRD keeps their fields.
@@ -397,7 +435,7 @@ class ResourcesSpec(_Spec):
 class SchedulingSpec(_Spec):
     """Where pods may run, on top of what the hardware tier requires."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels.")
+    node_selector: Labels = Field(default_factory=dict, description="Extra node labels.")
     tolerations: list[RawObject] = Field(
         default_factory=list,
         max_length=64,
@@ -416,10 +454,8 @@ class SchedulingSpec(_Spec):
     priority_class_name: str | None = Field(
         default=None, max_length=253, description="PriorityClass of the pods."
     )
-    pod_labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra labels on the pods."
-    )
-    pod_annotations: dict[str, str] = Field(
+    pod_labels: Labels = Field(default_factory=dict, description="Extra labels on the pods.")
+    pod_annotations: Annotations = Field(
         default_factory=dict, description="Extra annotations on the pods."
     )
 
@@ -432,9 +468,7 @@ class MonitoringSpec(_Spec):
         description="Create a ServiceMonitor when the monitoring.coreos.com CRD exists.",
     )
     interval: Duration = Field(default="30s", description="Scrape interval.")
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra labels on the ServiceMonitor."
-    )
+    labels: Labels = Field(default_factory=dict, description="Extra labels on the ServiceMonitor.")
 
 
 class AutoscalingSpec(_Spec):
