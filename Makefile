@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster
+.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,6 +32,13 @@ lint: ## ruff (lint + format check), mypy strict, import-linter contracts
 fmt: ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+demo: setup ## Gemma 3 270M from helm install to streamed answers: kind when Docker and kind are there, else the local control plane (KEEP=1 keeps the operator running)
+	@if docker info >/dev/null 2>&1 && command -v kind >/dev/null; then \
+	  HELM=$(HELM) bash hack/e2e-kind.sh; \
+	else \
+	  HELM=$(HELM) $(PY) hack/demo.py $(if $(KEEP),--keep); \
+	fi
 
 test: ## run every test suite (unit, runtime, cluster)
 	$(PY) -m pytest

@@ -19,8 +19,11 @@ import yaml
 
 from .conftest import ROOT, Cluster
 
-SYSTEM_NAMESPACE = "slm-system"
+# Apart from the names an install uses (slm-system/slm-operator), so `make demo` or a real
+# `helm install` on the same cluster never meets objects it does not own.
+SYSTEM_NAMESPACE = "slm-operator-tests"
 SERVICE_ACCOUNT = "slm-operator"
+CLUSTER_ROLE = "slm-operator-tests"
 RBAC_RULES = ROOT / "charts" / "slm-operator" / "files" / "rbac-rules.yaml"
 
 
@@ -57,17 +60,17 @@ def install_rbac(cluster: Cluster) -> None:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": "slm-operator"},
+            "metadata": {"name": CLUSTER_ROLE},
             "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": "slm-operator"},
+            "metadata": {"name": CLUSTER_ROLE},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": "slm-operator",
+                "name": CLUSTER_ROLE,
             },
             "subjects": [
                 {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -85,7 +86,15 @@ class Agent:
         self.runners_lock = threading.Lock()
         cpus = str(os.cpu_count() or 1)
         memory = str(_memory_bytes())
-        self.allocatable: Obj = {"cpu": cpus, "memory": memory, "pods": "110"}
+        # The disk that holds pod folders (emptyDirs, container writes), as the kubelet reports
+        # its root filesystem.
+        storage = str(shutil.disk_usage(state_dir).total)
+        self.allocatable: Obj = {
+            "cpu": cpus,
+            "memory": memory,
+            "ephemeral-storage": storage,
+            "pods": "110",
+        }
 
     # --- node ------------------------------------------------------------------------
 
