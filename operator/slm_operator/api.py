@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -77,10 +78,55 @@ def _to_str(value: Any) -> Any:
     return value
 
 
+_QUANTITY_SUFFIXES: Final = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024**i) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
+}
+QUANTITY_MAX: Final = Decimal(2**63 - 1)
+"""Kubernetes keeps quantities in 64 bits; larger ones cannot be requested."""
+
+
+def quantity_value(text: str) -> Decimal:
+    """The number a quantity stands for: ``500m`` -> 0.5, ``1Ki`` -> 1024, ``2e3`` -> 2000."""
+    match = re.fullmatch(QUANTITY_PATTERN, text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2Gi or 4")
+    number = text.rstrip("KMGTPEinumk")
+    suffix = text[len(number) :]
+    try:
+        if suffix:
+            value = Decimal(number) * _QUANTITY_SUFFIXES[suffix]
+        else:
+            mantissa, _, exponent = number.replace("E", "e").partition("e")
+            value = Decimal(mantissa) * Decimal(10) ** Decimal(exponent or 0)
+    except (InvalidOperation, ArithmeticError, KeyError) as exc:
+        raise ValueError(f"{text!r} is out of range for a Kubernetes quantity") from exc
+    return value
+
+
+def _check_quantity(text: str) -> str:
+    value = quantity_value(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is negative; a quantity must be 0 or more")
+    if value > QUANTITY_MAX:
+        raise ValueError(f"{text!r} is too large for a Kubernetes quantity")
+    return text
+
+
 Quantity = Annotated[
     str,
     BeforeValidator(_to_str),
     StringConstraints(pattern=QUANTITY_PATTERN, max_length=64),
+    AfterValidator(_check_quantity),
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -305,6 +351,13 @@ class CacheSpec(_Spec):
         "owner reference) and reused by a LocalModel with the same source and digest.",
     )
 
+    @field_validator("size")
+    @classmethod
+    def _size_positive(cls, value: str) -> str:
+        if quantity_value(value) <= 0:
+            raise ValueError(f"{value!r} must be more than 0, e.g. 2Gi")
+        return value
+
 
 class HardwareSpec(_Spec):
     """Hardware preference and fallback, NPU -> GPU -> CPU."""
@@ -430,6 +483,18 @@ class ResourcesSpec(_Spec):
         description="Limits of the model server container. A derived memory request is also "
         "the memory limit; cpu has no limit unless set, so generation can use idle cores.",
     )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourcesSpec:
+        requests = self.requests.model_dump(by_alias=True, exclude_none=True)
+        for name, limit in self.limits.model_dump(by_alias=True, exclude_none=True).items():
+            request = requests.get(name)
+            if request is not None and quantity_value(request) > quantity_value(limit):
+                raise ValueError(
+                    f"requests.{name} ({request}) is above limits.{name} ({limit}); "
+                    "raise the limit or lower the request"
+                )
+        return self
 
 
 class SchedulingSpec(_Spec):
