@@ -116,6 +116,10 @@ PULL_RESOURCES: Final = {
 }
 """The puller streams to disk and hashes as it goes: little memory, no cpu limit."""
 
+JOB_NAME_MAX_LENGTH: Final = 63
+"""A Job's name becomes its pods' ``job-name`` label, so the API server allows 63 characters."""
+_PULL_INFIX: Final = "-pull-"
+
 PULL_BACKOFF_LIMIT: Final = 4
 PULL_BAD_INPUT_EXIT_CODE: Final = 2
 """``slm-runtime pull`` exits 2 on input it can never accept: the Job fails at once."""
@@ -404,8 +408,18 @@ def model_pvc(lm: LocalModel) -> Object:
     }
 
 
+def _pull_job_name(lm: LocalModel, job_hash: str) -> str:
+    # The longest LocalModel names are cut short; the hash covers the pod labels, which carry
+    # the whole name, so two models sharing a prefix still get distinct Jobs.
+    room = JOB_NAME_MAX_LENGTH - len(_PULL_INFIX) - len(job_hash)
+    return f"{lm.metadata.name[:room]}{_PULL_INFIX}{job_hash}"
+
+
 def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Object:
-    """``<lm>-pull-<hash8>``: fills the model PVC once; no TTL, so status can read its result."""
+    """``<lm>-pull-<hash8>``: fills the model PVC once; no TTL, so status can read its result.
+
+    ``<lm>`` is cut to its first 49 characters, as the Job's name is limited to 63.
+    """
     source = _source(lm)
     scheduling = lm.spec.scheduling
     pod_labels = {**labels(lm, COMPONENT_PULLER), LABEL_NAME: PULLER_APP_NAME}
@@ -439,7 +453,7 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(lm, f"{lm.metadata.name}-pull-{job_hash}", COMPONENT_PULLER),
+        "metadata": _metadata(lm, _pull_job_name(lm, job_hash), COMPONENT_PULLER),
         "spec": {
             "backoffLimit": PULL_BACKOFF_LIMIT,
             "podFailurePolicy": {
