@@ -74,8 +74,17 @@ class PullRun:
         return value
 
 
-def run_pull(*args: str, tmp: Path, env: dict[str, str] | None = None) -> PullRun:
-    """Run the real CLI, `slm-runtime pull ARGS`, with the termination log under ``tmp``."""
+def run_pull(
+    *args: str,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    file_size_limit: int | None = None,
+) -> PullRun:
+    """Run the real CLI, `slm-runtime pull ARGS`, with the termination log under ``tmp``.
+
+    ``file_size_limit`` (bytes, via prlimit) makes the kernel refuse writes past it, as a full
+    disk would.
+    """
     term = tmp / f"termination-log-{time.monotonic_ns()}"
     full_env = {
         **os.environ,
@@ -83,8 +92,9 @@ def run_pull(*args: str, tmp: Path, env: dict[str, str] | None = None) -> PullRu
         "SLM_TERMINATION_LOG": str(term),
         **(env or {}),
     }
+    limit = ["prlimit", f"--fsize={file_size_limit}"] if file_size_limit is not None else []
     proc = subprocess.run(
-        [sys.executable, "-m", "slm_runtime.cli", "pull", *args],
+        [*limit, sys.executable, "-m", "slm_runtime.cli", "pull", *args],
         capture_output=True,
         text=True,
         env=full_env,

@@ -48,9 +48,15 @@ def test_pull_places_the_verified_file_and_records_it(
     assert meta["source"] == nginx.url("gemma.gguf")
     assert meta["format"] == "gguf"
     assert sorted(p.name for p in dest.iterdir()) == [".slm-model.json", "model.gguf"]
+    with (dest / "model.gguf").open("rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == gemma_sha256
     events = run.events()
     assert events[-1]["event"] == "done"
     assert any(e["event"] == "progress" and e["bytes"] == size for e in events)
+    (transferred,) = [e for e in events if e["event"] == "transferred"]
+    assert transferred["bytes"] == size
+    assert isinstance(transferred["seconds"], float)
+    assert transferred["seconds"] > 0
 
 
 def test_rerun_with_matching_digest_transfers_nothing(
@@ -90,6 +96,8 @@ def test_a_cut_transfer_resumes_with_a_range_request(
     assert "If-Range:" in cutting_proxy.requests[1]
     assert [e["event"] for e in run.events()].count("retry") == 1
     assert run.result()["digest"] == f"sha256:{gemma_sha256}"
+    with (dest / "model.gguf").open("rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == gemma_sha256
 
 
 def test_a_restarted_pull_resumes_what_the_failed_one_left(
@@ -117,6 +125,29 @@ def test_a_restarted_pull_resumes_what_the_failed_one_left(
     assert f"Range: bytes={delivered}-" in cutting_proxy.requests[1]
     assert second.result()["digest"] == f"sha256:{gemma_sha256}"
     assert sorted(p.name for p in dest.iterdir()) == [".slm-model.json", "model.gguf"]
+
+
+def test_a_disk_write_failure_fails_at_once_and_places_nothing(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    run = run_pull(
+        "--source",
+        nginx.url("gemma.gguf"),
+        "--dest",
+        str(dest),
+        "--sha256",
+        gemma_sha256,
+        "--allow-insecure",
+        tmp=tmp_path,
+        file_size_limit=20_000_000,
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.termination.startswith("cannot write ")
+    assert "File too large" in run.termination
+    assert [e["event"] for e in run.events()].count("retry") == 0
+    assert not (dest / "model.gguf").exists()
+    assert not (dest / ".slm-model.json").exists()
 
 
 def test_wrong_sha256_names_both_digests_and_leaves_nothing(
