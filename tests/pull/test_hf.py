@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from pull.conftest import Nginx, run_pull
+from pull.conftest import ROOT, Nginx, run_pull
 
 pytestmark = pytest.mark.runtime
 
@@ -249,3 +252,42 @@ def test_hf_unknown_revision_fails_with_the_hub_message(hub: HubStandIn, tmp_pat
     )
     assert run.returncode == 1
     assert "RevisionNotFoundError: 404 Client Error. (Invalid rev id)" in run.termination
+
+
+def test_hf_rerun_with_the_model_present_asks_the_hub_nothing(
+    hub: HubStandIn, nginx: Nginx, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    args = [
+        "--source",
+        f"hf://{REPO}/{GGUF_NAME}",
+        "--dest",
+        str(dest),
+        "--hf-endpoint",
+        hub.url,
+        "--sha256",
+        hub.gguf_sha256,
+    ]
+    first = run_pull(*args, tmp=tmp_path, env={"SLM_SOURCE_TOKEN": TOKEN})
+    assert first.returncode == 0, first.stderr
+    hub_before, cdn_before = len(hub.requests), len(nginx.requests())
+    # The same command in-process, to see which modules the re-run needed.
+    script = (
+        "import sys\n"
+        "from slm_runtime.cli import main\n"
+        f"code = main(['pull', *{args!r}, '--termination-log', {str(tmp_path / 'again')!r}])\n"
+        "print(sorted(m for m in ('httpx', 'huggingface_hub') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "runtime-image"), "SLM_SOURCE_TOKEN": TOKEN},
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "again").read_text()) == first.result()
+    assert (len(hub.requests), len(nginx.requests())) == (hub_before, cdn_before)

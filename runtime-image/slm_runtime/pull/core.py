@@ -78,6 +78,13 @@ def pull(request: PullRequest, progress: Progress) -> ModelMetadata:
     if isinstance(source, FileSource | PvcSource):
         return _verify_only(request, source)
     dest = Destination(request.dest)
+    # A file or Hub model already in place is kept without a request, so without importing
+    # the HTTP clients either; registry sources always fetch their manifest first.
+    if isinstance(source, HttpsSource | HfSource) and (
+        present := _present(request, dest, request.sha256)
+    ):
+        dest.cleanup()
+        return present
     dest.prepare()
     try:
         if isinstance(source, HttpsSource):
@@ -250,8 +257,6 @@ def _pull_https(
     dest: Destination,
     progress: Progress,
 ) -> ModelMetadata:
-    if present := _present(request, dest, request.sha256):
-        return present
     headers = {}
     if request.credentials.token:
         headers["Authorization"] = f"Bearer {request.credentials.token}"
@@ -281,8 +286,6 @@ def _pull_hf(
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile, RepoFolder
 
-    if present := _present(request, dest, request.sha256):
-        return present
     token = request.credentials.token
     api = HfApi(endpoint=request.hf_endpoint, token=token or False)
     try:
