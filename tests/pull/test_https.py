@@ -165,7 +165,7 @@ def test_wrong_sha256_names_both_digests_and_leaves_nothing(
         "--allow-insecure",
         tmp=tmp_path,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"expected sha256:{wrong}, got sha256:{gemma_sha256}" in run.termination
     assert run.events()[-1] == {"event": "error", "message": run.termination}
     assert list(dest.iterdir()) == []

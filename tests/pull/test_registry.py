@@ -165,7 +165,7 @@ def test_oci_pin_that_is_not_the_layer_fails_before_transferring(
         "--allow-insecure",
         tmp=tmp_path,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"expected sha256:{'f' * 64}, got sha256:{pushed_gemma.model_sha256}" in run.termination
     assert oci_registry.blob_downloads("models/gemma") == downloads
     assert list(dest.iterdir()) == []

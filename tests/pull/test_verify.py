@@ -62,7 +62,7 @@ def test_file_source_is_verified_in_place(tmp_path: Path) -> None:
     assert ok.result() == {"digest": f"sha256:{digest}", "sizeBytes": 1004, "files": ["gemma.gguf"]}
 
     bad = run_pull("--source", f"file://{model}", "--sha256", "1" * 64, tmp=tmp_path)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert f"expected sha256:{'1' * 64}, got sha256:{digest}" in bad.termination
 
 

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one pull; 0 on success, 1 when the pull fails, 2 on bad input."""
+    """Run one pull; 0 on success, 1 when the pull fails, 2 on bad input or a digest mismatch."""
     _configure_logging()
     progress = Progress(sys.stdout)
     try:
@@ -96,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args.termination_log, progress, str(err), code=2)
     try:
         meta = pull(request, progress)
-    except (PullError, DigestMismatchError, TransferError, RegistryError, ValueError) as err:
+    except DigestMismatchError as err:
+        # The source does not serve the pinned file: retrying cannot help.
+        return _fail(args.termination_log, progress, str(err), code=2)
+    except (PullError, TransferError, RegistryError, ValueError) as err:
         return _fail(args.termination_log, progress, str(err), code=1)
     except OSError as err:
         return _fail(args.termination_log, progress, f"{type(err).__name__}: {err}", code=1)
