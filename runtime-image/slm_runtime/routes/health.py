@@ -34,7 +34,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if state.admission.draining else 200)
 
 
-@router.get(METRICS_PATH)
+@router.get(METRICS_PATH, response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(

@@ -26,7 +26,8 @@ _NEVER = "9999-12-31T23:59:59Z"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a JSON 0 is not a boolean and false is not a keep_alive, as for Ollama.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class Options(_Request):

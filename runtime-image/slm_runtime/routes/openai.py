@@ -25,7 +25,8 @@ _OWNER = "slm-operator"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a JSON 0 is not a boolean and "1" is not a number, as for OpenAI.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(_Request):
