@@ -197,6 +197,7 @@ def observation(
     Secrets.
     """
     job_pods = list(job_pods)
+    runtime_pods = list(runtime_pods)
     pods = tuple(pod_summary(p) for p in runtime_pods)
     waiting = [pod_summary(p) for p in job_pods] + list(pods)
     missing = sorted(
@@ -208,14 +209,25 @@ def observation(
         }
     )
     job = job_summary(pull_job, job_pods) if pull_job else None
+    pulled = job.result if job else _init_pull_result(runtime_pods)
     return Observation(
         deployment=deployment_summary(deployment) if deployment else None,
         pull_job=job,
         pods=pods,
         service_monitor_crd=service_monitor_crd,
         missing_secrets=tuple(missing),
-        model=model_info(job.result) if job else None,
+        model=model_info(pulled) if pulled else None,
     )
+
+
+def _init_pull_result(pods: Iterable[Obj]) -> PullResult | None:
+    """The pull result a runtime pod's init container reported (PerPod, verify-only sources)."""
+    for pod in pods:
+        for state, message in _termination_messages(pod):
+            result = parse_pull_result(message) if state == "ok" else None
+            if result is not None:
+                return result
+    return None
 
 
 def _quantities(values: Mapping[str, Any]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from slm_operator import metrics
 from slm_operator.api import (
     COMPONENT_PULLER,
     LABEL_COMPONENT,
+    CacheMode,
     InvalidSpecError,
     LocalModel,
     LocalModelStatus,
@@ -318,10 +319,13 @@ class Reconciler:
             raise InvalidSpecError(str(exc)) from exc
         self._arm_fallback_timer(key, lm, placement, obs, now)
 
+        # Only a Volume cache is pulled before its pods start; sizing PerPod pods from what their
+        # own init containers pulled would roll them, and so pull again.
+        sized_by_pull = lm.spec.cache.mode is CacheMode.VOLUME
         options = RenderOptions(
             service_monitor_supported=monitoring_crd,
             cluster_domain=self.settings.cluster_domain,
-            model_size_bytes=lm.status.model.size_bytes,
+            model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
         )
         desired = render(lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
@@ -329,7 +333,7 @@ class Reconciler:
         obs = self._with_progress(key, obs, children, job_name)
         # The pulled size sizes the pods from their first start (no rollout once status has it),
         # and no server starts (and crash-loops) before its model volume is filled.
-        size = obs.model.size_bytes if obs.model else None
+        size = obs.model.size_bytes if obs.model and sized_by_pull else None
         final = replace(
             options,
             model_size_bytes=size or options.model_size_bytes,

@@ -75,6 +75,22 @@ def test_pull_result_comes_from_the_termination_message() -> None:
     assert obs.model.size_bytes == 12
 
 
+def test_per_pod_pull_result_comes_from_the_init_container() -> None:
+    result = {"digest": "sha256:" + "b" * 64, "sizeBytes": 34, "files": ["model.gguf"]}
+    pull = {"terminated": {"exitCode": 0, "message": json.dumps(result)}}
+    pod = _pod(
+        "m-1",
+        phase="Running",
+        initContainerStatuses=[{"name": "pull", "state": pull}],
+        containerStatuses=[{"name": "server", "state": {"running": {}}}],
+    )
+    obs = observation(
+        deployment=None, pull_job=None, job_pods=[], runtime_pods=[pod], service_monitor_crd=True
+    )
+    assert obs.model is not None
+    assert (obs.model.digest, obs.model.size_bytes) == (result["digest"], 34)
+
+
 def test_failed_pull_keeps_the_pullers_message() -> None:
     job = {
         "metadata": {"name": "m-pull-1"},

@@ -1,4 +1,4 @@
-"""Pod volumes as host folders: ConfigMap/Secret keys as files, emptyDir, PVCs, hostPath."""
+"""Pod volumes as host folders: ConfigMap/Secret keys as files, emptyDir, PVCs, hostPath, images."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .fields import field, resource
+from .images import image_volume
 from .objects import ConfigError, NotReadyError, Objects
 
 Obj = dict[str, Any]
@@ -115,6 +116,9 @@ class PodVolumes:
             items = self._downward(v["downwardAPI"].get("items") or [])
             _write(dest, items, v["downwardAPI"].get("defaultMode", 0o644), self.fs_group)
             return Volume(dest, read_only=True)
+        if "image" in v:
+            cache = self.dir.parents[2] / "images"
+            return Volume(image_volume(v["image"]["reference"], cache), read_only=True)
         kinds = sorted(set(v) - {"name"})
         raise ConfigError(f"volume {name!r}: type {kinds} is not supported on host-0")
 

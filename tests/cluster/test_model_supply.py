@@ -1,0 +1,236 @@
+"""The model supply end to end on host-0, where pull Jobs, init containers and servers really run.
+
+The Gemma GGUF is served over plain HTTP from the host gateway; every pull verifies it against
+its sha256 pin. Volume mode (PVC + pull Job) and PerPod mode (init container) each reach Ready
+with the digest in status and the runtime answering; a wrong pin fails with the puller's
+message in either mode; models never share a volume, and a change that does not touch the
+model does not pull it again. Image mode mounts an OCI artifact pushed with oras to the CNCF
+distribution registry on loopback, which host-0 fetches by digest as CRI-O would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import GEMMA_TEMPLATE
+from tests.pull.conftest import OciRegistry, start_registry, stop
+
+from .conftest import HOST_NODE, HOST_NODE_SCHEDULING, Cluster
+from .operator_run import OperatorProcess, wait_for
+
+INSTANCE = "app.kubernetes.io/instance"
+WRONG = "0" * 64
+
+
+@pytest.fixture(scope="module")
+def gemma_digest(gemma_gguf: Path) -> str:
+    """The sha256 of the packaged Gemma GGUF."""
+    return hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+
+
+def model(name: str, source: str, sha256: str, mode: str, **extra: Any) -> dict[str, Any]:
+    """A small Gemma LocalModel on host-0 in the given cache mode."""
+    spec: dict[str, Any] = {
+        "model": {"source": source, "sha256": sha256, "allowInsecure": True},
+        "cache": {"mode": mode, "size": "1Gi"},
+        "hardware": {"preferred": "cpu", "fallback": []},
+        "template": GEMMA_TEMPLATE,
+        "parameters": {"contextLength": 512, "numPredict": 8, "temperature": 0},
+        "serving": {"parallel": 1},
+        # host-0 has 2 cores: room for two models and a rolling update's extra pod.
+        "resources": {"requests": {"cpu": "250m"}},
+        "scheduling": HOST_NODE_SCHEDULING,
+        **extra,
+    }
+    return {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "LocalModel",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def lm_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The LocalModel's status."""
+    st: dict[str, Any] = cluster.get("localmodel", name, namespace).get("status") or {}
+    return st
+
+
+def wait_phase(
+    cluster: Cluster, op: OperatorProcess, namespace: str, name: str, phase: str
+) -> dict[str, Any]:
+    """Wait for a phase; fail early (with the operator's log) on an unexpected Failed."""
+
+    def reached() -> dict[str, Any] | None:
+        st = lm_status(cluster, namespace, name)
+        if st.get("phase") == "Failed" and phase != "Failed":
+            raise AssertionError(f"{name} Failed: {st}\n{op.log()[-3000:]}")
+        return st if st.get("phase") == phase else None
+
+    result: dict[str, Any] = wait_for(
+        reached, timeout=300, what=f"{namespace}/{name} {phase}", interval=0.5
+    )
+    return result
+
+
+def runtime_pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The model's server pods."""
+    selector = f"{INSTANCE}={name},app.kubernetes.io/name=slm-runtime"
+    out = cluster.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace)
+    pods: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+    return pods
+
+
+def names(cluster: Cluster, namespace: str, kind: str) -> list[str]:
+    """Names of every object of a kind in the namespace."""
+    out = cluster.kubectl("get", kind, "-o", "name", namespace=namespace).stdout.split()
+    return [line.split("/", 1)[1] for line in out]
+
+
+def generate(pod: dict[str, Any], name: str) -> str:
+    """One raw completion from the pod through the Ollama API."""
+    reply = httpx.post(
+        f"http://{pod['status']['podIP']}:8080/api/generate",
+        json={"model": name, "prompt": "The capital of France is", "raw": True, "stream": False},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    text: str = reply.json()["response"]
+    return text
+
+
+def test_per_pod_mode_pulls_in_the_init_container_and_serves(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_digest: str,
+    gemma_gguf: Path,
+) -> None:
+    cluster.apply(model("perpod", model_server, gemma_digest, "PerPod"), namespace)
+    st = wait_phase(cluster, operator, namespace, "perpod", "Ready")
+    assert st["model"]["digest"] == f"sha256:{gemma_digest}"
+    assert st["model"]["sizeBytes"] == gemma_gguf.stat().st_size
+    (pod,) = runtime_pods(cluster, namespace, "perpod")
+    assert pod["spec"]["nodeName"] == HOST_NODE
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert init["name"] == "pull"
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert json.loads(init["state"]["terminated"]["message"])["digest"] == f"sha256:{gemma_digest}"
+    assert names(cluster, namespace, "jobs") == []
+    assert names(cluster, namespace, "pvc") == []
+    assert generate(pod, "perpod").strip()
+
+
+@pytest.mark.parametrize("mode", ["Volume", "PerPod"])
+def test_a_wrong_digest_fails_with_the_pullers_message(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_digest: str,
+    mode: str,
+) -> None:
+    cluster.apply(model("pinned-wrong", model_server, WRONG, mode), namespace)
+    st = wait_phase(cluster, operator, namespace, "pinned-wrong", "Failed")
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "DigestMismatch"
+    # The puller's own words, naming both digests.
+    assert f"expected sha256:{WRONG}" in ready["message"]
+    assert f"got sha256:{gemma_digest}" in ready["message"]
+    assert not [p for p in runtime_pods(cluster, namespace, "pinned-wrong") if _ready(p)]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_models_with_one_source_never_share_a_volume_and_pull_only_when_needed(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_digest: str,
+) -> None:
+    cluster.apply(model("first", model_server, gemma_digest, "Volume"), namespace)
+    wait_phase(cluster, operator, namespace, "first", "Ready")
+    first_jobs = names(cluster, namespace, "jobs")
+    first_pvcs = names(cluster, namespace, "pvc")
+    assert len(first_jobs) == 1
+    assert len(first_pvcs) == 1
+
+    # A second model with the same source pulls into a volume of its own.
+    cluster.apply(model("second", model_server, gemma_digest, "Volume"), namespace)
+    wait_phase(cluster, operator, namespace, "second", "Ready")
+    second_pvcs = sorted(set(names(cluster, namespace, "pvc")) - set(first_pvcs))
+    assert len(second_pvcs) == 1
+    (second,) = runtime_pods(cluster, namespace, "second")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in second["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]  # fmt: skip
+    assert claims == second_pvcs
+
+    # A parameter change rolls the pods of the first model but pulls nothing again.
+    before = {p["metadata"]["name"] for p in runtime_pods(cluster, namespace, "first")}
+    cluster.kubectl(
+        "patch", "localmodel", "first", "--type=merge",
+        "-p", json.dumps({"spec": {"parameters": {"temperature": 0.5}}}), namespace=namespace,
+    )  # fmt: skip
+
+    def rolled() -> list[dict[str, Any]]:
+        pods = runtime_pods(cluster, namespace, "first")
+        fresh = [p for p in pods if p["metadata"]["name"] not in before and _ready(p)]
+        return fresh if len(pods) == 1 else []
+
+    (pod,) = wait_for(rolled, timeout=300, what="first's pods to roll", interval=0.5)
+    assert [j for j in names(cluster, namespace, "jobs") if j.startswith("first-")] == first_jobs
+    assert set(first_pvcs) <= set(names(cluster, namespace, "pvc"))
+    assert generate(pod, "first").strip()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """The CNCF distribution registry on loopback."""
+    workdir = tmp_path_factory.mktemp("registry")
+    proc, host = start_registry(workdir)
+    try:
+        yield OciRegistry(host=host, workdir=workdir)
+    finally:
+        stop(proc)
+
+
+def test_image_mode_mounts_the_model_artifact_by_digest(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    registry: OciRegistry,
+    gemma_gguf: Path,
+) -> None:
+    stage = registry.workdir / "image"
+    stage.mkdir()
+    (stage / "model.gguf").symlink_to(gemma_gguf)  # where the puller would have put it
+    pushed = registry.oras(
+        "push", "--plain-http", "--format", "json", "--artifact-type", "application/vnd.slm.model",
+        f"{registry.host}/models/gemma-image:270m", "model.gguf:application/vnd.slm.model.gguf",
+        cwd=stage,
+    )  # fmt: skip
+    manifest = json.loads(pushed)["digest"]
+    source = f"oci://{registry.host}/models/gemma-image@{manifest}"
+    body = model("image", source, "", "Image")
+    del body["spec"]["model"]["sha256"]
+    body["spec"]["model"]["format"] = "gguf"
+    cluster.apply(body, namespace)
+    wait_phase(cluster, operator, namespace, "image", "Ready")
+    (pod,) = runtime_pods(cluster, namespace, "image")
+    assert pod["spec"]["nodeName"] == HOST_NODE
+    (volume,) = [v for v in pod["spec"]["volumes"] if "image" in v]
+    assert volume["image"]["reference"] == f"{registry.host}/models/gemma-image@{manifest}"
+    assert names(cluster, namespace, "jobs") == []
+    assert generate(pod, "image").strip()
