@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import kopf
 
+from slm_operator import metrics
+from slm_operator.kube import Kube
 from slm_operator.settings import OperatorSettings
 
 
@@ -43,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "json": kopf.LogFormat.JSON,
         }[args.log_format],
     )
+    if settings.leader_election:
+        from slm_operator.leader import wait_for_leadership
+
+        Kube.from_environment()  # the Lease client uses the default configuration
+        wait_for_leadership(settings)
+    else:
+        metrics.LEADER.set(1)
     import slm_operator.handlers  # noqa: F401 - registers the handlers
 
     asyncio.run(

@@ -30,6 +30,9 @@ FALLBACKS: Final = Counter(
 MODELS: Final = Gauge(
     "slm_operator_models", "Managed LocalModels by phase and backend.", ["phase", "backend"]
 )
+LEADER: Final = Gauge(
+    "slm_operator_leader", "1 while this replica reconciles (the Lease holder, or standalone)."
+)
 
 _lock = threading.Lock()
 _models: dict[tuple[str, str], tuple[str, str]] = {}

@@ -5,6 +5,8 @@ Both come from the environment or Helm values (the catalog as a mounted YAML fil
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Annotated, Any, Final
 
 import yaml
@@ -129,6 +131,21 @@ class OperatorSettings(BaseSettings):
     )
     runtime_image: str | None = Field(
         default=None, description="Overrides every catalog option's runtime image."
+    )
+    leader_election: bool = Field(
+        default=False,
+        description="Run active/standby: only the holder of the Lease reconciles; others wait.",
+    )
+    lease_name: str = Field(default="slm-operator", description="The leader election Lease.")
+    lease_namespace: str = Field(
+        default="default", description="Namespace of the Lease (the operator's own, in a pod)."
+    )
+    identity: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This replica's name in the Lease (the pod name, in a pod).",
+    )
+    lease_seconds: int = Field(
+        default=15, ge=3, description="A standby takes over this long after the last renewal."
     )
 
     @field_validator("namespaces", mode="before")

@@ -25,6 +25,7 @@ SYSTEM_NAMESPACE = "slm-operator-tests"
 SERVICE_ACCOUNT = "slm-operator"
 CLUSTER_ROLE = "slm-operator-tests"
 RBAC_RULES = ROOT / "charts" / "slm-operator" / "files" / "rbac-rules.yaml"
+LEADER_ELECTION_RULES = RBAC_RULES.with_name("leader-election-rules.yaml")
 
 
 def free_port() -> int:
@@ -47,45 +48,64 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
-def install_rbac(cluster: Cluster) -> None:
-    """ServiceAccount, ClusterRole from the single RBAC source, and their binding."""
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    objects = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": CLUSTER_ROLE},
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": CLUSTER_ROLE},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": CLUSTER_ROLE,
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}
-            ],
-        },
+def install_rbac(cluster: Cluster, accounts: tuple[str, ...] = (SERVICE_ACCOUNT,)) -> None:
+    """ServiceAccounts, the ClusterRole from the single RBAC source, and the Lease Role."""
+    subjects = [
+        {"kind": "ServiceAccount", "name": account, "namespace": SYSTEM_NAMESPACE}
+        for account in accounts
     ]
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": account, "namespace": SYSTEM_NAMESPACE},
+            }
+            for account in accounts
+        ),
+    ]
+    for kind, rules, namespace in (
+        ("Cluster", RBAC_RULES, None),
+        ("", LEADER_ELECTION_RULES, SYSTEM_NAMESPACE),
+    ):
+        meta: dict[str, Any] = {"name": CLUSTER_ROLE}
+        if namespace:
+            meta["namespace"] = namespace
+        objects += [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": f"{kind}Role",
+                "metadata": meta,
+                "rules": yaml.safe_load(rules.read_text()),
+            },
+            # One binding per account, so installing one account never unbinds another.
+            *(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": f"{kind}RoleBinding",
+                    "metadata": {**meta, "name": f"{CLUSTER_ROLE}-{subject['name']}"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": f"{kind}Role",
+                        "name": CLUSTER_ROLE,
+                    },
+                    "subjects": [subject],
+                }
+                for subject in subjects
+            ),
+        ]
     cluster.kubectl(
         "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
     )
 
 
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's ServiceAccount."""
+def service_account_kubeconfig(
+    cluster: Cluster, path: Path, account: str = SERVICE_ACCOUNT
+) -> Path:
+    """A kubeconfig that authenticates as one of the operator's ServiceAccounts."""
     token = cluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", SYSTEM_NAMESPACE, "--duration=4h"
+        "create", "token", account, "-n", SYSTEM_NAMESPACE, "--duration=4h"
     ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     server = admin["clusters"][0]["cluster"]
@@ -93,8 +113,8 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": server}],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "op", "context": {"cluster": "test", "user": SERVICE_ACCOUNT}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "op", "context": {"cluster": "test", "user": account}}],
         "current-context": "op",
     }
     if "certificate-authority" in server and not server.get("certificate-authority-data"):
@@ -107,12 +127,37 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
     return path
 
 
+def writes_by(
+    cluster: Cluster, username: str, since: float, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s).
+
+    With ``namespace``, only requests for objects in it (other tests share the cluster).
+    """
+    found = []
+    for line in Path(cluster.audit_log).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("user", {}).get("username") != username:
+            continue
+        if entry.get("verb") not in {"create", "update", "patch", "delete", "deletecollection"}:
+            continue
+        if namespace and entry.get("objectRef", {}).get("namespace") != namespace:
+            continue
+        stamp = entry.get("requestReceivedTimestamp", "")
+        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        if when >= since:
+            found.append(entry)
+    return found
+
+
 class OperatorProcess:
     """A running operator that can be stopped and started again."""
 
-    username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, account: str = SERVICE_ACCOUNT) -> None:
+        self.username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}"
         self.env = env
         self.log_path = log_path
         self.metrics_url = f"http://127.0.0.1:{env['SLM_OPERATOR_METRICS_PORT']}/metrics"
@@ -172,11 +217,14 @@ class OperatorProcess:
 
 @contextmanager
 def run_operator(
-    cluster: Cluster, workdir: Path, extra_env: dict[str, str] | None = None
+    cluster: Cluster,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    account: str = SERVICE_ACCOUNT,
 ) -> Iterator[OperatorProcess]:
-    """Start the operator under its ServiceAccount; stop it afterwards."""
-    install_rbac(cluster)
-    kubeconfig = service_account_kubeconfig(cluster, workdir / "operator.kubeconfig")
+    """Start the operator under a ServiceAccount of its own; stop it afterwards."""
+    install_rbac(cluster, (account,))
+    kubeconfig = service_account_kubeconfig(cluster, workdir / f"{account}.kubeconfig", account)
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -184,7 +232,7 @@ def run_operator(
         "SLM_OPERATOR_HEALTH_PORT": str(free_port()),
         **(extra_env or {}),
     }
-    op = OperatorProcess(env, workdir / "operator.log")
+    op = OperatorProcess(env, workdir / f"{account}.log", account)
     try:
         op.start()
         yield op

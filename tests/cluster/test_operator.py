@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import GEMMA_TEMPLATE, ROOT
 
 from .conftest import CACHE, HOST_NODE, HOST_NODE_SCHEDULING, Cluster
-from .operator_run import OperatorProcess, wait_for
+from .operator_run import OperatorProcess, wait_for, writes_by
 
 INSTANCE = "app.kubernetes.io/instance"
 SERVICE_MONITOR_CRD_FILE = next(
@@ -326,32 +326,6 @@ def test_deletion_garbage_collects_children(
         timeout=60,
         what="garbage collection",
     )
-
-
-def writes_by(
-    cluster: Cluster, username: str, since: float, namespace: str | None = None
-) -> list[dict[str, Any]]:
-    """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s).
-
-    With ``namespace``, only requests for objects in it (other tests share the cluster).
-    """
-    found = []
-    for line in Path(cluster.audit_log).read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("user", {}).get("username") != username:
-            continue
-        if entry.get("verb") not in {"create", "update", "patch", "delete", "deletecollection"}:
-            continue
-        if namespace and entry.get("objectRef", {}).get("namespace") != namespace:
-            continue
-        stamp = entry.get("requestReceivedTimestamp", "")
-        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-        if when >= since:
-            found.append(entry)
-    return found
 
 
 def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:

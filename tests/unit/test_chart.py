@@ -240,7 +240,8 @@ def test_helm_test_pod_is_restricted_with_an_explicit_command() -> None:
         ('catalog={"tiers": [{"device": "cpu", "options": [{"name": "c", "gpus": 1}]}]}', "gpus"),
         ('catalog={"tiers": [{"device": "tpu", "options": [{"name": "c"}]}]}', "device"),
         ("serviceMonitor.enable=true", "enable"),
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=3", "replicaCount"),
+        ("leaderElection.leaseSeconds=1", "leaseSeconds"),
         ("operator.logFormat=xml", "logFormat"),
         ("watchNamespaces={Team_A}", "watchNamespaces"),
     ],
@@ -250,6 +251,30 @@ def test_schema_rejects_unknown_and_invalid_values(value: str, named: str) -> No
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert named in result.stderr
+
+
+def test_two_replicas_need_leader_election() -> None:
+    refused = helm("template", "rel", str(CHART), "--set", "replicaCount=2", check=False)
+    assert refused.returncode != 0
+    assert "replicaCount: more than 1 needs leaderElection.enabled=true" in refused.stderr
+    docs = render("replicaCount=2", "leaderElection.enabled=true")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SLM_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert env["SLM_OPERATOR_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace"
+    )
+    assert env["SLM_OPERATOR_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]}
+    ]  # fmt: skip
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def _objects_in(schema: Any, path: str = "$") -> list[tuple[str, Obj]]:
