@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel
-from slm_runtime.config import Device, PullResult
+from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult
 
 from slm_operator.api import (
     CONDITION_REASONS,
@@ -599,7 +599,11 @@ def _rollout(
         deployment.observed_generation < deployment.generation
         or deployment.updated_replicas < desired
     )
-    if crashing:
+    corrupt = [p for p in crashing if MODEL_CORRUPT_MARKER in (p.last_termination_message or "")]
+    if corrupt:
+        problem = _pod_problem(corrupt[0])
+        degraded = _Cond("True", Reason.MODEL_CORRUPT, _clip(f"{counts}; {problem}"))
+    elif crashing:
         degraded = _Cond(
             "True", Reason.CRASH_LOOPING, _clip(f"{counts}; {_pod_problem(crashing[0])}")
         )

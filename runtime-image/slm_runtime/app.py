@@ -18,6 +18,7 @@ from slm_runtime.admission import Admission
 from slm_runtime.config import MODEL_METADATA_FILE, Api, RuntimeConfig
 from slm_runtime.engines import EngineError, LoadResult, load_engine
 from slm_runtime.errors import error_response, install_handlers
+from slm_runtime.integrity import model_problem
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
 from slm_runtime.routes import health, ollama, openai
@@ -109,10 +110,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.monotonic()
+        problem = await asyncio.to_thread(model_problem, config.model_path)
+        if problem is not None:
+            app.state.startup_error = f"refusing to serve the model: {problem}"
+            raise EngineError(problem)
         try:
             result = await asyncio.to_thread(engine_loader, config)
         except EngineError as exc:
-            log.error("the model could not be loaded: %s", exc)
+            app.state.startup_error = f"the model could not be loaded: {exc}"
             raise
         load_seconds = time.monotonic() - started
         engine = result.engine

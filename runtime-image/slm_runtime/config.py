@@ -29,6 +29,8 @@ MODELS_DIR: Final = "/models"
 """The model volume, mounted read-only in the server container."""
 
 MODEL_METADATA_FILE: Final = ".slm-model.json"
+MODEL_CORRUPT_MARKER: Final = "changed after it was verified"
+"""In the server's exit message when the model on disk no longer matches the puller's record."""
 MODEL_METADATA_PATH: Final = f"{MODELS_DIR}/{MODEL_METADATA_FILE}"
 """The puller's record of what it placed: source, digest, sizeBytes, files, time."""
 
@@ -36,7 +38,10 @@ TMP_DIR: Final = "/tmp"  # noqa: S108 - an emptyDir inside the pod, not the host
 """The only writable path in the pod (an emptyDir); HOME and caches live here."""
 
 TERMINATION_LOG_PATH: Final = "/dev/termination-log"
-"""The pull command writes ``{"digest","sizeBytes","files"}`` as JSON here."""
+"""The pull command writes ``{"digest","sizeBytes","files"}`` as JSON here; a server that cannot
+start writes why."""
+ENV_TERMINATION_LOG: Final = "SLM_TERMINATION_LOG"
+"""Overrides TERMINATION_LOG_PATH (outside a pod)."""
 
 # --- environment ------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,16 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slm_runtime.app import create_app
-from slm_runtime.config import CONFIG_PATH, ENV_API_TOKEN, Api, Device, ModelFormat, RuntimeConfig
+from slm_runtime.config import (
+    CONFIG_PATH,
+    ENV_API_TOKEN,
+    ENV_TERMINATION_LOG,
+    TERMINATION_LOG_PATH,
+    Api,
+    Device,
+    ModelFormat,
+    RuntimeConfig,
+)
 
 log = logging.getLogger("slm_runtime")
 
@@ -172,8 +182,23 @@ def run(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = DrainingServer(uv_config, app)
-    server.run()
+    with contextlib.suppress(SystemExit):  # uvicorn exits this way when startup fails
+        server.run()
     if not server.started:
-        log.error("the server did not start; see the errors above")
+        reason = getattr(app.state, "startup_error", None)
+        log.error("%s", reason or "the server did not start; see the errors above")
+        if reason:
+            _write_termination_log(reason)
         return 1
     return 0
+
+
+def _write_termination_log(text: str) -> None:
+    """Tell the kubelet why the server stopped (it shows as the container's last exit)."""
+    path = Path(os.environ.get(ENV_TERMINATION_LOG, TERMINATION_LOG_PATH))
+    if not path.exists():  # outside a pod, unless asked for
+        return
+    try:
+        path.write_text(text[:4096], encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write the termination log %s: %s", path, exc)

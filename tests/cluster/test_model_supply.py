@@ -234,3 +234,43 @@ def test_image_mode_mounts_the_model_artifact_by_digest(
     assert volume["image"]["reference"] == f"{registry.host}/models/gemma-image@{manifest}"
     assert names(cluster, namespace, "jobs") == []
     assert generate(pod, "image").strip()
+
+
+def test_a_model_damaged_on_the_volume_is_refused_and_pulled_again(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_digest: str,
+) -> None:
+    cluster.apply(model("damaged", model_server, gemma_digest, "Volume"), namespace)
+    wait_phase(cluster, operator, namespace, "damaged", "Ready")
+    (pvc,) = names(cluster, namespace, "pvc")
+    volume = cluster.get("pvc", pvc, namespace)["spec"]["volumeName"]
+    path = Path(cluster.get("pv", volume)["spec"]["hostPath"]["path"]) / "model.gguf"
+    with path.open("r+b") as handle:  # one flipped byte, as a bad disk would leave it
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    (pod,) = runtime_pods(cluster, namespace, "damaged")
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "--wait=false", namespace=namespace)
+
+    wait_phase(cluster, operator, namespace, "damaged", "Degraded")
+    wait_for(
+        lambda: next(
+            c for c in lm_status(cluster, namespace, "damaged")["conditions"]
+            if c["type"] == "Degraded"
+        )["reason"] == "ModelCorrupt",
+        timeout=120, what="Degraded=ModelCorrupt", interval=0.5,
+    )  # fmt: skip
+    degraded = next(
+        c for c in lm_status(cluster, namespace, "damaged")["conditions"] if c["type"] == "Degraded"
+    )
+    assert f"recorded sha256:{gemma_digest}" in degraded["message"]
+
+    # The documented fix: delete the pull Job; its replacement pulls the model again.
+    (job,) = names(cluster, namespace, "jobs")
+    cluster.kubectl("delete", "job", job, namespace=namespace)
+    wait_phase(cluster, operator, namespace, "damaged", "Ready")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == gemma_digest

@@ -34,7 +34,7 @@ from slm_operator.status import (
     transitions,
     unschedulable_for,
 )
-from slm_runtime.config import Device, PullResult
+from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult
 
 pytestmark = pytest.mark.unit
 
@@ -124,6 +124,14 @@ CRASHING = running(
     container="runtime",
     restart_count=4,
     last_termination_message="failed to load model: out of memory",
+)
+
+CORRUPT = replace(
+    CRASHING,
+    last_termination_message=(
+        f"refusing to serve the model: /models/model.gguf {MODEL_CORRUPT_MARKER}: its digest is "
+        "sha256:abab..., the verified pull recorded sha256:cdcd... in /models/.slm-model.json"
+    ),
 )
 
 
@@ -235,6 +243,17 @@ CASES: list[Case] = [
             ConditionType.AVAILABLE: ("True", Reason.MINIMUM_REPLICAS_AVAILABLE),
         },
         id="crash-loop",
+    ),
+    Case(
+        localmodel(),
+        GPU,
+        Observation(deployment=deployment(0), pull_job=PULLED, pods=(CORRUPT,)),
+        Phase.DEGRADED,
+        {
+            ConditionType.DEGRADED: ("True", Reason.MODEL_CORRUPT),
+            ConditionType.READY: ("False", Reason.NOT_READY),
+        },
+        id="model-corrupt-on-the-volume",
     ),
     Case(
         localmodel(status=READY_STATUS),

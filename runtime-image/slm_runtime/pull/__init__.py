@@ -19,6 +19,7 @@ from slm_runtime.config import (
     ENV_SOURCE_PASSWORD,
     ENV_SOURCE_TOKEN,
     ENV_SOURCE_USERNAME,
+    ENV_TERMINATION_LOG,
     MODELS_DIR,
     TERMINATION_LOG_PATH,
     ModelFormat,
@@ -31,7 +32,6 @@ from slm_runtime.pull.registry import Credentials, RegistryError
 from slm_runtime.pull.transfer import DEFAULT_RETRIES, TransferError
 from slm_runtime.sources import parse_source
 
-ENV_TERMINATION_LOG: Final = "SLM_TERMINATION_LOG"
 ENV_ALLOW_INSECURE: Final = "SLM_ALLOW_INSECURE"
 ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"
 TERMINATION_MESSAGE_MAX: Final = 4096
