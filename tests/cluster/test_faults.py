@@ -2,22 +2,29 @@
 
 The operator is SIGKILLed in the middle of a batch of LocalModels and started again; the API
 server and etcd are each stopped and started again (same command line, same data) while a batch
-is being reconciled. Pods run on kwok nodes (PerPod cache, so no pull Jobs).
+is being reconciled. Pods run on kwok nodes (PerPod cache, so no pull Jobs). Last, a real runtime
+on host-0 is SIGKILLed in the middle of a streamed answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from .conftest import Cluster
+import httpx
+import pytest
+
+from .conftest import HOST_NODE_SCHEDULING, Cluster
 from .operator_run import OperatorProcess, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
+NAME_LABEL = "app.kubernetes.io/name"
 CHILDREN = ("deployments", "services", "configmaps")
 
 
@@ -153,3 +160,81 @@ def test_etcd_restart_while_reconciling(
     names = [f"etcd-{i}" for i in range(count)] + ["after-etcd-0"]
     assert_one_of_each_child(cluster, namespace, names)
     assert operator.alive(), operator.log()[-3000:]
+
+
+def test_runtime_killed_mid_stream_gives_a_clean_error_and_comes_back(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_gguf: Path,
+) -> None:
+    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    cluster.apply(
+        {
+            "apiVersion": "slm.dev/v1alpha1",
+            "kind": "LocalModel",
+            "metadata": {"name": "streamer"},
+            "spec": {
+                "model": {"source": model_server, "sha256": digest, "allowInsecure": True},
+                "cache": {"mode": "PerPod", "size": "1Gi"},
+                "hardware": {"preferred": "cpu", "fallback": []},
+                "parameters": {"contextLength": 512, "numPredict": 400, "temperature": 0},
+                "serving": {"parallel": 1},
+                "scheduling": HOST_NODE_SCHEDULING,
+            },
+        },
+        namespace,
+    )
+    wait_for(lambda: phases(cluster, namespace) == {"streamer": "Ready"}, timeout=300,
+             what="streamer Ready", interval=0.5)  # fmt: skip
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-l", f"{INSTANCE}=streamer", "-o", "json",
+                        namespace=namespace).stdout
+    )["items"]  # fmt: skip
+    (pod,) = [
+        p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/name") == "slm-runtime"
+    ]
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    started = re.findall(
+        rf"{re.escape(namespace)}/{re.escape(name)}/server: started pid (\d+)",
+        (cluster.state_dir / "logs" / "host-0.log").read_text(),
+    )
+    pid = int(started[-1])
+
+    received: list[str] = []
+
+    def stream_until_killed() -> None:
+        body = {"model": "streamer", "prompt": "Once upon a time", "raw": True}
+        url = f"http://{ip}:8080/api/generate"
+        with httpx.stream("POST", url, json=body, timeout=30) as reply:
+            for line in reply.iter_lines():
+                received.append(line)
+                if len(received) == 3:
+                    os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(httpx.TransportError):  # not a hang, not a truncated success
+        stream_until_killed()
+    assert len(received) >= 3
+    assert not any('"done": true' in line or '"done":true' in line for line in received)
+
+    # The kubelet (host-0) restarts the container; the model serves again.
+    wait_for(
+        lambda: _restarted_and_ready(cluster, namespace, name), timeout=300,
+        what="the runtime container restarted and Ready", interval=0.5,
+    )  # fmt: skip
+    wait_for(lambda: phases(cluster, namespace) == {"streamer": "Ready"}, timeout=120,
+             what="streamer Ready again", interval=0.5)  # fmt: skip
+    reply = httpx.post(
+        f"http://{ip}:8080/api/generate",
+        json={"model": "streamer", "prompt": "Once upon a time", "raw": True, "stream": False,
+              "options": {"num_predict": 4}},
+        timeout=120,
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+
+
+def _restarted_and_ready(cluster: Cluster, namespace: str, name: str) -> bool:
+    status = cluster.get("pod", name, namespace).get("status") or {}
+    (server,) = [c for c in status.get("containerStatuses") or [] if c["name"] == "server"]
+    return bool(server.get("restartCount", 0) >= 1 and server.get("ready"))
