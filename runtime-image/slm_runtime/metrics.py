@@ -37,6 +37,11 @@ class Metrics:
         self.prompt_tokens = Counter(
             "slm_runtime_prompt_tokens", "Prompt tokens processed.", registry=r
         )
+        self.cached_prompt_tokens = Counter(
+            "slm_runtime_prompt_cached_tokens",
+            "Prompt tokens found in the KV cache of an earlier request and not evaluated again.",
+            registry=r,
+        )
         self.generated_tokens = Counter(
             "slm_runtime_generated_tokens", "Tokens generated.", registry=r
         )

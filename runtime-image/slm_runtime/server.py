@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         log_config=None,
+        loop="uvloop",
+        http="httptools",
         timeout_graceful_shutdown=int(config.limits.drain_timeout_seconds) or None,
         server_header=False,
         proxy_headers=False,

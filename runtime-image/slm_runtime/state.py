@@ -29,6 +29,10 @@ _SAMPLING_FIELDS = (
     "seed",
 )
 
+# Prompts up to this size are tokenized on the event loop (tens of microseconds, cheaper than
+# a hop to a worker thread); longer ones, and JSON schemas to compile, go to a thread.
+_INLINE_PROMPT_CHARS = 8192
+
 
 @dataclass
 class RuntimeState:
@@ -74,10 +78,12 @@ class RuntimeState:
     async def start(self, prompt: str, params: SamplingParams) -> Generation:
         """Take a slot (or fail with 429/503) and start generating; the slot frees at the end."""
         release = await self.admission.acquire()
+        loop = asyncio.get_running_loop()
         try:
-            generation = await asyncio.to_thread(
-                self.engine.generate, prompt, params, asyncio.get_running_loop()
-            )
+            if len(prompt) <= _INLINE_PROMPT_CHARS and params.json_schema is None:
+                generation = self.engine.generate(prompt, params, loop)
+            else:
+                generation = await asyncio.to_thread(self.engine.generate, prompt, params, loop)
         except BaseException:
             release()
             raise
@@ -108,6 +114,7 @@ class Run:
             self.state.metrics.ttft.labels(self.route).observe(time.monotonic() - self.started)
         if isinstance(event, Finished):
             self.state.metrics.prompt_tokens.inc(event.prompt_tokens)
+            self.state.metrics.cached_prompt_tokens.inc(event.cached_tokens)
             self.state.metrics.generated_tokens.inc(event.completion_tokens)
         return event
 
@@ -156,7 +163,8 @@ class Run:
         return "".join(parts), consumer.result()
 
 
-def runtime(request: Request) -> RuntimeState:
-    """The runtime state, for routes (FastAPI dependency)."""
+async def runtime(request: Request) -> RuntimeState:
+    """The runtime state, for routes (FastAPI dependency; async, so it runs on the loop rather
+    than in a worker thread)."""
     state: RuntimeState = request.app.state.runtime
     return state

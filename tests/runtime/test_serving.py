@@ -144,11 +144,13 @@ def test_client_disconnect_stops_generation(gemma_gguf: Path, server_factory: Fa
 
 
 def test_sigterm_drains_in_flight_requests(gemma_gguf: Path, server_factory: Factory) -> None:
-    server = server_factory(gemma_config(gemma_gguf, limits={"drainTimeoutSeconds": 30}))
+    # Draining ends as soon as the stream does; the generous timeout only keeps a loaded
+    # machine from cutting the stream.
+    server = server_factory(gemma_config(gemma_gguf, limits={"drainTimeoutSeconds": 300}))
     client, stream = _open_stream(
         server,
         "/v1/completions",
-        {"model": "gemma", "prompt": "Once upon a time", "max_tokens": 40, "stream": True},
+        {"model": "gemma", "prompt": "Once upon a time", "max_tokens": 24, "stream": True},
     )
     lines = stream.iter_lines()
     first = next(lines)
@@ -278,3 +280,35 @@ def test_concurrent_clients_all_complete(gemma_server: Server) -> None:
     for t in threads:
         t.join()
     assert results == [200] * 6
+
+
+@pytest.mark.parametrize("repeat_penalty", [1.0, 1.1], ids=["argmax", "sampler-chain"])
+def test_a_shared_prompt_prefix_is_reused_and_changes_no_output(
+    gemma_gguf: Path, server_factory: Factory, repeat_penalty: float
+) -> None:
+    parameters = {"contextLength": 1024, "temperature": 0, "repeatPenalty": repeat_penalty}
+    config = gemma_config(gemma_gguf, parallel=1, parameters={**parameters, "numThread": 2})
+    server = server_factory(config)
+    first = "The history of the printing press begins"
+    second = "The history of the printing press in Europe"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+    def complete(prompt: str, on: openai.OpenAI = client) -> tuple[str, int, int]:
+        reply = on.completions.create(model="gemma", prompt=prompt, max_tokens=12)
+        usage = reply.usage
+        assert usage is not None
+        assert usage.prompt_tokens_details is not None
+        cached = usage.prompt_tokens_details.cached_tokens or 0
+        return reply.choices[0].text, usage.prompt_tokens, cached
+
+    text, prompt_tokens, cached = complete(first)
+    assert cached == 0
+    again, _, cached = complete(first)
+    assert (again, cached) == (text, prompt_tokens - 1), "all but the last prompt token reused"
+    continued, second_tokens, cached = complete(second)
+    assert 0 < cached < second_tokens - 1, "only the shared prefix is reused"
+    assert server.metric("slm_runtime_prompt_cached_tokens_total") == prompt_tokens - 1 + cached
+
+    cold = server_factory(config)
+    cold_client = openai.OpenAI(base_url=cold.url + "/v1", api_key="unused")
+    assert complete(second, cold_client) == (continued, second_tokens, 0)

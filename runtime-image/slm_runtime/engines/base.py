@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -74,13 +75,17 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finished:
-    """The end of one generation, with its token counts and timings."""
+    """The end of one generation, with its token counts and timings.
+
+    ``cached_tokens`` of the prompt were found in the KV cache and not evaluated again.
+    """
 
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     prompt_seconds: float
     generation_seconds: float
+    cached_tokens: int = 0
 
 
 Event = Delta | Finished
@@ -108,6 +113,11 @@ class Generation:
     def push(self, event: Event | BaseException) -> None:
         """Deliver an event to the consumer from the engine's thread."""
         self._loop.call_soon_threadsafe(self._deliver, event)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that consumes this generation."""
+        return self._loop
 
     def _deliver(self, event: Event | BaseException) -> None:
         self._queue.put_nowait(event)
@@ -138,6 +148,37 @@ class Generation:
             yield event
             if isinstance(event, Finished):
                 return
+
+
+def _deliver_all(items: list[tuple[Generation, Event | BaseException]]) -> None:
+    for generation, event in items:
+        generation._deliver(event)
+
+
+class Outbox:
+    """Events an engine thread produces in one step, handed to each event loop with one wake-up.
+
+    ``Generation.push`` wakes the loop once per event; a batching engine that emits a token for
+    every running sequence per step uses this instead, so the loop is woken once per step.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Event | BaseException]]]
+        self._items = {}
+
+    def put(self, generation: Generation, event: Event | BaseException) -> None:
+        """Queue an event; nothing reaches the consumer before ``flush``."""
+        self._items.setdefault(generation.loop, []).append((generation, event))
+
+    def flush(self) -> None:
+        """Deliver everything queued since the last flush."""
+        if not self._items:
+            return
+        items, self._items = self._items, {}
+        for loop, events in items.items():
+            # A closed loop raises RuntimeError: its consumers are gone.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver_all, events)
 
 
 class Engine(Protocol):

@@ -29,6 +29,7 @@ from slm_runtime.engines.base import (
     Generation,
     GenerationFailedError,
     ModelDetails,
+    Outbox,
     PromptTooLongError,
     SamplingParams,
     StopMatcher,
@@ -73,11 +74,47 @@ def _forward_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> N
             log.log(_GGML_LOG_LEVELS[level], "llama.cpp: %s", message)
 
 
+def _is_greedy(params: SamplingParams) -> bool:
+    """Temperature 0 without penalties: the argmax of the logits, nothing else."""
+    return (
+        params.temperature <= 0.0
+        and params.repeat_penalty == 1.0
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+    )
+
+
 def _human_count(n: int) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists (slice compares run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One sequence id of the context and the tokens its KV cache holds, kept after release so
+    that a later prompt sharing a prefix (the same system prompt, a longer conversation) only
+    evaluates what is new."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    last_used: int = 0
 
 
 @dataclass(eq=False)
@@ -87,7 +124,9 @@ class _Sequence:
     prompt: list[int]
     max_tokens: int
     grammar: str | None = None
-    seq_id: int = -1
+    slot: _Slot | None = None
+    reused: int = 0
+    greedy: bool = False
     sampler: Any = None
     grammar_sampler: Any = None
     pending: list[int] = field(default_factory=list)
@@ -155,12 +194,17 @@ class LlamaCppEngine:
         ctx_params.n_threads = self._threads
         ctx_params.n_threads_batch = self._threads
         ctx_params.kv_unified = False
+        # As llama-server: sliding-window layers keep only their window (less memory); prompt
+        # reuse checks that the window a continuation needs is still cached.
+        ctx_params.swa_full = False
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             raise DeviceUnavailableError(f"llama.cpp could not create a context on {device}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._n_swa = llama_cpp.llama_model_n_swa(self._model)
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._embed_ctx: Any = None
         self._embed_lock = threading.Lock()
 
@@ -171,7 +215,9 @@ class LlamaCppEngine:
         self.details = self._read_details(model_path)
 
         self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
-        self._free_ids = list(range(parallel))
+        self._free: list[_Slot] = [_Slot(i) for i in range(parallel)]
+        self._admitted = 0
+        self._outbox = Outbox()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
@@ -227,6 +273,15 @@ class LlamaCppEngine:
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def _generated_piece(self, token: int) -> bytes:
+        """``_piece`` for the decode thread, into a buffer it reuses."""
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, _PIECE_BUFFER, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
         return buf.raw[:n]
 
     def tokenize(self, text: str) -> list[int]:
@@ -329,21 +384,24 @@ class LlamaCppEngine:
             if self._closed:
                 for seq in list(active):
                     self._finish(active, seq, "cancelled")
+                self._outbox.flush()
                 return
             for seq in [s for s in active if s.generation.cancelled]:
                 self._finish(active, seq, "cancelled")
-            if not active:
-                continue
-            try:
-                self._step(active)
-            except Exception:  # a failed decode must not take the loop down
-                log.exception("llama.cpp decode failed")
-                for seq in list(active):
-                    self._release(active, seq)
-                    seq.generation.push(GenerationFailedError("generation failed"))
+            if active:
+                try:
+                    self._step(active)
+                except Exception:  # a failed decode must not take the loop down
+                    log.exception("llama.cpp decode failed")
+                    for seq in list(active):
+                        self._release(active, seq, keep_cache=False)
+                        self._outbox.put(seq.generation, GenerationFailedError("generation failed"))
+            self._outbox.flush()
 
     def _admit(self, active: list[_Sequence], *, block: bool) -> None:
-        while self._free_ids:
+        while self._free:
+            if block:
+                self._outbox.flush()
             try:
                 seq = self._incoming.get(block=block)
             except queue.Empty:
@@ -353,20 +411,49 @@ class LlamaCppEngine:
                 self._closed = True
                 return
             if seq.generation.cancelled:
-                seq.generation.push(Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0))
+                self._outbox.put(
+                    seq.generation, Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0)
+                )
                 continue
             if seq.grammar is not None:
                 seq.grammar_sampler = llama_cpp.llama_sampler_init_grammar(
                     self._vocab, seq.grammar.encode(), b"root"
                 )
                 if not seq.grammar_sampler:
-                    seq.generation.push(EngineError("llama.cpp rejected the JSON grammar"))
+                    self._outbox.put(
+                        seq.generation, EngineError("llama.cpp rejected the JSON grammar")
+                    )
                     continue
-            seq.sampler = self._make_sampler(seq.params)
-            seq.seq_id = self._free_ids.pop()
-            seq.pending = list(seq.prompt)
+            seq.greedy = _is_greedy(seq.params) and seq.grammar_sampler is None
+            if not seq.greedy:
+                seq.sampler = self._make_sampler(seq.params)
+            seq.slot, seq.reused = self._claim(seq.prompt)
+            seq.n_past = seq.reused
+            seq.pending = seq.prompt[seq.reused :]
             seq.started = time.monotonic()
             active.append(seq)
+
+    def _claim(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """The free slot whose cache shares the longest prefix with ``prompt`` (else the least
+        recently used one), trimmed to that prefix; returns it and the tokens it saves."""
+        shared = [_common_prefix(slot.cached, prompt) for slot in self._free]
+        best = max(range(len(self._free)), key=lambda i: (shared[i], -self._free[i].last_used))
+        slot = self._free.pop(best)
+        self._admitted += 1
+        slot.last_used = self._admitted
+        # At least the last prompt token is evaluated again: its logits give the first token.
+        keep = min(shared[best], len(prompt) - 1)
+        if keep > 0:
+            # A continuation attends to the previous n_swa positions, which a sliding-window
+            # cache may have dropped already.
+            oldest = llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id)
+            if oldest < 0 or oldest > max(0, keep - max(1, self._n_swa)):
+                keep = 0
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+        return slot, keep
 
     def _step(self, active: list[_Sequence]) -> None:
         batch = self._batch
@@ -378,17 +465,20 @@ class LlamaCppEngine:
             take = min(len(seq.pending), budget - n)
             if take <= 0:
                 break
+            seq_id = seq.slot.seq_id if seq.slot is not None else 0
             for j in range(take):
                 batch.token[n] = seq.pending[j]
                 batch.pos[n] = seq.n_past + j
                 batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq.seq_id
-                last = j == take - 1 and take == len(seq.pending)
-                batch.logits[n] = last
-                if last:
-                    outputs.append((seq, n))
+                batch.seq_id[n][0] = seq_id
+                batch.logits[n] = False
                 n += 1
+            if take == len(seq.pending):
+                batch.logits[n - 1] = True
+                outputs.append((seq, n - 1))
             seq.n_past += take
+            if seq.slot is not None:
+                seq.slot.cached.extend(seq.pending[:take])
             del seq.pending[:take]
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(self._ctx, batch)
@@ -396,7 +486,9 @@ class LlamaCppEngine:
             raise EngineError(f"llama_decode returned {rc}")
         now = time.monotonic()
         for seq, index in outputs:
-            if seq.grammar_sampler is not None:
+            if seq.greedy:
+                token = self._argmax(index)
+            elif seq.grammar_sampler is not None:
                 token = self._sample_constrained(seq, index)
             else:
                 token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
@@ -407,7 +499,7 @@ class LlamaCppEngine:
                 self._finish(active, seq, "stop")
                 continue
             seq.generated += 1
-            text, stopped = seq.stop.feed(seq.decoder.decode(self._piece(token)))
+            text, stopped = seq.stop.feed(seq.decoder.decode(self._generated_piece(token)))
             self._emit(seq, text)
             if stopped:
                 self._finish(active, seq, "stop")
@@ -416,6 +508,14 @@ class LlamaCppEngine:
                 self._finish(active, seq, "length")
             else:
                 seq.pending.append(token)
+
+    def _argmax(self, index: int) -> int:
+        """The most likely token at batch position ``index`` (greedy sampling, without building
+        llama.cpp's candidate array over the whole vocabulary)."""
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+        return int(logits.argmax())
 
     def _candidates(self, index: int) -> tuple[Any, Any]:
         """All tokens with their logits at batch position ``index``, as llama.cpp takes them."""
@@ -458,32 +558,39 @@ class LlamaCppEngine:
         llama_cpp.llama_sampler_accept(seq.sampler, token)
         return token
 
-    @staticmethod
-    def _emit(seq: _Sequence, text: str) -> None:
+    def _emit(self, seq: _Sequence, text: str) -> None:
         if text:
-            seq.generation.push(Delta(text))
+            self._outbox.put(seq.generation, Delta(text))
 
     def _finish(self, active: list[_Sequence], seq: _Sequence, reason: FinishReason) -> None:
-        self._release(active, seq)
+        self._release(active, seq, keep_cache=True)
         end = time.monotonic()
         first = seq.first_token_at or end
-        seq.generation.push(
+        self._outbox.put(
+            seq.generation,
             Finished(
                 finish_reason=reason,
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=seq.generated,
                 prompt_seconds=first - seq.started,
                 generation_seconds=end - first,
-            )
+                cached_tokens=seq.reused,
+            ),
         )
 
-    def _release(self, active: list[_Sequence], seq: _Sequence) -> None:
+    def _release(self, active: list[_Sequence], seq: _Sequence, *, keep_cache: bool) -> None:
         active.remove(seq)
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        llama_cpp.llama_sampler_free(seq.sampler)
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
         if seq.grammar_sampler is not None:
             llama_cpp.llama_sampler_free(seq.grammar_sampler)
-        self._free_ids.append(seq.seq_id)
+        slot = seq.slot
+        if slot is None:
+            return
+        if not keep_cache:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached.clear()
+        self._free.append(slot)
 
     # --- embeddings ---
 

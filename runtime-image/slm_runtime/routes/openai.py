@@ -114,11 +114,12 @@ class EmbeddingRequest(_Request):
     dimensions: int | None = Field(default=None, ge=1)
 
 
-def _usage(end: Finished) -> dict[str, int]:
+def _usage(end: Finished) -> dict[str, Any]:
     return {
         "prompt_tokens": end.prompt_tokens,
         "completion_tokens": end.completion_tokens,
         "total_tokens": end.prompt_tokens + end.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": end.cached_tokens},
     }
 
 
