@@ -80,5 +80,5 @@ manifests: chart-crds ## regenerate deploy/ (plain kubectl manifests) from the H
 helm-lint: ## helm lint the chart, strictly
 	$(HELM) lint --strict charts/slm-operator
 
-bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else llama-server on PATH)
+bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else PATH, else built once into ~/.cache/slm-operator)
 	$(PY) bench/runtime_bench.py
