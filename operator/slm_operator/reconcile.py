@@ -215,13 +215,40 @@ class Reconciler:
         self._guard = threading.Lock()
         self._written: dict[Key, LocalModelStatus] = {}
         self._timers: dict[Key, threading.Timer] = {}
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
     def trigger(self, key: Key, cause: str) -> None:
-        """Reconcile ``key`` if it exists; unexpected errors are logged and retried later."""
+        """Reconcile ``key`` if it exists; unexpected errors are logged and retried later.
+
+        Triggers coalesce: one that arrives while ``key`` is being reconciled only marks it to
+        run once more afterwards (the reconcile is level-based and reads the latest caches), so
+        a burst of child events costs two reconciles, not one each, and no worker waits.
+        """
+        with self._guard:
+            if key in self._running:
+                self._again.add(key)
+                return
+            self._running.add(key)
+        try:
+            while True:
+                self._trigger_once(key, cause)
+                with self._guard:
+                    if key not in self._again:
+                        self._running.discard(key)
+                        return
+                    self._again.discard(key)
+        except BaseException:
+            with self._guard:
+                self._running.discard(key)
+                self._again.discard(key)
+            raise
+
+    def _trigger_once(self, key: Key, cause: str) -> None:
         body = self.caches.model(key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
