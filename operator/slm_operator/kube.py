@@ -247,3 +247,14 @@ class Kube:
             self._request("POST", EVENT.path(meta["namespace"]), body=event)
         except ApiException as exc:
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc.reason)
+
+
+def rejection(exc: ApiException) -> str | None:
+    """The API server's message when it refused an object as invalid (422), else None."""
+    if exc.status != 422:
+        return None
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return str(exc.reason or "invalid")
+    return str(body.get("message") or exc.reason or "invalid")

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
+from kubernetes.client.exceptions import ApiException
 from slm_runtime.config import Device
 
 from slm_operator import metrics
@@ -41,6 +42,7 @@ from slm_operator.kube import (
     Kind,
     Kube,
     Object,
+    rejection,
 )
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
@@ -373,9 +375,19 @@ class Reconciler:
                 annotations = obj["metadata"].setdefault("annotations", {})
                 annotations[TIER_ANNOTATION] = placement.device.value
                 annotations[HARDWARE_ANNOTATION] = hardware_hash(lm)
-        result = apply_children(
-            self.kube, desired, lambda kind, _ns, name: self.caches.live(key, kind, name)
-        )
+        try:
+            result = apply_children(
+                self.kube, desired, lambda kind, _ns, name: self.caches.live(key, kind, name)
+            )
+        except ApiException as exc:
+            refused = rejection(exc)
+            if refused is None:
+                raise
+            # Fields passed through as written (tolerations, affinity, ...) can make a child
+            # that the API server refuses; no retry can fix that, only a spec change.
+            message = f"the API server refused a child: {refused}; change the spec field it names"
+            self._fail(key, body, message, Reason.INVALID_SPEC, now)
+            raise InvalidSpecError(message) from exc
         for applied in result.applied:
             live = result.live.get(applied)
             if live is not None:

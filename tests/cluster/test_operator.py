@@ -489,6 +489,22 @@ def test_specs_only_the_operator_can_reject_fail_with_a_message(
     assert case["field"] in ready["message"]
 
 
+def test_a_child_the_api_server_refuses_fails_the_model_until_the_spec_is_fixed(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # Tolerations pass through as written; this one the API server refuses in the Deployment.
+    bad = {"key": "dedicated", "operator": "Sometimes", "effect": "NoSchedule"}
+    cluster.apply(localmodel("refused", scheduling={"tolerations": [bad]}), namespace)
+    st = wait_phase(cluster, namespace, "refused", "Failed", timeout=60)
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert "the API server refused a child" in ready["message"]
+    assert "tolerations" in ready["message"]
+    fixed = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    cluster.apply(localmodel("refused", scheduling={"tolerations": [fixed]}), namespace)
+    wait_phase(cluster, namespace, "refused", "Ready")
+
+
 def test_at_rest_the_operator_writes_nothing(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
