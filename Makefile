@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo
+.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo bench-operator
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ manifests: chart-crds ## regenerate deploy/ (plain kubectl manifests) from the H
 
 helm-lint: ## helm lint the chart, strictly
 	$(HELM) lint --strict charts/slm-operator
+
+bench-operator: ## 100, 500 and 1000 LocalModels on the test cluster: time to Ready, writes at rest, RSS, change latency (writes docs/benchmarks.md)
+	$(PY) bench/operator_bench.py
 
 bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else PATH, else built once into ~/.cache/slm-operator)
 	$(PY) bench/runtime_bench.py
