@@ -14,7 +14,7 @@ import copy
 import difflib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -241,14 +241,30 @@ def render_crd() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the CRD file, or with ``--check`` report whether the committed one is stale."""
-    parser = argparse.ArgumentParser(prog="python -m slm_operator.crdgen", description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="CRD file to write")
+    return generate(
+        argv, prog="python -m slm_operator.crdgen", description=__doc__,
+        default_output=DEFAULT_OUTPUT, render=render_crd, make_target="crds",
+    )  # fmt: skip
+
+
+def generate(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    default_output: Path,
+    render: Callable[[], str],
+    make_target: str,
+) -> int:
+    """A generated file's command line: write it, or with ``--check`` diff it and fail."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--output", type=Path, default=default_output, help="file to write")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 with a diff when the file is stale"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    wanted = render_crd()
+    wanted = render()
     path: Path = args.output
     current = path.read_text(encoding="utf-8") if path.exists() else ""
     if args.check:
@@ -261,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tofile=f"{path} (generated)",
         )
         sys.stdout.writelines(diff)
-        logger.error("%s is stale: run `make crds` and commit the result", path)
+        logger.error("%s is stale: run `make %s` and commit the result", path, make_target)
         return 1
     if current != wanted:
         path.parent.mkdir(parents=True, exist_ok=True)

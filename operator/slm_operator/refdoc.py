@@ -8,10 +8,7 @@ disagree with the CRD; condition types, reasons and phases come from api.py's cl
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import json
-import logging
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,8 +17,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from slm_operator import api, crdgen
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 TROUBLESHOOTING: Final = "troubleshooting.md"
@@ -322,33 +317,10 @@ def undocumented_fields() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the reference, or with ``--check`` report whether the committed one is stale."""
-    parser = argparse.ArgumentParser(prog="python -m slm_operator.refdoc", description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="file to write")
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 with a diff when the file is stale"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    wanted = render_reference()
-    path: Path = args.output
-    current = path.read_text(encoding="utf-8") if path.exists() else ""
-    if args.check:
-        if current == wanted:
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            wanted.splitlines(keepends=True),
-            fromfile=f"{path} (committed)",
-            tofile=f"{path} (generated)",
-        )
-        sys.stdout.writelines(diff)
-        logger.error("%s is stale: run `make reference` and commit the result", path)
-        return 1
-    if current != wanted:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(wanted, encoding="utf-8")
-        logger.info("wrote %s", path)
-    return 0
+    return crdgen.generate(
+        argv, prog="python -m slm_operator.refdoc", description=__doc__,
+        default_output=DEFAULT_OUTPUT, render=render_reference, make_target="reference",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ The estimates are deliberately on the high side for models up to about 4B parame
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Final
 
 from slm_runtime.config import ModelFormat
 
-from slm_operator.api import LocalModelSpec
+from slm_operator.api import LocalModelSpec, quantity_value
 
 MIB: Final = 1024**2
 
@@ -58,27 +56,6 @@ after four chats and an embedding, against an estimate of 3314 MiB.
 DEFAULT_CPU_REQUEST: Final = "1"
 """cpu request when neither ``resources`` nor ``parameters.numThread`` says otherwise."""
 
-_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-_QUANTITY = re.compile(rf"^({_NUMBER})(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]({_NUMBER}))?$")
-_SUFFIXES: Final[dict[str, Decimal]] = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    "Ki": Decimal(1024),
-    "Mi": Decimal(1024**2),
-    "Gi": Decimal(1024**3),
-    "Ti": Decimal(1024**4),
-    "Pi": Decimal(1024**5),
-    "Ei": Decimal(1024**6),
-}
-
 Resources = dict[str, dict[str, str]]
 
 
@@ -88,19 +65,7 @@ def parse_quantity(text: str | int | float) -> float:
         raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2Gi or 4")
     if isinstance(text, int | float):
         return float(text)
-    match = _QUANTITY.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2Gi or 4")
-    number, suffix, exponent = match.groups()
-    try:
-        value = Decimal(number)
-        if exponent is not None:
-            value *= Decimal(10) ** Decimal(exponent)
-        else:
-            value *= _SUFFIXES[suffix or ""]
-    except (InvalidOperation, ArithmeticError) as exc:
-        raise ValueError(f"{text!r} is out of range for a Kubernetes quantity") from exc
-    return float(value)
+    return float(quantity_value(text.strip()))
 
 
 def format_mebibytes(size_bytes: float) -> str:

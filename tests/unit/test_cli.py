@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def test_list_table_has_kubectl_columns_and_progress() -> None:
 
 
 def test_status_text_for_a_fallback_and_a_failure() -> None:
-    cond = {"lastTransitionTime": NOW, "observedGeneration": 1}
+    three_days_ago = (datetime.now(UTC) - timedelta(days=3, hours=1)).isoformat()
+    cond = {"lastTransitionTime": three_days_ago, "observedGeneration": 1}
     obj = lm(
         "gemma",
         phase="Failed",
@@ -156,7 +158,7 @@ def test_status_text_for_a_fallback_and_a_failure() -> None:
     rows = text.split("Conditions:\n")[1].splitlines()
     assert rows[0].split() == ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
     assert rows[1].split(None, 4) == [
-        "Ready", "False", "DigestMismatch", "328d", "expected sha256 aaaa, got bbbb"
+        "Ready", "False", "DigestMismatch", "3d", "expected sha256 aaaa, got bbbb"
     ]  # fmt: skip
 
 
