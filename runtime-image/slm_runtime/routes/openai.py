@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from slm_runtime.engines.base import Delta, Finished, SamplingParams, UnsupportedError
 from slm_runtime.errors import APIError
@@ -91,12 +91,19 @@ class _Sampling(_Request):
         }
 
 
+def _no_logprobs(value: bool | None) -> bool | None:
+    if value:
+        raise ValueError("logprobs are not supported; leave it unset or false")
+    return value
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    logprobs: Literal[False] | None = None
+    # Not Literal[False]: pydantic accepts a JSON 0 for it even in strict mode.
+    logprobs: Annotated[bool | None, AfterValidator(_no_logprobs)] = None
 
 
 class CompletionRequest(_Sampling):
