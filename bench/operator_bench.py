@@ -10,7 +10,8 @@ ServiceAccount bound to the chart's RBAC rules, so the audit log tells its reque
   new generation, p50 and p99 over --changes samples.
 
 The LocalModels have replicas 1 and the PerPod cache; they land on kwok nodes bench-0..N that the
-script creates with room for them (and removes afterwards). Needs `make cluster-up`.
+script creates with room for them (and removes afterwards). Needs `make cluster-up`; the script
+installs the CRD from crds/.
 
     make bench-operator                         # 100, 500, 1000; 300 s at rest each
     python bench/operator_bench.py --sizes 100 --rest-seconds 60
@@ -294,6 +295,8 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update the doc")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/localmodels.slm.dev", "--timeout=60s")
     nodes = create_nodes(-(-max(sizes) // PODS_PER_NODE))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
