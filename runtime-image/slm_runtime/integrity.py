@@ -13,18 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from slm_runtime.config import MODEL_CORRUPT_MARKER, MODEL_METADATA_FILE, ModelMetadata
-from slm_runtime.pull.digest import folder_files, model_sha256
-
-
-def unchanged_since_recorded(record: Path, model: Path, size: int) -> bool:
-    """No byte of ``model`` (a file or folder) can have changed since ``record`` was written."""
-    recorded = record.stat().st_ctime_ns
-    files = [model] if model.is_file() else [model / rel for rel in folder_files(model)]
-    stats = [f.stat() for f in files]
-    # Strictly older: a write in the same clock tick as the record cannot be ruled out.
-    return sum(st.st_size for st in stats) == size and all(
-        st.st_ctime_ns < recorded for st in stats
-    )
+from slm_runtime.pull.digest import model_sha256, unchanged_since_recorded
 
 
 def model_problem(model_path: str) -> str | None:

@@ -22,6 +22,7 @@ from slm_runtime.pull.digest import (
     folder_files,
     folder_sha256,
     model_sha256,
+    unchanged_since_recorded,
 )
 from slm_runtime.pull.progress import Progress
 from slm_runtime.pull.registry import Credentials, Descriptor, Registry, RegistryError
@@ -160,7 +161,7 @@ def _present(request: PullRequest, dest: Destination, expected: str | None) -> M
     path = dest.root / top.pop()
     if not path.exists():
         return None
-    if _unchanged_since_verified(dest, path, meta.size_bytes):
+    if unchanged_since_recorded(dest.metadata_path, path, meta.size_bytes):
         log.info("model already present, unchanged since verified", extra={"digest": meta.digest})
         return meta
     if model_sha256(path) != wanted:
@@ -168,20 +169,6 @@ def _present(request: PullRequest, dest: Destination, expected: str | None) -> M
         return None
     log.info("model already present and verified", extra={"digest": meta.digest})
     return meta
-
-
-def _unchanged_since_verified(dest: Destination, path: Path, size: int) -> bool:
-    """No byte of the model can have changed since its metadata was written.
-
-    The metadata is written after the verified model is renamed into place, and any write,
-    truncation or rename of a file moves its ctime (which no user can set) past that point.
-    """
-    recorded = dest.metadata_path.stat().st_ctime_ns
-    files = [path] if path.is_file() else [path / rel for rel in folder_files(path)]
-    stats = [f.stat() for f in files]
-    return sum(st.st_size for st in stats) == size and all(
-        st.st_ctime_ns <= recorded for st in stats
-    )
 
 
 def _record(

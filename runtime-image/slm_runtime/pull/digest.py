@@ -69,3 +69,18 @@ def check_pin(actual: str, pinned: str | None, what: str) -> None:
         raise DigestMismatchError(
             f"sha256 mismatch for {what}: expected sha256:{pinned}, got sha256:{actual}"
         )
+
+
+def unchanged_since_recorded(record: Path, model: Path, size: int) -> bool:
+    """No byte of ``model`` (a file or folder) can have changed since ``record`` was written.
+
+    The record is written after the verified model is in place, and any write, truncation or
+    rename of a file moves its ctime (which no user can set) past the record's. Strictly older:
+    a write in the same clock tick as the record cannot be ruled out.
+    """
+    recorded = record.stat().st_ctime_ns
+    files = [model] if model.is_file() else [model / rel for rel in folder_files(model)]
+    stats = [f.stat() for f in files]
+    return sum(st.st_size for st in stats) == size and all(
+        st.st_ctime_ns < recorded for st in stats
+    )
