@@ -133,31 +133,18 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     assert_one_of_each_child(cluster, namespace, [f"killed-{i}" for i in range(count)])
 
 
-def test_api_server_restart_while_reconciling(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_control_plane_restart_while_reconciling(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, component: str
 ) -> None:
     count = 8
-    cluster.apply(batch("apiserver", count), namespace)
-    restart_component(cluster, "kube-apiserver")
+    cluster.apply(batch(component, count), namespace)
+    restart_component(cluster, component)
     wait_for(lambda: all_ready(cluster, namespace, count), timeout=180, what="the batch Ready")
     # The watches came back: a model created after the restart is reconciled too.
-    cluster.apply(batch("after-apiserver", 1), namespace)
+    cluster.apply(batch(f"after-{component}", 1), namespace)
     wait_for(lambda: all_ready(cluster, namespace, count + 1), timeout=120, what="one more")
-    names = [f"apiserver-{i}" for i in range(count)] + ["after-apiserver-0"]
-    assert_one_of_each_child(cluster, namespace, names)
-    assert operator.alive(), operator.log()[-3000:]
-
-
-def test_etcd_restart_while_reconciling(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
-) -> None:
-    count = 8
-    cluster.apply(batch("etcd", count), namespace)
-    restart_component(cluster, "etcd")
-    wait_for(lambda: all_ready(cluster, namespace, count), timeout=180, what="the batch Ready")
-    cluster.apply(batch("after-etcd", 1), namespace)
-    wait_for(lambda: all_ready(cluster, namespace, count + 1), timeout=120, what="one more")
-    names = [f"etcd-{i}" for i in range(count)] + ["after-etcd-0"]
+    names = [f"{component}-{i}" for i in range(count)] + [f"after-{component}-0"]
     assert_one_of_each_child(cluster, namespace, names)
     assert operator.alive(), operator.log()[-3000:]
 

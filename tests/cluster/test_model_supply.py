@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import GEMMA_TEMPLATE
-from tests.pull.conftest import OciRegistry, start_registry, stop
+from tests.pull.conftest import OciRegistry, oci_registry  # noqa: F401 - the registry fixture
 
 from .conftest import HOST_NODE, HOST_NODE_SCHEDULING, Cluster
 from .operator_run import OperatorProcess, wait_for
@@ -195,24 +194,14 @@ def test_models_with_one_source_never_share_a_volume_and_pull_only_when_needed(
     assert generate(pod, "first").strip()
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    """The CNCF distribution registry on loopback."""
-    workdir = tmp_path_factory.mktemp("registry")
-    proc, host = start_registry(workdir)
-    try:
-        yield OciRegistry(host=host, workdir=workdir)
-    finally:
-        stop(proc)
-
-
 def test_image_mode_mounts_the_model_artifact_by_digest(
     cluster: Cluster,
     operator: OperatorProcess,
     namespace: str,
-    registry: OciRegistry,
+    oci_registry: OciRegistry,  # noqa: F811 - the imported fixture
     gemma_gguf: Path,
 ) -> None:
+    registry = oci_registry
     stage = registry.workdir / "image"
     stage.mkdir()
     (stage / "model.gguf").symlink_to(gemma_gguf)  # where the puller would have put it
