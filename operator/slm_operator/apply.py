@@ -65,33 +65,54 @@ def _same_scalar(key: str | None, want: Any, have: Any) -> bool:
     return False
 
 
-def is_subset(want: Any, have: Any, key: str | None = None) -> bool:
-    """True when every field of ``want`` is present with the same value in ``have``.
+def first_difference(want: Any, have: Any, path: str = "", key: str | None = None) -> str | None:
+    """The path of the first field of ``want`` that ``have`` lacks or holds differently, or None.
 
     ``have`` is the live object, which also carries server defaults and other managers' fields.
     """
+    if have is None and isinstance(want, Mapping | list) and not want:
+        return None  # the API server omits empty lists and maps
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
-            return False
-        return all(is_subset(v, have.get(k), k) for k, v in want.items())
+            return path or "."
+        for k, v in want.items():
+            found = first_difference(v, have.get(k), f"{path}.{k}", k)
+            if found is not None:
+                return found
+        return None
     if isinstance(want, list):
         if not isinstance(have, list) or len(want) != len(have):
-            return False
-        return all(is_subset(w, h, key) for w, h in zip(want, have, strict=True))
-    return _same_scalar(key, want, have)
+            return path
+        for i, (w, h) in enumerate(zip(want, have, strict=True)):
+            found = first_difference(w, h, f"{path}[{i}]", key)
+            if found is not None:
+                return found
+        return None
+    return None if _same_scalar(key, want, have) else path
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """True when every field of ``want`` is present with the same value in ``have``."""
+    return first_difference(want, have) is None
+
+
+def apply_reason(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> str | None:
+    """Why the desired object (stamped by ``with_hash``) must be sent, or None when it need not."""
+    if live is None:
+        return "missing"
+    if (kind_of(desired).api_version, kind_of(desired).kind) in CREATE_ONLY:
+        return None
+    live_hash = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
+    want_hash = desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+    if live_hash != want_hash:
+        return "changed"
+    drift = first_difference(_comparable(desired), live)
+    return None if drift is None else f"drift at {drift}"
 
 
 def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
     """Whether the desired object (stamped by ``with_hash``) must be sent to the API server."""
-    if live is None:
-        return True
-    if (kind_of(desired).api_version, kind_of(desired).kind) in CREATE_ONLY:
-        return False
-    live_hash = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
-    want_hash = desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-    if live_hash != want_hash:
-        return True
-    return not is_subset(_comparable(desired), live)
+    return apply_reason(desired, live) is not None
 
 
 def _comparable(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -134,13 +155,14 @@ def apply_children(
         kind = kind_of(stamped)
         meta = stamped["metadata"]
         live = live_lookup(kind, meta["namespace"], meta["name"])
-        if needs_apply(stamped, live):
+        reason = apply_reason(stamped, live)
+        if reason is not None:
             if (kind.api_version, kind.kind) in CREATE_ONLY:
                 live = kube.create(stamped) or kube.get(kind, meta["namespace"], meta["name"])
             else:
                 live = kube.apply(stamped)
             result.applied.append(key_of(stamped))
-            log.info("applied %s %s/%s", kind.kind, meta["namespace"], meta["name"])
+            log.info("applied %s %s/%s (%s)", kind.kind, meta["namespace"], meta["name"], reason)
         if live is not None:
             result.live[key_of(stamped)] = live
     return result

@@ -302,7 +302,11 @@ def _tmp_mount() -> Object:
 
 
 def _model_mount(*, read_only: bool) -> Object:
-    return {"name": MODEL_VOLUME, "mountPath": MODELS_DIR, "readOnly": read_only}
+    # The API server drops a false readOnly, so only true is written (else every compare drifts).
+    mount: Object = {"name": MODEL_VOLUME, "mountPath": MODELS_DIR}
+    if read_only:
+        mount["readOnly"] = True
+    return mount
 
 
 def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> Object:

@@ -6,7 +6,14 @@ import copy
 from typing import Any
 
 import pytest
-from slm_operator.apply import APPLIED_HASH_ANNOTATION, is_subset, needs_apply, with_hash
+from slm_operator.apply import (
+    APPLIED_HASH_ANNOTATION,
+    apply_reason,
+    first_difference,
+    is_subset,
+    needs_apply,
+    with_hash,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -105,7 +112,28 @@ def test_jobs_and_pvcs_are_create_only() -> None:
         ({"nvidia.com/gpu": "1"}, {"nvidia.com/gpu": 1}, True),
         ({"name": "x"}, {"name": "y"}, False),
         ({"a": {"b": "c"}}, {"a": None}, False),
+        ({"env": [], "annotations": {}}, {}, True),
+        ({"readOnly": False}, {}, False),
     ],
 )
 def test_is_subset(want: Any, have: Any, same: bool) -> None:
     assert is_subset(want, have) is same
+
+
+def test_first_difference_names_the_field() -> None:
+    want = {"spec": {"template": {"spec": {"volumes": [{"name": "a"}, {"name": "b"}]}}}}
+    have = {"spec": {"template": {"spec": {"volumes": [{"name": "a"}, {"name": "c"}]}}}}
+    assert first_difference(want, have) == ".spec.template.spec.volumes[1].name"
+    assert first_difference(want, want) is None
+
+
+def test_apply_reason_says_why_a_write_is_sent() -> None:
+    desired = with_hash(_deployment())
+    assert apply_reason(desired, None) == "missing"
+    assert apply_reason(desired, _live(desired)) is None
+    assert apply_reason(with_hash({**_deployment(), "spec": {"replicas": 3}}), _live(desired)) == (
+        "changed"
+    )
+    drifted = _live(desired)
+    drifted["spec"]["replicas"] = 5
+    assert apply_reason(desired, drifted) == "drift at .spec.replicas"

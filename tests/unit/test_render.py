@@ -599,7 +599,7 @@ def _volume_mode(objects: list[dict[str, Any]]) -> None:
     assert puller["name"] == PULL_CONTAINER
     assert puller["command"][:2] == ["slm-runtime", "pull"]
     assert puller["terminationMessagePath"] == "/dev/termination-log"
-    assert {"name": "model", "mountPath": "/models", "readOnly": False} in puller["volumeMounts"]
+    assert {"name": "model", "mountPath": "/models"} in puller["volumeMounts"]
     assert {"name": "HOME", "value": "/tmp"} in puller["env"]
     # Pull pods never match the server's selector (Service endpoints, status replica counts).
     labels = job["spec"]["template"]["metadata"]["labels"]
@@ -620,7 +620,7 @@ def _per_pod_mode(objects: list[dict[str, Any]]) -> None:
     assert init["name"] == PULL_CONTAINER
     assert init["command"][:2] == ["slm-runtime", "pull"]
     assert "--sha256" in init["command"]
-    assert {"name": "model", "mountPath": "/models", "readOnly": False} in init["volumeMounts"]
+    assert {"name": "model", "mountPath": "/models"} in init["volumeMounts"]
     assert init["resources"]["requests"]["ephemeral-storage"] == "1Gi"
 
 
