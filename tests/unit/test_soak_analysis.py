@@ -82,6 +82,7 @@ def test_summary_counts_requests_errors_and_the_process_at_window_end() -> None:
     windows = _run(rss_mib=(400, 401, 402, 403, 404, 405), errors=(0, 0, 3, 0, 0, 0))
     assert [w.requests for w in windows] == [100, 100, 103, 100, 100, 100]
     assert [w.errors for w in windows] == [0, 0, 3, 0, 0, 0]
+    assert [w.generations for w in windows] == [50] * 6
     assert windows[0].p50 == pytest.approx(500)
     assert windows[0].ttft_p50 == pytest.approx(50)
     assert windows[0].light_p99 == pytest.approx(5)
@@ -139,3 +140,21 @@ def test_the_section_replaces_its_markers_and_keeps_the_others() -> None:
     assert "old" not in second
     assert second.count(soak.START) == 1
     assert "<!-- a:start -->\nA\n<!-- a:end -->" in second
+
+
+def test_slots_held_after_the_load_fail() -> None:
+    metrics = "# HELP x\nslm_runtime_requests_in_flight 1.0\nslm_runtime_requests_queued 0.0\n"
+    in_flight = soak.gauge(metrics, "slm_runtime_requests_in_flight")
+    queued = soak.gauge(metrics, "slm_runtime_requests_queued")
+    assert not soak.judge_idle(in_flight, queued, 30.0).ok
+    assert soak.judge_idle(0.0, 0.0, 0.1).ok
+    assert math.isnan(soak.gauge(metrics, "slm_runtime_absent"))
+    assert not soak.judge_idle(math.nan, 0.0, 30.0).ok
+
+
+def test_too_few_generations_to_compare_fail() -> None:
+    windows = _run()
+    windows[-1] = dataclasses.replace(windows[-1], generations=3)
+    verdict = {v.name: v for v in soak.judge(windows, soak.Thresholds())}["latency stable"]
+    assert not verdict.ok
+    assert "too few" in verdict.detail
