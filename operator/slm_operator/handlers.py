@@ -1,9 +1,9 @@
 """kopf wiring: watches feed the caches, and every relevant change runs the one reconcile.
 
-LocalModel create / update / resume run it directly (with kopf's error semantics); events of
-owned children (found by label) re-run it for their owner; a slow resync thread re-observes
-everything. No kopf timers or deletion handlers, hence no finalizers: children go by owner
-references.
+Events of a LocalModel (its listing at start, creation, spec or metadata changes) and of its
+owned children (found by label) run it; a slow resync thread re-observes everything. No kopf
+change handlers, timers or deletion handlers, hence no annotations and no finalizers on the
+LocalModel: children go by owner references.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any, Final
 
 import kopf
@@ -23,7 +24,6 @@ from slm_operator.api import (
     MANAGER_NAME,
     PLURAL,
     VERSION,
-    InvalidSpecError,
 )
 from slm_operator.kube import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind, Kube
 from slm_operator.observe import node_info
@@ -33,6 +33,8 @@ from slm_operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 SERVICE_MONITOR_CRD: Final = "servicemonitors.monitoring.coreos.com"
+RECONCILE_WORKERS: Final = 4
+"""Threads that reconcile queued models; event handlers only queue them."""
 MANAGED: Final = {LABEL_MANAGED_BY: MANAGER_NAME}
 
 _state: dict[str, Reconciler] = {}
@@ -43,20 +45,35 @@ def reconciler() -> Reconciler:
     return _state["reconciler"]
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change handlers, so nothing to diff: kopf's default copies every object on every
+    event to find out what changed, and that copy was the largest part of its own work."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        """An empty essence: no handler asks what changed."""
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """Nothing is stored."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing is stored."""
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf keeps its bookkeeping in annotations; Events are ours alone; metrics start."""
+    """Events are ours alone; metrics and the resync thread start."""
     operator_settings = OperatorSettings()
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
-    _state["reconciler"] = Reconciler(
+    _state["reconciler"] = rec = Reconciler(
         Kube.from_environment(), operator_settings, operator_settings.load_catalog()
     )
+    rec.start_workers(RECONCILE_WORKERS)
     start_http_server(operator_settings.metrics_port)
     resync = threading.Thread(
         target=_resync_loop, args=(operator_settings.resync_seconds,), daemon=True, name="resync"
@@ -76,14 +93,26 @@ def _resync_loop(interval: float) -> None:
 # --- indexes: the watch caches ----------------------------------------------------------------
 
 
+def cached(body: kopf.Body, *, keep_spec: bool = True) -> dict[str, Any]:
+    """The part of an object the caches keep: without ``managedFields`` (often half of an
+    object, and never read), and for Pods without ``spec`` (status and metadata say it all)."""
+    obj = dict(body)
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    if not keep_spec:
+        obj.pop("spec", None)
+    return obj
+
+
 @kopf.index(GROUP, VERSION, PLURAL, id="localmodels_idx")
-def localmodels_idx(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def localmodels_idx(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     """LocalModels by (namespace, name)."""
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): cached(body)}
 
 
 @kopf.index("v1", "nodes", id="nodes_idx")
-def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
+async def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     """Nodes as placement sees them."""
     return {name: node_info(body)}
 
@@ -95,29 +124,31 @@ def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     id="crds_idx",
     when=lambda name, **_: name == SERVICE_MONITOR_CRD,
 )
-def crds_idx(*, name: str, **_: Any) -> Any:
+async def crds_idx(*, name: str, **_: Any) -> Any:
     """The optional CRDs the operator adapts to."""
     return {name: True}
 
 
-def _child_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+async def _child_index(
+    kind: Kind, *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Any:
     instance = labels.get(LABEL_INSTANCE)
     if not instance:
         return None
-    return {(namespace, instance): dict(body)}
+    return {(namespace, instance): cached(body, keep_spec=kind != POD)}
 
 
-def _child_event(
+async def _child_event(
     *, namespace: str | None, labels: kopf.Labels, type: str | None, **kwargs: Any
 ) -> None:
     instance = labels.get(LABEL_INSTANCE)
     rec = reconciler()
     rec.caches.bind(kwargs)
     if instance and namespace and type is not None:  # initial listings: resume handles them
-        rec.trigger((namespace, instance), cause="child")
+        rec.enqueue((namespace, instance), cause="child")
 
 
-def _optional_child_event(
+async def _optional_child_event(
     kind: Kind,
     *,
     namespace: str | None,
@@ -130,9 +161,9 @@ def _optional_child_event(
     rec = reconciler()
     rec.caches.bind(kwargs)
     if instance and namespace:
-        rec.caches.observe(kind, (namespace, instance), dict(body), deleted=type == "DELETED")
+        rec.caches.observe(kind, (namespace, instance), cached(body), deleted=type == "DELETED")
         if type is not None:
-            rec.trigger((namespace, instance), cause="child")
+            rec.enqueue((namespace, instance), cause="child")
 
 
 def _register_children() -> None:
@@ -145,7 +176,8 @@ def _register_children() -> None:
             handler = functools.partial(_optional_child_event, kind)
             kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(handler)
             continue
-        kopf.index(*resource, id=f"{kind.plural}_idx", labels=MANAGED)(_child_index)
+        index = functools.partial(_child_index, kind)
+        kopf.index(*resource, id=f"{kind.plural}_idx", labels=MANAGED)(index)
         kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(_child_event)
 
 
@@ -158,7 +190,7 @@ _register_children()
     "customresourcedefinitions",
     when=lambda name, **_: name == SERVICE_MONITOR_CRD,
 )
-def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
+async def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
     """Create or prune ServiceMonitors when their CRD comes or goes."""
     rec = reconciler()
     rec.caches.bind(kwargs)
@@ -172,26 +204,25 @@ def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
 # --- the LocalModel itself --------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_localmodel(*, body: kopf.Body, reason: str, **kwargs: Any) -> None:
-    """Reconcile on create, spec change and operator start."""
-    rec = reconciler()
-    rec.caches.bind(kwargs)
-    try:
-        rec.reconcile(dict(body), cause=str(reason))
-    except InvalidSpecError as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def localmodel_event(*, type: str | None, namespace: str | None, name: str, **kwargs: Any) -> None:
-    """Forget a deleted LocalModel."""
+async def localmodel_event(
+    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+) -> None:
+    """Reconcile a LocalModel when it appears (or is listed at start) or its spec or metadata
+    change; forget it when deleted. Events of the operator's own status writes are skipped.
+
+    A plain event handler rather than kopf's create/update/resume handlers: those keep their
+    bookkeeping in annotations on the object, a second write per change.
+    """
     rec = reconciler()
     rec.caches.bind(kwargs)
-    if type == "DELETED" and namespace:
-        rec.forget((namespace, name))
+    if not namespace:
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        rec.forget(key)
+    elif rec.changed_since_seen(key, body):
+        rec.enqueue(key, cause="created" if type in (None, "ADDED") else "updated")
 
 
 __all__ = ["Kind", "reconciler"]

@@ -109,6 +109,7 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        decode: bool = True,
     ) -> Object | None:
         request = self._api.param_serialize(
             method,
@@ -122,7 +123,7 @@ class Kube:
         data = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason, body=data)
-        if not data:
+        if not data or not decode:
             return None
         result: Object = json.loads(data)
         return result
@@ -193,6 +194,7 @@ class Kube:
             LOCAL_MODEL.path(namespace, name) + "/status",
             body=dict(patch),
             content_type="application/merge-patch+json",
+            decode=False,
         )
 
     def pod_log_tail(self, namespace: str, name: str, container: str, lines: int = 5) -> str:

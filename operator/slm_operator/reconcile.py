@@ -9,8 +9,10 @@ the API and writes nothing to it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -174,8 +176,9 @@ class Caches:
 
     def remember(self, key: Key, obj: Object) -> None:
         """Record what an apply returned."""
+        meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
         with self._recent_lock:
-            self._recent[(key, ident(obj))] = obj
+            self._recent[(key, ident(obj))] = {**obj, "metadata": meta}
 
     def live(self, key: Key, kind: Kind, name: str) -> Object | None:
         """The child as the API server has it: the watch's copy, or a fresher apply answer."""
@@ -217,38 +220,55 @@ class Reconciler:
         self._guard = threading.Lock()
         self._written: dict[Key, LocalModelStatus] = {}
         self._timers: dict[Key, threading.Timer] = {}
-        self._running: set[Key] = set()
-        self._again: set[Key] = set()
+        self._work = threading.Condition()
+        self._queue: deque[Key] = deque()
+        self._dirty: dict[Key, str] = {}
+        self._processing: set[Key] = set()
+        self._seen: dict[Key, str] = {}
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def trigger(self, key: Key, cause: str) -> None:
-        """Reconcile ``key`` if it exists; unexpected errors are logged and retried later.
+    def enqueue(self, key: Key, cause: str) -> None:
+        """Mark ``key`` for a reconcile by a worker; returns at once.
 
-        Triggers coalesce: one that arrives while ``key`` is being reconciled only marks it to
-        run once more afterwards (the reconcile is level-based and reads the latest caches), so
-        a burst of child events costs two reconciles, not one each, and no worker waits.
+        A key waits in the queue at most once: triggers that arrive while it waits, or while it
+        is being reconciled, fold into one more reconcile (which is level-based and reads the
+        latest caches). A burst of events costs one reconcile, not one each, and the queue holds
+        keys, not events, however far the workers fall behind.
         """
-        with self._guard:
-            if key in self._running:
-                self._again.add(key)
+        with self._work:
+            if key in self._dirty:
                 return
-            self._running.add(key)
-        try:
-            while True:
+            self._dirty[key] = cause
+            if key in self._processing:
+                return  # queued again when its reconcile ends
+            self._queue.append(key)
+            self._work.notify()
+
+    def start_workers(self, count: int) -> None:
+        """Start ``count`` worker threads that reconcile queued keys, one key per worker."""
+        for i in range(count):
+            worker = threading.Thread(target=self._work_loop, daemon=True, name=f"reconcile-{i}")
+            worker.start()
+
+    def _work_loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._queue:
+                    self._work.wait()
+                key = self._queue.popleft()
+                self._processing.add(key)
+                cause = self._dirty.pop(key)
+            try:
                 self._trigger_once(key, cause)
-                with self._guard:
-                    if key not in self._again:
-                        self._running.discard(key)
-                        return
-                    self._again.discard(key)
-        except BaseException:
-            with self._guard:
-                self._running.discard(key)
-                self._again.discard(key)
-            raise
+            finally:
+                with self._work:
+                    self._processing.discard(key)
+                    if key in self._dirty:
+                        self._queue.append(key)
+                        self._work.notify()
 
     def _trigger_once(self, key: Key, cause: str) -> None:
         body = self.caches.model(key)
@@ -262,13 +282,21 @@ class Reconciler:
             log.exception("reconcile of %s/%s failed; retrying in %.0fs", *key, RETRY_SECONDS)
             self.schedule(key, RETRY_SECONDS)
 
+    def changed_since_seen(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Whether a LocalModel event brings anything a reconcile reads beyond its status.
+
+        The operator's own status writes come back as events; they change neither the spec
+        (``generation``) nor the metadata a reconcile uses, so they need no reconcile.
+        """
+        return self._seen.get(key) != _fingerprint(body)
+
     def schedule(self, key: Key, delay: float) -> None:
         """Reconcile ``key`` again after ``delay`` seconds (at most one pending timer each)."""
         with self._guard:
             old = self._timers.pop(key, None)
             if old is not None:
                 old.cancel()
-            timer = threading.Timer(delay, self.trigger, args=(key, "timer"))
+            timer = threading.Timer(delay, self.enqueue, args=(key, "timer"))
             timer.daemon = True
             self._timers[key] = timer
             timer.start()
@@ -281,13 +309,14 @@ class Reconciler:
                 timer.cancel()
             self._locks.pop(key, None)
         self._written.pop(key, None)
+        self._seen.pop(key, None)
         self.caches.forget(key)
         metrics.forget_model(key)
 
     def resync_all(self) -> None:
         """Re-observe every LocalModel (the slow safety net behind the watches)."""
         for key in self.caches.model_keys():
-            self.trigger(key, "resync")
+            self.enqueue(key, "resync")
 
     # --- the reconcile ------------------------------------------------------------------------
 
@@ -296,6 +325,7 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock(key), metrics.RECONCILE_SECONDS.time():
+            self._seen[key] = _fingerprint(body)
             metrics.RECONCILES.labels(cause=cause).inc()
             try:
                 return self._reconcile(key, body)
@@ -312,6 +342,11 @@ class Reconciler:
         except InvalidSpecError as exc:
             self._fail(key, body, str(exc), Reason.INVALID_SPEC, now)
             raise
+        written = self._written.get(key)
+        if written is not None:
+            # The watch delivers our own status write a moment later; until then the cached body
+            # holds the one before it, and conditions would restart their transition times.
+            lm = lm.model_copy(update={"status": written})
 
         children = self.caches.children_of(key)
         deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
@@ -503,6 +538,15 @@ def _observe(
         runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
         service_monitor_crd=monitoring_crd,
     )
+
+
+def _fingerprint(body: Mapping[str, Any]) -> str:
+    """What of a LocalModel a reconcile reads, other than status: spec generation and metadata."""
+    meta = body.get("metadata", {})
+    seen = {
+        k: meta.get(k) for k in ("uid", "generation", "labels", "annotations", "deletionTimestamp")
+    }
+    return json.dumps(seen, sort_keys=True, default=str)
 
 
 def _first_pull_running(obs: Observation, job_name: str | None) -> bool:
