@@ -169,6 +169,9 @@ def main() -> int:
             curl_only()
             run("sync", str(target))
 
+        def dd_fsync() -> None:
+            run("dd", f"if={model}", f"of={target}", "bs=4M", "conv=fsync", "status=none")
+
         def curl_sha256sum() -> None:
             curl_only()
             run("sha256sum", str(target))
@@ -215,6 +218,9 @@ def main() -> int:
 
         bare = Row("curl (transfer only)", curl_only, fresh)
         synced = Row("curl + sync FILE (fsync)", curl_sync, fresh)
+        disk = Row(
+            "dd from the page cache to the disk, conv=fsync (no network, no hash)", dd_fsync, fresh
+        )
         hashed = Row("curl + sha256sum (coreutils)", curl_sha256sum, fresh)
         same_work = Row(
             "curl + openssl dgst -sha256 + sync FILE (the puller's work, in sequence)",
@@ -236,7 +242,7 @@ def main() -> int:
             keep,
             transfers=False,
         )
-        rows = [bare, synced, hashed, same_work, fresh_pull, phase, rerun, startup]
+        rows = [bare, synced, disk, hashed, same_work, fresh_pull, phase, rerun, startup]
         try:
             # Rows take turns, so a change in the machine's load touches all of them alike;
             # the re-run follows a fresh pull, so the model is present.
@@ -283,6 +289,11 @@ def main() -> int:
         f"disk, not the network or the hash: curl's own fsync takes "
         f"{synced.wall - bare.wall:.2f} s after its transfer, and the puller overlaps that "
         "writeback with the transfer instead of adding it.",
+        f"- The disk's own ceiling: writing the same bytes durably with no network and no "
+        f"hash (dd, conv=fsync) reaches {wall_curl / disk.wall:.2f}x curl's throughput. The "
+        "puller must fsync before its rename (a model that a crash could leave half-written "
+        "must never be served), so no pull can beat that ratio on this disk, whatever its "
+        "language or its network code.",
         f"- Re-run with the model present: {rerun.wall:.2f} s wall, {rerun.cpu:.2f} CPU s "
         f"(target < 1 s: {'met' if rerun.wall < 1 else 'not met'} on wall time); nothing is "
         "transferred, and the model is not re-hashed while its files are unchanged since the "
