@@ -27,7 +27,7 @@ from slm_operator.api import (
 )
 from slm_operator.kube import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind, Kube
 from slm_operator.observe import node_info
-from slm_operator.reconcile import Reconciler
+from slm_operator.reconcile import Reconciler, pack
 from slm_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,10 @@ def _resync_loop(interval: float) -> None:
 # --- indexes: the watch caches ----------------------------------------------------------------
 
 
-def cached(body: kopf.Body, *, keep_spec: bool = True) -> dict[str, Any]:
-    """The part of an object the caches keep: without ``managedFields`` (often half of an
-    object, and never read), and for Pods without ``spec`` (status and metadata say it all)."""
-    obj = dict(body)
-    meta = dict(obj.get("metadata") or {})
-    meta.pop("managedFields", None)
-    obj["metadata"] = meta
-    if not keep_spec:
-        obj.pop("spec", None)
-    return obj
-
-
 @kopf.index(GROUP, VERSION, PLURAL, id="localmodels_idx")
 async def localmodels_idx(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     """LocalModels by (namespace, name)."""
-    return {(namespace, name): cached(body)}
+    return {(namespace, name): pack(body)}
 
 
 @kopf.index("v1", "nodes", id="nodes_idx")
@@ -135,7 +123,7 @@ async def _child_index(
     instance = labels.get(LABEL_INSTANCE)
     if not instance:
         return None
-    return {(namespace, instance): cached(body, keep_spec=kind != POD)}
+    return {(namespace, instance): pack(body, keep_spec=kind != POD)}
 
 
 async def _child_event(
@@ -161,7 +149,7 @@ async def _optional_child_event(
     rec = reconciler()
     rec.caches.bind(kwargs)
     if instance and namespace:
-        rec.caches.observe(kind, (namespace, instance), cached(body), deleted=type == "DELETED")
+        rec.caches.observe(kind, (namespace, instance), body, deleted=type == "DELETED")
         if type is not None:
             rec.enqueue((namespace, instance), cause="child")
 

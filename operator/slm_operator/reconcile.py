@@ -95,6 +95,23 @@ def _snapshot(read: Callable[[], T]) -> T:
     return read()
 
 
+def pack(body: Mapping[str, Any], *, keep_spec: bool = True) -> bytes:
+    """An object as the caches keep it: compact JSON, without ``managedFields`` (often half of
+    an object, and never read), and for Pods without ``spec`` (status and metadata say it all).
+
+    Bytes take a fraction of the memory of the same object as Python dicts; a reconcile
+    unpacks only the few objects of its own model.
+    """
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    obj = {k: v for k, v in body.items() if keep_spec or k != "spec"}
+    obj["metadata"] = meta
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _unpack(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, bytes) else value
+
+
 class Caches:
     """Views over the operator's watch indexes (kopf indexes bound at the first handler call).
 
@@ -104,7 +121,7 @@ class Caches:
 
     def __init__(self) -> None:
         self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
-        self._events: dict[str, dict[Key, dict[str, Object]]] = {
+        self._events: dict[str, dict[Key, dict[str, bytes]]] = {
             f"{kind.plural}_idx": {} for kind in OPTIONAL_KINDS
         }
         self._events_lock = threading.Lock()
@@ -117,7 +134,7 @@ class Caches:
             if name.endswith("_idx") and name not in self.indexes:
                 self.indexes[name] = value
 
-    def observe(self, kind: Kind, key: Key, obj: Object, *, deleted: bool) -> None:
+    def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """Cache a child of an optional kind from its watch event (kopf indexes only those
         kinds whose resource always exists)."""
         uid = str(obj.get("metadata", {}).get("uid", ""))
@@ -128,7 +145,7 @@ class Caches:
                 if not store.get(key, True):
                     del store[key]
             else:
-                store.setdefault(key, {})[uid] = obj
+                store.setdefault(key, {})[uid] = pack(obj)
 
     def drop_kind(self, kind: Kind) -> None:
         """Forget every cached object of an optional kind whose CRD is gone."""
@@ -138,11 +155,13 @@ class Caches:
     def _values(self, index: str, key: Any) -> list[Any]:
         if index in self._events:
             with self._events_lock:
-                return list(self._events[index].get(key, {}).values())
-        idx = self.indexes.get(index)
-        if idx is None:
-            return []
-        return _snapshot(lambda: list(idx[key]) if key in idx else [])
+                packed = list(self._events[index].get(key, {}).values())
+        else:
+            idx = self.indexes.get(index)
+            if idx is None:
+                return []
+            packed = _snapshot(lambda: list(idx[key]) if key in idx else [])
+        return [_unpack(v) for v in packed]
 
     def model(self, key: Key) -> Object | None:
         """The LocalModel body as last seen."""
