@@ -289,11 +289,12 @@ def main() -> int:
         f"disk, not the network or the hash: curl's own fsync takes "
         f"{synced.wall - bare.wall:.2f} s after its transfer, and the puller overlaps that "
         "writeback with the transfer instead of adding it.",
-        f"- The disk's own ceiling: writing the same bytes durably with no network and no "
-        f"hash (dd, conv=fsync) reaches {wall_curl / disk.wall:.2f}x curl's throughput. The "
-        "puller must fsync before its rename (a model that a crash could leave half-written "
-        "must never be served), so no pull can beat that ratio on this disk, whatever its "
-        "language or its network code.",
+        f"- The disk: dd writing the same bytes from memory and then fsyncing them (no "
+        f"network, no hash) takes {disk.wall:.2f} s ({wall_curl / disk.wall:.2f}x curl); the "
+        f"puller's transfer phase, which makes the bytes durable while they arrive, takes "
+        f"{phase.wall:.2f} s. What separates the whole pull from plain curl is the durability "
+        "curl does not provide (a model a crash could leave half-written must never be "
+        "served, so the puller fsyncs before its rename) and the interpreter start.",
         f"- Re-run with the model present: {rerun.wall:.2f} s wall, {rerun.cpu:.2f} CPU s "
         f"(target < 1 s: {'met' if rerun.wall < 1 else 'not met'} on wall time); nothing is "
         "transferred, and the model is not re-hashed while its files are unchanged since the "
