@@ -132,7 +132,7 @@ async def _child_event(
     instance = labels.get(LABEL_INSTANCE)
     rec = reconciler()
     rec.caches.bind(kwargs)
-    if instance and namespace and type is not None:  # initial listings: resume handles them
+    if instance and namespace and type is not None:  # at start, the model's own listing does
         rec.enqueue((namespace, instance), cause="child")
 
 

@@ -102,10 +102,13 @@ def pack(body: Mapping[str, Any], *, keep_spec: bool = True) -> bytes:
     Bytes take a fraction of the memory of the same object as Python dicts; a reconcile
     unpacks only the few objects of its own model.
     """
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    obj = {k: v for k, v in body.items() if keep_spec or k != "spec"}
-    obj["metadata"] = meta
+    obj = {k: v for k, v in _without_managed_fields(body).items() if keep_spec or k != "spec"}
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _without_managed_fields(obj: Mapping[str, Any]) -> Object:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
 
 
 def _unpack(value: Any) -> Any:
@@ -195,9 +198,8 @@ class Caches:
 
     def remember(self, key: Key, obj: Object) -> None:
         """Record what an apply returned."""
-        meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
         with self._recent_lock:
-            self._recent[(key, ident(obj))] = {**obj, "metadata": meta}
+            self._recent[(key, ident(obj))] = _without_managed_fields(obj)
 
     def live(self, key: Key, kind: Kind, name: str) -> Object | None:
         """The child as the API server has it: the watch's copy, or a fresher apply answer."""
@@ -235,7 +237,6 @@ class Reconciler:
         self.settings = settings
         self.catalog = catalog
         self.caches = Caches()
-        self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
         self._written: dict[Key, LocalModelStatus] = {}
         self._timers: dict[Key, threading.Timer] = {}
@@ -244,10 +245,6 @@ class Reconciler:
         self._dirty: dict[Key, str] = {}
         self._processing: set[Key] = set()
         self._seen: dict[Key, str] = {}
-
-    def _lock(self, key: Key) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
 
     def enqueue(self, key: Key, cause: str) -> None:
         """Mark ``key`` for a reconcile by a worker; returns at once.
@@ -326,7 +323,6 @@ class Reconciler:
             timer = self._timers.pop(key, None)
             if timer is not None:
                 timer.cancel()
-            self._locks.pop(key, None)
         self._written.pop(key, None)
         self._seen.pop(key, None)
         self.caches.forget(key)
@@ -343,7 +339,8 @@ class Reconciler:
         """Bring one LocalModel's children and status in line with its spec."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        with self._lock(key), metrics.RECONCILE_SECONDS.time():
+        # One worker holds a key at a time (the queue's processing set), so no lock is needed.
+        with metrics.RECONCILE_SECONDS.time():
             self._seen[key] = _fingerprint(body)
             metrics.RECONCILES.labels(cause=cause).inc()
             try:
