@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             peering_name=args.peering,
             priority=args.priority,
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            memo=kopf.Memo(namespaces=list(namespaces)),
         )
     )
     return 0

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import kopf
+from kubernetes import client
 from prometheus_client import start_http_server
 
 from slm_operator.api import (
@@ -27,6 +28,7 @@ from slm_operator.api import (
 )
 from slm_operator.kube import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind, Kube
 from slm_operator.observe import node_info
+from slm_operator.optional_watch import OptionalKindWatch, start_watches
 from slm_operator.reconcile import Reconciler, pack
 from slm_operator.settings import OperatorSettings
 
@@ -38,6 +40,7 @@ RECONCILE_WORKERS: Final = 4
 MANAGED: Final = {LABEL_MANAGED_BY: MANAGER_NAME}
 
 _state: dict[str, Reconciler] = {}
+_optional_watches: list[OptionalKindWatch] = []
 
 
 def reconciler() -> Reconciler:
@@ -64,8 +67,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Events are ours alone; metrics and the resync thread start."""
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Events are ours alone; the workers, the optional kinds' watches, metrics and the
+    resync thread start."""
     operator_settings = OperatorSettings()
     settings.posting.enabled = False
     settings.persistence.diffbase_storage = NoDiffBase()
@@ -74,6 +78,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         Kube.from_environment(), operator_settings, operator_settings.load_catalog()
     )
     rec.start_workers(RECONCILE_WORKERS)
+    _optional_watches.extend(
+        start_watches(
+            client.ApiClient(),  # its own connections: a watch holds one for minutes
+            OPTIONAL_KINDS,
+            rec.caches,
+            rec.enqueue,
+            namespaces=list(memo.get("namespaces") or []),
+            label_selector=f"{LABEL_MANAGED_BY}={MANAGER_NAME}",
+        )
+    )
     start_http_server(operator_settings.metrics_port)
     resync = threading.Thread(
         target=_resync_loop, args=(operator_settings.resync_seconds,), daemon=True, name="resync"
@@ -136,34 +150,12 @@ async def _child_event(
         rec.enqueue((namespace, instance), cause="child")
 
 
-async def _optional_child_event(
-    kind: Kind,
-    *,
-    namespace: str | None,
-    labels: kopf.Labels,
-    type: str | None,
-    body: kopf.Body,
-    **kwargs: Any,
-) -> None:
-    instance = labels.get(LABEL_INSTANCE)
-    rec = reconciler()
-    rec.caches.bind(kwargs)
-    if instance and namespace:
-        rec.caches.observe(kind, (namespace, instance), body, deleted=type == "DELETED")
-        if type is not None:
-            rec.enqueue((namespace, instance), cause="child")
-
-
 def _register_children() -> None:
     for kind in (*CHILD_KINDS, POD):
         group, _, version = kind.api_version.rpartition("/")
         resource = (group, version, kind.plural) if group else (version, kind.plural)
         if kind in OPTIONAL_KINDS:
-            # No kopf index: an index whose resource vanishes before its first listing
-            # completes would hold every handler back for good.
-            handler = functools.partial(_optional_child_event, kind)
-            kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(handler)
-            continue
+            continue  # watched by optional_watch.py: kopf stops the operator on a 404
         index = functools.partial(_child_index, kind)
         kopf.index(*resource, id=f"{kind.plural}_idx", labels=MANAGED)(index)
         kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(_child_event)
@@ -185,6 +177,8 @@ async def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
     if type == "DELETED":
         for kind in OPTIONAL_KINDS:
             rec.caches.drop_kind(kind)
+    for watch in _optional_watches:
+        watch.crd_changed()
     if type is not None:
         rec.resync_all()
 

@@ -138,8 +138,8 @@ class Caches:
                 self.indexes[name] = value
 
     def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
-        """Cache a child of an optional kind from its watch event (kopf indexes only those
-        kinds whose resource always exists)."""
+        """Cache a child of an optional kind from its watch event (optional_watch.py watches
+        those; kopf indexes the kinds whose resource always exists)."""
         uid = str(obj.get("metadata", {}).get("uid", ""))
         with self._events_lock:
             store = self._events[f"{kind.plural}_idx"]
@@ -150,10 +150,28 @@ class Caches:
             else:
                 store.setdefault(key, {})[uid] = pack(obj)
 
+    def replace_kind(
+        self, kind: Kind, namespace: str | None, objects: Mapping[Key, Iterable[Object]]
+    ) -> set[Key]:
+        """Replace every cached object of an optional kind in ``namespace`` (every namespace
+        when None) by a fresh listing; the keys whose objects changed."""
+        fresh = {
+            key: {str(o.get("metadata", {}).get("uid", "")): pack(o) for o in objs}
+            for key, objs in objects.items()
+        }
+        with self._events_lock:
+            store = self._events[f"{kind.plural}_idx"]
+            mine = [k for k in store if namespace is None or k[0] == namespace]
+            changed = {k for k in mine if store[k] != fresh.get(k)}
+            changed |= {k for k in fresh if store.get(k) != fresh[k]}
+            for k in mine:
+                del store[k]
+            store.update({k: v for k, v in fresh.items() if v})
+        return changed
+
     def drop_kind(self, kind: Kind) -> None:
         """Forget every cached object of an optional kind whose CRD is gone."""
-        with self._events_lock:
-            self._events[f"{kind.plural}_idx"].clear()
+        self.replace_kind(kind, None, {})
 
     def _values(self, index: str, key: Any) -> list[Any]:
         if index in self._events:

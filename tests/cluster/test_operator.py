@@ -441,18 +441,18 @@ def test_without_the_service_monitor_crd_a_condition_says_so(
         what="the ServiceMonitor once the CRD exists",
     )
     # The operator kept watching through all of it: a new model reconciles, with its
-    # ServiceMonitor, and a hand-deleted child is restored by watches. (Whether kopf watches
-    # ServiceMonitors again at once depends on its API discovery seeing the new CRD in time;
-    # otherwise a hand-deleted ServiceMonitor comes back at the next resync.)
+    # ServiceMonitor, and hand-deleted children are restored by watches, the ServiceMonitor
+    # included (its watch resumed on the re-created CRD; the resync is minutes away).
     cluster.apply(localmodel("after-crd-churn"), namespace)
     wait_phase(cluster, namespace, "after-crd-churn", "Ready")
     assert exists(cluster, namespace, "servicemonitor", "after-crd-churn")
-    cluster.kubectl("delete", "service", "unmonitored", namespace=namespace)
-    wait_for(
-        lambda: exists(cluster, namespace, "service", "unmonitored"),
-        timeout=30,
-        what="the Service restored after a hand delete",
-    )
+    for kind in ("service", "servicemonitor"):
+        cluster.kubectl("delete", kind, "unmonitored", namespace=namespace)
+        wait_for(
+            lambda kind=kind: exists(cluster, namespace, kind, "unmonitored"),
+            timeout=30,
+            what=f"the {kind} restored after a hand delete",
+        )
     assert operator.alive(), operator.log()[-4000:]
 
 

@@ -1,0 +1,70 @@
+"""The caches of optional kinds: watch events and relistings, as the reconcile reads them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slm_operator.kube import SERVICE_MONITOR
+from slm_operator.reconcile import Caches
+
+
+def monitor(namespace: str, instance: str, uid: str, port: str = "http") -> dict[str, Any]:
+    return {
+        "apiVersion": SERVICE_MONITOR.api_version,
+        "kind": SERVICE_MONITOR.kind,
+        "metadata": {
+            "name": instance,
+            "namespace": namespace,
+            "uid": uid,
+            "labels": {"app.kubernetes.io/instance": instance},
+            "managedFields": [{"manager": "slm-operator"}],
+        },
+        "spec": {"endpoints": [{"port": port}]},
+    }
+
+
+def test_a_relisting_replaces_one_namespace_and_names_the_models_it_changed() -> None:
+    caches = Caches()
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u1"), deleted=False)
+    caches.observe(SERVICE_MONITOR, ("a", "m2"), monitor("a", "m2", "u2"), deleted=False)
+    caches.observe(SERVICE_MONITOR, ("b", "m3"), monitor("b", "m3", "u3"), deleted=False)
+
+    changed = caches.replace_kind(
+        SERVICE_MONITOR,
+        "a",
+        {("a", "m1"): [monitor("a", "m1", "u1")], ("a", "m4"): [monitor("a", "m4", "u4")]},
+    )
+
+    assert changed == {("a", "m2"), ("a", "m4")}  # m1 is unchanged, m2 gone, m4 new
+    assert caches.children_of(("a", "m2")) == []
+    assert [c["metadata"]["name"] for c in caches.children_of(("a", "m4"))] == ["m4"]
+    # Another namespace's objects are not this listing's to drop.
+    assert [c["metadata"]["name"] for c in caches.children_of(("b", "m3"))] == ["m3"]
+    # What is kept leaves out managedFields.
+    assert "managedFields" not in caches.children_of(("a", "m1"))[0]["metadata"]
+
+
+def test_a_changed_object_in_a_relisting_counts_as_a_change() -> None:
+    caches = Caches()
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u1"), deleted=False)
+    changed = caches.replace_kind(
+        SERVICE_MONITOR, "a", {("a", "m1"): [monitor("a", "m1", "u1", port="metrics")]}
+    )
+    assert changed == {("a", "m1")}
+    assert caches.children_of(("a", "m1"))[0]["spec"]["endpoints"] == [{"port": "metrics"}]
+
+
+def test_a_gone_resource_empties_every_namespace() -> None:
+    caches = Caches()
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u1"), deleted=False)
+    caches.observe(SERVICE_MONITOR, ("b", "m2"), monitor("b", "m2", "u2"), deleted=False)
+    assert caches.replace_kind(SERVICE_MONITOR, None, {}) == {("a", "m1"), ("b", "m2")}
+    assert caches.children_of(("a", "m1")) == caches.children_of(("b", "m2")) == []
+
+
+def test_a_deleted_event_removes_only_that_object() -> None:
+    caches = Caches()
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u1"), deleted=False)
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u0"), deleted=False)
+    caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u0"), deleted=True)
+    assert [c["metadata"]["uid"] for c in caches.children_of(("a", "m1"))] == ["u1"]
