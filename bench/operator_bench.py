@@ -270,6 +270,33 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", "kwok")
+"""Process names (as /proc/PID/comm has them, at most 15 characters) of the control plane."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(operator_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each control-plane process and the operator."""
+    used: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "operator" if int(proc.name) == operator_pid else comm
+        if name == "operator" or name in CONTROL_PLANE:
+            used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per process between two readings."""
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
 def start_operator(kubeconfig: Path, namespace: str, workdir: Path) -> subprocess.Popen[bytes]:
     """The operator, watching one namespace, resync at its slowest allowed default."""
     health = free_port()
@@ -319,6 +346,11 @@ def change_latencies(namespace: str, models: ModelWatch, samples: int) -> list[f
     return latencies
 
 
+def cpu_text(cpu: dict[str, float]) -> str:
+    """``name=seconds`` pairs, largest first."""
+    return ", ".join(f"{k}={v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile (0..1), nearest rank."""
     ordered = sorted(values)
@@ -347,13 +379,18 @@ def control_plane_floor(count: int, timeout: float) -> float:
     namespace = f"floor-{count}-{int(time.time()) % 100000}"
     kubectl("create", "namespace", namespace)
     try:
+        objects = children_without_operator(namespace, count)
+        cpu_before = cpu_seconds()
         started = time.monotonic()
-        apply(children_without_operator(namespace, count))
+        apply(objects)
         while time.monotonic() - started < timeout:
             columns = "jsonpath={range .items[*]}{.status.readyReplicas}{' '}{end}"
             ready = kubectl("get", "deployments", "-n", namespace, "-o", columns)
             if sum(1 for r in ready.split() if r != "0") >= count:
-                return time.monotonic() - started
+                elapsed = time.monotonic() - started
+                cpu = cpu_text(cpu_used(cpu_before, cpu_seconds()))
+                print(f"  control plane alone, CPU-s: {cpu}", file=sys.stderr)
+                return elapsed
             time.sleep(2)
         return float("nan")
     finally:
@@ -375,6 +412,7 @@ def run_size(
     models = ModelWatch(namespace)
     models.start()
     try:
+        cpu_before = cpu_seconds(operator.pid)
         started = time.monotonic()
         apply(localmodels(namespace, count))
         ready, deployments = 0, 0
@@ -390,6 +428,8 @@ def run_size(
             if elapsed > args.timeout:
                 break
         converge = time.monotonic() - started
+        cpu = cpu_used(cpu_before, cpu_seconds(operator.pid))
+        print(f"  {count} with the operator, CPU-s: {cpu_text(cpu)}", file=sys.stderr)
         rest_start = time.time() + 1
         time.sleep(args.rest_seconds)
         rest_writes = writes_since(rest_start)
@@ -409,6 +449,8 @@ def run_size(
         "rss_mib": rss,
         "p50_s": statistics.median(latencies),
         "p99_s": percentile(latencies, 0.99),
+        "operator_cpu_s": cpu.get("operator", 0.0),
+        "control_plane_cpu_s": sum(v for k, v in cpu.items() if k != "operator"),
     }
 
 
