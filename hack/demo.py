@@ -117,7 +117,11 @@ def install_chart(helm: str) -> None:
         helm, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
         "--create-namespace", *values, "--wait", "--timeout", "2m",
     )  # fmt: skip
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        lambda: kubectl("get", "crd", CRD, "-o", established, quiet=True) == "True",
+        timeout=60, what=f"{CRD} Established",
+    )  # fmt: skip
 
 
 def token_kubeconfig(account: str, path: Path) -> Path:

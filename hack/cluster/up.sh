@@ -179,7 +179,9 @@ while text[pos:].strip():
 done
 wait_for "nodes Ready" 60 bash -c \
   "[ \"\$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq \"\$(kubectl get nodes -o name | wc -l)\" ] && kubectl get node host-0 -o name >/dev/null 2>&1"
-kubectl wait --for=condition=Established crd/servicemonitors.monitoring.coreos.com --timeout=60s >/dev/null
+# (kubectl wait --for=condition=Established fails at once while status.conditions is unset)
+wait_for "the ServiceMonitor CRD Established" 60 bash -c \
+  "[ \"\$(kubectl get crd servicemonitors.monitoring.coreos.com -o jsonpath='{.status.conditions[?(@.type==\"Established\")].status}')\" = True ]"
 
 touch "${state}/up"
 log "cluster up in $((SECONDS - started))s: export KUBECONFIG=${SLM_KUBECONFIG}"

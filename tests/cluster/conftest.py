@@ -23,6 +23,7 @@ import re
 import secrets
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,20 @@ class Cluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
         return result
+
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until each CRD (a name or ``crd/<name>``) is Established.
+
+        ``kubectl wait --for=condition=Established`` fails at once on a CRD whose
+        status.conditions the API server has not written yet, so poll the condition.
+        """
+        path = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        for name in (crd.split("/", 1)[-1] for crd in crds):
+            while self.kubectl("get", "crd", name, "-o", path).stdout != "True":
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"CRD {name} not Established after {timeout:.0f}s")
+                time.sleep(0.2)
 
     @property
     def helm_path(self) -> Path:
@@ -239,7 +254,7 @@ def crds(cluster: Cluster) -> list[str]:
         pytest.skip("crds/ not generated yet")
     args = [arg for f in files for arg in ("-f", str(f))]
     out = cluster.kubectl("apply", "--server-side", *args, "-o", "name").stdout.split()
-    cluster.kubectl("wait", "--for=condition=Established", *out, "--timeout=60s")
+    cluster.wait_established(*out)
     return [name.split("/", 1)[1] for name in out]
 
 

@@ -151,7 +151,7 @@ def operator_like_pod(
 def restore_crd(cluster: Cluster) -> None:
     """Put the CRD back exactly as crds/ has it, for the other cluster tests."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.wait_established(CRD_NAME)
 
 
 def crd_exists(cluster: Cluster) -> bool:
@@ -286,7 +286,7 @@ def test_watched_namespace_install_runs_a_model_under_roles(
 def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """deploy/ applied after crds/ (the documented two steps), its operator running; its log."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.wait_established(CRD_NAME)
     cluster.kubectl("apply", "-f", str(DEPLOY))
     cluster.kubectl(
         "rollout", "status", "deployment/slm-operator", "--timeout=60s", namespace="slm-system"

@@ -430,10 +430,7 @@ def test_without_the_service_monitor_crd_a_condition_says_so(
         assert "ServiceMonitor" in degraded["message"]
     finally:
         cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        )  # fmt: skip
+        cluster.wait_established("servicemonitors.monitoring.coreos.com")
     # The CRD is back: the ServiceMonitor follows without any change to the LocalModel.
     wait_for(
         lambda: exists(cluster, namespace, "servicemonitor", "unmonitored"),
