@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "json": kopf.LogFormat.JSON,
         }[args.log_format],
     )
+    if not args.verbose:
+        # kopf reports every handler call ("Handler 'pods_event' succeeded."): one line per
+        # watch event. The operator logs what it does itself (slm_operator.* loggers).
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.leader_election:
         from slm_operator.leader import wait_for_leadership
 
