@@ -41,6 +41,8 @@ MANAGED: Final = {LABEL_MANAGED_BY: MANAGER_NAME}
 
 _state: dict[str, Reconciler] = {}
 _optional_watches: list[OptionalKindWatch] = []
+_started = threading.Event()
+"""Set once kopf has listed every watched resource and runs handlers."""
 
 
 def reconciler() -> Reconciler:
@@ -133,21 +135,41 @@ async def crds_idx(*, name: str, **_: Any) -> Any:
 
 async def _child_index(
     kind: Kind, *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> Any:
-    instance = labels.get(LABEL_INSTANCE)
-    if not instance:
-        return None
-    return {(namespace, instance): pack(body, keep_spec=kind != POD)}
-
-
-async def _child_event(
-    *, namespace: str | None, labels: kopf.Labels, type: str | None, **kwargs: Any
 ) -> None:
+    """A child appeared or changed: cache it, then queue its model.
+
+    The index holds nothing itself: kopf fills indexes before any handler runs, which holds
+    every reconcile back until all children are listed at start. Children are cached by the
+    operator, and in this one handler per event, so that the cache is written before the model
+    is queued (kopf stores an index value only after its function returns).
+    """
+    instance = labels.get(LABEL_INSTANCE)
+    if not instance or not namespace:
+        return None
+    rec = reconciler()
+    key = (namespace, instance)
+    rec.caches.observe(kind, key, body, deleted=False)
+    # Until the listing is done, the model's own listing queues it; echoes of the operator's
+    # own applies bring nothing new.
+    if _started.is_set() and not rec.caches.own_write(key, body):
+        rec.enqueue(key, cause="child")
+    return None
+
+
+async def _child_deleted(
+    kind: Kind, *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **kwargs: Any
+) -> None:
+    """A child is gone: uncache it and queue its model, which puts it back if it should be."""
     instance = labels.get(LABEL_INSTANCE)
     rec = reconciler()
     rec.caches.bind(kwargs)
-    if instance and namespace and type is not None:  # at start, the model's own listing does
+    if instance and namespace:
+        rec.caches.observe(kind, (namespace, instance), body, deleted=True)
         rec.enqueue((namespace, instance), cause="child")
+
+
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
 
 
 def _register_children() -> None:
@@ -158,7 +180,10 @@ def _register_children() -> None:
             continue  # watched by optional_watch.py: kopf stops the operator on a 404
         index = functools.partial(_child_index, kind)
         kopf.index(*resource, id=f"{kind.plural}_idx", labels=MANAGED)(index)
-        kopf.on.event(*resource, id=f"{kind.plural}_event", labels=MANAGED)(_child_event)
+        deleted = functools.partial(_child_deleted, kind)
+        kopf.on.event(*resource, id=f"{kind.plural}_deleted", labels=MANAGED, when=_deleted)(
+            deleted
+        )
 
 
 _register_children()
@@ -198,6 +223,7 @@ async def localmodel_event(
     """
     rec = reconciler()
     rec.caches.bind(kwargs)
+    _started.set()  # kopf runs no handler before every index is filled
     if not namespace:
         return
     key = (namespace, name)

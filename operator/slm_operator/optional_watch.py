@@ -43,6 +43,9 @@ class Cache(Protocol):
     def observe(self, kind: Kind, key: Key, obj: dict[str, Any], *, deleted: bool) -> None:
         """Record one watch event."""
 
+    def own_write(self, key: Key, obj: dict[str, Any]) -> bool:
+        """Whether an event only echoes the operator's own apply."""
+
 
 class OptionalKindWatch:
     """Keeps the cache of one optional kind current, in one namespace or cluster-wide."""
@@ -157,8 +160,11 @@ class OptionalKindWatch:
                 if event.get("type") == "BOOKMARK" or not isinstance(obj, dict):
                     continue
                 key = _key(obj)
-                if key is not None:
-                    self._cache.observe(self._kind, key, obj, deleted=event["type"] == "DELETED")
+                if key is None:
+                    continue
+                deleted = event["type"] == "DELETED"
+                self._cache.observe(self._kind, key, obj, deleted=deleted)
+                if deleted or not self._cache.own_write(key, obj):
                     self._enqueue(key, "child")
             # Timed out or closed: go on from the last event (a CRD that went answers 404).
             version = stream.resource_version or version

@@ -39,7 +39,6 @@ from slm_operator.kube import (
     CHILD_KINDS,
     DEPLOYMENT,
     JOB,
-    OPTIONAL_KINDS,
     POD,
     Kind,
     Kube,
@@ -116,16 +115,19 @@ def _unpack(value: Any) -> Any:
 
 
 class Caches:
-    """Views over the operator's watch indexes (kopf indexes bound at the first handler call).
+    """What the watches saw: LocalModels, nodes and CRDs in kopf indexes (bound at the first
+    handler call), children in the operator's own store, kept by their watch events.
 
-    ``models``: (namespace, name) -> LocalModel body; ``children``: (namespace, instance) ->
-    child bodies, one index per kind; ``nodes``: name -> NodeInfo; ``crds``: name -> True.
+    kopf indexes: ``localmodels_idx`` (namespace, name) -> LocalModel body, ``nodes_idx`` name
+    -> NodeInfo, ``crds_idx`` name -> True. Children: (namespace, instance) -> uid -> body, one
+    store per kind. The store is written by the event before the model is queued, so a worker
+    never reads a child older than the event that queued it.
     """
 
     def __init__(self) -> None:
         self.indexes: dict[str, Mapping[Any, Iterable[Any]]] = {}
         self._events: dict[str, dict[Key, dict[str, bytes]]] = {
-            f"{kind.plural}_idx": {} for kind in OPTIONAL_KINDS
+            f"{kind.plural}_idx": {} for kind in (*CHILD_KINDS, POD)
         }
         self._events_lock = threading.Lock()
         self._recent: dict[tuple[Key, Ident], Object] = {}
@@ -138,25 +140,29 @@ class Caches:
                 self.indexes[name] = value
 
     def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
-        """Cache a child of an optional kind from its watch event (optional_watch.py watches
-        those; kopf indexes the kinds whose resource always exists)."""
+        """Cache a child from its watch event (kopf's for most kinds, optional_watch.py's for
+        the kinds whose CRD may come and go)."""
         uid = str(obj.get("metadata", {}).get("uid", ""))
+        packed = None if deleted else pack(obj, keep_spec=kind != POD)
         with self._events_lock:
             store = self._events[f"{kind.plural}_idx"]
-            if deleted:
+            if packed is None:
                 store.get(key, {}).pop(uid, None)
                 if not store.get(key, True):
                     del store[key]
             else:
-                store.setdefault(key, {})[uid] = pack(obj)
+                store.setdefault(key, {})[uid] = packed
 
     def replace_kind(
         self, kind: Kind, namespace: str | None, objects: Mapping[Key, Iterable[Object]]
     ) -> set[Key]:
-        """Replace every cached object of an optional kind in ``namespace`` (every namespace
-        when None) by a fresh listing; the keys whose objects changed."""
+        """Replace every cached object of a kind in ``namespace`` (every namespace when None) by
+        a fresh listing; the keys whose objects changed."""
         fresh = {
-            key: {str(o.get("metadata", {}).get("uid", "")): pack(o) for o in objs}
+            key: {
+                str(o.get("metadata", {}).get("uid", "")): pack(o, keep_spec=kind != POD)
+                for o in objs
+            }
             for key, objs in objects.items()
         }
         with self._events_lock:
@@ -170,7 +176,7 @@ class Caches:
         return changed
 
     def drop_kind(self, kind: Kind) -> None:
-        """Forget every cached object of an optional kind whose CRD is gone."""
+        """Forget every cached object of a kind (an optional kind whose CRD is gone)."""
         self.replace_kind(kind, None, {})
 
     def _values(self, index: str, key: Any) -> list[Any]:
@@ -218,6 +224,14 @@ class Caches:
         """Record what an apply returned."""
         with self._recent_lock:
             self._recent[(key, ident(obj))] = _without_managed_fields(obj)
+
+    def own_write(self, key: Key, obj: Mapping[str, Any]) -> bool:
+        """Whether a watch event only echoes one of the operator's own applies (the version
+        its answer had): the reconcile that wrote it has taken it into account already."""
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        with self._recent_lock:
+            recent = self._recent.get((key, ident(obj)))
+        return recent is not None and recent["metadata"].get("resourceVersion") == version
 
     def live(self, key: Key, kind: Kind, name: str) -> Object | None:
         """The child as the API server has it: the watch's copy, or a fresher apply answer."""

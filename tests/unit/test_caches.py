@@ -68,3 +68,16 @@ def test_a_deleted_event_removes_only_that_object() -> None:
     caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u0"), deleted=False)
     caches.observe(SERVICE_MONITOR, ("a", "m1"), monitor("a", "m1", "u0"), deleted=True)
     assert [c["metadata"]["uid"] for c in caches.children_of(("a", "m1"))] == ["u1"]
+
+
+def test_only_the_version_an_apply_answered_is_an_echo_of_the_operators_own_write() -> None:
+    caches = Caches()
+    answered = monitor("a", "m1", "u1")
+    answered["metadata"]["resourceVersion"] = "41"
+    assert not caches.own_write(("a", "m1"), answered)  # nothing applied yet
+    caches.remember(("a", "m1"), answered)
+    assert caches.own_write(("a", "m1"), answered)
+    later = monitor("a", "m1", "u1", port="metrics")  # someone else's edit
+    later["metadata"]["resourceVersion"] = "42"
+    assert not caches.own_write(("a", "m1"), later)
+    assert not caches.own_write(("a", "m2"), answered)  # another model's key
