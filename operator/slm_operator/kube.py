@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from slm_operator.api import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
@@ -93,13 +94,22 @@ class Kube:
         self._api = api_client
 
     @classmethod
-    def from_environment(cls) -> Kube:
-        """In-cluster credentials when running in a pod, else the local kubeconfig."""
+    def from_environment(cls, connections: int = 0) -> Kube:
+        """In-cluster credentials when running in a pod, else the local kubeconfig; room for
+        ``connections`` requests at once (the client's default when fewer)."""
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        return cls.with_connections(connections)
+
+    @classmethod
+    def with_connections(cls, count: int) -> Kube:
+        """A client of its own with room for ``count`` connections held at once, using the
+        configuration ``from_environment`` loaded."""
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, count)
+        return cls(client.ApiClient(configuration))
 
     def _request(
         self,
@@ -137,12 +147,58 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[Object]:
-        """Items of a kind, optionally filtered by labels."""
+    def list(
+        self, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> tuple[list[Object], str]:
+        """Items of a kind (in ``namespace``, or everywhere when None), optionally filtered by
+        labels, each with its apiVersion and kind, and the resourceVersion to watch from."""
         query = [("labelSelector", label_selector)] if label_selector else []
         result = self._request("GET", kind.path(namespace), query=query) or {}
-        items: list[Object] = result.get("items", [])
-        return items
+        items: list[Object] = result.get("items") or []
+        for item in items:  # a list's items lack these; watch events carry them
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items, str((result.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> Iterator[Object]:
+        """Watch events (``{"type": ..., "object": {...}}``) from ``resource_version`` on, as
+        plain dicts, until the server ends the request after ``timeout_seconds``."""
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        request = self._api.param_serialize(
+            "GET",
+            kind.path(namespace),
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        # A connection silent for longer than the server's own timeout is dead.
+        response = self._api.call_api(*request, _request_timeout=(30, timeout_seconds + 30))
+        raw = response.response
+        try:
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=response.reason, body=raw.data)
+            for line in iter_resp_lines(raw):  # type: ignore[no-untyped-call]
+                if line:
+                    event: Object = json.loads(line)
+                    yield event
+        finally:  # a stream stopped early leaves unread data: never reuse its connection
+            raw.close()
+            raw.release_conn()
 
     def apply(self, obj: Mapping[str, Any]) -> Object:
         """Server-side apply with the operator's field manager, taking over conflicting fields."""

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -34,7 +34,12 @@ from slm_operator.api import (
     parse_duration,
     parse_localmodel,
 )
-from slm_operator.apply import APPLIED_HASH_ANNOTATION, apply_children, prune_children
+from slm_operator.apply import (
+    APPLIED_HASH_ANNOTATION,
+    apply_children,
+    prune_children,
+    with_hash,
+)
 from slm_operator.kube import (
     CHILD_KINDS,
     DEPLOYMENT,
@@ -116,7 +121,8 @@ def _unpack(value: Any) -> Any:
 
 class Caches:
     """What the watches saw: LocalModels, nodes and CRDs in kopf indexes (bound at the first
-    handler call), children in the operator's own store, kept by their watch events.
+    handler call), children and their pods in the operator's own store, kept by the operator's
+    own watches (watches.py).
 
     kopf indexes: ``localmodels_idx`` (namespace, name) -> LocalModel body, ``nodes_idx`` name
     -> NodeInfo, ``crds_idx`` name -> True. Children: (namespace, instance) -> uid -> body, one
@@ -140,8 +146,7 @@ class Caches:
                 self.indexes[name] = value
 
     def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
-        """Cache a child from its watch event (kopf's for most kinds, optional_watch.py's for
-        the kinds whose CRD may come and go)."""
+        """Cache a child from its watch event (watches.py)."""
         uid = str(obj.get("metadata", {}).get("uid", ""))
         packed = None if deleted else pack(obj, keep_spec=kind != POD)
         with self._events_lock:
@@ -255,6 +260,18 @@ class Caches:
                 del self._recent[k]
 
 
+def _spec_version(body: Mapping[str, Any]) -> bytes:
+    """The LocalModel without its status and the metadata the API server keeps changing: equal
+    values render equal children, whatever status writes happened in between."""
+    meta = {
+        k: v
+        for k, v in (body.get("metadata") or {}).items()
+        if k not in ("resourceVersion", "managedFields")
+    }
+    rest = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+    return json.dumps([meta, rest], sort_keys=True, separators=(",", ":")).encode()
+
+
 def _hash(obj: Mapping[str, Any]) -> str | None:
     annotations = obj.get("metadata", {}).get("annotations") or {}
     value = annotations.get(APPLIED_HASH_ANNOTATION)
@@ -277,6 +294,8 @@ class Reconciler:
         self._dirty: dict[Key, str] = {}
         self._processing: set[Key] = set()
         self._seen: dict[Key, str] = {}
+        self._rendered: dict[Key, tuple[tuple[Any, ...], bytes]] = {}
+        """Per model: what the last render was for, and its result (see ``_desired``)."""
 
     def enqueue(self, key: Key, cause: str) -> None:
         """Mark ``key`` for a reconcile by a worker; returns at once.
@@ -295,13 +314,19 @@ class Reconciler:
             self._queue.append(key)
             self._work.notify()
 
-    def start_workers(self, count: int) -> None:
-        """Start ``count`` worker threads that reconcile queued keys, one key per worker."""
+    def start_workers(self, count: int, after: Sequence[threading.Event] = ()) -> None:
+        """Start ``count`` worker threads that reconcile queued keys, one key per worker, once
+        every event in ``after`` is set (the caches are filled: a reconcile that saw no
+        children would apply them all again)."""
         for i in range(count):
-            worker = threading.Thread(target=self._work_loop, daemon=True, name=f"reconcile-{i}")
+            worker = threading.Thread(
+                target=self._work_loop, args=(after,), daemon=True, name=f"reconcile-{i}"
+            )
             worker.start()
 
-    def _work_loop(self) -> None:
+    def _work_loop(self, after: Sequence[threading.Event]) -> None:
+        for gate in after:
+            gate.wait()
         while True:
             with self._work:
                 while not self._queue:
@@ -357,6 +382,7 @@ class Reconciler:
                 timer.cancel()
         self._written.pop(key, None)
         self._seen.pop(key, None)
+        self._rendered.pop(key, None)
         self.caches.forget(key)
         metrics.forget_model(key)
 
@@ -439,7 +465,8 @@ class Reconciler:
             cluster_domain=self.settings.cluster_domain,
             model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
         )
-        desired = render(lm, placement, options)
+        version = _spec_version(body)
+        desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
         obs = _observe(children, deployment, job_name, monitoring_crd)
         obs = self._with_progress(key, obs, children, job_name)
@@ -452,12 +479,7 @@ class Reconciler:
             hold_replicas=_first_pull_running(obs, job_name),
         )
         if final != options:
-            desired = render(lm, placement, final)
-        for obj in desired:
-            if obj["kind"] == DEPLOYMENT.kind:
-                annotations = obj["metadata"].setdefault("annotations", {})
-                annotations[TIER_ANNOTATION] = placement.device.value
-                annotations[HARDWARE_ANNOTATION] = hardware_hash(lm)
+            desired = self._desired(key, version, lm, placement, final)
         try:
             result = apply_children(
                 self.kube, desired, lambda kind, _ns, name: self.caches.live(key, kind, name)
@@ -498,6 +520,31 @@ class Reconciler:
             )
         metrics.observe_model(key, status.phase, status.backend)
         return status
+
+    def _desired(
+        self, key: Key, version: bytes, lm: LocalModel, placement: Placement, options: RenderOptions
+    ) -> list[Object]:
+        """The children to apply, stamped with their hashes.
+
+        Rendering (the runtime config's YAML, every object's digest) is most of a reconcile's
+        own work, and most reconciles (a pod became ready, a Deployment's status moved) find
+        the same LocalModel, placement and options as the last one: that result is reused.
+        ``version`` identifies the LocalModel as rendering sees it (``_spec_version``).
+        """
+        memo_key = (version, placement, options)
+        memo = self._rendered.get(key)
+        if memo is not None and memo[0] == memo_key:
+            reused: list[Object] = json.loads(memo[1])
+            return reused
+        desired = render(lm, placement, options)
+        for obj in desired:
+            if obj["kind"] == DEPLOYMENT.kind:
+                annotations = obj["metadata"].setdefault("annotations", {})
+                annotations[TIER_ANNOTATION] = placement.device.value
+                annotations[HARDWARE_ANNOTATION] = hardware_hash(lm)
+        stamped = [with_hash(obj) for obj in desired]
+        self._rendered[key] = (memo_key, json.dumps(stamped, separators=(",", ":")).encode())
+        return stamped
 
     def _with_progress(
         self, key: Key, obs: Observation, children: list[Object], job_name: str | None

@@ -1,11 +1,12 @@
-"""The caches of optional kinds: watch events and relistings, as the reconcile reads them."""
+"""The caches of children: watch events and relistings, as the reconcile reads them; what
+makes a reconcile render again."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from slm_operator.kube import SERVICE_MONITOR
-from slm_operator.reconcile import Caches
+from slm_operator.reconcile import Caches, _spec_version
 
 
 def monitor(namespace: str, instance: str, uid: str, port: str = "http") -> dict[str, Any]:
@@ -81,3 +82,25 @@ def test_only_the_version_an_apply_answered_is_an_echo_of_the_operators_own_writ
     later["metadata"]["resourceVersion"] = "42"
     assert not caches.own_write(("a", "m1"), later)
     assert not caches.own_write(("a", "m2"), answered)  # another model's key
+
+
+def test_a_status_write_does_not_make_a_model_render_again_but_a_spec_or_label_change_does() -> (
+    None
+):
+    body: dict[str, Any] = {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "LocalModel",
+        "metadata": {"name": "m", "namespace": "a", "uid": "u", "generation": 1,
+                     "resourceVersion": "10", "labels": {"team": "x"}},
+        "spec": {"parameters": {"temperature": 0.5}},
+    }  # fmt: skip
+    after_status = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": "11", "managedFields": [{}]},
+        "status": {"phase": "Ready"},
+    }
+    assert _spec_version(after_status) == _spec_version(body)
+    spec_changed = {**body, "spec": {"parameters": {"temperature": 0.7}}}
+    assert _spec_version(spec_changed) != _spec_version(body)
+    relabelled = {**body, "metadata": {**body["metadata"], "labels": {"team": "y"}}}
+    assert _spec_version(relabelled) != _spec_version(body)
