@@ -186,7 +186,11 @@ class ModelParameters(_Camel):
         default=None, max_length=16, description="Sequences that end generation."
     )
     num_thread: int | None = Field(
-        default=None, ge=1, le=1024, description="CPU threads for generation."
+        default=None,
+        ge=1,
+        le=1024,
+        description="CPU threads for generation; by default, the CPUs the server may use (its "
+        "cpu limit, or its CPU set, else the node's).",
     )
 
 

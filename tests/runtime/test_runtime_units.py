@@ -1,11 +1,14 @@
-"""Pure pieces of the runtime: stop matching, configuration overrides, prompt rendering."""
+"""Pure pieces of the runtime: stop matching, configuration overrides, prompt rendering, the
+default thread count."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from slm_runtime.config import Device
+from slm_runtime.cpus import usable_cpus
 from slm_runtime.engines.base import StopMatcher
 from slm_runtime.prompt import PromptBuilder, PromptError
 from slm_runtime.server import load_settings
@@ -113,3 +116,25 @@ def test_chat_without_any_template_says_what_to_set() -> None:
     with pytest.raises(PromptError, match="no chat template"):
         _builder().chat([{"role": "user", "content": "Hi"}])
     assert _builder(system="S").generate("Hi") == "S\n\nHi"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+        ({"cpu.max": "200000 100000\n"}, 2),  # limits.cpu: 2
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1500m rounds up
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files readable
+    ],
+)
+def test_generation_threads_default_to_the_cpus_the_container_may_use(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from slm_runtime.config import Device, ModelFormat, RuntimeConfig
+from slm_runtime.cpus import usable_cpus
 from slm_runtime.engines.base import DeviceUnavailableError, Engine, EngineError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def _load_on(config: RuntimeConfig, device: Device) -> Engine:
             device,
             context_length=params.context_length,
             parallel=config.parallel,
-            threads=params.num_thread,
+            threads=params.num_thread or usable_cpus(),
         )
     from slm_runtime.engines.onnx import OnnxGenaiEngine
 

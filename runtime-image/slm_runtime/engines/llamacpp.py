@@ -7,7 +7,6 @@ import codecs
 import ctypes
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -156,7 +155,7 @@ class LlamaCppEngine:
         *,
         context_length: int | None,
         parallel: int,
-        threads: int | None,
+        threads: int,
     ) -> None:
         llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
@@ -184,7 +183,7 @@ class LlamaCppEngine:
             llama_cpp.llama_model_n_ctx_train(self._model), 4096
         )
         self._parallel = parallel
-        self._threads = threads or os.cpu_count() or 1
+        self._threads = threads
         self._n_batch = max(512, self.context_length)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = self.context_length * parallel
