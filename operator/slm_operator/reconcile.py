@@ -295,6 +295,8 @@ class Reconciler:
         self._processing: set[Key] = set()
         self._seen: dict[Key, str] = {}
         self._rendered: dict[Key, tuple[tuple[Any, ...], bytes]] = {}
+        self._deferred: set[Key] = set()
+        """Models whose last reconcile applied children and left its status to the next one."""
         """Per model: what the last render was for, and its result (see ``_desired``)."""
 
     def enqueue(self, key: Key, cause: str) -> None:
@@ -383,6 +385,7 @@ class Reconciler:
         self._written.pop(key, None)
         self._seen.pop(key, None)
         self._rendered.pop(key, None)
+        self._deferred.discard(key)
         self.caches.forget(key)
         metrics.forget_model(key)
 
@@ -511,6 +514,16 @@ class Reconciler:
         )
         if stepped is not None:
             status.fallback_reason = stepped
+        elif result.applied and key not in self._deferred:
+            # That status was read from the caches before these applies. The next reconcile
+            # reads their answers; queued behind the models already waiting, it also takes in
+            # what happens meanwhile (in a burst of new models, their pods becoming ready),
+            # which saves a status write. Once only, so that a child applied on every reconcile
+            # still gets its model a status.
+            self._deferred.add(key)
+            self.enqueue(key, cause="applied")
+            return status
+        self._deferred.discard(key)
         if self._write_status(key, lm.status, status) and stepped is not None:
             self.kube.post_event(
                 body,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -631,3 +632,38 @@ def test_per_pod_and_image_cache_modes_reconcile(
     image_volumes = [v["image"] for v in volumes if "image" in v]
     assert image_volumes
     assert image_volumes[0]["reference"].endswith(f"@sha256:{digest}")
+
+
+def test_a_new_models_status_is_written_from_its_children_not_before_them(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """The reconcile that applies a model's children leaves the status to the next one, which
+    reads the API server's answers: no status says a child the operator has just created is
+    missing, and the phases only move forward."""
+    template = '{.status.phase}|{.status.conditions[?(@.type=="Ready")].message}{"\\n"}'
+    seen = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "localmodels", "-n", namespace,
+         "--field-selector", "metadata.name=counted", "-w", "-o", f"jsonpath={template}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        cluster.apply(localmodel("counted"), namespace)
+        wait_phase(cluster, namespace, "counted", "Ready")
+        lines: list[str] = []
+        assert seen.stdout is not None
+        for line in seen.stdout:  # every version the watch delivered, up to Ready
+            lines.append(line.strip())
+            if line.startswith("Ready|"):
+                break
+    finally:
+        seen.kill()
+        seen.wait()
+    statuses = [line for line in lines if line.strip("|")]
+    assert statuses, lines
+    assert not any("waiting for the pull Job" in line or "not created yet" in line
+                   for line in statuses), statuses  # fmt: skip
+    # Its phases only move forward (a status read before the applies would go Pulling, then
+    # Pending, then Deploying).
+    order = ["Pending", "Pulling", "Deploying", "Ready"]
+    steps = [order.index(line.split("|")[0]) for line in statuses]
+    assert steps == sorted(steps), statuses
