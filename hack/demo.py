@@ -52,6 +52,7 @@ WORKDIR = CACHE / "demo"
 EXAMPLE = ROOT / "examples" / "gemma3-270m.yaml"
 CHART = ROOT / "charts" / "slm-operator"
 RELEASE, RELEASE_NAMESPACE = "slm-operator", "slm-system"
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
 CRD = "localmodels.slm.dev"
 HOST_NODE, HOST_GATEWAY = "host-0", "10.244.0.1"
 FILE_PORT = 18090
@@ -113,6 +114,7 @@ def install_chart(helm: str) -> None:
     if crd and labels.get("app.kubernetes.io/managed-by") != "Helm":
         print(f"{CRD} exists, not installed by Helm (kubectl apply -f crds/): crds.enabled=false")
         values += ["--set", "crds.enabled=false"]
+    adopt_plain_install(helm, values)
     run(
         helm, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
         "--create-namespace", *values, "--wait", "--timeout", "2m",
@@ -122,6 +124,36 @@ def install_chart(helm: str) -> None:
         lambda: kubectl("get", "crd", CRD, "-o", established, quiet=True) == "True",
         timeout=60, what=f"{CRD} Established",
     )  # fmt: skip
+
+
+def adopt_plain_install(helm: str, values: list[str]) -> None:
+    """Hand the objects of a plain install (``kubectl apply -f deploy/``, which the cluster tests
+    also do) to the Helm release: Helm refuses to install over objects it does not own. On the
+    demo's own control plane only; a real cluster should remove the plain install first."""
+    rendered = run(
+        helm, "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *values,
+        quiet=True,
+    )  # fmt: skip
+    adopted = []
+    for obj in yaml.safe_load_all(rendered):
+        if not obj or "helm.sh/hook" in (obj["metadata"].get("annotations") or {}):
+            continue
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        namespaced = ["-n", RELEASE_NAMESPACE] if kind not in CLUSTER_SCOPED else []
+        live = kubectl("get", kind, name, *namespaced, "--ignore-not-found", "-o", "json",
+                       quiet=True)  # fmt: skip
+        annotations = (yaml.safe_load(live) or {}).get("metadata", {}).get("annotations") or {}
+        if not live.strip() or annotations.get("meta.helm.sh/release-name") == RELEASE:
+            continue
+        kubectl("annotate", "--overwrite", kind, name, *namespaced,
+                f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={RELEASE_NAMESPACE}", quiet=True)  # fmt: skip
+        kubectl("label", "--overwrite", kind, name, *namespaced,
+                "app.kubernetes.io/managed-by=Helm", quiet=True)  # fmt: skip
+        adopted.append(f"{kind}/{name}")
+    if adopted:
+        print(f"adopted into the Helm release (left by kubectl apply -f deploy/): "
+              f"{', '.join(adopted)}")  # fmt: skip
 
 
 def token_kubeconfig(account: str, path: Path) -> Path:
