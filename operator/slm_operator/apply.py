@@ -148,12 +148,10 @@ def apply_children(
     desired: Sequence[Mapping[str, Any]],
     live_lookup: LiveLookup,
 ) -> ApplyResult:
-    """Apply each desired object that is missing, changed or drifted, in order. Objects that
-    carry their hash already (``with_hash``) are applied as they are."""
+    """Apply each desired object that is missing, changed or drifted, in order; each carries
+    its rendered hash already (``with_hash``)."""
     result = ApplyResult()
-    for obj in desired:
-        annotations = obj["metadata"].get("annotations") or {}
-        stamped = dict(obj) if APPLIED_HASH_ANNOTATION in annotations else with_hash(obj)
+    for stamped in desired:
         kind = kind_of(stamped)
         meta = stamped["metadata"]
         live = live_lookup(kind, meta["namespace"], meta["name"])

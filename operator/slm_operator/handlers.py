@@ -36,7 +36,6 @@ SERVICE_MONITOR_CRD: Final = "servicemonitors.monitoring.coreos.com"
 RECONCILE_WORKERS: Final = 16
 """Threads that reconcile queued models; event handlers only queue them. A reconcile mostly
 waits on the API server's answers, so a burst of new models needs many in flight."""
-MANAGED: Final = {LABEL_MANAGED_BY: MANAGER_NAME}
 
 _state: dict[str, Reconciler] = {}
 _watches: list[KindWatch] = []

@@ -260,18 +260,6 @@ class Caches:
                 del self._recent[k]
 
 
-def _spec_version(body: Mapping[str, Any]) -> bytes:
-    """The LocalModel without its status and the metadata the API server keeps changing: equal
-    values render equal children, whatever status writes happened in between."""
-    meta = {
-        k: v
-        for k, v in (body.get("metadata") or {}).items()
-        if k not in ("resourceVersion", "managedFields")
-    }
-    rest = {k: v for k, v in body.items() if k not in ("status", "metadata")}
-    return json.dumps([meta, rest], sort_keys=True, separators=(",", ":")).encode()
-
-
 def _hash(obj: Mapping[str, Any]) -> str | None:
     annotations = obj.get("metadata", {}).get("annotations") or {}
     value = annotations.get(APPLIED_HASH_ANNOTATION)
@@ -294,10 +282,10 @@ class Reconciler:
         self._dirty: dict[Key, str] = {}
         self._processing: set[Key] = set()
         self._seen: dict[Key, str] = {}
-        self._rendered: dict[Key, tuple[tuple[Any, ...], bytes]] = {}
+        self._rendered: dict[Key, list[tuple[tuple[Any, ...], bytes]]] = {}
+        """Per model: its last renders, by what they were for (see ``_desired``)."""
         self._deferred: set[Key] = set()
         """Models whose last reconcile applied children and left its status to the next one."""
-        """Per model: what the last render was for, and its result (see ``_desired``)."""
 
     def enqueue(self, key: Key, cause: str) -> None:
         """Mark ``key`` for a reconcile by a worker; returns at once.
@@ -402,17 +390,17 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         # One worker holds a key at a time (the queue's processing set), so no lock is needed.
         with metrics.RECONCILE_SECONDS.time():
-            self._seen[key] = _fingerprint(body)
+            self._seen[key] = version = _fingerprint(body)
             metrics.RECONCILES.labels(cause=cause).inc()
             try:
-                return self._reconcile(key, body)
+                return self._reconcile(key, body, version)
             except InvalidSpecError:
                 raise
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 raise
 
-    def _reconcile(self, key: Key, body: Mapping[str, Any]) -> LocalModelStatus:
+    def _reconcile(self, key: Key, body: Mapping[str, Any], version: str) -> LocalModelStatus:
         now = datetime.now(UTC)
         try:
             lm = parse_localmodel(body)
@@ -468,7 +456,6 @@ class Reconciler:
             cluster_domain=self.settings.cluster_domain,
             model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
         )
-        version = _spec_version(body)
         desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
         obs = _observe(children, deployment, job_name, monitoring_crd)
@@ -535,20 +522,23 @@ class Reconciler:
         return status
 
     def _desired(
-        self, key: Key, version: bytes, lm: LocalModel, placement: Placement, options: RenderOptions
+        self, key: Key, version: str, lm: LocalModel, placement: Placement, options: RenderOptions
     ) -> list[Object]:
         """The children to apply, stamped with their hashes.
 
         Rendering (the runtime config's YAML, every object's digest) is most of a reconcile's
         own work, and most reconciles (a pod became ready, a Deployment's status moved) find
         the same LocalModel, placement and options as the last one: that result is reused.
-        ``version`` identifies the LocalModel as rendering sees it (``_spec_version``).
+        ``version`` identifies the LocalModel as rendering sees it (``_fingerprint``). The last
+        two renders are kept: a reconcile may render with its first options, then its final
+        ones.
         """
-        memo_key = (version, placement, options)
-        memo = self._rendered.get(key)
-        if memo is not None and memo[0] == memo_key:
-            reused: list[Object] = json.loads(memo[1])
-            return reused
+        memo_key = (version, placement, options)  # compared, not hashed: Placement holds dicts
+        memo = self._rendered.setdefault(key, [])
+        for rendered_for, cached in memo:
+            if rendered_for == memo_key:
+                reused: list[Object] = json.loads(cached)
+                return reused
         desired = render(lm, placement, options)
         for obj in desired:
             if obj["kind"] == DEPLOYMENT.kind:
@@ -556,7 +546,8 @@ class Reconciler:
                 annotations[TIER_ANNOTATION] = placement.device.value
                 annotations[HARDWARE_ANNOTATION] = hardware_hash(lm)
         stamped = [with_hash(obj) for obj in desired]
-        self._rendered[key] = (memo_key, json.dumps(stamped, separators=(",", ":")).encode())
+        memo.append((memo_key, json.dumps(stamped, separators=(",", ":")).encode()))
+        del memo[:-2]  # the last two
         return stamped
 
     def _with_progress(
