@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from the Go module proxy into a cache outside the
 # checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>.
-# A binary already in the cache is not rebuilt. Usage: build.sh [k8s|etcd|kwok|helm|crds ...]
+# A binary already in the cache is not rebuilt. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|crds ...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -32,10 +32,11 @@ all_cached() {
   done
 }
 
-build_k8s() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler)
+# k8s_build NAME...: commands of k8s.io/kubernetes, version-stamped, built in one go build.
+k8s_build() {
+  local names=("$@")
   all_cached "${K8S_VERSION}" "${names[@]}" && return 0
-  local v="${K8S_VERSION}" major minor stamp="" pkg tmp start=$SECONDS
+  local v="${K8S_VERSION}" major minor stamp="" pkg tmp start=$SECONDS name cmds=()
   major="${v#v}"; major="${major%%.*}"
   minor="${v#v*.}"; minor="${minor%%.*}"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -43,14 +44,21 @@ build_k8s() {
     stamp+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${K8S_BUILD_DATE}"
   done
   tmp="$(mktemp -d "${SLM_BIN_DIR}/.build.XXXXXX")"
-  log "building ${names[*]} ${v} (cold: tens of minutes on 2 cores)"
+  for name in "${names[@]}"; do cmds+=("k8s.io/kubernetes/cmd/${name}"); done
+  log "building ${names[*]} ${v} (cold: minutes to tens of minutes on 2 cores)"
   (cd "${here}/k8s" && go build -p "${jobs}" -trimpath -tags=selinux,notest \
-    -ldflags "-s -w${stamp}" -o "${tmp}/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler)
+    -ldflags "-s -w${stamp}" -o "${tmp}/" "${cmds[@]}")
   install_built "${tmp}" "${v}" "${names[@]}"
   log "built ${names[*]} ${v} in $((SECONDS - start))s"
+}
+
+build_k8s() {
+  k8s_build kube-apiserver kube-controller-manager kube-scheduler
+}
+
+# The kubectl that matches the control plane (setup links it into .venv/bin).
+build_kubectl() {
+  k8s_build kubectl
 }
 
 # build_tool DIR NAME VERSION PACKAGE [LDFLAGS]: one binary from a wrapper module.
@@ -93,7 +101,10 @@ build_crds() {
   fi
   dest="${SLM_BIN_DIR}/kwok-stages-${KWOK_VERSION}"
   if [ ! -d "${dest}" ]; then
-    dir="$(cd "${here}/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+    # `go mod download` (not `go list -m`, which answers an empty Dir until something has
+    # downloaded the module) fetches the version the wrapper module pins and names its folder.
+    dir="$(cd "${here}/kwok" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [ -d "${dir}" ] || { echo "build.sh: no module folder for sigs.k8s.io/kwok" >&2; exit 1; }
     rm -rf "${dest}.tmp" && mkdir -p "${dest}.tmp"
     cp "${dir}/kustomize/stage/node/fast/node-initialize.yaml" \
       "${dir}/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
@@ -104,7 +115,7 @@ build_crds() {
 }
 
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s)
+[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s kubectl)
 for t in "${targets[@]}"; do
   "build_${t}"
 done
