@@ -39,6 +39,9 @@ from slm_operator.api import (
 FIELD_MANAGER: Final = "slmctl"
 ENV_TOKEN: Final = "SLM_API_TOKEN"
 """Bearer token for ``chat --url`` against a model with ``serving.authSecret``."""
+ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"
+ENV_HF_TOKEN: Final = "HF_TOKEN"
+HF_DEFAULT_ENDPOINT: Final = "https://huggingface.co"
 
 Object = dict[str, Any]
 
@@ -371,7 +374,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         parsed = modelfile.parse(text)
         name = args.name or modelfile.default_name(parsed)
-        body = modelfile.to_localmodel(parsed, name, args.source_override, args.namespace)
+        source = modelfile.source_for(parsed, args.source_override)
+        sha256 = None
+        if isinstance(source, modelfile.HfRepo):
+            files = hf_repo_files(args.hf_endpoint, source)
+            source, sha256 = modelfile.pick_quant_file(source, files)
+        body = modelfile.to_localmodel(parsed, name, source, args.namespace, sha256)
     except ValueError as exc:
         raise CliError(f"{args.modelfile}: {exc}") from None
     for warning in parsed.warnings:
@@ -379,6 +387,39 @@ def cmd_import(args: argparse.Namespace) -> int:
     _validate(body)
     print(dump(body, args.output), end="")
     return 0
+
+
+def hf_repo_files(endpoint: str, repo: modelfile.HfRepo) -> dict[str, str | None]:
+    """The repo's file listing on the Hub (path -> LFS sha256), page by page.
+
+    ``$HF_TOKEN`` is sent for a private or gated repo, to the endpoint only.
+    """
+    url: str | None = f"{endpoint.rstrip('/')}/api/models/{repo.repo_id}/tree/main"
+    params: dict[str, str] | None = {"recursive": "true"}
+    headers = (
+        {"Authorization": f"Bearer {token}"} if (token := os.environ.get(ENV_HF_TOKEN)) else {}
+    )
+    files: dict[str, str | None] = {}
+    try:
+        with httpx.Client(timeout=httpx.Timeout(30, connect=10), headers=headers) as http:
+            while url:
+                resp = http.get(url, params=params)
+                if resp.status_code != 200:
+                    raise CliError(
+                        f"cannot list hf.co/{repo.repo_id} on {endpoint} (HTTP "
+                        f"{resp.status_code}: {resp.text[:200].strip()}); {repo.hint()}"
+                    )
+                for entry in resp.json():
+                    if isinstance(entry, dict) and entry.get("type") == "file":
+                        lfs = entry.get("lfs") or {}
+                        files[str(entry["path"])] = lfs.get("oid") or lfs.get("sha256")
+                url, params = resp.links.get("next", {}).get("url"), None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(
+            f"cannot list hf.co/{repo.repo_id} on {endpoint} ({type(exc).__name__}: {exc}); "
+            f"{repo.hint()}"
+        ) from None
+    return files
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -650,6 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--name", help="LocalModel name (default: derived from FROM)")
     imp.add_argument("--source-override", help="use this source instead of FROM's")
+    imp.add_argument(
+        "--hf-endpoint",
+        default=os.environ.get(ENV_HF_ENDPOINT) or HF_DEFAULT_ENDPOINT,
+        help=f"Hugging Face endpoint that lists hf.co/ORG/REPO:QUANT files (env {ENV_HF_ENDPOINT})",
+    )
     imp.add_argument("-n", "--namespace", help="set metadata.namespace")
     imp.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     imp.set_defaults(func=cmd_import)

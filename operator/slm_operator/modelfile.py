@@ -8,7 +8,7 @@ may span lines. Pure: imports neither kopf nor a Kubernetes client.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -83,9 +83,9 @@ _OLLAMA_NAME = re.compile(
 class Modelfile:
     """What a Modelfile says, in LocalModel terms."""
 
-    source: str | None = None
-    """The LocalModel source FROM maps to, or None when FROM names something local."""
     from_value: str = ""
+    """FROM's argument, judged only when no source override replaces it."""
+    from_where: str = "FROM"
     parameters: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     template: str | None = None
@@ -100,7 +100,7 @@ def parse(text: str) -> Modelfile:
         where = f"line {line_no}"
         if name == "FROM":
             result.from_value = _unquote(args, where)
-            result.source = source_from(result.from_value, where)
+            result.from_where = where
             from_line = line_no
         elif name == "PARAMETER":
             _parameter(result, args, where)
@@ -126,8 +126,31 @@ def parse(text: str) -> Modelfile:
     return result
 
 
-def source_from(value: str, where: str = "FROM") -> str | None:
-    """The LocalModel source for a FROM value; None for a local file or folder."""
+@dataclass(frozen=True)
+class HfRepo:
+    """``FROM hf.co/ORG/REPO[:QUANT]``: the repo's GGUF file for QUANT, found in its listing."""
+
+    repo_id: str
+    quant: str
+    value: str
+    """The FROM value, for messages."""
+
+    def hint(self) -> str:
+        """How to name the file by hand when the listing cannot settle it."""
+        return (
+            f"pass --source-override hf://{self.repo_id}/<file>.gguf (for example "
+            f"hf://{self.repo_id}/{self.repo_id.split('/')[-1].removesuffix('-GGUF')}-"
+            f"{self.quant}.gguf) or write FROM hf.co/{self.repo_id}/<file>.gguf"
+        )
+
+
+HF_DEFAULT_QUANT: Final = "Q4_K_M"
+"""The quantisation ``FROM hf.co/ORG/REPO`` without a tag means, as in Ollama."""
+_SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+
+
+def source_from(value: str, where: str = "FROM") -> str | HfRepo | None:
+    """The LocalModel source for a FROM value; an HfRepo to resolve; None for a local path."""
     lowered = value.lower()
     for prefix in ("https://hf.co/", "https://huggingface.co/", "hf.co/", "huggingface.co/"):
         if lowered.startswith(prefix):
@@ -158,7 +181,21 @@ def source_from(value: str, where: str = "FROM") -> str | None:
     return source
 
 
-def _hf_source(rest: str, value: str, where: str) -> str:
+def source_for(model: Modelfile, override: str | None = None) -> str | HfRepo:
+    """The source to use: the override when given (FROM is then not judged), else FROM's."""
+    if override:
+        return override
+    source = source_from(model.from_value, model.from_where)
+    if source is None:
+        raise ModelfileError(
+            f"FROM {model.from_value!r} is a file on this machine, which pods cannot read; "
+            "upload it somewhere the cluster can pull from and pass --source-override "
+            "(hf://ORG/REPO/FILE.gguf, https://..., oci://..., pvc://CLAIM/PATH)"
+        )
+    return source
+
+
+def _hf_source(rest: str, value: str, where: str) -> str | HfRepo:
     repo, _, quant = rest.partition(":")
     parts = repo.split("/")
     if len(parts) >= 3 and parts[-1].lower().endswith((".gguf", ".onnx")):
@@ -169,12 +206,45 @@ def _hf_source(rest: str, value: str, where: str) -> str:
             source = f"hf://{repo}"
         parse_source(source)
         return source
-    hint = f"{parts[-1].removesuffix('-GGUF')}-{quant or 'Q4_K_M'}.gguf" if parts else "FILE.gguf"
-    raise ModelfileError(
-        f"{where}: FROM {value!r} names a Hugging Face repo but not a file in it; LocalModels "
-        f"pull one file: pass --source-override hf://{repo}/<file>.gguf (for example "
-        f"hf://{repo}/{hint}) or write FROM hf.co/{repo}/<file>.gguf"
+    if len(parts) != 2:
+        raise ModelfileError(
+            f"{where}: FROM {value!r} is not hf.co/ORG/REPO[:QUANT] nor hf.co/ORG/REPO/FILE.gguf"
+        )
+    try:
+        parse_source(f"hf://{repo}/x.gguf")
+    except ValueError as exc:
+        raise ModelfileError(f"{where}: FROM {value!r}: {exc}") from exc
+    return HfRepo(repo_id=repo, quant=quant or HF_DEFAULT_QUANT, value=value)
+
+
+def pick_quant_file(repo: HfRepo, files: Mapping[str, str | None]) -> tuple[str, str | None]:
+    """The source (and LFS sha256) of the repo's one GGUF file for its quantisation.
+
+    ``files`` is the repo listing: path -> LFS sha256, or None for a file not in LFS.
+
+    A file matches when its name carries the quantisation as a separate word
+    (``...-Q4_K_M.gguf``, ``....Q4_K_M.gguf``, any case); projector (``mmproj``) files are
+    skipped, and a model split into parts is refused: a LocalModel pulls one file.
+    """
+    word = re.compile(rf"(?:^|[-._/]){re.escape(repo.quant)}(?:[-.]|$)", re.IGNORECASE)
+    ggufs = sorted(
+        p
+        for p in files
+        if p.lower().endswith(".gguf") and not p.rsplit("/", 1)[-1].lower().startswith("mmproj")
     )
+    matches = [p for p in ggufs if word.search(p[: -len(".gguf")])]
+    if len(matches) == 1 and not _SPLIT_GGUF.search(matches[0]):
+        return f"hf://{repo.repo_id}/{matches[0]}", files[matches[0]]
+    if matches and all(_SPLIT_GGUF.search(p) for p in matches):
+        why = f"is split into {len(matches)} files, and a LocalModel pulls one file"
+    elif matches:
+        why = f"matches {len(matches)} files ({', '.join(matches)})"
+    elif ggufs:
+        shown = ", ".join(ggufs[:12]) + (", ..." if len(ggufs) > 12 else "")
+        why = f"matches no file; the repo's GGUF files are: {shown}"
+    else:
+        why = "matches no file: the repo lists no .gguf file"
+    raise ModelfileError(f"FROM {repo.value!r}: quantisation {repo.quant} {why}; {repo.hint()}")
 
 
 def _parameter(result: Modelfile, args: str, where: str) -> None:
@@ -269,24 +339,23 @@ def default_name(model: Modelfile, fallback: str = "model") -> str:
 
 
 def to_localmodel(
-    model: Modelfile, name: str, source: str | None = None, namespace: str | None = None
+    model: Modelfile,
+    name: str,
+    source: str,
+    namespace: str | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The LocalModel body: the source given (else FROM's), parameters, system and template."""
-    chosen = source or model.source
-    if chosen is None:
-        raise ModelfileError(
-            f"FROM {model.from_value!r} is a file on this machine, which pods cannot read; "
-            "upload it somewhere the cluster can pull from and pass --source-override "
-            "(hf://ORG/REPO/FILE.gguf, https://..., oci://..., pvc://CLAIM/PATH)"
-        )
+    """The LocalModel body: the source (and its pin, when known), parameters, system, template."""
     metadata: dict[str, Any] = {"name": name}
     if namespace:
         metadata["namespace"] = namespace
-    spec: dict[str, Any] = {"model": {"source": chosen}}
-    if chosen.startswith("http://"):
+    spec: dict[str, Any] = {"model": {"source": source}}
+    if sha256:
+        spec["model"]["sha256"] = sha256
+    if source.startswith("http://"):
         spec["model"]["allowInsecure"] = True
         model.warnings.append(
-            f"{chosen} is plain http: allowInsecure set; pin spec.model.sha256 or use https://"
+            f"{source} is plain http: allowInsecure set; pin spec.model.sha256 or use https://"
         )
     if model.parameters:
         spec["parameters"] = dict(model.parameters)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -174,14 +178,13 @@ def test_from_values(value: str, source: str | None) -> None:
         ("FROM x\nQUANTIZE q4\n", "line 2: unknown instruction 'QUANTIZE'"),
         ('FROM x\nSYSTEM """never closed\n', 'line 2: SYSTEM opens """ but never closes it'),
         ('FROM x\nSYSTEM "unterminated\n', "unterminated quoted string"),
-        (f"FROM hf.co/{BARTOWSKI}:Q4_K_M\n", f"--source-override hf://{BARTOWSKI}/<file>.gguf"),
-        (f"FROM hf.co/{BARTOWSKI}:Q4_K_M\n", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"),
         ("FROM what is this\n", "is neither an Ollama model name"),
+        ("FROM hf.co/org\n", "is not hf.co/ORG/REPO[:QUANT] nor hf.co/ORG/REPO/FILE.gguf"),
     ],
 )  # fmt: skip
 def test_bad_modelfiles_say_what_to_change(text: str, message: str) -> None:
     with pytest.raises(ModelfileError) as info:
-        modelfile.parse(text)
+        modelfile.source_for(modelfile.parse(text))
     assert message in str(info.value)
 
 
@@ -232,3 +235,175 @@ def test_every_typed_parameter_is_mapped() -> None:
 )
 def test_default_names_are_dns_labels(from_value: str, name: str) -> None:
     assert modelfile.default_name(modelfile.Modelfile(from_value=from_value)) == name
+
+
+# --- FROM hf.co/ORG/REPO:QUANT ------------------------------------------------------------------
+
+LLAMA = "Llama-3.2-1B-Instruct"
+Q4_SHA = "4" * 64
+HUB_LISTING = [
+    {"type": "file", "path": ".gitattributes", "size": 2000, "oid": "a" * 40},
+    {"type": "file", "path": "README.md", "size": 9000, "oid": "b" * 40},
+    *(
+        {
+            "type": "file",
+            "path": f"{LLAMA}-{quant}.gguf",
+            "size": 800_000_000,
+            "oid": "c" * 40,
+            "lfs": {"oid": sha, "size": 800_000_000, "pointerSize": 135},
+        }
+        for quant, sha in (("Q4_K_M", Q4_SHA), ("Q4_K_L", "5" * 64), ("Q8_0", "8" * 64))
+    ),
+    {"type": "directory", "path": "split", "oid": "d" * 40},
+    *(
+        {"type": "file", "path": f"split/{LLAMA}-F16-0000{i}-of-00002.gguf", "size": 9}
+        for i in (1, 2)
+    ),
+    {"type": "file", "path": "mmproj-Q8_0.gguf", "size": 9, "oid": "f" * 40},
+]  # fmt: skip
+
+
+class HubListing:
+    """A loopback stand-in for the Hugging Face Hub's file-listing API (no hub is reachable
+    here): ``GET /api/models/ORG/REPO/tree/main?recursive=true``, in two pages as the Hub pages
+    a long listing (``Link: <...>; rel="next"``)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        listing = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                listing.requests.append((self.path, self.headers.get("Authorization")))
+                page = parse_qs(url.query).get("cursor", ["0"])[0]
+                headers = {"Content-Type": "application/json"}
+                if url.path != f"/api/models/{BARTOWSKI}/tree/main":
+                    status, body = 404, {"error": "Repository not found"}
+                elif page == "0":
+                    status, body = 200, HUB_LISTING[:3]
+                    headers["Link"] = (
+                        f'<{listing.url}{url.path}?recursive=true&cursor=1>; rel="next"'
+                    )
+                else:
+                    status, body = 200, HUB_LISTING[3:]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def hub_listing() -> Iterator[HubListing]:
+    hub = HubListing()
+    thread = threading.Thread(target=hub.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        hub.server.shutdown()
+        hub.server.server_close()
+
+
+def _modelfile(tmp_path: Path, from_value: str) -> str:
+    path = tmp_path / "Modelfile"
+    path.write_text(f"FROM {from_value}\nPARAMETER temperature 0.3\n")
+    return str(path)
+
+
+def _import_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["import", *args])
+    assert info.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_source_override_takes_effect_before_from_is_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    modelfile_path = _modelfile(tmp_path, f"hf.co/{BARTOWSKI}:Q4_K_M")
+    override = f"hf://{BARTOWSKI}/{LLAMA}-Q4_K_M.gguf"
+    # The endpoint is a closed port: with an override, nothing is asked of the Hub.
+    body, _ = run_import(
+        capsys, modelfile_path, "--source-override", override, "--hf-endpoint", "http://127.0.0.1:9"
+    )
+    assert body["spec"]["model"] == {"source": override}
+    assert body["spec"]["parameters"] == {"temperature": 0.3}
+    assert body["metadata"]["name"] == "llama-3-2-1b-instruct-gguf-q4-k-m"
+    # Any FROM, even one that names nothing, gives way to the override.
+    path = tmp_path / "Other"
+    path.write_text("FROM what is this\n")
+    body, _ = run_import(capsys, str(path), "--name", "m", "--source-override", override)
+    assert body["spec"]["model"] == {"source": override}
+
+
+@pytest.mark.parametrize(
+    ("tag", "path", "sha256"),
+    [
+        (":Q4_K_M", f"{LLAMA}-Q4_K_M.gguf", Q4_SHA),
+        ("", f"{LLAMA}-Q4_K_M.gguf", Q4_SHA),  # no tag means Q4_K_M, as in Ollama
+        (":q8_0", f"{LLAMA}-Q8_0.gguf", "8" * 64),  # any case; mmproj-Q8_0.gguf is skipped
+        (":Q4_K_L", f"{LLAMA}-Q4_K_L.gguf", "5" * 64),
+    ],
+)
+def test_hf_repo_quant_resolves_to_the_repo_file_from_its_listing(
+    tag: str,
+    path: str,
+    sha256: str,
+    hub_listing: HubListing,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub_listing.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_listingToken")
+    body, _ = run_import(capsys, _modelfile(tmp_path, f"hf.co/{BARTOWSKI}{tag}"), "--name", "m")
+    assert body["spec"]["model"] == {"source": f"hf://{BARTOWSKI}/{path}", "sha256": sha256}
+    assert parse_localmodel(body).spec.model.sha256 == sha256
+    assert [p.split("?")[0] for p, _ in hub_listing.requests] == [
+        f"/api/models/{BARTOWSKI}/tree/main"
+    ] * 2
+    assert {auth for _, auth in hub_listing.requests} == {"Bearer hf_listingToken"}
+
+
+@pytest.mark.parametrize(
+    ("from_value", "message"),
+    [
+        (f"hf.co/{BARTOWSKI}:IQ2", f"IQ2 matches no file; the repo's GGUF files are: {LLAMA}-Q"),
+        (f"hf.co/{BARTOWSKI}:Q4_K", "matches no file"),  # Q4_K is not Q4_K_M
+        (f"hf.co/{BARTOWSKI}:F16", "is split into 2 files, and a LocalModel pulls one file"),
+        ("hf.co/bartowski/missing-GGUF:Q4_K_M", "cannot list hf.co/bartowski/missing-GGUF on http://127.0.0.1:"),
+    ],
+)  # fmt: skip
+def test_hf_repo_quant_that_the_listing_cannot_settle_says_what_to_pass(
+    from_value: str,
+    message: str,
+    hub_listing: HubListing,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = _import_error(capsys, _modelfile(tmp_path, from_value), "--hf-endpoint", hub_listing.url)
+    assert message in err
+    assert "--source-override hf://" in err
+
+
+def test_hf_repo_quant_without_a_reachable_hub_says_to_pass_the_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _import_error(
+        capsys,
+        _modelfile(tmp_path, f"hf.co/{BARTOWSKI}:Q4_K_M"),
+        "--hf-endpoint",
+        "http://127.0.0.1:9",
+    )
+    assert f"cannot list hf.co/{BARTOWSKI} on http://127.0.0.1:9 (ConnectError" in err
+    assert f"--source-override hf://{BARTOWSKI}/<file>.gguf" in err
+    assert f"hf://{BARTOWSKI}/{LLAMA}-Q4_K_M.gguf" in err
