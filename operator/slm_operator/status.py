@@ -10,7 +10,8 @@ Phases, first match wins:
 - Failed: the spec can never work as written (an error from parsing or placement, a missing
   Secret, a failed pull Job, a digest mismatch); the Ready condition says what to change.
 - Pulling: the pull Job (or the PerPod init container, before any pod is ready) is pulling.
-- Pending: no Deployment yet, or scaled to zero.
+- Pending: no Deployment yet, or the spec asks for zero replicas (a Deployment the operator holds
+  at zero while the first pull runs is not a scale to zero).
 - Degraded: pods crash-loop or cannot start (image pull, admission, progress deadline), or
   replicas went missing after the model was Ready (a rollout of a new template is Deploying).
 - Ready: readyReplicas >= desired replicas and the model is available.
@@ -200,12 +201,17 @@ def _live(observation: Observation) -> list[PodSummary]:
 
 
 def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None) -> int:
-    """Replicas asked for: the Deployment's (the HPA's while autoscaling), else the spec's."""
-    if deployment is not None and deployment.spec_replicas is not None:
+    """Replicas the user asked for: the spec's, or the HPA's while autoscaling.
+
+    Never a Deployment's zero: the operator holds the Deployment at zero replicas while the first
+    pull runs, and that is not a scale to zero. The HPA never scales below ``minReplicas`` (at
+    least 1), so a zero on an autoscaled Deployment is that hold too.
+    """
+    if not spec.autoscaling.enabled:
+        return spec.serving.replicas
+    if deployment is not None and deployment.spec_replicas:
         return deployment.spec_replicas
-    if spec.autoscaling.enabled:
-        return spec.autoscaling.min_replicas
-    return spec.serving.replicas
+    return spec.autoscaling.min_replicas
 
 
 # --- the fallback timer -----------------------------------------------------------------------
@@ -574,6 +580,8 @@ def _available(deployment: DeploymentSummary | None, desired: int) -> _Cond:
     counts = f"{deployment.available_replicas}/{desired} replicas available"
     if deployment.available_replicas > 0:
         return _Cond("True", Reason.MINIMUM_REPLICAS_AVAILABLE, counts)
+    if deployment.spec_replicas == 0:
+        counts += "; the Deployment is held at 0 replicas until the model is pulled"
     return _Cond("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts)
 
 

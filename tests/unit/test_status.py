@@ -95,6 +95,8 @@ PULLED = JobSummary(
     result=PullResult(digest=DIGEST, size_bytes=253_000_000),
 )
 PULLING = JobSummary(name="gemma-pull-1a2b3c4d", active=1, progress="37%")
+HELD = DeploymentSummary(generation=1, observed_generation=1, spec_replicas=0)
+"""The Deployment the operator holds at zero replicas while the first pull runs."""
 
 
 def deployment(ready: int, desired: int = 2, **fields: Any) -> DeploymentSummary:
@@ -317,6 +319,36 @@ CASES: list[Case] = [
         Phase.PENDING,
         {ConditionType.AVAILABLE: ("True", Reason.SCALED_TO_ZERO)},
         id="scaled-to-zero",
+    ),
+    Case(
+        localmodel(),
+        GPU,
+        Observation(deployment=HELD, pull_job=PULLING),
+        Phase.PULLING,
+        {
+            ConditionType.AVAILABLE: ("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE),
+            ConditionType.READY: ("False", Reason.NOT_READY),
+        },
+        id="held-during-the-first-pull-is-not-scaled-to-zero",
+    ),
+    Case(
+        localmodel(),
+        GPU,
+        Observation(deployment=HELD, pull_job=PULLED),
+        Phase.DEPLOYING,
+        {
+            ConditionType.AVAILABLE: ("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE),
+            ConditionType.READY: ("False", Reason.NOT_READY),
+        },
+        id="held-after-the-pull-is-deploying",
+    ),
+    Case(
+        localmodel(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 4}),
+        GPU,
+        Observation(deployment=HELD, pull_job=PULLING),
+        Phase.PULLING,
+        {ConditionType.AVAILABLE: ("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE)},
+        id="held-while-autoscaling-is-not-scaled-to-zero",
     ),
     Case(
         localmodel(),
@@ -611,6 +643,63 @@ def test_autoscaling_desired_replicas_come_from_the_deployment() -> None:
     status = compute_status(lm, GPU, observation, now=NOW)
     assert status.phase is Phase.READY
     assert _by_type(status)[ConditionType.READY].message == "3/3 replicas ready"
+
+
+def test_held_deployment_is_reported_against_the_replicas_asked_for() -> None:
+    status = compute_status(
+        localmodel(), GPU, Observation(deployment=HELD, pull_job=PULLING), now=NOW
+    )
+    available = _by_type(status)[ConditionType.AVAILABLE]
+    assert available.message.startswith("0/2 replicas available")
+    assert "held at 0 replicas until the model is pulled" in available.message
+    assert "scaled to zero" not in _by_type(status)[ConditionType.READY].message
+
+
+def test_available_only_once_a_replica_is_available() -> None:
+    """Available, what ``kubectl wait --for=condition=Available`` reads, turns True with the
+    first available replica and not before, through a whole first pull."""
+    starting = replace(HELD, spec_replicas=2, generation=2, replicas=1, updated_replicas=1)
+    steps = [
+        Observation(pull_job=PULLING),
+        Observation(deployment=HELD, pull_job=PULLING),
+        Observation(deployment=HELD, pull_job=PULLED),
+        Observation(deployment=starting, pull_job=PULLED, pods=(running("a", ready=False),)),
+        Observation(
+            deployment=replace(starting, ready_replicas=1, available_replicas=1),
+            pull_job=PULLED,
+            pods=(running("a"),),
+        ),
+    ]
+    available = [
+        _by_type(compute_status(localmodel(), GPU, obs, now=NOW))[ConditionType.AVAILABLE].status
+        for obs in steps
+    ]
+    assert available == ["False", "False", "False", "False", "True"]
+
+
+def test_a_first_pull_moves_the_phase_only_forward() -> None:
+    """Pending -> Pulling -> Deploying -> Ready: the Deployment still held when the pull Job
+    completes is Deploying, not back to Pending."""
+    lm = localmodel()
+    starting = replace(HELD, spec_replicas=2, generation=2, replicas=2, updated_replicas=2)
+    steps = [
+        Observation(),
+        Observation(deployment=HELD, pull_job=PULLING),
+        Observation(deployment=HELD, pull_job=PULLED),
+        Observation(deployment=starting, pull_job=PULLED),
+        Observation(deployment=deployment(2), pull_job=PULLED, pods=(running("a"), running("b"))),
+    ]
+    phases = []
+    for obs in steps:
+        lm = lm.model_copy(update={"status": compute_status(lm, GPU, obs, now=NOW)})
+        phases.append(lm.status.phase)
+    assert phases == [
+        Phase.PENDING,
+        Phase.PULLING,
+        Phase.DEPLOYING,
+        Phase.DEPLOYING,
+        Phase.READY,
+    ]
 
 
 def test_model_stays_available_after_the_pull_job_is_cleaned_up() -> None:
