@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Final
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 # --- paths inside the runtime pod -------------------------------------------------------------
@@ -213,6 +213,12 @@ class ServeLimits(_Camel):
 
 DEFAULT_DEVICE_ORDER: Final = (Device.CPU,)
 
+OPENVINO_NPU: Final = "NPU"
+"""OpenVINO's name for the NPU: the device_type used when ``openvinoDevice`` is unset."""
+_OPENVINO_NPU_PATTERN: Final = (
+    r"^(NPU(\.[0-9]+)?|(AUTO|HETERO|MULTI):NPU(\.[0-9]+)?(,(NPU|GPU|CPU)(\.[0-9]+)?)*)$"
+)
+
 
 class RuntimeConfig(_Camel):
     """What one runtime pod serves and how; rendered by the operator into ``<lm>-config``."""
@@ -237,7 +243,13 @@ class RuntimeConfig(_Camel):
         default_factory=lambda: list(DEFAULT_DEVICE_ORDER),
         min_length=1,
         max_length=3,
-        description="Devices to try at load, in order.",
+        description="Devices to try at load, in order, each at most once.",
+    )
+    openvino_device: str | None = Field(
+        default=None,
+        pattern=_OPENVINO_NPU_PATTERN,
+        description="The OpenVINO device_type an ONNX model loads with on the npu device: NPU "
+        "(when unset), NPU.<n>, or an AUTO:/HETERO:/MULTI: list that starts with the NPU.",
     )
     apis: list[Api] = Field(
         default_factory=lambda: [Api.OLLAMA, Api.OPENAI], min_length=1, max_length=2
@@ -245,6 +257,14 @@ class RuntimeConfig(_Camel):
     host: str = "0.0.0.0"  # noqa: S104 - the pod has its own network namespace
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     limits: ServeLimits = Field(default_factory=ServeLimits)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_once(cls, devices: list[Device]) -> list[Device]:
+        repeated = sorted({d.value for d in devices if devices.count(d) > 1})
+        if repeated:
+            raise ValueError(f"each device may appear once; repeated: {', '.join(repeated)}")
+        return devices
 
     def to_yaml(self) -> str:
         """Stable YAML for the ConfigMap: camelCase keys, unset values omitted."""
