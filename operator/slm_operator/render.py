@@ -57,6 +57,7 @@ from slm_runtime.config import (
     pull_command,
     serve_command,
 )
+from slm_runtime.cpus import CPU_REQUEST_DIVISOR, ENV_CPU_REQUEST
 from slm_runtime.sources import (
     FileSource,
     HfSource,
@@ -372,6 +373,23 @@ def _tolerations(lm: LocalModel, placement: Placement) -> list[Object]:
     return merged
 
 
+def _cpu_request_env() -> Object:
+    """The server's cpu request, in millicores, for its default generation thread count.
+
+    Without a cpu limit the container has no quota, and its affinity is every core of the node.
+    """
+    return {
+        "name": ENV_CPU_REQUEST,
+        "valueFrom": {
+            "resourceFieldRef": {
+                "containerName": SERVER_CONTAINER,
+                "resource": "requests.cpu",
+                "divisor": CPU_REQUEST_DIVISOR,
+            }
+        },
+    }
+
+
 def _image_pull_secrets(lm: LocalModel) -> list[Object]:
     return [{"name": ref.name} for ref in lm.spec.runtime.image_pull_secrets]
 
@@ -556,7 +574,7 @@ def deployment(
         lm, source, server_image, options.pull_image or server_image
     )
 
-    env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}]
+    env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}, _cpu_request_env()]
     if spec.serving.auth_secret:
         env.append(
             _secret_env(ENV_API_TOKEN, spec.serving.auth_secret, SECRET_KEY_TOKEN, optional=False)

@@ -7,8 +7,10 @@ derived from the model:
 - memory request = model size + KV cache + runtime overhead, rounded up to a mebibyte, and the
   memory limit equal to it, so a model that outgrows its estimate fails visibly (OOMKilled)
   instead of starving its neighbours;
-- cpu request = ``parameters.numThread`` (else one core), and no cpu limit, so generation can
-  burst onto idle cores without being throttled.
+- cpu request = ``parameters.numThread`` (else one core), and no cpu limit, so the pod is never
+  throttled. The runtime's generation threads default to that request (render.py passes it
+  through the downward API), not to every core of the node: on a busy node a thread per core
+  would fight the node's other pods for the cores this one was never promised.
 
 The estimates are deliberately on the high side for models up to about 4B parameters; set
 ``spec.resources`` for anything larger or to tighten them.

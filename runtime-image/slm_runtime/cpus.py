@@ -3,28 +3,50 @@
 ``os.cpu_count()`` is the node's count, not the container's: a pod limited to 2 CPUs on a
 64-core node that ran 64 generation threads would spend most of its quota spinning and be
 throttled. The CPUs this process may run on (its affinity: a cpuset, the kubelet's static CPU
-manager) and its cgroup's CPU quota (a pod's cpu limit) both bound the count.
+manager) and its cgroup's CPU quota (a pod's cpu limit) both bound the count. A pod with a cpu
+request and no limit has no quota, yet may only count on its request when the node is busy: the
+operator passes the request through the downward API (``ENV_CPU_REQUEST``, in millicores), and
+without a quota it bounds the count instead.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+ENV_CPU_REQUEST: Final = "SLM_CPU_REQUEST_MILLICORES"
+"""The server container's cpu request in millicores (downward API ``requests.cpu``, divisor
+``CPU_REQUEST_DIVISOR``); 0 or unset when the container requests none."""
+CPU_REQUEST_DIVISOR: Final = "1m"
 
-def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """The CPUs this process may run on, capped by its cgroup's quota (rounded up); at least 1."""
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT, environ: Mapping[str, str] | None = None) -> int:
+    """The CPUs this process may run on, capped by its cgroup's quota, else by its cpu request
+    (each rounded up); at least 1."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     quota = _cgroup_quota(cgroup_root)
+    if quota is None:
+        quota = _cpu_request(os.environ if environ is None else environ)
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def _cpu_request(environ: Mapping[str, str]) -> float | None:
+    """The container's cpu request in CPUs, from the downward API; None when absent."""
+    try:
+        millicores = int(environ.get(ENV_CPU_REQUEST, ""))
+    except ValueError:
+        return None
+    return millicores / 1000 if millicores > 0 else None
 
 
 def _cgroup_quota(root: Path) -> float | None:

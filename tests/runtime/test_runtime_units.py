@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from slm_runtime.config import Device
-from slm_runtime.cpus import usable_cpus
+from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
 from slm_runtime.engines.base import StopMatcher
 from slm_runtime.prompt import PromptBuilder, PromptError
 from slm_runtime.server import load_settings
@@ -138,3 +138,26 @@ def test_generation_threads_default_to_the_cpus_the_container_may_use(
         (tmp_path / name).write_text(text)
     affinity = len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))
+
+
+@pytest.mark.parametrize(
+    ("files", "request_millicores", "expected"),
+    [
+        ({}, "1000", 1),  # requests.cpu: 1, no limit: one thread, not one per node core
+        ({"cpu.max": "max 100000\n"}, "1500", 2),  # rounded up
+        ({}, "100", 1),  # at least 1
+        ({}, "0", None),  # no request: the affinity
+        ({}, "", None),
+        ({"cpu.max": "300000 100000\n"}, "1000", 3),  # a limit wins over the request
+        ({}, "64000", None),  # the CPU set still caps
+    ],
+)
+def test_without_a_limit_generation_threads_follow_the_cpu_request(
+    tmp_path: Path, files: dict[str, str], request_millicores: str, expected: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    environ = {ENV_CPU_REQUEST: request_millicores}
+    got = usable_cpus(tmp_path, environ)
+    assert got == (affinity if expected is None else min(affinity, expected))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +32,9 @@ from slm_operator.render import (
     selector_string,
 )
 from slm_operator.settings import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+from slm_operator.sizing import parse_quantity
 from slm_runtime.config import CONFIG_PATH, Device, ModelFormat, RuntimeConfig
+from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
 from slm_runtime.sources import MODEL_NAMES
 from slm_runtime.template import render_template
 
@@ -556,6 +559,31 @@ def test_accelerator_resources_are_requests_equal_to_limits() -> None:
     assert spec["runtimeClassName"] == "nvidia"
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert env_of(server(render_variant("phi4")))["SLM_OPENVINO_DEVICE"]["value"] == "NPU"
+
+
+@pytest.mark.parametrize(
+    ("patch", "threads"),
+    [
+        ({}, 1),  # the default pod: 1 cpu requested, no limit
+        ({"parameters": {"numThread": 2}}, 2),
+        ({"resources": {"requests": {"cpu": "1500m"}}}, 2),  # rounded up
+        ({"resources": {"requests": {"cpu": "250m"}}}, 1),  # at least 1
+    ],
+)
+def test_generation_threads_default_to_the_servers_cpu_request(
+    tmp_path: Path, patch: dict[str, Any], threads: int
+) -> None:
+    container = server(render(example("gemma3-270m", patch), CPU, RenderOptions()))
+    assert "cpu" not in container["resources"].get("limits", {})
+    ref = env_of(container)[ENV_CPU_REQUEST]["valueFrom"]["resourceFieldRef"]
+    assert ref["containerName"] == container["name"]
+    assert ref["resource"] == "requests.cpu"
+    # What the kubelet puts in the variable: the request over the divisor, rounded up.
+    request = parse_quantity(container["resources"]["requests"]["cpu"])
+    value = math.ceil(request / parse_quantity(ref["divisor"]))
+    # tmp_path holds no cgroup files: no quota, as in a pod without a cpu limit.
+    used = usable_cpus(tmp_path, {ENV_CPU_REQUEST: str(value)})
+    assert used == min(threads, len(os.sched_getaffinity(0)))
 
 
 def test_endpoint_and_selector() -> None:
