@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo bench-operator bench-soak
+.PHONY: help setup venv lock images image-cuda sbom lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo bench-operator bench-soak
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,8 +17,21 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 
-venv: $(PY) ## create .venv and install the project with all extras
-	$(PY) -m pip install -q -e '.[operator,runtime,dev]'
+venv: $(PY) ## create .venv: the pinned packages of requirements/dev.txt, then the project (editable)
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+
+lock: ## regenerate the hash-pinned locks in requirements/ from pyproject.toml (UPGRADE=1 takes newer versions)
+	bash hack/lock.sh $(if $(UPGRADE),--upgrade)
+
+images: ## build the operator and CPU runtime images (and the local base) with Docker's layer cache; prints each image ID
+	bash hack/images/build.sh
+
+image-cuda: ## build the CUDA runtime image (not part of setup or CI: its llama.cpp CUDA build takes hours on 2 cores)
+	bash hack/images/build.sh base runtime-cuda
+
+sbom: ## an SPDX SBOM of each built image under dist/sbom/, from syft built from its Go module
+	bash hack/images/sbom.sh
 
 setup: venv ## install everything the tests need (Python packages, then hack/setup.d/*)
 	bash hack/setup.sh
@@ -40,7 +53,7 @@ demo: setup ## Gemma 3 270M from helm install to streamed answers: kind when Doc
 	  HELM=$(HELM) $(PY) hack/demo.py $(if $(KEEP),--keep); \
 	fi
 
-test: ## run every test suite (unit, runtime, cluster)
+test: setup ## run every test suite (unit, runtime, pull, fuzz, images, cluster)
 	$(PY) -m pytest
 
 test-unit: ## pure tests only

@@ -7,5 +7,7 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
 PROM_OPERATOR_VERSION=v0.85.0
+# syft writes the images' SBOMs (hack/images/sbom.sh).
+SYFT_VERSION=v1.57.2
 SLM_CACHE_DIR="${SLM_CACHE_DIR:-${HOME}/.cache/slm-operator}"
 SLM_BIN_DIR="${SLM_CACHE_DIR}/bin"

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The test cluster's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# etcd, kwok, Helm) and the ServiceMonitor CRD, built from the Go module proxy into
+# kubectl, etcd, kwok, Helm) and the ServiceMonitor CRD, built from the Go module proxy into
 # ~/.cache/slm-operator/bin. Cached binaries are reused: a warm run takes about a second.
+# The kubectl built with the control plane is linked into .venv/bin, which the Makefile puts
+# first on PATH, so every make target talks to the v1.36 server with a v1.36 client.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-for tool in go kubectl openssl ip unshare nsenter; do
+for tool in go openssl ip unshare nsenter; do
   command -v "${tool}" >/dev/null || { echo "20-cluster: ${tool} is required" >&2; exit 1; }
 done
 bash hack/cluster/build.sh
+# shellcheck source=../cluster/versions.sh
+source hack/cluster/versions.sh
+ln -sfn "${SLM_BIN_DIR}/kubectl-${K8S_VERSION}" "${VENV:-.venv}/bin/kubectl"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerates the hash-pinned locks under requirements/ from pyproject.toml with uv, one per
+# install profile: dev (make setup and CI), operator (its image), runtime (the CPU image,
+# with OpenVINO), runtime-cuda (the CUDA image: the CUDA ONNX Runtime packages instead of
+# the CPU ones). Every file pins every package with the sha256 of each of its files, for
+# Python 3.11 on x86-64 Linux. Usage: hack/lock.sh [--upgrade | --upgrade-package NAME ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+uv="${UV:-.venv/bin/uv}"
+[ -x "${uv}" ] || uv="$(command -v uv)" || { echo "lock.sh: uv is needed (make venv installs it)" >&2; exit 1; }
+
+compile() {
+  local out="$1"; shift
+  "${uv}" pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+    --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+    --output-file "requirements/${out}.txt" "$@"
+}
+
+mkdir -p requirements
+compile dev --extra operator --extra runtime --extra dev "$@"
+compile operator --extra operator "$@"
+# The images build llama-cpp-python from its pinned sdist in a layer of its own, so a change to
+# any other pin does not rebuild llama.cpp: its pin has a file of its own, taken from dev.txt.
+compile runtime --extra runtime --extra openvino --no-emit-package llama-cpp-python "$@"
+compile runtime-cuda --extra runtime --extra cuda --no-emit-package llama-cpp-python \
+  --no-emit-package onnxruntime --no-emit-package onnxruntime-genai "$@"
+{
+  echo "# The llama-cpp-python pin of requirements/dev.txt, for the images' llama.cpp build layer."
+  echo "#    make lock"
+  awk '/^llama-cpp-python==/ {on = 1} on && /^[a-z]/ && !/^llama-cpp-python==/ {exit} on && !/^ *#/' \
+    requirements/dev.txt
+} > requirements/llama-cpp-python.txt
