@@ -1,0 +1,48 @@
+"""ggml's CPU backends: load the best variant for this CPU from a build that keeps one per level.
+
+A llama.cpp built with ``GGML_BACKEND_DL`` and ``GGML_CPU_ALL_VARIANTS`` (the runtime image)
+ships one CPU backend per x86-64 instruction-set level beside ``libggml``
+(``libggml-cpu-haswell.so``, ``libggml-cpu-skylakex.so``, ...) and links none of them in:
+something must load one before a model can. llama-cpp-python does not bind
+``ggml_backend_load_all_from_path``, so it is called here through ctypes; ggml scores each
+variant against the CPU's features and loads the best. A native build (``GGML_NATIVE``, the
+development virtualenv) has its CPU backend inside ``libggml`` and nothing to load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+_VARIANT_FILE = re.compile(r"/libggml-cpu-([A-Za-z0-9_.]+)\.so\b")
+
+
+def loaded_cpu_variants(maps: str) -> list[str]:
+    """The CPU variants whose libraries appear in a ``/proc/<pid>/maps`` text, in order."""
+    seen: list[str] = []
+    for match in _VARIANT_FILE.finditer(maps):
+        if match.group(1) not in seen:
+            seen.append(match.group(1))
+    return seen
+
+
+@functools.cache
+def load_cpu_backend(lib_dir: Path) -> str:
+    """Load ggml's backends from ``lib_dir`` once; the CPU variant in use, or ``builtin``."""
+    if not any(lib_dir.glob("libggml-cpu-*.so")):
+        return BUILTIN
+    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load_all_from_path.restype = None
+    ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    variants = loaded_cpu_variants(Path("/proc/self/maps").read_text())
+    if not variants:
+        raise RuntimeError(f"ggml loaded no CPU backend from {lib_dir}")
+    log.info("ggml CPU backend loaded", extra={"variant": variants[-1], "dir": str(lib_dir)})
+    return variants[-1]
