@@ -145,7 +145,7 @@ class HfRepo:
 
 
 HF_DEFAULT_QUANT: Final = "Q4_K_M"
-"""The quantisation ``FROM hf.co/ORG/REPO`` without a tag means, as in Ollama."""
+"""The quantisation ``FROM hf.co/ORG/REPO`` (or ``:latest``) means, as in Ollama."""
 _SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 
 
@@ -214,7 +214,9 @@ def _hf_source(rest: str, value: str, where: str) -> str | HfRepo:
         parse_source(f"hf://{repo}/x.gguf")
     except ValueError as exc:
         raise ModelfileError(f"{where}: FROM {value!r}: {exc}") from exc
-    return HfRepo(repo_id=repo, quant=quant or HF_DEFAULT_QUANT, value=value)
+    if not quant or quant.lower() == "latest":
+        quant = HF_DEFAULT_QUANT
+    return HfRepo(repo_id=repo, quant=quant, value=value)
 
 
 def pick_quant_file(repo: HfRepo, files: Mapping[str, str | None]) -> tuple[str, str | None]:

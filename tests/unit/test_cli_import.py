@@ -350,6 +350,7 @@ def test_source_override_takes_effect_before_from_is_judged(
     [
         (":Q4_K_M", f"{LLAMA}-Q4_K_M.gguf", Q4_SHA),
         ("", f"{LLAMA}-Q4_K_M.gguf", Q4_SHA),  # no tag means Q4_K_M, as in Ollama
+        (":latest", f"{LLAMA}-Q4_K_M.gguf", Q4_SHA),
         (":q8_0", f"{LLAMA}-Q8_0.gguf", "8" * 64),  # any case; mmproj-Q8_0.gguf is skipped
         (":Q4_K_L", f"{LLAMA}-Q4_K_L.gguf", "5" * 64),
     ],
