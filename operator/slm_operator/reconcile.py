@@ -53,7 +53,11 @@ from slm_operator.kube import (
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
 from slm_operator.render import RenderOptions, endpoint, render, selector_string
-from slm_operator.settings import AcceleratorCatalog, OperatorSettings
+from slm_operator.settings import (
+    AcceleratorCatalog,
+    OperatorSettings,
+    runtime_image_refusal,
+)
 from slm_operator.sizing import parse_quantity, pod_resources
 from slm_operator.status import (
     Observation,
@@ -407,6 +411,12 @@ class Reconciler:
         except InvalidSpecError as exc:
             self._fail(key, body, str(exc), Reason.INVALID_SPEC, now)
             raise
+        refused = runtime_image_refusal(
+            lm.spec.runtime.image, self.catalog, allow_custom=self.settings.allow_custom_images
+        )
+        if refused is not None:
+            self._fail(key, body, refused, Reason.INVALID_SPEC, now)
+            raise InvalidSpecError(refused)
         written = self._written.get(key)
         if written is not None:
             # The watch delivers our own status write a moment later; until then the cached body
@@ -455,6 +465,7 @@ class Reconciler:
             service_monitor_supported=monitoring_crd,
             cluster_domain=self.settings.cluster_domain,
             model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
+            metrics_from=tuple(self.settings.metrics_from),
         )
         desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)

@@ -63,9 +63,45 @@ class AcceleratorCatalog(_Model):
         """The catalog entry for a device, if any."""
         return next((t for t in self.tiers if t.device is device), None)
 
+    def images(self) -> list[str]:
+        """Every runtime image the catalog names, each once, in catalog order."""
+        return list(dict.fromkeys(o.image for t in self.tiers for o in t.options))
+
+
+NETWORK_POLICY_PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
+
+ALLOW_CUSTOM_IMAGES_SETTING: Final = (
+    "runtime.allowCustomImages=true (SLM_OPERATOR_ALLOW_CUSTOM_IMAGES=true)"
+)
+"""How a cluster admin lets LocalModels run images outside the catalog: the chart value and the
+operator's variable."""
+
+
+def runtime_image_refusal(
+    image: str | None, catalog: AcceleratorCatalog, *, allow_custom: bool
+) -> str | None:
+    """Why ``spec.runtime.image`` may not run, or None.
+
+    A LocalModel's pods run its image with the model's source credentials (the pull container)
+    and its API token: an image outside the operator's catalog would let anyone allowed to
+    create a LocalModel run code of their choice with both. So only the catalog's images are
+    accepted unless the operator was installed to allow any.
+    """
+    if not image or allow_custom or image in catalog.images():
+        return None
+    return (
+        f"spec.runtime.image: {image} is not one of the operator's runtime images "
+        f"({', '.join(catalog.images())}); remove spec.runtime.image to use the catalog's, "
+        f"or have the operator installed with {ALLOW_CUSTOM_IMAGES_SETTING}"
+    )
+
 
 def default_catalog() -> AcceleratorCatalog:
-    """Intel and AMD NPUs (ONNX only), NVIDIA and AMD GPUs, and CPU."""
+    """Intel NPUs (ONNX only), NVIDIA GPUs, and CPU: the devices the project's images drive.
+
+    AMD NPUs (VitisAI) and GPUs (ROCm) have no entry: neither image carries an engine that uses
+    them, so a pod placed there would hold the device and run on its CPU.
+    """
     return AcceleratorCatalog(
         tiers=[
             Tier(
@@ -76,11 +112,6 @@ def default_catalog() -> AcceleratorCatalog:
                         resource="intel.com/npu",
                         formats=[ModelFormat.ONNX],
                         env={"SLM_OPENVINO_DEVICE": "NPU"},
-                    ),
-                    AcceleratorOption(
-                        name="amd-npu",
-                        resource="amd.com/xdna",
-                        formats=[ModelFormat.ONNX],
                     ),
                 ],
             ),
@@ -94,14 +125,6 @@ def default_catalog() -> AcceleratorCatalog:
                         runtime_class_name="nvidia",
                         tolerations=[
                             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-                        ],
-                    ),
-                    AcceleratorOption(
-                        name="amd-gpu",
-                        resource="amd.com/gpu",
-                        formats=[ModelFormat.GGUF],
-                        tolerations=[
-                            {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
                         ],
                     ),
                 ],
@@ -132,6 +155,16 @@ class OperatorSettings(BaseSettings):
     runtime_image: str | None = Field(
         default=None, description="Overrides every catalog option's runtime image."
     )
+    allow_custom_images: bool = Field(
+        default=False,
+        description="Let LocalModels run a spec.runtime.image outside the catalog; off, such a "
+        "model is Failed with a message naming this setting.",
+    )
+    metrics_from: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers (JSON in the environment) admitted to a model's port when "
+        "its NetworkPolicy is on, so Prometheus can still scrape /metrics.",
+    )
     leader_election: bool = Field(
         default=False,
         description="Run active/standby: only the holder of the Lease reconciles; others wait.",
@@ -147,6 +180,18 @@ class OperatorSettings(BaseSettings):
     lease_seconds: int = Field(
         default=15, ge=3, description="A standby takes over this long after the last renewal."
     )
+
+    @field_validator("metrics_from")
+    @classmethod
+    def _peers(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for peer in value:
+            unknown = set(peer) - NETWORK_POLICY_PEER_KEYS
+            if not peer or unknown:
+                raise ValueError(
+                    f"{peer!r} is not a NetworkPolicyPeer: give one or more of "
+                    f"{', '.join(sorted(NETWORK_POLICY_PEER_KEYS))}"
+                )
+        return value
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -1,16 +1,22 @@
-"""Real servers on loopback for the puller: nginx (HTTP Range), a cutting proxy, an OCI registry."""
+"""Real servers on loopback for the puller: nginx (HTTP Range), a cutting proxy, an OCI registry.
+
+Every test here carries the `pull` marker. A server or tool that is not installed (nginx,
+htpasswd, openssl, the registry, oras) skips its tests on a developer machine; under CI
+(`CI` set, as CI services do) the skip is a failure, so the suite cannot quietly stop running.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +24,43 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache/slm-operator")) / "bin"
-REGISTRY_BIN = BIN_DIR / "registry-v3.1.2"
-ORAS_BIN = BIN_DIR / "oras-v1.3.6"
+VERSIONS = dict(
+    re.findall(
+        r"^([A-Z0-9_]+)=(v\S+)$",
+        (ROOT / "hack" / "pull-versions.sh").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
+)
+"""The versions hack/setup.d/30-pull.sh builds, from the file it sources."""
+REGISTRY_BIN = BIN_DIR / f"registry-{VERSIONS['REGISTRY_VERSION']}"
+ORAS_BIN = BIN_DIR / f"oras-{VERSIONS['ORAS_VERSION']}"
 SETUP_HINT = "run `make setup` (hack/setup.d/30-pull.sh installs it)"
+
+
+def in_ci() -> bool:
+    """True under CI, where a missing tool must fail the suite rather than skip it."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is part of the pull suite (`pytest -m pull`)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.pull)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under CI, a skip in this suite (a server or tool is not installed) is a failure."""
+    report = yield
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"{reason}\nCI is set: the pull suite fails instead of skipping"
+    return report
 
 
 def free_port() -> int:

@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 import yaml
-from slm_operator.settings import AcceleratorCatalog, default_catalog
+from slm_operator.api import parse_localmodel
+from slm_operator.render import RenderOptions, network_policy
+from slm_operator.settings import (
+    ALLOW_CUSTOM_IMAGES_SETTING,
+    DEFAULT_CUDA_IMAGE,
+    DEFAULT_IMAGE,
+    AcceleratorCatalog,
+    OperatorSettings,
+    default_catalog,
+    runtime_image_refusal,
+)
 
 from tests.cluster.conftest import CACHE, VERSIONS
 from tests.unit.crdcheck import crd_errors
@@ -68,6 +78,22 @@ def one(objects: list[Obj], kind: str, namespace: str | None = None) -> Obj:
     return found[0]
 
 
+def operator_role(objects: list[Obj]) -> Obj:
+    """The operator's own ClusterRole (the release's name), not the aggregated user roles."""
+    (role,) = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "rel-slm-operator"
+    ]
+    return role
+
+
+def operator_env(objects: list[Obj]) -> dict[str, str]:
+    """The operator container's plain environment variables."""
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
 def rule_key(rule: Obj) -> str:
     """A rule as comparable text."""
     return json.dumps(rule, sort_keys=True)
@@ -82,6 +108,8 @@ def test_default_objects() -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in render())
     assert kinds == [
         ("ClusterRole", "rel-slm-operator"),
+        ("ClusterRole", "slm-localmodel-edit"),
+        ("ClusterRole", "slm-localmodel-view"),
         ("ClusterRoleBinding", "rel-slm-operator"),
         ("ConfigMap", "rel-slm-operator-catalog"),
         ("CustomResourceDefinition", "localmodels.slm.dev"),
@@ -182,7 +210,7 @@ def test_crd_is_the_generated_one_and_kept_on_uninstall() -> None:
 def test_cluster_wide_rbac_is_the_single_source() -> None:
     source = yaml.safe_load(RBAC_RULES.read_text())
     objects = render()
-    role = one(objects, "ClusterRole")
+    role = operator_role(objects)
     assert sorted(map(rule_key, role["rules"])) == sorted(map(rule_key, source))
     binding = one(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -194,7 +222,7 @@ def test_cluster_wide_rbac_is_the_single_source() -> None:
 def test_watched_namespaces_get_roles_and_only_cluster_reads_stay_cluster_wide() -> None:
     source = yaml.safe_load(RBAC_RULES.read_text())
     objects = render("watchNamespaces={team-a,team-b}")
-    cluster_rules = one(objects, "ClusterRole")["rules"]
+    cluster_rules = operator_role(objects)["rules"]
     assert cluster_rules
     assert all(set(r["resources"]) <= CLUSTER_SCOPED for r in cluster_rules)
     for ns in ("team-a", "team-b"):
@@ -369,3 +397,130 @@ def test_gitops_overlay_renders_valid_localmodels() -> None:
         assert app["kind"] == "Application"
         source = app["spec"]["source"]["path"]
         assert (ROOT / source).is_dir(), f"{path.name} points at a missing folder {source}"
+
+
+def _rule_grants(role: Obj, verb: str, resource: str) -> bool:
+    return any(
+        verb in rule["verbs"] and resource in rule["resources"] and "slm.dev" in rule["apiGroups"]
+        for rule in role["rules"]
+    )
+
+
+def test_localmodel_roles_aggregate_into_the_default_user_roles() -> None:
+    roles = {o["metadata"]["name"]: o for o in render() if o["kind"] == "ClusterRole"}
+    view, edit = roles["slm-localmodel-view"], roles["slm-localmodel-edit"]
+    prefix = "rbac.authorization.k8s.io/aggregate-to-"
+
+    def aggregates_to(role: Obj) -> set[str]:
+        labels = role["metadata"]["labels"]
+        return {k.removeprefix(prefix) for k, v in labels.items() if k.startswith(prefix) and v}
+
+    assert aggregates_to(view) == {"view", "edit", "admin"}
+    assert aggregates_to(edit) == {"edit", "admin"}
+    for verb in ("get", "list", "watch"):
+        assert _rule_grants(view, verb, "localmodels")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not _rule_grants(view, verb, "localmodels")
+        assert _rule_grants(edit, verb, "localmodels")
+    assert _rule_grants(edit, "update", "localmodels/scale")  # kubectl scale lm
+    assert not _rule_grants(edit, "patch", "localmodels/status")  # status is the operator's
+    assert all(r["apiGroups"] == ["slm.dev"] for r in view["rules"] + edit["rules"])
+    kinds = {o["metadata"]["name"] for o in render("rbac.aggregateToDefaultRoles=false")}
+    assert not kinds & {"slm-localmodel-view", "slm-localmodel-edit"}
+
+
+def _settings_of(objects: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The OperatorSettings the rendered Deployment's operator reads (its env and catalog)."""
+    env = operator_env(objects)
+    catalog_file = tmp_path / "catalog.yaml"
+    catalog_file.write_text(one(objects, "ConfigMap")["data"]["catalog.yaml"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLM_OPERATOR_CATALOG_FILE", str(catalog_file))
+    return OperatorSettings()
+
+
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_metrics_scrapers_reach_the_rendered_network_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = render("runtime.metricsFrom=" + json.dumps([PROMETHEUS]))
+    settings = _settings_of(objects, tmp_path, monkeypatch)
+    assert settings.metrics_from == [PROMETHEUS]
+    body = {
+        "metadata": {"name": "m", "namespace": "ai", "uid": "u"},
+        "spec": {
+            "model": {"source": "hf://org/repo/model.gguf"},
+            "serving": {"networkPolicy": {"enabled": True}},
+        },
+    }
+    options = RenderOptions(metrics_from=tuple(settings.metrics_from))
+    peers = network_policy(parse_localmodel(body), options)["spec"]["ingress"][0]["from"]
+    assert peers == [{"podSelector": {}}, PROMETHEUS]  # the namespace, and the scrapers
+    assert "SLM_OPERATOR_METRICS_FROM" not in operator_env(render())
+
+
+@pytest.mark.parametrize(
+    ("sets", "image", "refused"),
+    [
+        ((), "", False),
+        ((), DEFAULT_IMAGE, False),
+        ((), DEFAULT_CUDA_IMAGE, False),
+        ((), "attacker.example/miner:1", True),
+        (("runtime.allowCustomImages=true",), "attacker.example/miner:1", False),
+        (("runtime.image=mirror.example/slm-runtime:1",), "mirror.example/slm-runtime:1", False),
+        (("runtime.image=mirror.example/slm-runtime:1",), DEFAULT_IMAGE, True),
+    ],
+)
+def test_images_outside_the_catalog_need_the_chart_value(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sets: tuple[str, ...],
+    image: str,
+    refused: bool,
+) -> None:
+    settings = _settings_of(render(*sets), tmp_path, monkeypatch)
+    refusal = runtime_image_refusal(
+        image, settings.load_catalog(), allow_custom=settings.allow_custom_images
+    )
+    if not refused:
+        assert refusal is None
+        return
+    assert refusal is not None
+    assert refusal.startswith(f"spec.runtime.image: {image} is not one of")
+    assert ALLOW_CUSTOM_IMAGES_SETTING in refusal
+    assert "runtime.allowCustomImages=true" in refusal
+
+
+@pytest.mark.parametrize("peer", [{"podSelectr": {}}, {}, {"ipBlock": {"except": ["10.0.0.0/8"]}}])
+def test_schema_rejects_a_metrics_peer_that_is_not_a_network_policy_peer(peer: Obj) -> None:
+    value = "runtime.metricsFrom=" + json.dumps([peer])
+    result = helm("template", "rel", str(CHART), "--set-json", value, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+
+
+def test_operator_rules_read_no_secrets_and_write_no_spec() -> None:
+    """What docs/security.md says of the operator's permissions."""
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    assert not {r for _, r in grants if r == "secrets" or r.startswith("secrets/")}
+    assert grants[("slm.dev", "localmodels")] == {"get", "list", "watch"}
+    assert grants[("slm.dev", "localmodels/status")] == {"get", "patch"}
+    assert grants[("", "pods")] == {"get", "list", "watch"}
+    assert grants[("", "pods/log")] == {"get"}
+    assert grants[("", "events")] == {"create"}
+    assert "patch" not in grants[("batch", "jobs")]
+    for read_only in ("nodes", "namespaces"):
+        assert grants[("", read_only)] == {"get", "list", "watch"}
+    assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}

@@ -32,7 +32,36 @@ ONNX = "hf://org/repo/model.onnx"
 
 NVIDIA_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 AMD_TAINT = {"key": "amd.com/gpu", "effect": "NoSchedule"}
-NO_NPU = "no node offers intel.com/npu or amd.com/xdna"
+NO_NPU = "no node offers intel.com/npu"
+AMD_NPU_IMAGE = "registry.example/slm-runtime:vitisai"
+AMD_GPU_IMAGE = "registry.example/slm-runtime:rocm"
+
+
+def two_option_catalog() -> AcceleratorCatalog:
+    """The default catalog plus a second option on the npu and gpu tiers, as an admin with
+    runtime images for AMD devices would configure it."""
+    catalog = default_catalog()
+    npu, gpu = catalog.tier(Device.NPU), catalog.tier(Device.GPU)
+    assert npu is not None
+    assert gpu is not None
+    npu.options.append(
+        AcceleratorOption(
+            name="amd-npu", resource="amd.com/xdna", formats=[ModelFormat.ONNX], image=AMD_NPU_IMAGE
+        )
+    )
+    gpu.options.append(
+        AcceleratorOption(
+            name="amd-gpu",
+            resource="amd.com/gpu",
+            formats=[ModelFormat.GGUF],
+            image=AMD_GPU_IMAGE,
+            tolerations=[{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        )
+    )
+    return catalog
+
+
+TWO_OPTIONS = two_option_catalog()
 
 
 def make_spec(source: str = ONNX, **spec: Any) -> LocalModelSpec:
@@ -105,6 +134,7 @@ CASES = [
         Device.NPU,
         "amd-npu",
         Reason.PLACED,
+        catalog=TWO_OPTIONS,
     ),
     Case(
         "no npu in the cluster: falls back to gpu",
@@ -142,6 +172,7 @@ CASES = [
         Reason.FELL_BACK,
         source=GGUF,
         skipped={Device.NPU: "format gguf is not served on npu"},
+        catalog=TWO_OPTIONS,
     ),
     Case(
         "onnx is not offered to the AMD GPU option",
@@ -150,6 +181,7 @@ CASES = [
         "cpu",
         Reason.FELL_BACK,
         skipped={Device.NPU: NO_NPU, Device.GPU: "no node offers nvidia.com/gpu"},
+        catalog=TWO_OPTIONS,
     ),
     Case(
         "gpu preferred, both options listed for gguf",
@@ -159,6 +191,7 @@ CASES = [
         Reason.PLACED,
         source=GGUF,
         spec={"hardware": {"preferred": "gpu", "fallback": ["cpu"]}},
+        catalog=TWO_OPTIONS,
     ),
     Case(
         "untolerated taint on the only gpu node",
@@ -254,8 +287,7 @@ CASES = [
         Reason.FELL_BACK,
         skipped={
             Device.GPU: "no node offers nvidia.com/gpu",
-            Device.NPU: "no Ready, schedulable node offering intel.com/npu, "
-            "no node offers amd.com/xdna",
+            Device.NPU: "no Ready, schedulable node offering intel.com/npu",
         },
     ),
     Case(
@@ -317,6 +349,7 @@ CASES = [
         source=GGUF,
         spec={"hardware": {"preferred": "gpu", "fallback": []}},
         skipped={Device.GPU: "no node offers nvidia.com/gpu, no Ready node with free amd.com/gpu"},
+        catalog=TWO_OPTIONS,
     ),
     Case(
         "no nodes at all",
@@ -493,6 +526,32 @@ def test_cpu_placement_requests_no_device() -> None:
     assert placement.resources == {}
     assert placement.runtime_class_name is None
     assert not placement.accelerated
+
+
+DRIVEN_BY: dict[tuple[Device, str | None], set[str]] = {
+    (Device.NPU, "intel.com/npu"): {DEFAULT_IMAGE},  # OpenVINO execution provider
+    (Device.GPU, "nvidia.com/gpu"): {DEFAULT_CUDA_IMAGE},  # CUDA llama.cpp and ONNX Runtime
+    (Device.CPU, None): {DEFAULT_IMAGE, DEFAULT_CUDA_IMAGE},
+}
+"""Which of the project's images has an engine that uses each tier's device."""
+
+
+def test_every_default_catalog_option_runs_an_image_that_drives_its_device() -> None:
+    for tier in default_catalog().tiers:
+        for option in tier.options:
+            driven = DRIVEN_BY.get((tier.device, option.resource), set())
+            assert option.image in driven, (
+                f"{option.name}: {option.image} cannot use {option.resource}; its pods would "
+                "hold the device and run on the CPU"
+            )
+
+
+@pytest.mark.parametrize("device_node", [amd_gpu_node(), amd_npu_node()])
+def test_devices_no_image_drives_are_never_claimed(device_node: NodeInfo) -> None:
+    for source in (GGUF, ONNX):
+        placement = place(make_spec(source), [cpu_node(), device_node], default_catalog())
+        assert placement.device is Device.CPU
+        assert placement.resources == {}
 
 
 def test_runtime_image_overrides_every_tier() -> None:
