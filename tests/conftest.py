@@ -1,4 +1,4 @@
-"""Fixtures shared by every suite."""
+"""Fixtures shared by every suite, and the rule that every test belongs to a layer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+LAYERS = ("unit", "runtime", "cluster", "e2e", "image")
+"""The layer markers (pyproject.toml); `make test-unit` and `make test-cluster` select by them."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run when a test module has no layer marker.
+
+    Runs before `-m` deselects anything (pytest's own hook is called after the conftests'), so a
+    module that no layer selects fails the run instead of silently dropping out of it.
+    """
+    unmarked = sorted(
+        {
+            item.path.relative_to(config.rootpath).as_posix()
+            for item in items
+            if not any(item.get_closest_marker(layer) for layer in LAYERS)
+        }
+    )
+    if unmarked:
+        raise pytest.UsageError(
+            "test modules without a layer marker (pytestmark = pytest.mark.<layer>, one of "
+            f"{', '.join(LAYERS)}): {', '.join(unmarked)}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the puller's tests use as real servers on loopback: nginx (Debian) for HTTP
 # Range transfers, the CNCF distribution registry and the oras CLI (both built from their Go
-# modules) for oci:// and ollama:// pulls. Binaries are cached one file per name and version
-# under ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>; a rerun does nothing.
+# modules; versions in hack/pull-versions.sh) for oci:// and ollama:// pulls. Binaries are cached
+# one file per name and version under ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>;
+# a rerun does nothing.
 set -euo pipefail
 
-REGISTRY_VERSION=v3.1.2
-ORAS_VERSION=v1.3.6
+# shellcheck source=../pull-versions.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../pull-versions.sh"
 SLM_CACHE_DIR="${SLM_CACHE_DIR:-${HOME}/.cache/slm-operator}"
 bin_dir="${SLM_CACHE_DIR}/bin"
 mkdir -p "${bin_dir}"

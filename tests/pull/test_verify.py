@@ -11,6 +11,8 @@ from slm_runtime.pull.digest import folder_manifest, folder_sha256, normalize_sh
 
 from pull.conftest import run_pull
 
+pytestmark = pytest.mark.runtime
+
 
 def _folder(root: Path) -> Path:
     folder = root / "onnx"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from slm_operator.kube import SERVICE_MONITOR
 from slm_operator.reconcile import Caches, _fingerprint
+
+pytestmark = pytest.mark.unit
 
 
 def monitor(namespace: str, instance: str, uid: str, port: str = "http") -> dict[str, Any]:
