@@ -74,6 +74,8 @@ class Placement:
     tolerations: tuple[dict[str, Any], ...] = ()
     runtime_class_name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    openvino_device: str | None = None
+    """The catalog option's OpenVINO device_type (RuntimeConfig.openvinoDevice), if it sets one."""
     devices: tuple[Device, ...] = (Device.CPU,)
     """Device order the runtime tries inside the pod: the placed tier, then lower ones."""
 
@@ -299,6 +301,7 @@ def _placement(
         tolerations=tuple(tolerations),
         runtime_class_name=option.runtime_class_name,
         env=dict(option.env),
+        openvino_device=option.openvino_device,
         devices=device_order(device, tiers, servable),
     )
 

@@ -268,6 +268,7 @@ def runtime_config(lm: LocalModel, placement: Placement) -> RuntimeConfig:
         template=spec.template,
         parallel=spec.serving.parallel,
         devices=list(placement.devices),
+        openvino_device=placement.openvino_device,
         apis=list(spec.serving.apis),
         port=spec.serving.port,
     )

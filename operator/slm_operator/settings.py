@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from slm_runtime.config import Device, ModelFormat
+from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat, RuntimeConfig
 
 DEFAULT_IMAGE: Final = "ghcr.io/slm-operator/slm-runtime:0.1.0"
 DEFAULT_CUDA_IMAGE: Final = "ghcr.io/slm-operator/slm-runtime:0.1.0-cuda"
@@ -41,10 +41,26 @@ class AcceleratorOption(_Model):
     runtime_class_name: str | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    openvino_device: str | None = Field(
+        default=None,
+        description="The OpenVINO device_type an ONNX model loads with on an npu tier "
+        "(RuntimeConfig.openvinoDevice: NPU, NPU.<n>, or an AUTO:/HETERO:/MULTI: list that starts "
+        "with the NPU); the runtime's default (NPU) when unset.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Runtime device flags, e.g. the OpenVINO device type.",
+        description="Extra environment for the model server container.",
     )
+
+    @field_validator("openvino_device")
+    @classmethod
+    def _openvino_device(cls, value: str | None) -> str | None:
+        # RuntimeConfig owns the rule; checked here too, so a bad catalog stops the operator at
+        # start instead of failing every render.
+        RuntimeConfig.model_validate(
+            {"modelName": "m", "format": "onnx", "modelPath": "/m", "openvinoDevice": value}
+        )
+        return value
 
 
 class Tier(_Model):
@@ -111,7 +127,7 @@ def default_catalog() -> AcceleratorCatalog:
                         name="intel-npu",
                         resource="intel.com/npu",
                         formats=[ModelFormat.ONNX],
-                        env={"SLM_OPENVINO_DEVICE": "NPU"},
+                        openvino_device=OPENVINO_NPU,
                     ),
                 ],
             ),

@@ -83,6 +83,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         if err.get("type") == "json_invalid":
             return "the request body is not valid JSON: " + str(err.get("ctx", {}).get("error", ""))
+        if err.get("type") == "invalid_unicode":  # the message names the field itself
+            parts.append(str(err.get("msg")))
+            continue
         where = ".".join(loc) or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)

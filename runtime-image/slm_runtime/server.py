@@ -1,4 +1,4 @@
-"""`slm-runtime serve`: read the configuration (file, then environment) and serve it."""
+"""`slm-runtime serve`: read the configuration (file and environment) and serve it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 import yaml
 from fastapi import FastAPI
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from slm_runtime.app import create_app
 from slm_runtime.config import (
@@ -24,9 +24,6 @@ from slm_runtime.config import (
     ENV_API_TOKEN,
     ENV_TERMINATION_LOG,
     TERMINATION_LOG_PATH,
-    Api,
-    Device,
-    ModelFormat,
     RuntimeConfig,
 )
 
@@ -59,47 +56,74 @@ _RESERVED = {
 }
 
 
-class EnvOverrides(BaseSettings):
-    """Environment variables that override the configuration file (``SLM_`` prefix).
+def _names_not_keys(model: type[BaseModel], data: Any, path: str = "") -> list[str]:
+    """Python names given where the file's camelCase key belongs (``top_k`` for ``topK``)."""
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if name != key and name in data:
+            found.append(f"{path}{name} should be {path}{key}")
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _names_not_keys(field.annotation, data.get(key), f"{path}{key}.")
+    return found
 
-    Nested settings use ``__``: ``SLM_PARAMETERS__TEMPERATURE=0.2``, ``SLM_LIMITS__MAX_QUEUE=8``;
-    lists are JSON: ``SLM_DEVICES='["gpu","cpu"]'``.
+
+class RuntimeSettings(BaseSettings, RuntimeConfig):
+    """The RuntimeConfig from the configuration file and ``SLM_*`` environment variables.
+
+    One naming: a variable is ``SLM_`` and the file's camelCase key path, ``__`` between
+    levels, in any case: ``SLM_MODELNAME``, ``SLM_PARAMETERS__TOPK=40``,
+    ``SLM_LIMITS__MAXQUEUE=8``. Lists and objects are JSON:
+    ``SLM_PARAMETERS__STOP='["<end_of_turn>"]'``. A variable wins over the file; together they
+    must give the required fields, so either may supply them.
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="SLM_", env_nested_delimiter="__", extra="ignore", case_sensitive=False
+        env_prefix="SLM_",
+        env_prefix_target="alias",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        validate_by_name=False,
     )
 
-    model_name: str | None = None
-    format: ModelFormat | None = None
-    model_path: str | None = None
-    system: str | None = None
-    template: str | None = None
-    parallel: int | None = None
-    devices: list[Device] | None = None
-    apis: list[Api] | None = None
-    host: str | None = None
-    port: int | None = None
-    parameters: dict[str, Any] | None = None
-    limits: dict[str, Any] | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _one_naming(cls, data: Any) -> Any:
+        wrong = _names_not_keys(RuntimeConfig, data)
+        if wrong:
+            raise ValueError(
+                "settings take the file's camelCase names (SLM_PARAMETERS__TOPK sets "
+                "parameters.topK): " + "; ".join(wrong)
+            )
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment first, then the file's values (passed as keyword arguments)."""
+        return env_settings, init_settings
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_settings(path: str | Path) -> RuntimeConfig:
-    """The configuration file, validated, with ``SLM_*`` environment overrides applied."""
-    text = Path(path).read_text(encoding="utf-8")
-    base = RuntimeConfig.model_validate(yaml.safe_load(text) or {}).model_dump()
-    overrides = EnvOverrides().model_dump(exclude_none=True)
-    return RuntimeConfig.model_validate(_merge(base, overrides))
+def load_settings(path: str | Path | None = None) -> RuntimeConfig:
+    """The configuration file (``path``, else ``CONFIG_PATH`` when it exists) under ``SLM_*``
+    environment variables, validated as one."""
+    file = Path(CONFIG_PATH if path is None else path)
+    data: Any = {}
+    if path is not None or file.is_file():
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} holds {type(data).__name__}, not a mapping of settings")
+    settings = RuntimeSettings(**data)
+    return RuntimeConfig.model_validate(settings.model_dump(by_alias=True))
 
 
 class JsonFormatter(logging.Formatter):
@@ -151,7 +175,12 @@ class DrainingServer(uvicorn.Server):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``slm-runtime serve``."""
-    parser.add_argument("--config", default=CONFIG_PATH, help="RuntimeConfig YAML file")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"RuntimeConfig YAML file (default {CONFIG_PATH}, when it exists; SLM_* "
+        "environment variables override it or stand in for it)",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("SLM_LOG_LEVEL", "info"),
@@ -168,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration file %s does not exist", args.config)
         return 2
     except (ValidationError, yaml.YAMLError, ValueError) as exc:
-        log.error("invalid configuration in %s: %s", args.config, exc)
+        log.error("invalid configuration in %s: %s", args.config or CONFIG_PATH, exc)
         return 2
     token = os.environ.get(ENV_API_TOKEN) or None
     app = create_app(config, api_token=token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.runtime
 
 USER = [{"role": "user", "content": "hi"}]
 LONG_PROMPT = "word " * 3000
+SURROGATE = "\ud800"  # a lone UTF-16 surrogate: valid JSON escape, not valid Unicode
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,81 @@ CASES = [
         400,
         "schema",
         {"model": "gemma", "prompt": "x", "format": {"type": "nonsense-type"}},
+    ),
+    *[
+        Bad(
+            f"lone surrogate in {where}",
+            "POST",
+            path,
+            400,
+            f"{where} holds a lone UTF-16 surrogate (\\ud800)",
+            # ASCII JSON: the surrogate travels as the escape \ud800, as a client would send it.
+            content=json.dumps(body).encode(),
+        )
+        for path, where, body in [
+            ("/api/generate", "prompt", {"model": "gemma", "prompt": "hi " + SURROGATE}),
+            (
+                "/api/chat",
+                "messages.0.content",
+                {"model": "gemma", "messages": [{"role": "user", "content": SURROGATE}]},
+            ),
+            ("/api/embed", "input.1", {"model": "gemma", "input": ["ok", SURROGATE]}),
+            ("/api/embeddings", "prompt", {"model": "gemma", "prompt": SURROGATE}),
+            ("/api/show", "model", {"model": SURROGATE}),
+            ("/v1/completions", "prompt", {"model": "gemma", "prompt": SURROGATE}),
+            (
+                "/v1/chat/completions",
+                "messages.0.content",
+                {"model": "gemma", "messages": [{"role": "user", "content": SURROGATE}]},
+            ),
+            ("/v1/embeddings", "input", {"model": "gemma", "input": SURROGATE}),
+            ("/v1/chat/completions", "model", {"model": SURROGATE, "messages": USER}),
+        ]
+    ],
+    *[
+        Bad(
+            f"ollama options {name}",
+            "POST",
+            "/api/generate",
+            400,
+            message,
+            content=b'{"model": "gemma", "prompt": "x", "options": {' + option + b"}}",
+        )
+        for name, option, message in [
+            ("top_k above the config's bound", b'"top_k": 5000', "options.top_k"),
+            ("stop list too long", b'"stop": [' + b",".join([b'"s"'] * 17) + b"]", "options.stop"),
+            ("empty stop", b'"stop": [""]', "options.stop.0"),
+            ("NaN penalty", b'"presence_penalty": NaN', "options.presence_penalty"),
+            ("infinite penalty", b'"repeat_penalty": Infinity', "options.repeat_penalty"),
+            ("huge frequency penalty", b'"frequency_penalty": 1e300', "options.frequency_penalty"),
+            ("num_ctx above the loaded window", b'"num_ctx": 4096', "options.num_ctx: 4096"),
+            ("num_ctx below the config's bound", b'"num_ctx": 16', "options.num_ctx"),
+            ("num_thread other than loaded", b'"num_thread": 7', "options.num_thread"),
+        ]
+    ],
+    Bad(
+        "num_thread on embed",
+        "POST",
+        "/api/embed",
+        400,
+        "options.num_thread",
+        {"model": "gemma", "input": "x", "options": {"num_thread": 7}},
+    ),
+    Bad(
+        "prompt longer than the request's num_ctx",
+        "POST",
+        "/api/generate",
+        400,
+        "context window is 128; shorten it or raise num_ctx",
+        {"model": "gemma", "prompt": "word " * 200, "stream": False, "options": {"num_ctx": 128}},
+    ),
+    Bad(
+        "embed input longer than the request's num_ctx",
+        "POST",
+        "/api/embed",
+        400,
+        "context window is 128",
+        {"model": "gemma", "input": "word " * 200, "options": {"num_ctx": 128}},
     ),
 ]
 

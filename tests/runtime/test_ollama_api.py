@@ -73,6 +73,43 @@ def test_options_override_configured_parameters(gemma_server: Server) -> None:
     assert seeded[0] == seeded[1]
 
 
+def test_num_predict_zero_generates_nothing(gemma_server: Server) -> None:
+    client = ollama.Client(host=gemma_server.url)
+    generated = client.generate(
+        model="gemma", prompt="Tell me a story.", options={"num_predict": 0}
+    )
+    assert generated.response == ""
+    assert generated.eval_count == 0
+    assert generated.done_reason == "length"
+    assert (generated.prompt_eval_count or 0) > 3
+    streamed = list(
+        client.chat(
+            model="gemma",
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            options={"num_predict": 0},
+            stream=True,
+        )
+    )
+    assert [p.message.content for p in streamed] == [""]
+    assert streamed[-1].done is True
+    assert streamed[-1].eval_count == 0
+
+
+def test_num_ctx_narrows_the_window_and_num_thread_may_restate_the_loaded_one(
+    gemma_server: Server,
+) -> None:
+    client = ollama.Client(host=gemma_server.url)
+    # The server was loaded with contextLength 1024 and numThread 2.
+    result = client.generate(
+        model="gemma",
+        prompt="Tell me a very long story about a cat.",
+        options={"num_ctx": 128, "num_predict": -1, "temperature": 0, "num_thread": 2},
+    )
+    assert (result.prompt_eval_count or 0) + (result.eval_count or 0) <= 128
+    with pytest.raises(ollama.ResponseError, match="context window is 128"):
+        client.generate(model="gemma", prompt="word " * 200, options={"num_ctx": 128})
+
+
 def test_configured_system_applies_only_without_a_system_message(gemma_server: Server) -> None:
     client = ollama.Client(host=gemma_server.url)
     question = {"role": "user", "content": "Hi"}
@@ -108,6 +145,9 @@ def test_embed_and_legacy_embeddings(gemma_server: Server) -> None:
     assert first != second
     legacy = client.embeddings(model="gemma", prompt="a cat")
     assert len(legacy.embedding) == len(first)
+    short = client.embed(model="gemma", input="a cat", dimensions=8).embeddings[0]
+    assert len(short) == 8
+    assert math.isclose(math.sqrt(sum(x * x for x in short)), 1.0, rel_tol=1e-3)
 
 
 def test_tags_show_ps_version(gemma_server: Server) -> None:

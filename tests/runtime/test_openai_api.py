@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import openai
 import pytest
@@ -139,6 +141,23 @@ def test_embeddings_float_and_base64(gemma_server: Server) -> None:
     assert default.data[1].index == 1
     assert default.data[0].embedding == pytest.approx(as_float.data[0].embedding, rel=1e-5)
     assert default.usage.prompt_tokens > 2
+
+
+def test_embeddings_are_unit_vectors_with_dimensions_as_ollama_returns_them(
+    gemma_server: Server,
+) -> None:
+    client = _client(gemma_server)
+    full = client.embeddings.create(model="gemma", input="a cat").data[0].embedding
+    short = client.embeddings.create(model="gemma", input="a cat", dimensions=8).data[0].embedding
+    ollama_short = httpx.post(
+        gemma_server.url + "/api/embed",
+        json={"model": "gemma", "input": "a cat", "dimensions": 8},
+        timeout=60,
+    ).json()["embeddings"][0]
+    assert len(short) == 8
+    assert math.isclose(math.sqrt(sum(x * x for x in short)), 1.0, rel_tol=1e-3)
+    assert math.isclose(math.sqrt(sum(x * x for x in full)), 1.0, rel_tol=1e-3)
+    assert short == pytest.approx(ollama_short, rel=1e-5)
 
 
 def test_models(gemma_server: Server) -> None:

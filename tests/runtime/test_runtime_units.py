@@ -4,9 +4,11 @@ default thread count."""
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from slm_runtime.config import Device
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
 from slm_runtime.engines.base import StopMatcher
@@ -51,7 +53,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SLM_PORT", "9000")
     monkeypatch.setenv("SLM_DEVICES", '["gpu", "cpu"]')
     monkeypatch.setenv("SLM_PARAMETERS__TEMPERATURE", "0.2")
-    monkeypatch.setenv("SLM_LIMITS__MAX_QUEUE", "8")
+    monkeypatch.setenv("SLM_LIMITS__MAXQUEUE", "8")
     monkeypatch.setenv("SLM_API_TOKEN", "not-a-config-field")
     config = load_settings(path)
     assert config.port == 9000
@@ -61,11 +63,58 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.limits.max_queue == 8
 
 
-def test_environment_values_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_names_are_the_files_keys_and_lists_are_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("modelName: m\nformat: gguf\nmodelPath: /m.gguf\n")
-    monkeypatch.setenv("SLM_PARAMETERS__TEMPERATURE", "9")
-    with pytest.raises(ValueError, match="temperature"):
+    monkeypatch.setenv("SLM_PARAMETERS__STOP", '["<end_of_turn>"]')
+    monkeypatch.setenv("SLM_PARAMETERS__TOPK", "7")
+    monkeypatch.setenv("slm_parameters__repeatPenalty", "1.3")
+    monkeypatch.setenv("SLM_LIMITS__REQUESTTIMEOUTSECONDS", "30")
+    config = load_settings(path)
+    assert config.parameters.stop == ["<end_of_turn>"]
+    assert config.parameters.top_k == 7
+    assert config.parameters.repeat_penalty == 1.3
+    assert config.limits.request_timeout_seconds == 30
+
+
+def test_environment_alone_gives_a_complete_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLM_MODELNAME", "gemma")
+    monkeypatch.setenv("SLM_FORMAT", "gguf")
+    monkeypatch.setenv("SLM_MODELPATH", "/models/gemma.gguf")
+    monkeypatch.setenv("SLM_OPENVINODEVICE", "NPU.1")
+    config = load_settings()  # no file at /etc/slm/config.yaml here
+    assert (config.model_name, config.model_path) == ("gemma", "/models/gemma.gguf")
+    assert config.openvino_device == "NPU.1"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SLM_PARAMETERS__TOP_K", "7", "top_k"),  # snake_case: not the file's name
+        ("SLM_LIMITS__MAX_QUEUE", "8", "max_queue"),
+        ("SLM_PARAMETERS__TEMPERATURE", "9", "temperature"),
+        ("SLM_PARAMETERS__STOP", "<end_of_turn>", "stop"),  # not JSON
+        ("SLM_DEVICES", '["tpu"]', "devices"),
+        ("SLM_DEVICES", '["gpu", "cpu", "gpu"]', "repeated: gpu"),
+        ("SLM_OPENVINODEVICE", "GPU", "openvinoDevice"),
+    ],
+)
+def test_environment_values_are_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("modelName: m\nformat: gguf\nmodelPath: /m.gguf\n")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        load_settings(path)
+
+
+def test_the_file_uses_the_same_names(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("model_name: m\nformat: gguf\nmodelPath: /m.gguf\n")
+    with pytest.raises(ValueError, match="model_name"):
         load_settings(path)
 
 
@@ -161,3 +210,35 @@ def test_without_a_limit_generation_threads_follow_the_cpu_request(
     environ = {ENV_CPU_REQUEST: request_millicores}
     got = usable_cpus(tmp_path, environ)
     assert got == (affinity if expected is None else min(affinity, expected))
+
+
+def _doc_block(language: str) -> str:
+    """The first ``language`` block under "A complete RuntimeConfig" in docs/runtime-api.md."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "runtime-api.md").read_text()
+    section = doc.split("### A complete RuntimeConfig", 1)[1]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_runtime_config_is_complete_and_valid(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(_doc_block("yaml"))
+    config = load_settings(path)
+    documented = set(yaml.safe_load(_doc_block("yaml")))
+    # Every setting but the template (shown as a comment) appears in the example.
+    assert documented | {"template"} == {f.alias for f in type(config).model_fields.values()}
+    assert config.parameters.stop == ["<end_of_turn>"]
+    assert config.openvino_device == "NPU"
+
+
+def test_the_documented_environment_example_is_a_whole_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    command = _doc_block("sh").replace("\\\n", " ")
+    for word in shlex.split(command):
+        if word.startswith("SLM_"):
+            name, value = word.split("=", 1)
+            monkeypatch.setenv(name, value)
+    config = load_settings()
+    assert config.model_name == "gemma3-270m"
+    assert config.parameters.stop == ["<end_of_turn>"]
+    assert config.parameters.num_thread == 4

@@ -192,6 +192,17 @@ def test_device_fallback_lands_on_cpu_with_engine_errors_logged(
     assert 'device="cpu",engine="onnxruntime-genai"' in httpx.get(onnx.url + "/metrics").text
 
 
+def test_onnx_generates_with_num_thread_threads(server_factory: Factory) -> None:
+    def threads(num_thread: int) -> int:
+        server = server_factory(onnx_config(parameters={"numThread": num_thread, "numPredict": 4}))
+        reply = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi"})
+        assert reply.status_code == 200, reply.text
+        return len(list(Path(f"/proc/{server.proc.pid}/task").iterdir()))
+
+    # ONNX Runtime's intra-op pool: numThread - 1 threads beside the caller's.
+    assert threads(4) - threads(1) >= 3
+
+
 def test_no_usable_device_exits_with_the_reason(gemma_gguf: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -267,6 +267,11 @@ def test_helm_test_pod_is_restricted_with_an_explicit_command() -> None:
         ("operator.bogus=1", "bogus"),
         ('catalog={"tiers": [{"device": "cpu", "options": [{"name": "c", "gpus": 1}]}]}', "gpus"),
         ('catalog={"tiers": [{"device": "tpu", "options": [{"name": "c"}]}]}', "device"),
+        (
+            'catalog={"tiers": [{"device": "npu", "options": [{"name": "n", '
+            '"openvinoDevice": "CPU"}]}]}',
+            "openvinoDevice",
+        ),
         ("serviceMonitor.enable=true", "enable"),
         ("replicaCount=3", "replicaCount"),
         ("leaderElection.leaseSeconds=1", "leaseSeconds"),

@@ -503,7 +503,8 @@ def test_preferred_tier_placement_details() -> None:
         node_selector={},
         tolerations=(),
         runtime_class_name=None,
-        env={"SLM_OPENVINO_DEVICE": "NPU"},
+        env={},
+        openvino_device="NPU",
         devices=(Device.NPU, Device.GPU, Device.CPU),
     )
     assert placement.accelerated
@@ -726,3 +727,9 @@ def test_placement_is_deterministic() -> None:
     spec = make_spec(GGUF)
     nodes = [nvidia_node("gpu-b"), cpu_node(), nvidia_node("gpu-a")]
     assert place(spec, nodes, default_catalog()) == place(spec, nodes, default_catalog())
+
+
+@pytest.mark.parametrize("device_type", ["CPU", "GPU", "npu", "AUTO:CPU,NPU", ""])
+def test_a_catalog_openvino_device_that_is_not_an_npu_is_refused_at_load(device_type: str) -> None:
+    with pytest.raises(ValueError, match="openvinoDevice"):
+        AcceleratorOption(name="npu", resource="intel.com/npu", openvino_device=device_type)

@@ -9,6 +9,7 @@ uid and a fixed Placement. After an intended change, regenerate them and review 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -67,7 +68,7 @@ NPU = Placement(
     reason=Reason.PLACED,
     image=DEFAULT_IMAGE,
     resources={"intel.com/npu": "1"},
-    env={"SLM_OPENVINO_DEVICE": "NPU"},
+    openvino_device="NPU",
     devices=(Device.NPU, Device.GPU, Device.CPU),
 )
 GPU = Placement(
@@ -558,7 +559,23 @@ def test_accelerator_resources_are_requests_equal_to_limits() -> None:
     spec = pod_spec(render_variant("qwen"))
     assert spec["runtimeClassName"] == "nvidia"
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert env_of(server(render_variant("phi4")))["SLM_OPENVINO_DEVICE"]["value"] == "NPU"
+
+
+@pytest.mark.parametrize("openvino_device", ["NPU", "NPU.1", "AUTO:NPU,CPU"])
+def test_the_catalogs_openvino_device_reaches_the_runtime_config(openvino_device: str) -> None:
+    placement = dataclasses.replace(NPU, openvino_device=openvino_device)
+    objects = by_kind(render(example("phi4-mini-onnx"), placement, RenderOptions()))
+    config = RuntimeConfig.model_validate(
+        yaml.safe_load(objects["ConfigMap"]["data"]["config.yaml"])
+    )
+    assert config.openvino_device == openvino_device
+    assert config.devices[0] is Device.NPU
+    # Through the config the runtime reads, not an environment variable nothing reads.
+    for template in pod_templates(list(objects.values())):
+        for container in (
+            template["spec"].get("initContainers", []) + template["spec"]["containers"]
+        ):
+            assert not [e for e in container.get("env", []) if "OPENVINO" in e["name"]]
 
 
 @pytest.mark.parametrize(

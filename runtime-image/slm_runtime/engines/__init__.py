@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from slm_runtime.config import Device, ModelFormat, RuntimeConfig
+from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat, RuntimeConfig
 from slm_runtime.cpus import usable_cpus
 from slm_runtime.engines.base import DeviceUnavailableError, Engine, EngineError
 
@@ -24,6 +24,7 @@ class LoadResult:
 
 def _load_on(config: RuntimeConfig, device: Device) -> Engine:
     params = config.parameters
+    threads = params.num_thread or usable_cpus()
     if config.format is ModelFormat.GGUF:
         from slm_runtime.engines.llamacpp import LlamaCppEngine
 
@@ -32,11 +33,17 @@ def _load_on(config: RuntimeConfig, device: Device) -> Engine:
             device,
             context_length=params.context_length,
             parallel=config.parallel,
-            threads=params.num_thread or usable_cpus(),
+            threads=threads,
         )
     from slm_runtime.engines.onnx import OnnxGenaiEngine
 
-    return OnnxGenaiEngine(config.model_path, device, context_length=params.context_length)
+    return OnnxGenaiEngine(
+        config.model_path,
+        device,
+        context_length=params.context_length,
+        threads=threads,
+        openvino_device=config.openvino_device or OPENVINO_NPU,
+    )
 
 
 def load_engine(config: RuntimeConfig) -> LoadResult:

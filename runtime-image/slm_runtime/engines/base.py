@@ -52,6 +52,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
+    context_length: int | None = None
+    """A request's own context window (Ollama ``num_ctx``), at most the one loaded."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class Engine(Protocol):
     details: ModelDetails
     supports_embeddings: bool
     supports_json: bool
+    threads: int
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` encodes to, as the engine would feed it."""
@@ -206,13 +209,37 @@ class Engine(Protocol):
         """Start generating; raises ``PromptTooLongError`` before anything runs."""
         ...
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Mean-pooled embeddings for each text, and the number of tokens read (blocking)."""
+    def embed(
+        self, texts: list[str], *, context_length: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        """Mean-pooled embeddings for each text, and the number of tokens read (blocking);
+        ``context_length`` (at most the loaded one) bounds each text."""
         ...
 
     def close(self) -> None:
         """Stop background work and free the model."""
         ...
+
+
+def generation_budget(prompt_tokens: int, params: SamplingParams, loaded: int) -> int:
+    """Tokens a request may generate: what fits in its window after the prompt, at most its
+    ``max_tokens``; a prompt that fills the window raises ``PromptTooLongError``."""
+    window = min(params.context_length or loaded, loaded)
+    if prompt_tokens >= window:
+        setting = "num_ctx" if window < loaded else "contextLength"
+        raise PromptTooLongError(
+            f"the prompt is {prompt_tokens} tokens but the context window is {window}; "
+            f"shorten it or raise {setting}"
+        )
+    room = window - prompt_tokens
+    return room if params.max_tokens < 0 else min(params.max_tokens, room)
+
+
+def finished_at_once(loop: asyncio.AbstractEventLoop, prompt_tokens: int) -> Generation:
+    """A generation asked for no tokens at all (``num_predict: 0``): it ends before it starts."""
+    generation = Generation(loop, prompt_tokens=prompt_tokens)
+    generation.push(Finished("length", prompt_tokens, 0, 0.0, 0.0))
+    return generation
 
 
 class StopMatcher:

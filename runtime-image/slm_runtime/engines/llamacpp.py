@@ -32,6 +32,8 @@ from slm_runtime.engines.base import (
     PromptTooLongError,
     SamplingParams,
     StopMatcher,
+    finished_at_once,
+    generation_budget,
 )
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,7 @@ class LlamaCppEngine:
             llama_cpp.llama_model_n_ctx_train(self._model), 4096
         )
         self._parallel = parallel
+        self.threads = threads
         self._threads = threads
         self._n_batch = max(512, self.context_length)
         ctx_params = llama_cpp.llama_context_default_params()
@@ -308,13 +311,9 @@ class LlamaCppEngine:
         tokens = self.tokenize(prompt)
         if not tokens:
             raise EngineError("the prompt is empty")
-        if len(tokens) >= self.context_length:
-            raise PromptTooLongError(
-                f"the prompt is {len(tokens)} tokens but the context window is "
-                f"{self.context_length}; shorten it or raise contextLength"
-            )
-        room = self.context_length - len(tokens)
-        max_tokens = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        max_tokens = generation_budget(len(tokens), params, self.context_length)
+        if max_tokens == 0:
+            return finished_at_once(loop, len(tokens))
         grammar = None
         if params.json_mode:
             grammar = JSON_GBNF
@@ -593,8 +592,11 @@ class LlamaCppEngine:
 
     # --- embeddings ---
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: list[str], *, context_length: int | None = None
+    ) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings from a second context on the same weights, made on first use."""
+        window = min(context_length or self.context_length, self.context_length)
         with self._embed_lock:
             if self._embed_ctx is None:
                 params = llama_cpp.llama_context_default_params()
@@ -619,10 +621,9 @@ class LlamaCppEngine:
                     tokens = self.tokenize(text)
                     if not tokens:
                         raise EngineError("an input is empty")
-                    if len(tokens) > self.context_length:
+                    if len(tokens) > window:
                         raise PromptTooLongError(
-                            f"an input is {len(tokens)} tokens but the context window is "
-                            f"{self.context_length}"
+                            f"an input is {len(tokens)} tokens but the context window is {window}"
                         )
                     total += len(tokens)
                     llama_cpp.llama_memory_clear(memory, True)

@@ -8,11 +8,11 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import onnxruntime_genai as og
 
-from slm_runtime.config import Device, ModelFormat
+from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat
 from slm_runtime.engines.base import (
     Delta,
     DeviceUnavailableError,
@@ -22,10 +22,11 @@ from slm_runtime.engines.base import (
     Generation,
     GenerationFailedError,
     ModelDetails,
-    PromptTooLongError,
     SamplingParams,
     StopMatcher,
     UnsupportedError,
+    finished_at_once,
+    generation_budget,
 )
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,24 @@ def _register_openvino() -> None:
         log.debug("OpenVINO execution provider not registered: %s", exc)
 
 
-def _config_for(model_dir: str, device: Device) -> Any:
+def _config_for(model_dir: str, device: Device, *, openvino_device: str, threads: int) -> Any:
+    """The model's genai config with the device's execution provider and ``threads`` intra-op
+    threads (ONNX Runtime's own default is one per core of the node)."""
     cfg = og.Config(model_dir)
     cfg.clear_providers()
-    if device is Device.NPU:
-        _register_openvino()
-        cfg.append_provider(_OPENVINO)
-        cfg.set_provider_option(_OPENVINO, "device_type", "NPU")
-    elif device is Device.GPU:
-        cfg.append_provider("cuda")
+    match device:
+        case Device.NPU:
+            _register_openvino()
+            cfg.append_provider(_OPENVINO)
+            cfg.set_provider_option(_OPENVINO, "device_type", openvino_device)
+        case Device.GPU:
+            cfg.append_provider("cuda")
+        case Device.CPU:
+            pass
+        case _:
+            assert_never(device)
+    session = {"session_options": {"intra_op_num_threads": threads}}
+    cfg.overlay(json.dumps({"model": {"decoder": session}}))
     return cfg
 
 
@@ -69,15 +79,25 @@ class OnnxGenaiEngine:
     supports_embeddings = False
     supports_json = False
 
-    def __init__(self, model_dir: str, device: Device, *, context_length: int | None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        device: Device,
+        *,
+        context_length: int | None,
+        threads: int,
+        openvino_device: str = OPENVINO_NPU,
+    ) -> None:
         root = Path(model_dir)
         if not (root / "genai_config.json").is_file():
             raise EngineError(f"{model_dir} holds no genai_config.json")
+        config = _config_for(model_dir, device, openvino_device=openvino_device, threads=threads)
         try:
-            self._model = og.Model(_config_for(model_dir, device))
+            self._model = og.Model(config)
         except RuntimeError as exc:
             raise DeviceUnavailableError(str(exc)) from exc
         self.device = device
+        self.threads = threads
         self._tokenizer = og.Tokenizer(self._model)
         genai = json.loads((root / "genai_config.json").read_text(encoding="utf-8"))
         model_cfg = genai.get("model", {})
@@ -123,13 +143,9 @@ class OnnxGenaiEngine:
         tokens = self.tokenize(prompt)
         if not tokens:
             raise EngineError("the prompt is empty")
-        if len(tokens) >= self.context_length:
-            raise PromptTooLongError(
-                f"the prompt is {len(tokens)} tokens but the context window is "
-                f"{self.context_length}; shorten it or raise contextLength"
-            )
-        room = self.context_length - len(tokens)
-        max_tokens = room if params.max_tokens < 0 else min(params.max_tokens, room)
+        max_tokens = generation_budget(len(tokens), params, self.context_length)
+        if max_tokens == 0:
+            return finished_at_once(loop, len(tokens))
         generation = Generation(loop, prompt_tokens=len(tokens))
         threading.Thread(
             target=self._run,
@@ -195,7 +211,9 @@ class OnnxGenaiEngine:
         first = first or end
         generation.push(Finished(reason, len(tokens), produced, first - started, end - first))
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: list[str], *, context_length: int | None = None
+    ) -> tuple[list[list[float]], int]:
         """ONNX Runtime GenAI models are generative only."""
         raise UnsupportedError("embeddings are not supported for ONNX models")
 

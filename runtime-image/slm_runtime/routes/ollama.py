@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,11 +12,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidationError
 
+from slm_runtime.config import ModelParameters
 from slm_runtime.engines.base import Delta, Finished, UnsupportedError
 from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
+from slm_runtime.routes.body import RequestBody, TopLevelBody
+from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
 
 NDJSON = "application/x-ndjson"
@@ -25,41 +27,93 @@ _NS = 1_000_000_000
 _NEVER = "9999-12-31T23:59:59Z"
 
 
-class _Request(BaseModel):
-    # strict: a JSON 0 is not a boolean and false is not a keep_alive, as for Ollama.
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class Options(_Request):
-    """Per-request overrides of the Modelfile PARAMETERs."""
+class Options(RequestBody):
+    """Per-request overrides of the Modelfile PARAMETERs, bounded as the configuration's are."""
 
     num_predict: int | None = Field(default=None, ge=-2)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(default=None, ge=0.0)
-    repeat_last_n: int | None = Field(default=None, ge=-1)
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    seed: int | None = None
     stop: list[str] | str | None = None
-    num_ctx: int | None = Field(default=None, ge=1)
-    num_thread: int | None = Field(default=None, ge=1)
+    num_ctx: int | None = None
+    num_thread: int | None = None
 
-    def overrides(self) -> dict[str, Any]:
-        """Sampling fields for the engine; num_predict -1/-2 mean "until the context is full"."""
-        out = self.model_dump(exclude={"num_predict", "num_ctx", "num_thread"}, exclude_none=True)
-        if self.num_predict is not None:
-            out["max_tokens"] = -1 if self.num_predict < 0 else self.num_predict
-        return out
+    def parameters(self) -> ModelParameters:
+        """The options as configuration PARAMETERs, refused (400) where the configuration
+        would refuse them; num_predict -1 and -2 both mean "until the context is full"."""
+        values = self.model_dump(exclude_none=True)
+        if "num_ctx" in values:
+            values["context_length"] = values.pop("num_ctx")
+        if isinstance(self.stop, str):
+            values["stop"] = [self.stop]
+        if self.num_predict is not None and self.num_predict < 0:
+            values["num_predict"] = -1
+        try:
+            return ModelParameters.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = [str(p) for p in err["loc"]]
+            name = "num_ctx" if loc[:1] == ["context_length"] else ".".join(loc)
+            raise APIError(400, f"invalid request: options.{name}: {err['msg']}") from None
+
+
+def _overrides(options: Options, state: RuntimeState) -> dict[str, Any]:
+    """The options as sampling overrides for the engine, after checking that what was loaded
+    can honour them: num_ctx may narrow the loaded context window, num_thread must match the
+    loaded thread count."""
+    params = options.parameters()
+    _check_load_options(params, state)
+    out = params.model_dump(
+        include={
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repeat_penalty",
+            "repeat_last_n",
+            "presence_penalty",
+            "frequency_penalty",
+            "seed",
+            "stop",
+            "context_length",
+        },
+        exclude_none=True,
+    )
+    if params.num_predict is not None:
+        out["max_tokens"] = params.num_predict
+    return out
+
+
+def _check_load_options(params: ModelParameters, state: RuntimeState) -> None:
+    """Refuse what would need the model loaded again: a larger context or other threads."""
+    loaded = state.engine.context_length
+    if params.context_length is not None and params.context_length > loaded:
+        raise APIError(
+            400,
+            f"options.num_ctx: {params.context_length} is more than the {loaded}-token context "
+            "window this model was loaded with; a request may only narrow it (raise "
+            "parameters.contextLength in the LocalModel for more)",
+        )
+    threads = state.engine.threads
+    if params.num_thread is not None and params.num_thread != threads:
+        raise APIError(
+            400,
+            f"options.num_thread: this model generates with {threads} threads, set when it was "
+            "loaded; a request cannot change it (set parameters.numThread in the LocalModel)",
+        )
 
 
 Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(TopLevelBody):
     model: str = Field(min_length=1)
     prompt: str = ""
     suffix: str | None = None
@@ -75,7 +129,7 @@ class GenerateRequest(_Request):
     think: bool | Literal["low", "medium", "high"] | None = None
 
 
-class Message(_Request):
+class Message(RequestBody):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
@@ -84,7 +138,7 @@ class Message(_Request):
     tool_name: str | None = None
 
 
-class ChatRequest(_Request):
+class ChatRequest(TopLevelBody):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
@@ -95,7 +149,7 @@ class ChatRequest(_Request):
     think: bool | Literal["low", "medium", "high"] | None = None
 
 
-class EmbedRequest(_Request):
+class EmbedRequest(TopLevelBody):
     model: str = Field(min_length=1)
     input: str | list[str]
     truncate: bool = True
@@ -104,14 +158,14 @@ class EmbedRequest(_Request):
     dimensions: int | None = Field(default=None, ge=1)
 
 
-class EmbeddingsRequest(_Request):
+class EmbeddingsRequest(TopLevelBody):
     model: str = Field(min_length=1)
     prompt: str
     options: Options = Field(default_factory=Options)
     keep_alive: KeepAlive = None
 
 
-class ShowRequest(_Request):
+class ShowRequest(TopLevelBody):
     model: str = ""
     name: str = ""
     verbose: bool = False
@@ -271,7 +325,9 @@ def build_router(api_token: str | None) -> APIRouter:
         if body.suffix:
             raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model")
         json_mode, schema = _json_format(body.format)
-        params = state.sampling(body.options.overrides(), json_mode=json_mode, json_schema=schema)
+        params = state.sampling(
+            _overrides(body.options, state), json_mode=json_mode, json_schema=schema
+        )
         prompt = state.prompts.generate(
             body.prompt,
             system=body.system,
@@ -304,7 +360,9 @@ def build_router(api_token: str | None) -> APIRouter:
                 "done_reason": "load",
             }
         json_mode, schema = _json_format(body.format)
-        params = state.sampling(body.options.overrides(), json_mode=json_mode, json_schema=schema)
+        params = state.sampling(
+            _overrides(body.options, state), json_mode=json_mode, json_schema=schema
+        )
         prompt = state.prompts.chat(
             [m.model_dump(exclude_none=True) for m in body.messages],
             tools=body.tools,
@@ -321,14 +379,20 @@ def build_router(api_token: str | None) -> APIRouter:
             lambda text: {"message": {"role": "assistant", "content": text}},
         )
 
-    async def _embed(state: RuntimeState, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def _embed(
+        state: RuntimeState, texts: list[str], options: Options
+    ) -> tuple[list[list[float]], int]:
         if not state.engine.supports_embeddings:
             raise UnsupportedError(
                 f"embeddings are not supported for {state.engine.format.value} models"
             )
+        params = options.parameters()
+        _check_load_options(params, state)
         release = await state.admission.acquire()
         try:
-            return await asyncio.to_thread(state.engine.embed, texts)
+            return await asyncio.to_thread(
+                state.engine.embed, texts, context_length=params.context_length
+            )
         finally:
             release()
 
@@ -339,16 +403,10 @@ def build_router(api_token: str | None) -> APIRouter:
         if not texts:
             raise APIError(400, "input must not be empty")
         started = time.monotonic()
-        vectors, tokens = await _embed(state, texts)
-        normalized = []
-        for vector in vectors:
-            if body.dimensions:
-                vector = vector[: body.dimensions]
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            normalized.append([x / norm for x in vector])
+        vectors, tokens = await _embed(state, texts, body.options)
         return {
             "model": body.model,
-            "embeddings": normalized,
+            "embeddings": [unit_vector(vector, body.dimensions) for vector in vectors],
             "total_duration": int((time.monotonic() - started) * _NS),
             "load_duration": 0,
             "prompt_eval_count": tokens,
@@ -359,7 +417,7 @@ def build_router(api_token: str | None) -> APIRouter:
         state.check_model(body.model)
         if not body.prompt:
             return {"embedding": []}
-        vectors, _ = await _embed(state, [body.prompt])
+        vectors, _ = await _embed(state, [body.prompt], body.options)
         return {"embedding": vectors[0]}
 
     def _model_entry(state: RuntimeState) -> dict[str, Any]:

@@ -13,28 +13,25 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
 from slm_runtime.engines.base import Delta, Finished, SamplingParams, UnsupportedError
 from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
+from slm_runtime.routes.body import RequestBody, TopLevelBody
+from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
 
 SSE = "text/event-stream"
 _OWNER = "slm-operator"
 
 
-class _Request(BaseModel):
-    # strict: a JSON 0 is not a boolean and "1" is not a number, as for OpenAI.
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class ContentPart(_Request):
+class ContentPart(RequestBody):
     type: str
     text: str | None = None
 
 
-class ChatMessage(_Request):
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -51,19 +48,19 @@ class ChatMessage(_Request):
         return "".join(texts)
 
 
-class ResponseFormat(_Request):
+class ResponseFormat(RequestBody):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
 
 
-class StreamOptions(_Request):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
 Stop = str | list[str] | None
 
 
-class _Sampling(_Request):
+class _Sampling(TopLevelBody):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -114,7 +111,7 @@ class CompletionRequest(_Sampling):
     logprobs: None = None
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(TopLevelBody):
     model: str = Field(min_length=1)
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
@@ -288,9 +285,8 @@ def build_router(api_token: str | None) -> APIRouter:
         finally:
             release()
         data = []
-        for index, vector in enumerate(vectors):
-            if body.dimensions:
-                vector = vector[: body.dimensions]
+        for index, full in enumerate(vectors):
+            vector = unit_vector(full, body.dimensions)
             embedding: Any = vector
             if body.encoding_format == "base64":
                 packed = struct.pack(f"<{len(vector)}f", *vector)
