@@ -113,12 +113,13 @@ class RuntimeSettings(BaseSettings, RuntimeConfig):
         return env_settings, init_settings
 
 
-def load_settings(path: str | Path | None = None) -> RuntimeConfig:
-    """The configuration file (``path``, else ``CONFIG_PATH`` when it exists) under ``SLM_*``
-    environment variables, validated as one."""
-    file = Path(CONFIG_PATH if path is None else path)
+def load_settings(path: str | Path = CONFIG_PATH) -> RuntimeConfig:
+    """The configuration file under ``SLM_*`` environment variables, validated as one; the
+    file at ``CONFIG_PATH`` may be absent (the environment then gives every setting), another
+    named file must exist."""
+    file = Path(path)
     data: Any = {}
-    if path is not None or file.is_file():
+    if file.is_file() or file != Path(CONFIG_PATH):
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{file} holds {type(data).__name__}, not a mapping of settings")
@@ -177,9 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``slm-runtime serve``."""
     parser.add_argument(
         "--config",
-        default=None,
-        help=f"RuntimeConfig YAML file (default {CONFIG_PATH}, when it exists; SLM_* "
-        "environment variables override it or stand in for it)",
+        default=CONFIG_PATH,
+        help="RuntimeConfig YAML file (may be absent at the default path); SLM_* environment "
+        "variables override it or stand in for it",
     )
     parser.add_argument(
         "--log-level",
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("configuration file %s does not exist", args.config)
         return 2
     except (ValidationError, yaml.YAMLError, ValueError) as exc:
-        log.error("invalid configuration in %s: %s", args.config or CONFIG_PATH, exc)
+        log.error("invalid configuration in %s: %s", args.config, exc)
         return 2
     token = os.environ.get(ENV_API_TOKEN) or None
     app = create_app(config, api_token=token)

@@ -111,6 +111,11 @@ def test_environment_values_are_validated(
         load_settings(path)
 
 
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "missing.yaml")
+
+
 def test_the_file_uses_the_same_names(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("model_name: m\nformat: gguf\nmodelPath: /m.gguf\n")

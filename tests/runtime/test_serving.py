@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -17,7 +18,9 @@ import ollama
 import openai
 import pytest
 import yaml
+from slm_runtime.config import CONFIG_PATH
 
+from tests.conftest import GEMMA_TEMPLATE
 from tests.runtime.conftest import Server, free_port, gemma_config, onnx_config, wait_until
 
 pytestmark = pytest.mark.runtime
@@ -220,6 +223,47 @@ def test_no_usable_device_exits_with_the_reason(gemma_gguf: Path, tmp_path: Path
     assert done.returncode != 0
     assert "no configured device could load the model" in done.stderr
     assert "llama.cpp has no NPU backend" in done.stderr
+
+
+def test_environment_variables_alone_configure_the_server(gemma_gguf: Path, tmp_path: Path) -> None:
+    assert not Path(CONFIG_PATH).exists(), "this test needs no file at the default path"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
+    env.update(
+        SLM_MODELNAME="gemma",
+        SLM_FORMAT="gguf",
+        SLM_MODELPATH=str(gemma_gguf),
+        SLM_TEMPLATE=GEMMA_TEMPLATE,
+        SLM_HOST="127.0.0.1",
+        SLM_PORT=str(port),
+        SLM_PARAMETERS__CONTEXTLENGTH="512",
+        SLM_PARAMETERS__NUMTHREAD="2",
+        SLM_PARAMETERS__STOP='["<end_of_turn>", "Paris"]',
+    )
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slm_runtime.cli", "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, server.logs()
+            try:
+                return httpx.get(server.url + "/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 90, "the server configured by its environment to become ready")
+        show = httpx.post(server.url + "/api/show", json={"model": "gemma"}, timeout=30).json()
+        assert ["stop", '"Paris"'] in [line.split() for line in show["parameters"].splitlines()]
+        assert show["model_info"]["context_length"] == 512
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_parallel_sequences_are_decoded_together(gemma_gguf: Path, server_factory: Factory) -> None:
