@@ -139,6 +139,8 @@ StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 class ModelParameters(_Camel):
     """Ollama Modelfile PARAMETERs, typed. Unset fields use the model's or engine's default."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # JSON readers take NaN and Infinity
+
     temperature: float | None = Field(
         default=None, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy."
     )

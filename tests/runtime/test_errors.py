@@ -245,8 +245,16 @@ CASES = [
             ("top_k above the config's bound", b'"top_k": 5000', "options.top_k"),
             ("stop list too long", b'"stop": [' + b",".join([b'"s"'] * 17) + b"]", "options.stop"),
             ("empty stop", b'"stop": [""]', "options.stop.0"),
-            ("NaN penalty", b'"presence_penalty": NaN', "options.presence_penalty"),
-            ("infinite penalty", b'"repeat_penalty": Infinity', "options.repeat_penalty"),
+            (
+                "NaN penalty",
+                b'"presence_penalty": NaN',
+                "options.presence_penalty: Input should be a finite number",
+            ),
+            (
+                "infinite penalty",
+                b'"repeat_penalty": Infinity',
+                "options.repeat_penalty: Input should be a finite number",
+            ),
             ("huge frequency penalty", b'"frequency_penalty": 1e300', "options.frequency_penalty"),
             ("num_ctx above the loaded window", b'"num_ctx": 4096', "options.num_ctx: 4096"),
             ("num_ctx below the config's bound", b'"num_ctx": 16', "options.num_ctx"),
