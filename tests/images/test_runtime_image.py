@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -23,6 +24,7 @@ import yaml
 from tests.conftest import GEMMA_TEMPLATE, ROOT
 from tests.images.conftest import Docker, image_names
 from tests.pull.conftest import Nginx, free_port
+from tests.runtime.conftest import TINY_ONNX
 
 pytestmark = pytest.mark.image
 
@@ -106,28 +108,23 @@ def container(docker: Docker) -> Iterator[Callable[..., Container]]:
 
 
 def serve(
-    start: Callable[..., Container], image: str, gguf: Path, tmp_path: Path
+    start: Callable[..., Container],
+    image: str,
+    tmp_path: Path,
+    model: Path,
+    config: dict[str, Any],
 ) -> tuple[Container, str]:
-    """The image serving the Gemma GGUF on a free loopback port, once /readyz answers 200."""
+    """The image serving ``model`` (mounted read-only at ``config["modelPath"]``) on a free
+    loopback port, once /readyz answers 200."""
     port = free_port()
-    config = {
-        "modelName": "gemma",
-        "format": "gguf",
-        "modelPath": "/models/gemma.gguf",
-        "host": "127.0.0.1",
-        "port": port,
-        "template": GEMMA_TEMPLATE,
-        "parallel": 2,
-        "parameters": {"contextLength": 1024, "numPredict": 16, "numThread": 2},
-    }
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path = tmp_path / f"config-{port}.yaml"
+    config_path.write_text(yaml.safe_dump({**config, "host": "127.0.0.1", "port": port}))
     config_path.chmod(0o644)
     box = start(
         image,
         *("slm-runtime", "serve", "--config", "/etc/slm/config.yaml"),
         run=(
-            *("-v", f"{gguf.resolve()}:/models/gemma.gguf:ro"),
+            *("-v", f"{model.resolve()}:{config['modelPath']}:ro"),
             *("-v", f"{config_path}:/etc/slm/config.yaml:ro"),
         ),
     )
@@ -146,10 +143,25 @@ def serve(
         time.sleep(0.2)
 
 
+def serve_gemma(
+    start: Callable[..., Container], image: str, gguf: Path, tmp_path: Path
+) -> tuple[Container, str]:
+    """The image serving the Gemma GGUF with a chat template."""
+    config = {
+        "modelName": "gemma",
+        "format": "gguf",
+        "modelPath": "/models/gemma.gguf",
+        "template": GEMMA_TEMPLATE,
+        "parallel": 2,
+        "parameters": {"contextLength": 1024, "numPredict": 16, "numThread": 2},
+    }
+    return serve(start, image, tmp_path, gguf, config)
+
+
 def test_the_runtime_image_answers_both_apis_with_the_real_clients(
     container: Callable[..., Container], runtime_image: str, gemma_gguf: Path, tmp_path: Path
 ) -> None:
-    _, url = serve(container, runtime_image, gemma_gguf, tmp_path)
+    _, url = serve_gemma(container, runtime_image, gemma_gguf, tmp_path)
 
     oai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     completion = oai.completions.create(
@@ -184,7 +196,7 @@ def test_the_runtime_image_loads_the_best_cpu_backend_this_cpu_supports(
     container: Callable[..., Container], runtime_image: str, gemma_gguf: Path, tmp_path: Path
 ) -> None:
     """llama.cpp is built for any x86-64 CPU and picks its variant when it starts."""
-    _, url = serve(container, runtime_image, gemma_gguf, tmp_path)
+    _, url = serve_gemma(container, runtime_image, gemma_gguf, tmp_path)
     ready = httpx.get(f"{url}/readyz", timeout=5).json()
     assert ready["device"] == "cpu"
     variant = ready["cpuBackend"]
@@ -197,6 +209,29 @@ def test_the_runtime_image_loads_the_best_cpu_backend_this_cpu_supports(
         if needs <= flags and needs > CPU_VARIANTS[variant]
     ]
     assert not better, f"{variant} was loaded although this CPU supports {better}"
+
+
+def test_the_runtime_image_serves_onnx_with_the_openvino_provider_registered(
+    container: Callable[..., Container], runtime_image: str, tmp_path: Path
+) -> None:
+    """ONNX Runtime GenAI serves; the NPU try reaches OpenVINO, which this machine lacks."""
+    config = {
+        "modelName": "tiny",
+        "format": "onnx",
+        "modelPath": "/models/tiny",
+        "devices": ["npu", "cpu"],
+        "parameters": {"numPredict": 4, "temperature": 0},
+    }
+    _, url = serve(container, runtime_image, tmp_path, TINY_ONNX, config)
+    ready = httpx.get(f"{url}/readyz", timeout=5).json()
+    assert ready["engine"] == "onnxruntime-genai"
+    assert ready["device"] == "cpu"
+    # Without the plugin the provider is "not supported in this build"; with it, OpenVINO
+    # itself answers that it found no NPU.
+    assert "not supported in this build" not in ready["fallback"]["npu"], ready
+    reply = httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": "hi"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["eval_count"] > 0
 
 
 def test_the_runtime_image_is_non_root_and_writes_only_tmp(

@@ -198,6 +198,8 @@ class Engine(Protocol):
     supports_embeddings: bool
     supports_json: bool
     threads: int
+    # The ggml CPU backend llama.cpp runs on ("haswell", "builtin", ...); None for other engines.
+    cpu_backend: str | None
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` encodes to, as the engine would feed it."""

@@ -35,6 +35,7 @@ from slm_runtime.engines.base import (
     finished_at_once,
     generation_budget,
 )
+from slm_runtime.engines.ggml import load_cpu_backend
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class LlamaCppEngine:
         threads: int,
     ) -> None:
         llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+        self.cpu_backend: str | None = load_cpu_backend(Path(llama_cpp.__file__).parent / "lib")
         llama_cpp.llama_backend_init()
         if not Path(model_path).is_file():
             raise EngineError(f"model file {model_path} does not exist")

@@ -74,6 +74,7 @@ class OnnxGenaiEngine:
     """One generator per request, each in its own thread; ONNX Runtime sessions run concurrently."""
 
     engine_name = "onnxruntime-genai"
+    cpu_backend: str | None = None
     engine_version = og.__version__
     format = ModelFormat.ONNX
     supports_embeddings = False

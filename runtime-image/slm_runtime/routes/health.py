@@ -29,6 +29,7 @@ async def readyz(request: Request) -> JSONResponse:
         "model": state.config.model_name,
         "device": state.engine.device.value,
         "engine": state.engine.engine_name,
+        "cpuBackend": state.engine.cpu_backend,
         "fallback": {device.value: error for device, error in state.device_failures.items()},
     }
     return JSONResponse(body, status_code=503 if state.admission.draining else 200)
