@@ -63,10 +63,18 @@ SOURCE_SCHEMES: Final = ("hf", "ollama", "oci", "https", "http", "pvc", "file")
 SOURCE_PATTERN: Final = r"^(hf|ollama|oci|https|http|pvc|file)://.+$"
 DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-QUANTITY_PATTERN: Final = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+QUANTITY_PATTERN: Final = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 K8S_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 # --- reusable field types ---------------------------------------------------------------------
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One ``x-kubernetes-validations`` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
 
 
 def _to_str(value: Any) -> Any:
@@ -122,20 +130,62 @@ def _check_quantity(text: str) -> str:
     return text
 
 
+def _check_positive_quantity(text: str) -> str:
+    if quantity_value(text) <= 0:
+        raise ValueError(f"{text!r} must be more than 0, e.g. 2Gi")
+    return text
+
+
+# The API server's own quantity library (Kubernetes 1.29+) checks what the pattern cannot:
+# `string(self)` because an int-or-string field is an int when written as a YAML number.
+_QUANTITY_TEXT: Final = "string(self)"
+QUANTITY_RULES: Final = (
+    cel(f"isQuantity({_QUANTITY_TEXT})", "must parse as a Kubernetes quantity"),
+    cel(
+        f"!isQuantity({_QUANTITY_TEXT}) || quantity({_QUANTITY_TEXT}).sign() >= 0",
+        "must be 0 or more",
+    ),
+    cel(
+        f"!isQuantity({_QUANTITY_TEXT}) || "
+        f"quantity({_QUANTITY_TEXT}).compareTo(quantity('{QUANTITY_MAX}')) <= 0",
+        f"must be at most {QUANTITY_MAX} (Kubernetes keeps quantities in 64 bits)",
+    ),
+)
+POSITIVE_QUANTITY_RULE: Final = cel(
+    f"!isQuantity({_QUANTITY_TEXT}) || quantity({_QUANTITY_TEXT}).sign() > 0",
+    "must be more than 0, e.g. 2Gi",
+)
+
+
+def _quantity_schema(*rules: JsonDict) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": 64,
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": list(rules),
+        }
+    )
+
+
 Quantity = Annotated[
     str,
     BeforeValidator(_to_str),
     StringConstraints(pattern=QUANTITY_PATTERN, max_length=64),
     AfterValidator(_check_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
+    _quantity_schema(*QUANTITY_RULES),
 ]
-"""A Kubernetes resource quantity (``500m``, ``2Gi``, ``4``)."""
+"""A Kubernetes resource quantity (``500m``, ``2Gi``, ``4``): 0 or more, within 64 bits."""
+PositiveQuantity = Annotated[
+    str,
+    BeforeValidator(_to_str),
+    StringConstraints(pattern=QUANTITY_PATTERN, max_length=64),
+    AfterValidator(_check_quantity),
+    AfterValidator(_check_positive_quantity),
+    _quantity_schema(*QUANTITY_RULES, POSITIVE_QUANTITY_RULE),
+]
+"""A quantity that must be more than 0 (a volume size)."""
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
 """A Go-style duration such as ``90s``, ``2m`` or ``1h30m``."""
@@ -160,6 +210,7 @@ def _check_key(key: str) -> None:
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     """The API server's label syntax, so a bad label fails the LocalModel, not its children."""
+    _check_size(labels)
     for key, value in labels.items():
         _check_key(key)
         if not (len(value) <= 63 and _LABEL_VALUE.fullmatch(value)):
@@ -171,14 +222,56 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    _check_size(annotations)
     for key in annotations:
         _check_key(key)
     return annotations
 
 
-Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+def _check_size(entries: dict[str, str]) -> None:
+    if len(entries) > MAP_MAX_ENTRIES:
+        raise ValueError(f"{len(entries)} entries; at most {MAP_MAX_ENTRIES}")
+
+
+MAP_MAX_ENTRIES: Final = 64
+"""Most labels, annotations or node selector entries; bounds the cost of the CEL key rule."""
+LABEL_VALUE_PATTERN: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+KEYS_RULE: Final = cel(
+    "self.all(k, !format.qualifiedName().validate(k).hasValue())",
+    "every key must be a qualified name: an optional DNS subdomain prefix and '/', then 1-63 "
+    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+)
+"""Label and annotation keys, checked by the API server's format library (Kubernetes 1.32+)."""
+
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(_check_labels),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": 63,
+                "pattern": LABEL_VALUE_PATTERN,
+            },
+            "maxProperties": MAP_MAX_ENTRIES,
+            "x-kubernetes-validations": [KEYS_RULE],
+        }
+    ),
+]
 """Kubernetes labels (also node selectors): qualified-name keys, values of at most 63 chars."""
-Annotations = Annotated[dict[str, str], AfterValidator(_check_annotations)]
+Annotations = Annotated[
+    dict[str, str],
+    AfterValidator(_check_annotations),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "maxProperties": MAP_MAX_ENTRIES,
+            "x-kubernetes-validations": [KEYS_RULE],
+        }
+    ),
+]
 
 # Raw Kubernetes structures passed through to the pod (tolerations, affinity, ...). They are
 # validated by the API server when the Deployment is applied, so the CRD keeps their fields.
@@ -196,14 +289,6 @@ def parse_duration(text: str) -> float:
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration such as 90s, 2m or 1h30m")
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
-    """One ``x-kubernetes-validations`` entry."""
-    entry: JsonDict = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
 
 
 class _Spec(BaseModel):
@@ -251,6 +336,53 @@ class PullPolicy(StrEnum):
     NEVER = "Never"
 
 
+# The structure of each source form, as CEL regexes the API server checks at admission. They are
+# looser than the parser (slm_runtime.sources), never stricter: names, hosts, ports and
+# percent-escapes are left to it, and the operator reports what it refuses as Failed.
+# Character classes ([.], [?]) instead of backslashes keep the rules readable in YAML.
+_NAME = "[A-Za-z0-9._-]+"
+_LOWER_NAME = "[a-z0-9]([a-z0-9._-]*[a-z0-9])?"
+_PATH_PART = "([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+)"
+"""One path component that is not empty, '.' or '..'."""
+_TAG = "[A-Za-z0-9_][A-Za-z0-9._-]*"
+_DIGEST = "@sha256:[0-9a-f]{64}"
+SOURCE_FORMS: Final = (
+    (
+        "hf://",
+        f"^hf://{_NAME}/{_NAME}(@{_NAME})?(/{_PATH_PART})+$",
+        "hf://ORG/REPO[@REVISION]/PATH, the path naming a file or folder in the repo",
+    ),
+    (
+        "ollama://",
+        f"^ollama://(([^/]+/)?{_LOWER_NAME}/)?{_LOWER_NAME}(:{_TAG})?$",
+        "ollama://[[HOST[:PORT]/]NAMESPACE/]MODEL[:TAG]; a host needs a namespace after it",
+    ),
+    (
+        "oci://",
+        f"^oci://[^/@]+/([^/@]+/)*[^/:@]+(:{_TAG}({_DIGEST})?|{_DIGEST})$",
+        "oci://HOST[:PORT]/REPO with a :TAG or an @sha256:HEX digest",
+    ),
+    (
+        "http",
+        "^https?://[^/@#]+/[^?#]*[^/?#]([?][^#]*)?$",
+        "https://HOST[:PORT]/PATH naming a file, with no user:password@ (use "
+        "credentialsSecret) and no #fragment",
+    ),
+    (
+        "pvc://",
+        f"^pvc://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/{_PATH_PART})+$",
+        "pvc://CLAIM/PATH, the path relative to the claim's root",
+    ),
+    (
+        "file://",
+        f"^file://(/{_PATH_PART})+$",
+        "file:///PATH, an absolute path with an empty host",
+    ),
+)
+"""(prefix, regex, form): a source that starts with prefix must match regex."""
+_INFERABLE = "^[^?]*[.]([gG][gG][uU][fF]|[oO][nN][nN][xX])([?].*)?$"
+
+
 class ModelSpec(_Spec):
     """Which model to serve and how to verify it."""
 
@@ -263,7 +395,22 @@ class ModelSpec(_Spec):
                     "spec.model.source: http:// is only allowed with allowInsecure: true; "
                     "use https://",
                     ".source",
-                )
+                ),
+                *(
+                    cel(
+                        f"!self.source.startsWith('{prefix}') || self.source.matches('{regex}')",
+                        f"spec.model.source must have the form {form}",
+                        ".source",
+                    )
+                    for prefix, regex, form in SOURCE_FORMS
+                ),
+                cel(
+                    "has(self.format) || self.source.startsWith('ollama://') || "
+                    f"(!self.source.startsWith('oci://') && self.source.matches('{_INFERABLE}'))",
+                    "spec.model.format is needed: the source does not end in .gguf or .onnx "
+                    "(an oci:// source never shows it); set format to gguf or onnx",
+                    ".format",
+                ),
             ]
         }
     )
@@ -332,7 +479,7 @@ class CacheSpec(_Spec):
         "init container pulls into an emptyDir. Image: an OCI image volume (source must be "
         "oci://...@sha256:...).",
     )
-    size: Quantity = Field(
+    size: PositiveQuantity = Field(
         default="5Gi", description="PVC size (Volume) or emptyDir size limit (PerPod)."
     )
     storage_class_name: str | None = Field(
@@ -350,13 +497,6 @@ class CacheSpec(_Spec):
         description="Delete: the PVC goes with the LocalModel. Retain: the PVC is kept (no "
         "owner reference) and reused by a LocalModel with the same source and digest.",
     )
-
-    @field_validator("size")
-    @classmethod
-    def _size_positive(cls, value: str) -> str:
-        if quantity_value(value) <= 0:
-            raise ValueError(f"{value!r} must be more than 0, e.g. 2Gi")
-        return value
 
 
 class HardwareSpec(_Spec):
@@ -469,8 +609,31 @@ class ResourceList(_Spec):
     )
 
 
+def _request_within_limit(name: str) -> JsonDict:
+    """CEL: requests.NAME <= limits.NAME where both are set (names escaped as Kubernetes does)."""
+    field = name.replace("-", "__dash__")
+    request, limit = f"self.requests.{field}", f"self.limits.{field}"
+    path = f".requests.{name}" if field == name else f".requests['{name}']"
+    return cel(
+        f"!has(self.requests) || !has(self.limits) || !has({request}) || !has({limit}) || "
+        f"!isQuantity(string({request})) || "
+        f"!isQuantity(string({limit})) || "
+        f"quantity(string({request})).compareTo(quantity(string({limit}))) <= 0",
+        f"requests.{name} must be at most limits.{name}; raise the limit or lower the request",
+        path,
+    )
+
+
 class ResourcesSpec(_Spec):
     """Container requests and limits; derived from the model when empty."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _request_within_limit(name) for name in ("cpu", "memory", "ephemeral-storage")
+            ]
+        }
+    )
 
     requests: ResourceList = Field(
         default_factory=ResourceList,

@@ -49,6 +49,7 @@ _KEPT: Final = frozenset(
         "pattern",
         "minItems",
         "maxItems",
+        "maxProperties",
         "required",
         "nullable",
     }

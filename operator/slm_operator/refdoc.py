@@ -33,6 +33,8 @@ PATTERN_NAMES: Final[Mapping[str, str]] = {
     api.DURATION_PATTERN: "duration such as `90s`, `2m`, `1h30m`",
     api.QUANTITY_PATTERN: "Kubernetes quantity such as `500m`, `2Gi`, `4`",
     api.K8S_NAME_PATTERN: "DNS-1123 subdomain (lowercase letters, digits, `-`, `.`)",
+    api.LABEL_VALUE_PATTERN: "label value (letters, digits, `-`, `_`, `.`, starting and ending "
+    "with a letter or digit)",
 }
 """Readable names for the patterns api.py uses; any other pattern is shown as a regex."""
 
@@ -170,12 +172,15 @@ def constraints(node: Schema, *, required: bool = False) -> list[str]:
         found.append(f"one entry per {keys}")
     if node.get("nullable"):
         found.append("`null` allowed")
+    found += _bounds(node, "minProperties", "maxProperties", "entries ")
     for key in ("items", "additionalProperties"):
         inner = node.get(key)
         if isinstance(inner, dict) and not _has_fields(inner):
             nested = constraints(inner)
             if nested:
                 found.append("each " + ", ".join(nested))
+    if not _has_fields(node):  # an object's rules are listed under its own section
+        found += [str(rule["message"]) for rule in node.get("x-kubernetes-validations", ())]
     return found
 
 
@@ -258,6 +263,49 @@ def _intro() -> list[str]:
     ]
 
 
+OPERATOR_ONLY: Final = (
+    (
+        "The finer grammar of `spec.model.source`: Hugging Face and OCI name rules (no `--` or "
+        "`..` in a Hugging Face name, lowercase OCI repository components), host names, ports "
+        "from 1 to 65535, tag lengths, percent-escapes in URLs.",
+        "The CRD checks the structure of each source form (one CEL regex per scheme); copying "
+        "the whole parser into CEL would give two grammars to keep in step. The operator parses "
+        "the source with the runtime's own parser.",
+    ),
+    (
+        "A binary-suffixed quantity above 2^63-1, such as `16Ei`.",
+        "The API server's quantity parser caps binary-suffixed values at 2^63-1 before CEL sees "
+        "them, so `quantity()` cannot tell `16Ei` from the largest quantity. Decimal ones "
+        "(`1e999`, `10E`) are refused at apply.",
+    ),
+    (
+        "That the Secrets named by `credentialsSecret` and `authSecret` exist and hold their keys.",
+        "A CEL rule sees only the object being admitted, never other objects.",
+    ),
+    (
+        "Anything that depends on the operator's settings or the cluster: the accelerator "
+        "catalog (which tiers can run a format), node capacity, which images may run.",
+        "The API server knows neither the operator's settings nor, in a rule, the nodes.",
+    ),
+)
+"""What the operator checks that the CRD cannot, and why; shown in the reference."""
+
+
+def _operator_only() -> list[str]:
+    lines = [
+        "## Checked by the operator only",
+        "",
+        "The operator refuses these with phase `Failed` and a Ready condition (reason "
+        f"{_reason_link(api.Reason.INVALID_SPEC)} or {_reason_link(api.Reason.SECRET_NOT_FOUND)})"
+        " whose message names the field; the API server admits them.",
+        "",
+        "| check | why not at `kubectl apply` |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {_cell(what)} | {_cell(why)} |" for what, why in OPERATOR_ONLY]
+    return [*lines, ""]
+
+
 def _conditions() -> list[str]:
     lines = [
         "## Conditions",
@@ -297,6 +345,8 @@ def render_reference() -> str:
         lines += [f"## {top}", ""]
         for section in sections(schema["properties"][top], top):
             lines += _section_markdown(section, "###")
+        if top == "spec":
+            lines += _operator_only()
     lines += _conditions()
     return "\n".join(lines).rstrip("\n") + "\n"
 

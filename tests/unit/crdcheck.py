@@ -2,15 +2,21 @@
 
 It applies the schema's defaults the way the API server does, validates the result with a JSON
 Schema validator (draft 4 has OpenAPI 3.0's boolean ``exclusiveMinimum``), and evaluates every
-``x-kubernetes-validations`` rule with cel-python. The real API server replays the same table in
-tests/cluster/test_crd_replay.py; this proxy catches mistakes without a cluster.
+``x-kubernetes-validations`` rule with cel-python. cel-python has the CEL standard library only, so
+the Kubernetes libraries the rules use (``isQuantity``/``quantity`` and ``format.qualifiedName()``)
+are written here after k8s.io/apimachinery's ParseQuantity and IsQualifiedName, and property names
+are escaped as the API server escapes them (``ephemeral-storage`` -> ``ephemeral__dash__storage``).
+The real API server replays the same table in tests/cluster/test_crd_replay.py; this proxy catches
+mistakes without a cluster.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_UP, Context, Decimal, localcontext
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -173,10 +179,176 @@ def cel_rules(schema: Schema | None = None, path: str = "") -> list[Rule]:
     return rules
 
 
+# --- the Kubernetes CEL libraries (k8s.io/apiserver/pkg/cel/library) ---------------------------
+
+_K8S_QUANTITY = re.compile(
+    r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?"
+)
+_DECIMAL_SUFFIX = {
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "": 0,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
+_BINARY_SUFFIX = {s: 1024**i for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)}
+_INT64_MAX = Decimal(2**63 - 1)
+
+
+def k8s_quantity(text: str) -> Decimal | None:
+    """resource.ParseQuantity's value, or None where it fails: a binary-suffixed value above
+    2^63-1 is capped there, and everything is rounded away from zero to nano units."""
+    match = _K8S_QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    number, suffix = match.group(1), match.group(2) or ""
+    with localcontext(Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN)):
+        if suffix in _BINARY_SUFFIX:
+            value = min(abs(Decimal(number)) * _BINARY_SUFFIX[suffix], _INT64_MAX)
+        elif suffix in _DECIMAL_SUFFIX:
+            value = abs(Decimal(number)).scaleb(_DECIMAL_SUFFIX[suffix])
+        elif abs(int(suffix[1:])) < 2**31:  # the exponent is parsed as an int32
+            value = abs(Decimal(number)).scaleb(int(suffix[1:]))
+        else:
+            return None
+        value = value.scaleb(9).to_integral_value(rounding=ROUND_UP).scaleb(-9)
+        return -value if number.startswith("-") else value
+
+
+@dataclass(frozen=True)
+class _Quantity:
+    value: Decimal
+
+
+def _is_quantity(text: Any) -> celpy.celtypes.BoolType:
+    return celpy.celtypes.BoolType(isinstance(text, str) and k8s_quantity(text) is not None)
+
+
+def _quantity(text: Any) -> _Quantity | celpy.CELEvalError:
+    value = k8s_quantity(text) if isinstance(text, str) else None
+    if value is None:
+        return celpy.CELEvalError(f"quantity: {text!r} is not a quantity")
+    return _Quantity(value)
+
+
+def _sign(q: _Quantity) -> celpy.celtypes.IntType:
+    return celpy.celtypes.IntType((q.value > 0) - (q.value < 0))
+
+
+def _compare_to(q: _Quantity, other: _Quantity) -> celpy.celtypes.IntType:
+    return celpy.celtypes.IntType((q.value > other.value) - (q.value < other.value))
+
+
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME_PART = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+def qualified_name_errors(key: str) -> list[str]:
+    """validation.IsQualifiedName: ``[prefix/]name``, prefix a DNS subdomain, name <= 63."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return ["a qualified name must consist of an optional prefix and a name"]
+    name, errors = parts[-1], []
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            errors.append("prefix part must be non-empty")
+        elif len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix):
+            errors.append("prefix part must be a DNS-1123 subdomain")
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63 or not _QUALIFIED_NAME_PART.fullmatch(name):
+        errors.append("name part must be a qualified name of at most 63 characters")
+    return errors
+
+
+@dataclass(frozen=True)
+class _Format:
+    check: Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class _Optional:
+    errors: list[str]
+
+
+_FORMAT_LIBRARY = object()
+"""What the identifier ``format`` stands for: ``format.NAME()`` is a call on it."""
+
+K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "isQuantity": _is_quantity,
+    "quantity": _quantity,
+    "sign": _sign,
+    "compareTo": _compare_to,
+    "qualifiedName": lambda library: _Format(qualified_name_errors),
+    "validate": lambda fmt, text: _Optional(fmt.check(str(text))),
+    "hasValue": lambda optional: celpy.celtypes.BoolType(bool(optional.errors)),
+}
+
+
+_RESERVED = frozenset(
+    [
+        "true",
+        "false",
+        "null",
+        "in",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
+    ]
+)
+
+
+def escape_name(name: str) -> str:
+    """A property name as CEL rules see it (k8s.io/apiserver/pkg/cel escaping)."""
+    if name in _RESERVED:
+        return f"__{name}__"
+    escaped = name.replace("__", "__underscores__")
+    for char, word in ((".", "dot"), ("-", "dash"), ("/", "slash")):
+        escaped = escaped.replace(char, f"__{word}__")
+    return escaped
+
+
+def _escaped(schema: Schema, value: Any) -> Any:
+    """``value`` with object property names (not map keys) escaped."""
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for name, item in value.items():
+            if name in properties:
+                out[escape_name(name)] = _escaped(properties[name], item)
+            else:
+                out[name] = _escaped(extra, item) if isinstance(extra, dict) else item
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_escaped(schema["items"], item) for item in value]
+    return value
+
+
 @cache
 def _program(rule: str) -> celpy.Runner:
     env = celpy.Environment()
-    return env.program(env.compile(rule))
+    return env.program(env.compile(rule), functions=K8S_FUNCTIONS)
 
 
 def compile_rule(rule: str) -> None:
@@ -190,7 +362,8 @@ def cel_errors(obj: Any, schema: Schema | None = None, path: str = "") -> list[C
     errors = []
     for entry in schema.get("x-kubernetes-validations", []):
         try:
-            result = _program(entry["rule"]).evaluate({"self": json_to_cel(obj)})
+            activation = {"self": json_to_cel(_escaped(schema, obj)), "format": _FORMAT_LIBRARY}
+            result = _program(entry["rule"]).evaluate(activation)
         except celpy.CELEvalError as exc:
             # The API server rejects on evaluation errors too (e.g. "no such key").
             errors.append(CrdError(path, f"{exc.args[0]} evaluating rule: {entry['message']}"))

@@ -21,7 +21,10 @@ from crdcheck import (
     open_api_schema,
     to_json_schema,
 )
+from fuzz.strategies import source as any_source
+from hypothesis import HealthCheck, given, settings
 from slm_operator import api, crdgen
+from slm_runtime.sources import infer_format, parse_source
 
 pytestmark = pytest.mark.unit
 
@@ -217,17 +220,89 @@ def test_status_has_no_defaults_and_conditions_are_a_map() -> None:
     assert conditions["maxItems"] > 0
 
 
+QUANTITY_FIELDS = (
+    "spec.cache.size",
+    *(
+        f"spec.resources.{side}.{name}"
+        for side in ("requests", "limits")
+        for name in ("cpu", "memory", "ephemeral-storage")
+    ),
+)
+LABEL_MAPS = ("spec.scheduling.nodeSelector", "spec.scheduling.podLabels", "spec.monitoring.labels")
+KEYED_MAPS = (*LABEL_MAPS, "spec.scheduling.podAnnotations")
+
+
 def test_cel_rules_cover_the_cross_field_checks() -> None:
     rules = {(r.path, r.field_path) for r in cel_rules()}
     assert rules == {
         ("", None),
         ("spec", ".cache.mode"),
         ("spec.model", ".source"),
+        ("spec.model", ".format"),
         ("spec.hardware", ".fallback"),
         ("spec.autoscaling", ".minReplicas"),
+        ("spec.resources", ".requests.cpu"),
+        ("spec.resources", ".requests.memory"),
+        ("spec.resources", ".requests['ephemeral-storage']"),
+        *((path, None) for path in (*QUANTITY_FIELDS, *KEYED_MAPS)),
     }
     for rule in cel_rules():
         compile_rule(rule.rule)
+
+
+@pytest.mark.parametrize("path", QUANTITY_FIELDS)
+def test_quantities_are_checked_by_the_quantity_library(path: str) -> None:
+    """Format, sign and 64-bit range: what the pattern alone cannot say."""
+    node = _at(path)
+    rules = node["x-kubernetes-validations"]
+    assert rules[: len(api.QUANTITY_RULES)] == list(api.QUANTITY_RULES)
+    assert (api.POSITIVE_QUANTITY_RULE in rules) is (path == "spec.cache.size")
+    assert node["maxLength"] == 64
+    for value, ok in [("500m", True), (2, True), ("0", path != "spec.cache.size"),
+                      ("-1", False), ("-0.5Gi", False), ("1e999", False), ("16Ei", True),
+                      ("9223372036854775807", True), ("9223372036854775808", False),
+                      ("1e1.5", False), ("lots", False)]:  # fmt: skip
+        assert (cel_errors(value, node) == []) is ok, (path, value)
+
+
+@pytest.mark.parametrize("path", KEYED_MAPS)
+def test_label_and_annotation_keys_are_qualified_names(path: str) -> None:
+    node = _at(path)
+    assert node["x-kubernetes-validations"] == [api.KEYS_RULE]
+    assert node["maxProperties"] == api.MAP_MAX_ENTRIES
+    for key, ok in [("app", True), ("example.com/app", True), ("a" * 63, True),
+                    ("", False), ("a" * 64, False), ("-app", False), ("app_", False),
+                    ("Example.com/app", False), ("/app", False), ("a/b/c", False),
+                    ("a b", False), ("x" * 254 + "/a", False)]:  # fmt: skip
+        assert (cel_errors({key: "v"}, node) == []) is ok, (path, key)
+
+
+@pytest.mark.parametrize("path", LABEL_MAPS)
+def test_label_values_are_checked_by_the_schema(path: str) -> None:
+    values = _at(path)["additionalProperties"]
+    assert values == {"type": "string", "maxLength": 63, "pattern": api.LABEL_VALUE_PATTERN}
+    annotations = _at("spec.scheduling.podAnnotations")["additionalProperties"]
+    assert annotations == {"type": "string"}
+
+
+def test_requests_at_most_limits() -> None:
+    node = _at("spec.resources")
+    for resources, ok in [
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": 1}}, False),
+        ({"requests": {"cpu": "1000m"}, "limits": {"cpu": 1}}, True),
+        ({"requests": {"memory": "2Gi"}, "limits": {"memory": "2G"}}, False),
+        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "1024Mi"}}, True),
+        ({"requests": {"ephemeral-storage": "2Gi"}, "limits": {"ephemeral-storage": "1Gi"}}, False),
+        ({"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}, True),
+        ({"requests": {"cpu": "2"}}, True),
+        ({"limits": {"cpu": "lots"}, "requests": {"cpu": "2"}}, True),  # the field's own rule
+        ({}, True),
+    ]:
+        errors = [e for e in cel_errors(resources, node) if "at most limits" in e.message]
+        assert (errors == []) is ok, resources
+        if not ok:
+            (only,) = errors
+            assert only.path.lstrip(".").startswith("requests"), only
 
 
 _SELF_FIELD = re.compile(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
@@ -254,3 +329,44 @@ def test_cel_rules_only_touch_bounded_values() -> None:
 def test_crd_file_is_plain_yaml() -> None:
     documents = list(yaml.safe_load_all(CRD_PATH.read_text()))
     assert len(documents) == 1
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(any_source)
+@pytest.mark.filterwarnings("ignore:The recursion limit will not be reset")
+def test_source_rules_never_refuse_what_the_parser_accepts(source: str) -> None:
+    """The CRD checks each form's structure only: a source the parser takes passes its rules."""
+    node = _at("spec.model")
+    try:
+        parsed = parse_source(source, allow_insecure=True)
+    except ValueError:
+        return
+    with_format = {"source": source, "allowInsecure": True, "format": "gguf"}
+    assert cel_errors(with_format, node) == []
+    if infer_format(parsed) is not None:
+        assert cel_errors({"source": source, "allowInsecure": True}, node) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "hf://unsloth/gemma-3-270m-it-GGUF@main/gemma-3-270m-it-Q4_K_M.gguf",
+        "hf://microsoft/Phi-4-mini-instruct-onnx/cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4",
+        "hf://org/repo/.hidden/..dots/x.gguf",
+        "ollama://qwen2.5:0.5b",
+        "ollama://library/qwen2.5",
+        "ollama://registry.example.com:5000/acme/qwen2.5:0.5b-q4",
+        "ollama://[::1]:11434/acme/qwen2.5:latest",
+        "oci://ghcr.io/acme/gemma:v1",
+        "oci://registry.local:5000/a/b/c/gemma@sha256:" + "a" * 64,
+        "oci://ghcr.io/acme/gemma:v1@sha256:" + "b" * 64,
+        "https://models.example.com/gemma.gguf?download=true",
+        "https://[::1]:8443/a/b.onnx",
+        "pvc://models/team/gemma.gguf",
+        "file:///models/gemma.gguf",
+    ],
+)
+def test_source_rules_admit_every_form(source: str) -> None:
+    parse_source(source, allow_insecure=True)
+    assert cel_errors({"source": source, "format": "gguf"}, _at("spec.model")) == []

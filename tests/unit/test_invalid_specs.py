@@ -20,6 +20,7 @@ from crdcheck import (
     open_api_schema,
     schema_errors,
 )
+from slm_operator import refdoc
 from slm_operator.api import InvalidSpecError, parse_localmodel
 
 pytestmark = pytest.mark.unit
@@ -163,6 +164,14 @@ def test_valid_edge_specs_pass_both(name: str) -> None:
     assert crd_errors(obj) == []
 
 
+@pytest.mark.parametrize("name", sorted(TABLE["valid"]))
+def test_valid_table_specs_pass_both(name: str) -> None:
+    """The table's `valid` edges, which the cluster suite also sends to the API server."""
+    obj = _obj(TABLE["valid"][name])
+    parse_localmodel(obj)
+    assert crd_errors(obj) == []
+
+
 def test_omitted_fallback_is_the_tiers_below_preferred() -> None:
     obj = _obj(VALID_EDGES["gpu-without-fallback-list"])
     assert [t.value for t in parse_localmodel(obj).spec.hardware.tiers()] == ["gpu", "cpu"]
@@ -195,3 +204,12 @@ def test_examples_pass_both(path: Path) -> None:
 )
 def test_names_field(message: str, field: str, expected: bool) -> None:
     assert names_field(message, field) is expected
+
+
+def test_what_the_crd_admits_is_documented_as_checked_by_the_operator() -> None:
+    """Every case the API server admits falls under a row of the reference's operator-only list."""
+    reference = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert "## Checked by the operator only" in reference
+    grammar = refdoc.OPERATOR_ONLY[0][0]
+    assert "`spec.model.source`" in grammar
+    assert {case["field"] for case in CASES if not case["crd"]} == {"spec.model.source"}

@@ -69,7 +69,9 @@ def test_rows_show_type_default_and_constraints() -> None:
     text = refdoc.render_reference()
     rows = {line.split(" | ")[0].strip("| `"): line for line in text.splitlines()}
     assert "| string | `Volume` | one of `Volume`, `PerPod`, `Image` |" in rows["spec.cache.mode"]
-    assert "| int or string | `5Gi` | Kubernetes quantity" in rows["spec.cache.size"]
+    assert "| int or string | `5Gi` | length ≤ 64; Kubernetes quantity" in rows["spec.cache.size"]
+    assert "must be more than 0" in rows["spec.cache.size"]
+    assert "entries ≤ 64; each length ≤ 63, label value" in rows["spec.scheduling.podLabels"]
     assert (
         "| []string | `[ollama, openai]` | items 1 to 2; no duplicates"
         in (rows["spec.serving.apis"])
