@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Writes an SPDX JSON SBOM of each built image to dist/sbom/<image>-<version>.spdx.json with
 # syft, built from its Go module into the binary cache once (a few minutes cold). Reads the
-# images from the Docker engine. Usage: sbom.sh [operator runtime runtime-cuda ...]
+# images from the Docker engine. Usage: sbom.sh [operator runtime runtime-cuda ...], or
+# sbom.sh --tool to build syft only (setup does, so the image tests find it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -22,6 +23,7 @@ if [ ! -x "${syft}" ]; then
   rm -rf "${tmp}"
 fi
 
+[ "${1:-}" = "--tool" ] && exit 0
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=(operator runtime)
 mkdir -p dist/sbom

@@ -3,7 +3,8 @@
 # containerd, runc) and debootstrap, a dockerd started when none answers (log and pid under
 # ~/.cache/slm-operator/docker), then `make images` (the local base, the operator image and
 # the CPU runtime image; Docker's layer cache makes a rebuild after a Python-only change take
-# seconds). Without a working engine this fails: the image tests never turn into skips.
+# seconds), and syft for their SBOMs. Without a working engine this fails: the image tests
+# never turn into skips.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sudo_cmd=()
@@ -31,3 +32,4 @@ if ! "${DOCKER}" info >/dev/null 2>&1; then
 fi
 
 bash hack/images/build.sh
+bash hack/images/sbom.sh --tool

@@ -22,6 +22,20 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
+# Docker Engine sets the FORWARD policy to DROP and loads br_netfilter, which sends traffic
+# between two ports of a bridge through FORWARD: accept it for the pod bridge explicitly.
+_FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+
+
+def _iptables(action: str, check: bool = True) -> bool:
+    result = subprocess.run(
+        ["iptables", action, *_FORWARD_RULE], capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"iptables {action} {' '.join(_FORWARD_RULE)}: {result.stderr.strip()}")
+    return result.returncode == 0
+
+
 def netns_name(uid: str) -> str:
     """The network namespace of the pod with this uid."""
     return f"slm-{uid[:13]}"
@@ -40,6 +54,8 @@ class Network:
             _ip("link", "add", BRIDGE, "type", "bridge")
             _ip("addr", "add", f"{GATEWAY}/{POD_CIDR.prefixlen}", "dev", BRIDGE)
         _ip("link", "set", BRIDGE, "up")
+        if not _iptables("-C", check=False):
+            _iptables("-I")
 
     def _allocate(self, uid: str) -> str:
         for host in POD_CIDR.hosts():
@@ -81,3 +97,5 @@ class Network:
         for f in list(self._ips.iterdir()):
             self.delete(f.read_text())
         _ip("link", "del", BRIDGE, check=False)
+        while _iptables("-D", check=False):
+            pass
