@@ -142,7 +142,8 @@ _QUANTITY_TEXT: Final = "string(self)"
 QUANTITY_RULES: Final = (
     cel(f"isQuantity({_QUANTITY_TEXT})", "must parse as a Kubernetes quantity"),
     cel(
-        f"!isQuantity({_QUANTITY_TEXT}) || quantity({_QUANTITY_TEXT}).sign() >= 0",
+        f"!isQuantity({_QUANTITY_TEXT}) || "
+        f"quantity({_QUANTITY_TEXT}).compareTo(quantity('0')) >= 0",
         "must be 0 or more",
     ),
     cel(
@@ -152,7 +153,7 @@ QUANTITY_RULES: Final = (
     ),
 )
 POSITIVE_QUANTITY_RULE: Final = cel(
-    f"!isQuantity({_QUANTITY_TEXT}) || quantity({_QUANTITY_TEXT}).sign() > 0",
+    f"!isQuantity({_QUANTITY_TEXT}) || quantity({_QUANTITY_TEXT}).compareTo(quantity('0')) > 0",
     "must be more than 0, e.g. 2Gi",
 )
 
