@@ -370,3 +370,20 @@ def test_source_rules_never_refuse_what_the_parser_accepts(source: str) -> None:
 def test_source_rules_admit_every_form(source: str) -> None:
     parse_source(source, allow_insecure=True)
     assert cel_errors({"source": source, "format": "gguf"}, _at("spec.model")) == []
+
+
+CEL_LIBRARY_SINCE = {"format.": (1, 32), "quantity(": (1, 29), "isQuantity(": (1, 29)}
+"""The Kubernetes minor version whose API server first compiles each library in CRD rules."""
+
+
+def test_chart_requires_a_kubernetes_that_compiles_the_rules() -> None:
+    chart = yaml.safe_load((CRD_PATH.parents[1] / "charts/slm-operator/Chart.yaml").read_text())
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.\d+(-0)?", chart["kubeVersion"])
+    assert match, chart["kubeVersion"]
+    floor = (int(match.group(1)), int(match.group(2)))
+    used = {call: since for call, since in CEL_LIBRARY_SINCE.items() for rule in cel_rules()
+            if call in rule.rule}  # fmt: skip
+    assert set(used) == set(CEL_LIBRARY_SINCE)
+    assert floor >= max(used.values()), f"kubeVersion {chart['kubeVersion']} cannot run {used}"
+    install = (CRD_PATH.parents[1] / "docs/install.md").read_text()
+    assert f"Kubernetes {floor[0]}.{floor[1]} or newer" in install
