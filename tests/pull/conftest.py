@@ -145,6 +145,36 @@ def run_pull(
     return PullRun(proc.returncode, proc.stdout, proc.stderr, termination)
 
 
+def self_signed(prefix: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 and localhost under ``prefix``."""
+    cert, key = prefix / "cert.pem", prefix / "key.pem"
+    if shutil.which("openssl") is None:
+        pytest.skip(f"openssl is not installed; {SETUP_HINT}")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 # --- nginx ------------------------------------------------------------------------------------
 
 
@@ -168,7 +198,8 @@ class Nginx:
         return f"https://127.0.0.1:{self.tls_port}/{name}"
 
     def requests(self) -> list[str]:
-        """Access log lines so far: ``<status> "<range>" <bytes sent> "<authorization>"``."""
+        """Access log lines so far:
+        ``<host>:<port> <status> "<range>" <bytes sent> "<authorization>"``."""
         if not self.access_log.exists():
             return []
         return self.access_log.read_text(encoding="utf-8").splitlines()
@@ -192,29 +223,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Iterato
     (root / "not-a-model.bin").write_bytes(b"plain bytes, no GGUF magic" * 10)
     port, tls_port = free_port(), free_port()
     access_log = prefix / "access.log"
-    cert, key = prefix / "cert.pem", prefix / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(prefix)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(
@@ -223,7 +232,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    log_format ranges '$status "$http_range" $body_bytes_sent "$http_authorization"';
+    log_format ranges '$host:$server_port $status "$http_range" $body_bytes_sent '
+                      '"$http_authorization"';
     access_log {access_log} ranges;
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;
@@ -237,6 +247,8 @@ http {{
         ssl_certificate_key {key};
         root {root};
         sendfile on;
+        location = /moved/gemma.gguf {{ return 302 /gemma.gguf; }}
+        location = /elsewhere/gemma.gguf {{ return 302 https://localhost:{tls_port}/gemma.gguf; }}
     }}
 }}
 """,
@@ -340,10 +352,27 @@ def cutting_proxy(nginx: Nginx) -> Iterator[CuttingProxy]:
 
 @dataclass
 class OciRegistry:
-    """The CNCF distribution registry on loopback (plain HTTP), and oras to push to it."""
+    """The CNCF distribution registry on loopback, and oras to push to it.
+
+    Plain HTTP, or HTTPS with a self-signed certificate when ``ca_file`` is set (the puller
+    then trusts it through ``SSL_CERT_FILE``).
+    """
 
     host: str
     workdir: Path
+    ca_file: Path | None = None
+
+    def transport(self) -> list[str]:
+        """The oras flags that reach this registry: --plain-http or its CA."""
+        return ["--ca-file", str(self.ca_file)] if self.ca_file else ["--plain-http"]
+
+    def pull_args(self) -> list[str]:
+        """The `slm-runtime pull` flags for this registry (plain HTTP needs --allow-insecure)."""
+        return [] if self.ca_file else ["--allow-insecure"]
+
+    def pull_env(self) -> dict[str, str]:
+        """The environment that makes the puller trust this registry's certificate."""
+        return {"SSL_CERT_FILE": str(self.ca_file)} if self.ca_file else {}
 
     def blob_downloads(self, repository: str) -> int:
         """How many blob GETs the registry has answered for ``repository``."""
@@ -365,10 +394,14 @@ class OciRegistry:
         return proc.stdout
 
 
-def start_registry(workdir: Path, auth_block: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def start_registry(
+    workdir: Path, auth_block: str = "", tls: tuple[Path, Path] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the registry on a free loopback port (HTTPS with ``tls``: certificate, key)."""
     if not REGISTRY_BIN.exists() or not ORAS_BIN.exists():
         pytest.skip(f"the OCI registry or oras is not built; {SETUP_HINT}")
     port = free_port()
+    tls_block = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
     config = workdir / "config.yml"
     config.write_text(
         f"""version: 0.1
@@ -379,7 +412,7 @@ storage:
     rootdirectory: {workdir / "storage"}
 http:
   addr: 127.0.0.1:{port}
-{auth_block}""",
+{tls_block}{auth_block}""",
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -407,13 +440,13 @@ REGISTRY_USER = "puller"
 REGISTRY_PASSWORD = "s3cret-Pa55"
 
 
-@pytest.fixture(scope="session")
-def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    """A registry that demands HTTP basic auth (htpasswd, bcrypt)."""
+def _basic_auth_registry(
+    workdir: Path, *, tls: bool
+) -> tuple[subprocess.Popen[bytes], OciRegistry]:
+    """A registry that demands HTTP basic auth (htpasswd, bcrypt), over HTTPS when ``tls``."""
     htpasswd = shutil.which("htpasswd")
     if htpasswd is None:
         pytest.skip(f"htpasswd (apache2-utils) is not installed; {SETUP_HINT}")
-    workdir = tmp_path_factory.mktemp("registry-auth")
     users = workdir / "htpasswd"
     subprocess.run(
         [htpasswd, "-Bbc", str(users), REGISTRY_USER, REGISTRY_PASSWORD],
@@ -421,8 +454,28 @@ def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oc
         capture_output=True,
     )
     auth = f"auth:\n  htpasswd:\n    realm: slm-test\n    path: {users}\n"
-    proc, host = start_registry(workdir, auth)
+    cert_key = self_signed(workdir) if tls else None
+    proc, host = start_registry(workdir, auth, tls=cert_key)
+    return proc, OciRegistry(host=host, workdir=workdir, ca_file=cert_key[0] if cert_key else None)
+
+
+@pytest.fixture(scope="session")
+def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """An HTTPS registry that demands HTTP basic auth."""
+    proc, registry = _basic_auth_registry(tmp_path_factory.mktemp("registry-auth"), tls=True)
     try:
-        yield OciRegistry(host=host, workdir=workdir)
+        yield registry
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def basic_auth_registry_plain_http(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OciRegistry]:
+    """A plain-HTTP registry that demands HTTP basic auth: the puller must not answer it."""
+    proc, registry = _basic_auth_registry(tmp_path_factory.mktemp("registry-auth-http"), tls=False)
+    try:
+        yield registry
     finally:
         stop(proc)

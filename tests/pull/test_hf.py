@@ -35,6 +35,19 @@ FOLDER = {
     "onnx/cpu-int4/model.onnx": bytes(range(256)) * 40,
     "onnx/cpu-int4/tokenizer/tokenizer.json": b'{"version": "1.0"}',
 }
+# Folders whose listing (as a hostile mirror could serve it) names files outside the folder:
+# climbing out with '..', or an absolute path after the folder's prefix.
+ESCAPE_NAME = "escaped-by-listing.txt"
+ESCAPING = {
+    "climb/genai_config.json": b"{}",
+    f"climb/../../../{ESCAPE_NAME}": b"written outside the destination",
+}
+ABSOLUTE_DIR = Path(f"/tmp/slm-hf-absolute-{os.getpid()}")
+ABSOLUTE = {
+    "absolute/genai_config.json": b"{}",
+    f"absolute/{ABSOLUTE_DIR}/{ESCAPE_NAME}": b"written outside the destination",
+}
+SERVED = {**FOLDER, **ESCAPING, **ABSOLUTE}
 
 
 @dataclass
@@ -56,9 +69,9 @@ def _entries(gguf_size: int, gguf_sha256: str) -> dict[str, dict[str, Any]]:
             "lfs": {"oid": gguf_sha256, "size": gguf_size, "pointerSize": 134},
         }
     }
-    for path, data in FOLDER.items():
+    for path, data in SERVED.items():
         entries[path] = {"type": "file", "path": path, "size": len(data), "oid": "2" * 40}
-    for folder in ("onnx", "onnx/cpu-int4", "onnx/cpu-int4/tokenizer"):
+    for folder in ("onnx", "onnx/cpu-int4", "onnx/cpu-int4/tokenizer", "climb", "absolute"):
         entries[folder] = {"type": "directory", "path": folder, "oid": "3" * 40}
     return entries
 
@@ -126,8 +139,8 @@ def hub(nginx: Nginx, gemma_gguf: Path) -> Iterator[HubStandIn]:
                     return
                 if path == GGUF_NAME:
                     self._send(302, b"", {"Location": nginx.url("gemma.gguf")})
-                elif path in FOLDER:
-                    self._send(200, FOLDER[path], {"ETag": '"' + "2" * 40 + '"'})
+                elif path in SERVED:
+                    self._send(200, SERVED[path], {"ETag": '"' + "2" * 40 + '"'})
                 else:
                     self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
             else:
@@ -291,3 +304,62 @@ def test_hf_rerun_with_the_model_present_asks_the_hub_nothing(
     assert again.stdout.splitlines()[-1] == "[]"
     assert json.loads((tmp_path / "again").read_text()) == first.result()
     assert (len(hub.requests), len(nginx.requests())) == (hub_before, cdn_before)
+
+
+@pytest.mark.parametrize(
+    ("folder", "escaped"),
+    [("climb", f"../{ESCAPE_NAME}"), ("absolute", f"{ABSOLUTE_DIR}/{ESCAPE_NAME}")],
+)
+def test_hf_folder_listing_cannot_place_files_outside_the_destination(
+    folder: str, escaped: str, hub: HubStandIn, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    outside = (dest / escaped).resolve()
+    run = run_pull(
+        "--source",
+        f"hf://{REPO}/{folder}",
+        "--dest",
+        str(dest),
+        "--hf-endpoint",
+        hub.url,
+        tmp=tmp_path,
+        env={"SLM_SOURCE_TOKEN": TOKEN},
+    )
+    assert run.returncode == 1
+    listed = next(p for p in SERVED if p.startswith(f"{folder}/") and ESCAPE_NAME in p)
+    assert f"the repository listing names {listed!r}, which is not a file inside {folder!r}" in (
+        run.termination
+    )
+    assert not outside.exists()
+    assert not (dest / "model").exists()
+    # Refused before anything is downloaded.
+    assert not [p for _, p, _ in hub.requests if f"/resolve/{COMMIT}/{folder}/" in p]
+
+
+@pytest.mark.parametrize("planted", [".slm-partial", ".slm-partial/hf-folder"])
+def test_hf_folder_pull_does_not_follow_links_already_in_the_destination(
+    planted: str, hub: HubStandIn, tmp_path: Path
+) -> None:
+    dest = tmp_path / "models"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dest / planted).parent.mkdir(parents=True, exist_ok=True)
+    (dest / planted).symlink_to(outside, target_is_directory=True)
+    run = run_pull(
+        "--source",
+        f"hf://{REPO}@{COMMIT}/onnx/cpu-int4",
+        "--dest",
+        str(dest),
+        "--hf-endpoint",
+        hub.url,
+        tmp=tmp_path,
+        env={"SLM_SOURCE_TOKEN": TOKEN},
+    )
+    assert run.returncode == 0, run.termination
+    assert list(outside.iterdir()) == []
+    assert not (dest / ".slm-partial").is_symlink(), "partial files went through the link"
+    model = dest / "model"
+    assert model.is_dir()
+    assert not model.is_symlink()
+    for path, data in FOLDER.items():
+        assert (model / path.removeprefix("onnx/cpu-int4/")).read_bytes() == data

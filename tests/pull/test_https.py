@@ -245,3 +245,38 @@ def test_https_verifies_the_server_certificate(
     )
     assert trusted.returncode == 0, trusted.stderr
     assert trusted.result()["digest"] == f"sha256:{gemma_sha256}"
+
+
+def test_the_source_token_goes_only_to_the_source_host(
+    nginx: Nginx, gemma_sha256: str, tmp_path: Path
+) -> None:
+    token = "https-source-token-1234"
+    env = {"SSL_CERT_FILE": str(nginx.ca_file), "SLM_SOURCE_TOKEN": token}
+    sent: dict[str, list[str]] = {}
+    for name in ("moved", "elsewhere"):
+        before = len(nginx.requests())
+        run = run_pull(
+            "--source",
+            nginx.https_url(f"{name}/gemma.gguf"),
+            "--dest",
+            str(tmp_path / name),
+            "--sha256",
+            gemma_sha256,
+            tmp=tmp_path,
+            env=env,
+        )
+        assert run.returncode == 0, run.termination
+        assert token not in run.stdout + run.stderr
+        sent[name] = nginx.requests()[before:]
+    # (host:port, status, Authorization) of each request nginx saw. A redirect on the same
+    # origin keeps the token; one to another origin (localhost is not 127.0.0.1) drops it.
+    seen = {
+        name: [(line.split()[0], line.split()[1], line.split('"')[-2]) for line in lines]
+        for name, lines in sent.items()
+    }
+    origin = f"127.0.0.1:{nginx.tls_port}"
+    assert seen["moved"] == [(origin, "302", f"Bearer {token}"), (origin, "200", f"Bearer {token}")]
+    assert seen["elsewhere"] == [
+        (origin, "302", f"Bearer {token}"),
+        (f"localhost:{nginx.tls_port}", "200", "-"),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from pull.conftest import REGISTRY_PASSWORD, REGISTRY_USER, OciRegistry, run_pull
 
@@ -210,7 +212,7 @@ def test_basic_auth_registry_needs_and_accepts_credentials(
     pushed = _push_gguf_with_auth(registry, gemma_gguf)
     source = f"oci://{registry.host}/private/gemma:v1"
     anonymous = run_pull(
-        "--source", source, "--dest", str(tmp_path / "a"), "--allow-insecure", tmp=tmp_path
+        "--source", source, "--dest", str(tmp_path / "a"), tmp=tmp_path, env=registry.pull_env()
     )
     assert anonymous.returncode == 1
     assert "asks for a username and password" in anonymous.termination
@@ -220,9 +222,12 @@ def test_basic_auth_registry_needs_and_accepts_credentials(
         source,
         "--dest",
         str(tmp_path / "b"),
-        "--allow-insecure",
         tmp=tmp_path,
-        env={"SLM_SOURCE_USERNAME": REGISTRY_USER, "SLM_SOURCE_PASSWORD": "not-it"},
+        env={
+            **registry.pull_env(),
+            "SLM_SOURCE_USERNAME": REGISTRY_USER,
+            "SLM_SOURCE_PASSWORD": "not-it",
+        },
     )
     assert wrong.returncode == 1
     assert "refused the credentials (HTTP 401)" in wrong.termination
@@ -233,13 +238,39 @@ def test_basic_auth_registry_needs_and_accepts_credentials(
         source,
         "--dest",
         str(tmp_path / "c"),
-        "--allow-insecure",
         tmp=tmp_path,
-        env={"SLM_SOURCE_USERNAME": REGISTRY_USER, "SLM_SOURCE_PASSWORD": REGISTRY_PASSWORD},
+        env={
+            **registry.pull_env(),
+            "SLM_SOURCE_USERNAME": REGISTRY_USER,
+            "SLM_SOURCE_PASSWORD": REGISTRY_PASSWORD,
+        },
     )
     assert ok.returncode == 0, ok.stderr
     assert ok.result()["digest"] == f"sha256:{pushed.model_sha256}"
     assert REGISTRY_PASSWORD not in ok.stderr + ok.stdout
+
+
+def test_basic_credentials_are_never_sent_over_plain_http(
+    basic_auth_registry_plain_http: OciRegistry, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    registry = basic_auth_registry_plain_http
+    _push_gguf_with_auth(registry, gemma_gguf)
+    run = run_pull(
+        "--source",
+        f"oci://{registry.host}/private/gemma:v1",
+        "--dest",
+        str(tmp_path / "m"),
+        "--allow-insecure",
+        tmp=tmp_path,
+        env={"SLM_SOURCE_USERNAME": REGISTRY_USER, "SLM_SOURCE_PASSWORD": REGISTRY_PASSWORD},
+    )
+    assert run.returncode == 1
+    assert (
+        f"the registry {registry.host} asks for a username and password over plain http, where "
+        "they would travel unencrypted; serve the registry over https and drop allowInsecure"
+    ) in run.termination
+    assert registry.blob_downloads("private/gemma") == 0
+    assert not (tmp_path / "m" / "model.gguf").exists()
 
 
 def _push_gguf_with_auth(registry: OciRegistry, gguf: Path) -> Pushed:
@@ -249,7 +280,7 @@ def _push_gguf_with_auth(registry: OciRegistry, gguf: Path) -> Pushed:
         (stage / "m.gguf").symlink_to(gguf)
     out = registry.oras(
         "push",
-        "--plain-http",
+        *registry.transport(),
         "--format",
         "json",
         "-u",
@@ -309,3 +340,88 @@ def test_oci_folder_model_is_verified_with_the_manifest_digest(
         "files": ["model/genai_config.json", "model/model.onnx", "model/sub/tokenizer.json"],
     }
     assert (dest / "model" / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
+
+
+def _onnx_folder(root: Path) -> tuple[Path, str]:
+    """A small ONNX-shaped folder and its folder digest (sha256 of the sha256sum manifest)."""
+    folder = root / "phi-onnx"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "genai_config.json").write_text('{"model": {}}', encoding="utf-8")
+    (folder / "model.onnx").write_bytes(b"\x08\x07onnx-bytes" * 1000)
+    (folder / "sub" / "tokenizer.json").write_text("{}", encoding="utf-8")
+    manifest = "".join(
+        sorted(
+            f"{_sha256(folder / rel)}  {rel}\n"
+            for rel in ("genai_config.json", "model.onnx", "sub/tokenizer.json")
+        )
+    )
+    return folder, hashlib.sha256(manifest.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_oci_compressed_folder_layer_is_read(
+    compression: str, oci_registry: OciRegistry, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    folder, folder_digest = _onnx_folder(src)
+    tar = Path(shutil.make_archive(str(src / "phi"), "tar", src, folder.name))
+    if compression == "gzip":
+        layer = src / "phi.tar.gz"
+        layer.write_bytes(gzip.compress(tar.read_bytes()))
+    else:
+        layer = src / "phi.tar.zst"
+        layer.write_bytes(zstandard.ZstdCompressor(level=3).compress(tar.read_bytes()))
+    repository = f"models/phi-{compression}"
+    oci_registry.oras(
+        "push",
+        "--plain-http",
+        f"{oci_registry.host}/{repository}:onnx",
+        f"{layer.name}:application/vnd.oci.image.layer.v1.tar+{compression}",
+        cwd=src,
+    )
+    dest = tmp_path / "models"
+    run = run_pull(
+        "--source",
+        f"oci://{oci_registry.host}/{repository}:onnx",
+        "--dest",
+        str(dest),
+        "--format",
+        "onnx",
+        "--sha256",
+        folder_digest,
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 0, run.termination
+    assert run.result()["digest"] == f"sha256:{folder_digest}"
+    assert (dest / "model" / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
+    assert not (dest / ".slm-partial").exists()
+
+
+def test_oci_compressed_single_file_layer_is_refused_before_download(
+    oci_registry: OciRegistry, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "m.gguf.zst").write_bytes(zstandard.ZstdCompressor().compress(b"GGUF" + b"\0" * 4096))
+    oci_registry.oras(
+        "push",
+        "--plain-http",
+        f"{oci_registry.host}/models/zstd-gguf:v1",
+        "m.gguf.zst:application/vnd.slm.model.gguf+zstd",
+        cwd=stage,
+    )
+    run = run_pull(
+        "--source",
+        f"oci://{oci_registry.host}/models/zstd-gguf:v1",
+        "--dest",
+        str(tmp_path / "m"),
+        "--allow-insecure",
+        tmp=tmp_path,
+    )
+    assert run.returncode == 1
+    assert (
+        "is compressed (application/vnd.slm.model.gguf+zstd) but not a tar; push a GGUF "
+        "uncompressed, or a model folder as a tar (+gzip or +zstd)" in run.termination
+    )
+    assert oci_registry.blob_downloads("models/zstd-gguf") == 0

@@ -28,7 +28,7 @@ from slm_runtime.config import (
 from slm_runtime.pull.core import PullError, PullRequest, pull
 from slm_runtime.pull.digest import DigestMismatchError, normalize_sha256
 from slm_runtime.pull.progress import Progress
-from slm_runtime.pull.registry import Credentials, RegistryError
+from slm_runtime.pull.registry import ENV_TOKEN_REALM_HOSTS, Credentials, RegistryError
 from slm_runtime.pull.transfer import DEFAULT_RETRIES, TransferError
 from slm_runtime.sources import parse_source
 
@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-endpoint",
         default=os.environ.get(ENV_HF_ENDPOINT),
         help=f"Hugging Face endpoint for mirrors (env {ENV_HF_ENDPOINT})",
+    )
+    parser.add_argument(
+        "--token-realm-hosts",
+        default=os.environ.get(ENV_TOKEN_REALM_HOSTS, ""),
+        help="comma-separated hosts, besides a registry's own, whose token service (the "
+        f"WWW-Authenticate realm) may receive the credentials (env {ENV_TOKEN_REALM_HOSTS})",
     )
     parser.add_argument(
         "--retries",
@@ -148,6 +154,9 @@ def _request(args: argparse.Namespace) -> PullRequest:
         allow_insecure=args.allow_insecure,
         hf_endpoint=args.hf_endpoint or None,
         retries=args.retries,
+        token_realm_hosts=frozenset(
+            host.strip().lower() for host in args.token_realm_hosts.split(",") if host.strip()
+        ),
     )
 
 

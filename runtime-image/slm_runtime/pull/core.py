@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from pydantic import ValidationError
 
@@ -26,7 +26,7 @@ from slm_runtime.pull.digest import (
 )
 from slm_runtime.pull.progress import Progress
 from slm_runtime.pull.registry import Credentials, Descriptor, Registry, RegistryError
-from slm_runtime.pull.store import Destination, model_name, now_rfc3339
+from slm_runtime.pull.store import WORK_DIR_NAME, Destination, model_name, now_rfc3339
 from slm_runtime.pull.transfer import DEFAULT_RETRIES, USER_AGENT, Fetched, fetch
 from slm_runtime.sources import (
     FileSource,
@@ -53,6 +53,8 @@ OLLAMA_ADAPTER: Final = "application/vnd.ollama.image.adapter"
 # Ollama parameter names that differ from ModelParameters' field names.
 _OLLAMA_PARAM_ALIASES: Final = {"num_ctx": "context_length"}
 _TAR_MEDIA_SUFFIXES: Final = (".tar", ".tar+gzip", ".tar+zstd", "tar.gzip")
+_TAR_TITLE_SUFFIXES: Final = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
+_COMPRESSED_MEDIA_SUFFIXES: Final = ("+gzip", "+zstd", ".gzip", ".zstd")
 
 
 class PullError(Exception):
@@ -71,6 +73,8 @@ class PullRequest:
     allow_insecure: bool = False
     hf_endpoint: str | None = None
     retries: int = DEFAULT_RETRIES
+    token_realm_hosts: frozenset[str] = frozenset()
+    """Hosts besides a registry's own whose token service may receive the credentials."""
 
 
 def pull(request: PullRequest, progress: Progress) -> ModelMetadata:
@@ -296,6 +300,11 @@ def _pull_hf(
         first_line = str(err).splitlines()[0]
         raise PullError(f"{source}: {type(err).__name__}: {first_line}{detail}") from err
     log.info("resolved Hugging Face revision", extra={"source": str(source), "commit": commit})
+    folder = dest.work / "hf-folder"
+    targets: dict[str, Path] = {}
+    if isinstance(entry, RepoFolder):
+        _fresh_dir(folder)
+        targets = {f.path: _inside(dest, folder, f.path, source) for f in files}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     fetched: dict[str, Fetched] = {}
     for f in files:
@@ -316,13 +325,39 @@ def _pull_hf(
     if isinstance(entry, RepoFile):
         part = dest.work / f"hf-{hashlib.sha256(entry.path.encode()).hexdigest()[:16]}"
         return _place_file(request, dest, part, fetched[entry.path], str(source))
-    folder = dest.work / "hf-folder"
-    shutil.rmtree(folder, ignore_errors=True)
     for f in files:
-        target = folder / Path(f.path).relative_to(source.path)
+        target = targets[f.path]
         target.parent.mkdir(parents=True, exist_ok=True)
         (dest.work / f"hf-{hashlib.sha256(f.path.encode()).hexdigest()[:16]}").rename(target)
     return _place_folder(request, dest, folder, str(source))
+
+
+def _fresh_dir(path: Path) -> Path:
+    """An empty real directory at ``path``: a link or file left there is removed, not followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+def _inside(dest: Destination, folder: Path, listed: str, source: HfSource) -> Path:
+    """Where a listed file of the folder goes, refused unless it resolves inside ``folder``.
+
+    The listing comes from the Hub (or a mirror): its paths are checked as resolved on disk,
+    with symlinks followed, not as text.
+    """
+    prefix = source.path.rstrip("/") + "/"
+    target = folder / listed.removeprefix(prefix)
+    home = dest.root.resolve() / WORK_DIR_NAME / folder.name
+    resolved = target.resolve()
+    if not listed.startswith(prefix) or resolved == home or not resolved.is_relative_to(home):
+        raise PullError(
+            f"{source}: the repository listing names {listed!r}, which is not a file inside "
+            f"{source.path!r} (it would be written to {resolved}); the Hub endpoint or mirror "
+            "serves a bad listing: check --hf-endpoint"
+        )
+    return target
 
 
 def _place_folder(
@@ -353,6 +388,7 @@ def _pull_registry(
         source.repository,
         request.credentials,
         plain_http=request.allow_insecure,
+        realm_hosts=request.token_realm_hosts,
     )
     reference = source.tag if isinstance(source, OllamaSource) else source.reference
     try:
@@ -362,7 +398,7 @@ def _pull_registry(
             layer = _ollama_model_layer(source, manifest.layers)
         else:
             layer = _oci_model_layer(source, manifest.layers)
-        is_tar = _is_tar(layer)
+        is_tar = _is_tar(layer, str(source))
         layer_hex = layer.digest.removeprefix("sha256:")
         if not is_tar:
             check_pin(layer_hex, request.sha256, f"{source} (model layer {layer.digest})")
@@ -391,14 +427,27 @@ def _pull_registry(
             f"{source}: blob {layer.digest} arrived with sha256:{fetched.sha256}"
         )
     if is_tar:
-        folder = _extract(part, dest.work / "oci-folder", str(source))
+        folder = _extract(part, dest.work / "oci-folder", str(source), zstd=_is_zstd(layer))
         return _place_folder(request, dest, folder, str(source))
     return _place_file(request, dest, part, fetched, str(source), defaults)
 
 
-def _is_tar(layer: Descriptor) -> bool:
+def _is_tar(layer: Descriptor, what: str) -> bool:
+    """Whether the model layer is a tar of a folder; a compressed single file is refused."""
     title = (layer.title or "").lower()
-    return layer.media_type.endswith(_TAR_MEDIA_SUFFIXES) or title.endswith((".tar", ".tar.gz"))
+    if layer.media_type.endswith(_TAR_MEDIA_SUFFIXES) or title.endswith(_TAR_TITLE_SUFFIXES):
+        return True
+    if layer.media_type.endswith(_COMPRESSED_MEDIA_SUFFIXES):
+        raise PullError(
+            f"{what}: the model layer {layer.digest} is compressed ({layer.media_type}) but not "
+            "a tar; push a GGUF uncompressed, or a model folder as a tar (+gzip or +zstd)"
+        )
+    return False
+
+
+def _is_zstd(layer: Descriptor) -> bool:
+    title = (layer.title or "").lower()
+    return layer.media_type.endswith("+zstd") or title.endswith((".tar.zst", ".tzst"))
 
 
 def _oci_model_layer(source: OciSource, layers: tuple[Descriptor, ...]) -> Descriptor:
@@ -408,7 +457,7 @@ def _oci_model_layer(source: OciSource, layers: tuple[Descriptor, ...]) -> Descr
         layer
         for layer in layers
         if "gguf" in layer.media_type.lower()
-        or (layer.title or "").lower().endswith((".gguf", ".tar", ".tar.gz"))
+        or (layer.title or "").lower().endswith((".gguf", *_TAR_TITLE_SUFFIXES))
     ]
     if len(candidates) != 1:
         names = ", ".join(f"{layer.title or layer.media_type} ({layer.digest})" for layer in layers)
@@ -468,19 +517,41 @@ def _ollama_parameters(text: str) -> ModelParameters:
         raise RegistryError(f"the params layer has invalid values: {err}") from err
 
 
-def _extract(archive: Path, folder: Path, what: str) -> Path:
-    """Unpack a model folder tar safely (no links, no paths outside the folder)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def _extract(archive: Path, folder: Path, what: str, *, zstd: bool = False) -> Path:
+    """Unpack a model folder tar (plain, gzip, bzip2, xz or zstd) safely: regular files and
+    directories only, none outside the folder."""
+    _fresh_dir(folder)
     try:
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
-            tar.extractall(folder, members=members, filter="data")
+        with (
+            archive.open("rb") as raw,
+            _decompressed(raw, zstd) as stream,
+            tarfile.open(fileobj=stream, mode="r|*") as tar,
+        ):
+            regular = (m for m in tar if m.isfile() or m.isdir())
+            tar.extractall(folder, members=regular, filter="data")
     except (tarfile.TarError, OSError) as err:
-        raise PullError(f"{what}: the model layer is not a readable tar: {err}") from err
+        kind = "zstd-compressed tar" if zstd else "tar"
+        raise PullError(f"{what}: the model layer is not a readable {kind}: {err}") from err
     archive.unlink()
     entries = [p for p in folder.iterdir()]
     # A tar of one top-level folder holds the model in that folder.
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return folder
+
+
+@contextmanager
+def _decompressed(raw: BinaryIO, zstd: bool) -> Iterator[BinaryIO]:
+    """The layer's bytes as a stream: zstd is decoded here, tarfile detects the others."""
+    if not zstd:
+        yield raw
+        return
+    try:
+        import zstandard  # only +zstd layers need it
+    except ImportError as err:
+        raise OSError("reading a +zstd layer needs the zstandard package") from err
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader:
+            yield cast(BinaryIO, reader)
+    except zstandard.ZstdError as err:
+        raise OSError(f"zstd: {err}") from err

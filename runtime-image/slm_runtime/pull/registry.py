@@ -9,6 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import httpx
@@ -23,6 +24,8 @@ _ACCEPT: Final = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIS
 _MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 TITLE_ANNOTATION: Final = "org.opencontainers.image.title"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+ENV_TOKEN_REALM_HOSTS: Final = "SLM_TOKEN_REALM_HOSTS"
+"""Hosts, besides a registry's own, whose token service may receive the source credentials."""
 
 
 class RegistryError(Exception):
@@ -84,9 +87,13 @@ class Registry:
         credentials: Credentials,
         *,
         plain_http: bool = False,
+        realm_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
         self._repository = repository
+        self._host = host
+        self._plain_http = plain_http
+        self._realm_hosts = frozenset(h.lower() for h in realm_hosts)
         self._base = f"{'http' if plain_http else 'https'}://{host}/v2/{repository}"
         self._credentials = credentials
         # A token on its own is a registry bearer token, sent from the first request on.
@@ -181,12 +188,19 @@ class Registry:
                     f"{self._repository}: the registry asks for a username and password; "
                     "set them in the credentialsSecret"
                 )
+            if self._plain_http:
+                raise RegistryError(
+                    f"{self._repository}: the registry {self._host} asks for a username and "
+                    "password over plain http, where they would travel unencrypted; serve the "
+                    "registry over https and drop allowInsecure"
+                )
             self._auth_header = basic
             return
         if scheme.lower() != "bearer" or "realm" not in params:
             raise RegistryError(
                 f"{self._repository}: unsupported authentication challenge {scheme!r}"
             )
+        self._check_realm(params["realm"])
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.setdefault("scope", f"repository:{self._repository}:pull")
         basic = self._credentials.basic_header()
@@ -205,3 +219,22 @@ class Registry:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self._repository}: the token service returned no token")
         self._auth_header = f"Bearer {token}"
+
+    def _check_realm(self, realm: str) -> None:
+        """A token service may get the credentials only over https, on the registry's host or
+        on a host the puller was told to trust."""
+        parts = urlsplit(realm)
+        realm_host = (parts.hostname or "").lower()
+        registry_host = (urlsplit(self._base).hostname or "").lower()
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        if parts.scheme != "https":
+            raise RegistryError(
+                f"{self._repository}: the registry {self._host} sends token requests to "
+                f"{shown}, which is not https; the token service must be served over https"
+            )
+        if realm_host != registry_host and realm_host not in self._realm_hosts:
+            raise RegistryError(
+                f"{self._repository}: the registry {self._host} sends token requests to "
+                f"{shown}, another host; if you trust it, add {realm_host} to the puller's "
+                f"--token-realm-hosts (env {ENV_TOKEN_REALM_HOSTS})"
+            )

@@ -34,7 +34,13 @@ class Destination:
         self.metadata_path = root / MODEL_METADATA_FILE
 
     def prepare(self) -> None:
-        """Create the directory and its work area (same filesystem, so renames are atomic)."""
+        """Create the directory and its work area (same filesystem, so renames are atomic).
+
+        A link or file where the work area belongs is removed: partial files never land
+        outside the destination.
+        """
+        if self.work.is_symlink() or self.work.is_file():
+            self.work.unlink()
         self.work.mkdir(parents=True, exist_ok=True)
 
     def read_metadata(self) -> ModelMetadata | None:

@@ -167,6 +167,7 @@ def _resume_state(url: str, part: Path, expected_size: int | None) -> _State:
         record = {}
     usable = (
         part.is_file()
+        and not part.is_symlink()
         and record.get("url") == url
         and (expected_size is None or part.stat().st_size <= expected_size)
     )
