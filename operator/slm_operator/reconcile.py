@@ -140,7 +140,7 @@ class Caches:
             f"{kind.plural}_idx": {} for kind in (*CHILD_KINDS, POD)
         }
         self._events_lock = threading.Lock()
-        self._recent: dict[tuple[Key, Ident], Object] = {}
+        self._recent: dict[Key, dict[Ident, Object]] = {}
         self._recent_lock = threading.Lock()
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
@@ -151,8 +151,14 @@ class Caches:
 
     def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """Cache a child from its watch event (watches.py)."""
-        uid = str(obj.get("metadata", {}).get("uid", ""))
+        meta = obj.get("metadata", {})
+        uid = str(meta.get("uid", ""))
         packed = None if deleted else pack(obj, keep_spec=kind != POD)
+        if deleted:
+            # An apply answer must not bring back a child that is gone.
+            name = str(meta.get("name", ""))
+            with self._recent_lock:
+                self._recent.get(key, {}).pop((kind.api_version, kind.kind, name), None)
         with self._events_lock:
             store = self._events[f"{kind.plural}_idx"]
             if packed is None:
@@ -216,6 +222,22 @@ class Caches:
             found.extend(self._values(f"{kind.plural}_idx", key))
         return found
 
+    def children_now(self, key: Key) -> list[Object]:
+        """Every child of a LocalModel (pods included) as the API server has it: the watch's
+        copy, or the answer of an apply the watch has not delivered yet."""
+        found = {ident(c): c for c in self.children_of(key)}
+        with self._recent_lock:
+            recent = self._recent.get(key, {})
+            for wanted, answer in list(recent.items()):
+                cached = found.get(wanted)
+                if cached is not None and _hash(cached) == _hash(answer):
+                    del recent[wanted]  # the watch caught up
+                else:
+                    found[wanted] = answer
+            if not recent:
+                self._recent.pop(key, None)
+        return list(found.values())
+
     def nodes(self) -> list[NodeInfo]:
         """Placement's view of every node."""
         idx = self.indexes.get("nodes_idx")
@@ -232,14 +254,14 @@ class Caches:
     def remember(self, key: Key, obj: Object) -> None:
         """Record what an apply returned."""
         with self._recent_lock:
-            self._recent[(key, ident(obj))] = _without_managed_fields(obj)
+            self._recent.setdefault(key, {})[ident(obj)] = _without_managed_fields(obj)
 
     def own_write(self, key: Key, obj: Mapping[str, Any]) -> bool:
         """Whether a watch event only echoes one of the operator's own applies (the version
         its answer had): the reconcile that wrote it has taken it into account already."""
         version = (obj.get("metadata") or {}).get("resourceVersion")
         with self._recent_lock:
-            recent = self._recent.get((key, ident(obj)))
+            recent = self._recent.get(key, {}).get(ident(obj))
         return recent is not None and recent["metadata"].get("resourceVersion") == version
 
     def live(self, key: Key, kind: Kind, name: str) -> Object | None:
@@ -249,19 +271,18 @@ class Caches:
             (c for c in self._values(f"{kind.plural}_idx", key) if ident(c) == wanted), None
         )
         with self._recent_lock:
-            recent = self._recent.get((key, wanted))
+            recent = self._recent.get(key, {}).get(wanted)
             if recent is None:
                 return cached
             if cached is not None and _hash(cached) == _hash(recent):
-                del self._recent[(key, wanted)]
+                del self._recent[key][wanted]
                 return cached
             return recent
 
     def forget(self, key: Key) -> None:
         """Drop apply answers of a deleted LocalModel."""
         with self._recent_lock:
-            for k in [k for k in self._recent if k[0] == key]:
-                del self._recent[k]
+            self._recent.pop(key, None)
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:
@@ -423,7 +444,7 @@ class Reconciler:
             # holds the one before it, and conditions would restart their transition times.
             lm = lm.model_copy(update={"status": written})
 
-        children = self.caches.children_of(key)
+        children = self.caches.children_now(key)
         deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
         monitoring_crd = self.caches.crd_installed("servicemonitors.monitoring.coreos.com")
         obs = _observe(children, deployment, None, monitoring_crd)
@@ -494,13 +515,21 @@ class Reconciler:
             message = f"the API server refused a child: {refused}; change the spec field it names"
             self._fail(key, body, message, Reason.INVALID_SPEC, now)
             raise InvalidSpecError(message) from exc
+        answers: dict[Ident, Object] = {}
         for applied in result.applied:
             live = result.live.get(applied)
             if live is not None:
-                self.caches.remember(key, {**live, "apiVersion": applied[0], "kind": applied[1]})
+                answers[applied] = {**live, "apiVersion": applied[0], "kind": applied[1]}
+                self.caches.remember(key, answers[applied])
         owned = [c for c in children if c["kind"] != POD.kind]
         pruned = prune_children(self.kube, lm.metadata.uid, desired, owned, CHILD_KINDS)
         metrics.WRITES.inc(len(result.applied) + len(pruned))
+        if answers:
+            # Status follows what the API server answered, not what was read before the applies:
+            # a Deployment just released from its hold already asks for its replicas.
+            children = [c for c in children if ident(c) not in answers] + list(answers.values())
+            deployment = answers.get(_deployment_ident(lm), deployment)
+            obs = _with_pull_progress(_observe(children, deployment, job_name, monitoring_crd), obs)
 
         status = compute_status(
             lm,
@@ -513,11 +542,11 @@ class Reconciler:
         if stepped is not None:
             status.fallback_reason = stepped
         elif result.applied and key not in self._deferred:
-            # That status was read from the caches before these applies. The next reconcile
-            # reads their answers; queued behind the models already waiting, it also takes in
-            # what happens meanwhile (in a burst of new models, their pods becoming ready),
-            # which saves a status write. Once only, so that a child applied on every reconcile
-            # still gets its model a status.
+            # Children just applied change soon (a new Deployment's pods start). The next
+            # reconcile, queued behind the models already waiting, also takes in what happens
+            # meanwhile (in a burst of new models, their pods becoming ready), which saves a
+            # status write. Once only, so that a child applied on every reconcile still gets
+            # its model a status.
             self._deferred.add(key)
             self.enqueue(key, cause="applied")
             return status
@@ -648,6 +677,14 @@ def _observe(
         runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
         service_monitor_crd=monitoring_crd,
     )
+
+
+def _with_pull_progress(obs: Observation, before: Observation) -> Observation:
+    """``obs`` with the pull progress read for ``before`` (the same Job)."""
+    job, now = before.pull_job, obs.pull_job
+    if job is None or job.progress is None or now is None or now.name != job.name:
+        return obs
+    return replace(obs, pull_job=replace(now, progress=job.progress))
 
 
 def _fingerprint(body: Mapping[str, Any]) -> str:

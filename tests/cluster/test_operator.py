@@ -6,11 +6,15 @@ whose placement is under test; kwok marks them Ready and completes Jobs without 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ from .conftest import CACHE, HOST_NODE, HOST_NODE_SCHEDULING, Cluster
 from .operator_run import OperatorProcess, wait_for, writes_by
 
 INSTANCE = "app.kubernetes.io/instance"
+LOCALMODELS = "localmodels.slm.dev"
+"""Fully qualified: other suites on the shared cluster create CRDs of the same kind."""
 SERVICE_MONITOR_CRD_FILE = next(
     (CACHE / "bin").glob("servicemonitor-crd-*.yaml"), CACHE / "bin" / "servicemonitor-crd.yaml"
 )
@@ -67,7 +73,7 @@ def localmodel(name: str, **spec: Any) -> dict[str, Any]:
 
 def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     """The LocalModel's status (empty until the operator writes one)."""
-    obj = cluster.get("localmodel", name, namespace)
+    obj = cluster.get(LOCALMODELS, name, namespace)
     result: dict[str, Any] = obj.get("status") or {}
     return result
 
@@ -395,6 +401,91 @@ def test_gemma_on_the_host_node_pulls_serves_and_answers(
     assert answer.strip()
 
 
+@contextlib.contextmanager
+def held_file_server(
+    host: str, path: Path
+) -> Iterator[tuple[str, threading.Event, threading.Event]]:
+    """Serve ``path`` over HTTP, holding every request until ``release`` is set.
+
+    Yields the file's URL, ``asked`` (set by the first request: a pull has begun) and
+    ``release``; a pull cannot finish while it is held.
+    """
+    asked, release = threading.Event(), threading.Event()
+
+    class Held(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(path.parent), **kwargs)
+
+        def do_GET(self) -> None:
+            asked.set()
+            release.wait(timeout=300)
+            super().do_GET()
+
+        def do_HEAD(self) -> None:
+            asked.set()
+            release.wait(timeout=300)
+            super().do_HEAD()
+
+    server = http.server.ThreadingHTTPServer((host, 0), Held)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/{path.name}", asked, release
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def ready_pod_ips(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """IPs of the model's runtime pods whose Ready condition is True."""
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-l", f"{INSTANCE}={name},app.kubernetes.io/name=slm-runtime",
+            "-o", "json", namespace=namespace,
+        ).stdout
+    )["items"]  # fmt: skip
+    return [
+        pod["status"]["podIP"]
+        for pod in pods
+        if condition(pod["status"], "Ready").get("status") == "True"
+    ]
+
+
+def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, gemma_gguf: Path
+) -> None:
+    """`kubectl wait --for=condition=Available` started while the first pull runs returns only
+    once a replica serves: the Deployment held at zero replicas meanwhile is no scale to zero."""
+    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    with held_file_server(cluster.host_gateway, gemma_gguf) as (url, asked, release):
+        cluster.apply(on_host_node("waited", url, digest), namespace)
+        wait_for(asked.is_set, timeout=120, what="the pull Job to ask for the model")
+        st = wait_phase(cluster, namespace, "waited", "Pulling", timeout=60)
+        deployment = cluster.get("deployment", "waited", namespace)
+        assert deployment["spec"]["replicas"] == 0  # held while the model is pulled
+        assert condition(st, "Available")["status"] == "False", st
+        assert condition(st, "Available")["reason"] == "MinimumReplicasUnavailable", st
+
+        waiter = subprocess.Popen(
+            ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "wait", "-n", namespace,
+             "--for=condition=Available", f"{LOCALMODELS}/waited", "--timeout=300s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        release.set()
+        out, err = waiter.communicate(timeout=330)
+        assert waiter.returncode == 0, f"{out}{err}\n{operator.log()[-3000:]}"
+        ips = ready_pod_ips(cluster, namespace, "waited")
+        assert ips, "kubectl wait returned with no ready runtime pod"
+        reply = httpx.post(
+            f"http://{ips[0]}:8080/api/generate",
+            json={"model": "waited", "prompt": "Name a primary colour.", "stream": False},
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["response"].strip()
+
+
 def test_service_monitor_follows_monitoring_setting(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
@@ -637,12 +728,12 @@ def test_per_pod_and_image_cache_modes_reconcile(
 def test_a_new_models_status_is_written_from_its_children_not_before_them(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    """The reconcile that applies a model's children leaves the status to the next one, which
-    reads the API server's answers: no status says a child the operator has just created is
-    missing."""
+    """Status is computed from the API server's answers to the applies, not from caches read
+    before them: no status says a child the operator has just created is missing, and the
+    phases only move forward."""
     template = '{.status.phase}|{.status.conditions[?(@.type=="Ready")].message}{"\\n"}'
     seen = subprocess.Popen(
-        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "localmodels", "-n", namespace,
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", LOCALMODELS, "-n", namespace,
          "--field-selector", "metadata.name=counted", "-w", "-o", f"jsonpath={template}"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -662,3 +753,8 @@ def test_a_new_models_status_is_written_from_its_children_not_before_them(
     assert statuses, lines
     assert not any("waiting for the pull Job" in line or "not created yet" in line
                    for line in statuses), statuses  # fmt: skip
+    # Its phases only move forward (a status read before the applies, or a Deployment held at
+    # zero replicas for the pull read as a scale to zero, would go Pulling, Pending, Deploying).
+    order = ["Pending", "Pulling", "Deploying", "Ready"]
+    steps = [order.index(line.split("|")[0]) for line in statuses]
+    assert steps == sorted(steps), statuses

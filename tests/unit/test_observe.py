@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from slm_operator.kube import DEPLOYMENT
 from slm_operator.observe import node_info, observation, pod_summary, pull_progress
+from slm_operator.reconcile import Caches
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +139,43 @@ def test_node_info_reads_readiness_taints_and_quantities() -> None:
     assert info.ready
     assert info.unschedulable
     assert info.allocatable == {"cpu": 15.5, "memory": 62 * 2**30, "nvidia.com/gpu": 1.0}
+
+
+def _deployment(replicas: int, applied: str, version: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "gemma",
+            "namespace": "ai",
+            "uid": "d1",
+            "resourceVersion": version,
+            "labels": {"app.kubernetes.io/instance": "gemma"},
+            "annotations": {"slm.dev/applied": applied},
+        },
+        "spec": {"replicas": replicas},
+    }
+
+
+def test_children_are_read_from_an_apply_answer_until_the_watch_delivers_it() -> None:
+    caches = Caches()
+    key = ("ai", "gemma")
+    caches.observe(DEPLOYMENT, key, _deployment(0, "held", "10"), deleted=False)
+    caches.remember(key, _deployment(1, "released", "11"))  # the apply's answer
+
+    [seen] = caches.children_now(key)
+    assert seen["spec"]["replicas"] == 1  # not the held Deployment the watch still has
+
+    later = _deployment(1, "released", "12")  # the watch caught up (and moved on)
+    caches.observe(DEPLOYMENT, key, later, deleted=False)
+    assert caches.children_now(key) == [later]
+
+
+def test_an_apply_answer_does_not_bring_back_a_deleted_child() -> None:
+    caches = Caches()
+    key = ("ai", "gemma")
+    caches.remember(key, _deployment(1, "released", "11"))
+    assert [c["metadata"]["name"] for c in caches.children_now(key)] == ["gemma"]
+    caches.observe(DEPLOYMENT, key, _deployment(1, "released", "13"), deleted=True)
+    assert caches.children_now(key) == []
+    assert caches.live(key, DEPLOYMENT, "gemma") is None
