@@ -92,18 +92,31 @@ def test_pull_suite_has_its_own_marker() -> None:
     assert re.search(r"^\d+ tests collected", out, re.M), out
 
 
-REGISTRY_TEST = "tests/pull/test_registry.py"
+NEEDS_REGISTRY = """import pytest
+pytestmark = pytest.mark.runtime
+def test_needs_registry(oci_registry): pass
+"""
 
 
 @pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 error")])
 def test_a_missing_registry_skips_locally_and_fails_under_ci(
     tmp_path: Path, ci: str, outcome: str
 ) -> None:
-    """An empty binary cache stands for a machine where `make setup` did not build the registry."""
-    code, listing = _pytest("--collect-only", "-q", REGISTRY_TEST, cwd=ROOT)
-    first = next(line for line in listing.splitlines() if line.startswith(REGISTRY_TEST))
-    env = {"SLM_CACHE_DIR": str(tmp_path), "CI": ci}
-    code, out = _pytest("-q", "-rA", first, cwd=ROOT, env=env)
+    """The project's pull conftest, an empty binary cache (a machine where `make setup` did not
+    build the registry) and a throwaway test that needs the registry."""
+    suite = _suite(tmp_path, {})
+    (suite / "conftest.py").unlink()
+    pull = suite / "tests" / "pull"
+    pull.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "conftest.py", suite / "tests" / "conftest.py")
+    shutil.copy(ROOT / "tests" / "pull" / "conftest.py", pull / "conftest.py")
+    (pull / "__init__.py").write_text("", encoding="utf-8")
+    (pull / "test_needs_registry.py").write_text(NEEDS_REGISTRY, encoding="utf-8")
+    (suite / "hack").mkdir()
+    shutil.copy(ROOT / "hack" / "pull-versions.sh", suite / "hack" / "pull-versions.sh")
+    (suite / "cache").mkdir()
+    env = {"SLM_CACHE_DIR": str(suite / "cache"), "CI": ci}
+    code, out = _pytest("-q", "-rA", "tests", cwd=suite, env=env)
     assert outcome in out, out
     if ci:
         assert code == pytest.ExitCode.TESTS_FAILED, out
