@@ -148,6 +148,22 @@ def operator_like_pod(
             process.wait()
 
 
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def network_policy_peers(cluster: Cluster, namespace: str, name: str) -> list[Any] | None:
+    """The peers the model's NetworkPolicy admits, once it exists."""
+    found = cluster.kubectl("get", "networkpolicy", name, "-o", "json", namespace=namespace,
+                            check=False)  # fmt: skip
+    if found.returncode != 0:
+        return None
+    peers: list[Any] = json.loads(found.stdout)["spec"]["ingress"][0]["from"]
+    return peers
+
+
 def restore_crd(cluster: Cluster) -> None:
     """Put the CRD back exactly as crds/ has it, for the other cluster tests."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
@@ -208,9 +224,10 @@ def test_helm_install_test_upgrade_uninstall(
         "--set-json", f"tests.tolerations=[{json.dumps(HOST_NODE_TOLERATION)}]",
         "--namespace", namespace, "--wait", "--timeout", "120s",
     ]  # fmt: skip
-    # A CRD installed by another path (the suite's `crds` fixture) is adopted, as a user
-    # moving from `kubectl apply -f crds/` to Helm would.
-    adopt = ["--take-ownership"] if crd_exists(cluster) else []
+    # A CRD installed by another path (the suite's `crds` fixture) and the LocalModel user
+    # roles a plain install left are adopted, as a user moving from `kubectl apply` to Helm
+    # would.
+    adopt = ["--take-ownership"]
     try:
         installed = cluster.helm("install", RELEASE, str(CHART), *adopt, *test_values)
         assert f"helm test {RELEASE} -n {namespace}" in installed.stdout  # NOTES.txt
@@ -263,6 +280,8 @@ def test_watched_namespace_install_runs_a_model_under_roles(
         cluster.helm(
             "install", release, str(CHART), "--namespace", namespace, "--wait",
             "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}",
+            "--set", "rbac.aggregateToDefaultRoles=false",
+            "--set-json", f"runtime.metricsFrom=[{json.dumps(PROMETHEUS)}]",
         )  # fmt: skip
         assert cluster.get("role", release, namespace)["rules"]
         cluster_rules = cluster.get("clusterrole", release)["rules"]
@@ -275,11 +294,78 @@ def test_watched_namespace_install_runs_a_model_under_roles(
             cluster.apply(localmodel("scoped"), namespace)
             wait_ready(cluster, namespace, "scoped")
             cluster.kubectl("delete", "lm", "scoped", namespace=namespace)
+
+            # The chart's metricsFrom reaches the NetworkPolicy of a model that turns one on.
+            fenced = localmodel("fenced")
+            fenced["spec"]["serving"] = {"networkPolicy": {"enabled": True}}
+            cluster.apply(fenced, namespace)
+            wait_for(
+                lambda: (
+                    network_policy_peers(cluster, namespace, "fenced")
+                    == [{"podSelector": {}}, PROMETHEUS]
+                ),
+                timeout=60,
+                what="the fenced model's NetworkPolicy to admit the namespace and Prometheus",
+            )
+
+            # An image outside the catalog is refused: the chart left allowCustomImages off.
+            custom = localmodel("custom")
+            custom["spec"]["runtime"] = {"image": "attacker.example/miner:1"}
+            cluster.apply(custom, namespace)
+            wait_for(
+                lambda: phase(cluster, namespace, "custom") == "Failed",
+                timeout=60,
+                what="the custom-image model Failed",
+            )
+            status = cluster.get("localmodel", "custom", namespace)["status"]
+            ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+            assert "runtime.allowCustomImages=true" in ready["message"]
+            assert "attacker.example/miner:1" in ready["message"]
+            gone = cluster.kubectl("get", "deployment", "custom", namespace=namespace, check=False)
+            assert gone.returncode != 0, "a refused model got a Deployment"
             assert process.poll() is None
         log = (tmp_path / "operator.log").read_text(errors="replace")
         assert "Forbidden" not in log, log[-2000:]
     finally:
         cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+
+
+def test_localmodel_roles_aggregate_into_edit_and_view(cluster: Cluster, namespace: str) -> None:
+    roles = cluster.helm(
+        "template", RELEASE, str(CHART), "--namespace", namespace,
+        "--show-only", "templates/localmodel-roles.yaml",
+    ).stdout  # fmt: skip
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=roles)
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        cluster.kubectl(
+            "create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--user={user}",
+            namespace=namespace,
+        )  # fmt: skip
+
+    def can(user: str, verb: str, resource: str, *extra: str) -> bool:
+        answer = cluster.kubectl(
+            "auth", "can-i", verb, resource, f"--as={user}", *extra, namespace=namespace,
+            check=False,
+        )  # fmt: skip
+        return answer.stdout.strip() == "yes"
+
+    # The controller-manager folds the labelled roles into edit and view.
+    wait_for(lambda: can("alice", "create", "localmodels.slm.dev"), timeout=60,
+             what="edit to aggregate slm-localmodel-edit")  # fmt: skip
+    wait_for(lambda: can("bob", "list", "localmodels.slm.dev"), timeout=60,
+             what="view to aggregate slm-localmodel-view")  # fmt: skip
+    assert can("alice", "delete", "localmodels.slm.dev")
+    assert can("alice", "update", "localmodels.slm.dev", "--subresource=scale")
+    assert not can("alice", "patch", "localmodels.slm.dev", "--subresource=status")
+    assert can("bob", "get", "localmodels.slm.dev")
+    assert not can("bob", "create", "localmodels.slm.dev")
+    assert not can("bob", "patch", "localmodels.slm.dev")
+    # Bound in this namespace only.
+    elsewhere = cluster.kubectl(
+        "auth", "can-i", "create", "localmodels.slm.dev", "--as=alice", "--namespace=default",
+        check=False,
+    )  # fmt: skip
+    assert elsewhere.stdout.strip() == "no"
 
 
 @pytest.fixture(scope="module")
