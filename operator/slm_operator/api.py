@@ -863,6 +863,7 @@ class Reason(StrEnum):
     # Placed
     PLACED = "Placed"
     FELL_BACK = "FellBack"
+    RUNTIME_FELL_BACK = "RuntimeFellBack"
     NO_CAPACITY = "NoCapacity"
     # Available
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
@@ -904,7 +905,9 @@ CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
             Reason.SECRET_NOT_FOUND,
         }
     ),
-    ConditionType.PLACED: frozenset({Reason.PLACED, Reason.FELL_BACK, Reason.NO_CAPACITY}),
+    ConditionType.PLACED: frozenset(
+        {Reason.PLACED, Reason.FELL_BACK, Reason.NO_CAPACITY, Reason.RUNTIME_FELL_BACK}
+    ),
     ConditionType.AVAILABLE: frozenset(
         {
             Reason.MINIMUM_REPLICAS_AVAILABLE,
@@ -983,7 +986,14 @@ class LocalModelStatus(_Spec):
         default=Phase.PENDING,
         description="One-word summary: Pending, Pulling, Deploying, Ready, Degraded or Failed.",
     )
-    backend: Device | None = Field(default=None, description="The tier actually placed.")
+    backend: Device | None = Field(
+        default=None,
+        description="The device the runtime serves on, as its ready pods report it (the placed "
+        "tier until one has).",
+    )
+    placed_tier: Device | None = Field(
+        default=None, description="The hardware tier the operator placed the pods on."
+    )
     fallback_reason: str | None = Field(
         default=None, description="Why the preferred tier(s) were skipped."
     )

@@ -188,10 +188,13 @@ def _column(name: str, type_: str, path: str, description: str, **extra: Any) ->
 
 PRINTER_COLUMNS: Final = (
     _column("Model", "string", ".spec.model.source", "Where the model comes from."),
-    _column("Backend", "string", ".status.backend", "The hardware tier placed."),
+    _column("Backend", "string", ".status.backend", "The device the runtime serves on."),
     _column("Ready", "integer", ".status.readyReplicas", "Replicas serving requests."),
     _column("Phase", "string", ".status.phase", "Pending, Pulling, Deploying, Ready, ..."),
     _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+    _column(
+        "Placed", "string", ".status.placedTier", "The tier the pods were placed on.", priority=1
+    ),
     _column("Endpoint", "string", ".status.endpoint", "In-cluster URL of the API.", priority=1),
 )
 

@@ -10,11 +10,12 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
 from pydantic import ValidationError
-from slm_runtime.config import PullResult
+from slm_runtime.config import Device, PullResult
 
 from slm_operator.place import NodeInfo
 from slm_operator.sizing import parse_quantity
@@ -25,6 +26,7 @@ from slm_operator.status import (
     ObjectCondition,
     Observation,
     PodSummary,
+    RuntimeDevice,
 )
 
 log = logging.getLogger(__name__)
@@ -189,16 +191,21 @@ def observation(
     job_pods: Iterable[Obj],
     runtime_pods: Iterable[Obj],
     service_monitor_crd: bool,
+    devices: Mapping[str, RuntimeDevice] | None = None,
 ) -> Observation:
     """Everything status needs about one LocalModel's children.
 
     A Secret the pods reference but that does not exist shows up as the kubelet's
     CreateContainerConfigError; reading it from pod status spares the operator any access to
-    Secrets.
+    Secrets. ``devices`` holds what runtime pods (by name) reported they serve on.
     """
     job_pods = list(job_pods)
     runtime_pods = list(runtime_pods)
-    pods = tuple(pod_summary(p) for p in runtime_pods)
+    devices = devices or {}
+    pods = tuple(
+        replace(summary, device=devices.get(summary.name))
+        for summary in map(pod_summary, runtime_pods)
+    )
     waiting = [pod_summary(p) for p in job_pods] + list(pods)
     missing = sorted(
         {
@@ -275,3 +282,21 @@ def model_info(pull: PullResult | None) -> ModelInfo | None:
     if pull is None:
         return None
     return ModelInfo(digest=pull.digest, size_bytes=pull.size_bytes)
+
+
+def runtime_device(answer: object) -> RuntimeDevice | None:
+    """The device a runtime's /readyz answer names, with the devices it left and why; None
+    when the answer says no device the operator knows."""
+    if not isinstance(answer, Mapping):
+        return None
+    try:
+        device = Device(str(answer.get("device")))
+    except ValueError:
+        return None
+    fallback = answer.get("fallback")
+    left = (
+        tuple((str(name), str(error)) for name, error in fallback.items())
+        if isinstance(fallback, Mapping)
+        else ()
+    )
+    return RuntimeDevice(device=device, fallback=left)

@@ -52,6 +52,7 @@ from slm_operator.kube import (
 )
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
+from slm_operator.readiness import DeviceReader
 from slm_operator.render import RenderOptions, endpoint, render, selector_string
 from slm_operator.settings import (
     AcceleratorCatalog,
@@ -61,9 +62,11 @@ from slm_operator.settings import (
 from slm_operator.sizing import parse_quantity, pod_resources
 from slm_operator.status import (
     Observation,
+    RuntimeDevice,
     compute_status,
     failed_status,
     next_tier,
+    runtime_fallback,
     should_step_down,
     status_patch,
     step_down_reason,
@@ -311,6 +314,8 @@ class Reconciler:
         """Per model: its last renders, by what they were for (see ``_desired``)."""
         self._deferred: set[Key] = set()
         """Models whose last reconcile applied children and left its status to the next one."""
+        self.devices = DeviceReader(self.enqueue)
+        """What each ready runtime pod reported it serves on (its /readyz, read once)."""
 
     def enqueue(self, key: Key, cause: str) -> None:
         """Mark ``key`` for a reconcile by a worker; returns at once.
@@ -400,6 +405,7 @@ class Reconciler:
         self._rendered.pop(key, None)
         self._deferred.discard(key)
         self.caches.forget(key)
+        self.devices.forget(key)
         metrics.forget_model(key)
 
     def resync_all(self) -> None:
@@ -447,7 +453,12 @@ class Reconciler:
         children = self.caches.children_now(key)
         deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
         monitoring_crd = self.caches.crd_installed("servicemonitors.monitoring.coreos.com")
-        obs = _observe(children, deployment, None, monitoring_crd)
+        devices = self.devices.devices(
+            key,
+            (c for c in children if c["kind"] == POD.kind and not _is_puller(c)),
+            lm.spec.serving.port,
+        )
+        obs = _observe(children, deployment, None, monitoring_crd, devices)
 
         nodes = self.caches.nodes()
         requests = pod_resources(lm.spec, lm.status.model.size_bytes)
@@ -490,7 +501,7 @@ class Reconciler:
         )
         desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
-        obs = _observe(children, deployment, job_name, monitoring_crd)
+        obs = _observe(children, deployment, job_name, monitoring_crd, devices)
         obs = self._with_progress(key, obs, children, job_name)
         # The pulled size sizes the pods from their first start (no rollout once status has it),
         # and no server starts (and crash-loops) before its model volume is filled.
@@ -529,7 +540,9 @@ class Reconciler:
             # a Deployment just released from its hold already asks for its replicas.
             children = [c for c in children if ident(c) not in answers] + list(answers.values())
             deployment = answers.get(_deployment_ident(lm), deployment)
-            obs = _with_pull_progress(_observe(children, deployment, job_name, monitoring_crd), obs)
+            obs = _with_pull_progress(
+                _observe(children, deployment, job_name, monitoring_crd, devices), obs
+            )
 
         status = compute_status(
             lm,
@@ -551,13 +564,19 @@ class Reconciler:
             self.enqueue(key, cause="applied")
             return status
         self._deferred.discard(key)
-        if self._write_status(key, lm.status, status) and stepped is not None:
-            self.kube.post_event(
-                body,
-                reason=Reason.FELL_BACK.value,
-                message=f"moved to {placement.device.value}: {stepped}",
-                warning=True,
-            )
+        if self._write_status(key, lm.status, status):
+            if stepped is not None:
+                self.kube.post_event(
+                    body,
+                    reason=Reason.FELL_BACK.value,
+                    message=f"moved to {placement.device.value}: {stepped}",
+                    warning=True,
+                )
+            fell_back = runtime_fallback(lm.status, status)
+            if fell_back is not None:
+                self.kube.post_event(
+                    body, reason=Reason.RUNTIME_FELL_BACK.value, message=fell_back, warning=True
+                )
         metrics.observe_model(key, status.phase, status.backend)
         return status
 
@@ -659,9 +678,11 @@ def _observe(
     deployment: Object | None,
     job_name: str | None,
     monitoring_crd: bool,
+    devices: Mapping[str, RuntimeDevice],
 ) -> Observation:
     """The observation status reads; the pull Job is the one currently rendered, if any."""
     return observation(
+        devices=devices,
         deployment=deployment,
         pull_job=next(
             (c for c in children if c["kind"] == JOB.kind and c["metadata"]["name"] == job_name),

@@ -99,6 +99,15 @@ class JobSummary:
 
 
 @dataclass(frozen=True)
+class RuntimeDevice:
+    """The device a runtime pod serves on, as its /readyz answer says, and why it left the ones
+    before it (device -> the engine's error)."""
+
+    device: Device
+    fallback: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class PodSummary:
     """One runtime pod as observed.
 
@@ -121,6 +130,8 @@ class PodSummary:
     pulling: bool = False
     """The pull init container is running (PerPod cache mode)."""
     terminating: bool = False
+    device: RuntimeDevice | None = None
+    """What the ready pod's runtime reported it serves on; None until it has been read."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +329,8 @@ def compute_status(
         failure = (model.reason, model.message)
 
     conds: dict[ConditionType, _Cond] = {}
-    conds[ConditionType.PLACED] = _placed(placement, previous.get(ConditionType.PLACED))
+    fell_back = _runtime_fallback(placement, live)
+    conds[ConditionType.PLACED] = _placed(placement, previous.get(ConditionType.PLACED), fell_back)
     conds[ConditionType.MODEL_AVAILABLE] = _model_condition(model, failure)
     conds[ConditionType.AVAILABLE] = _available(deployment, desired)
     if observation is None and ConditionType.AVAILABLE in previous:
@@ -341,9 +353,11 @@ def compute_status(
 
     generation = lm.metadata.generation
     seen = observation is not None
+    placed = placement.device if placement else _placed_tier(old)
     return LocalModelStatus(
         phase=phase,
-        backend=placement.device if placement else old.backend,
+        backend=_serving_device(live, placed, old),
+        placed_tier=placed,
         fallback_reason=_fallback_reason(spec, placement, old),
         model=_model_status(lm, model),
         replicas=(deployment.replicas if deployment else 0) if seen else old.replicas,
@@ -363,9 +377,45 @@ def _fallback_reason(
         return old.fallback_reason
     if placement.fallback_reason is not None:
         return placement.fallback_reason
-    if placement.device is not spec.hardware.preferred and old.backend is placement.device:
+    if placement.device is not spec.hardware.preferred and _placed_tier(old) is placement.device:
         return old.fallback_reason
     return None
+
+
+def _placed_tier(old: LocalModelStatus) -> Device | None:
+    """The tier a stored status was placed on (a status written before ``placedTier`` existed
+    carried it in ``backend``)."""
+    return old.placed_tier if old.placed_tier is not None else old.backend
+
+
+_TIER_ORDER: Final = (Device.NPU, Device.GPU, Device.CPU)
+
+
+def _serving_device(
+    live: list[PodSummary], placed: Device | None, old: LocalModelStatus
+) -> Device | None:
+    """The device the ready pods' runtimes serve on (the lowest, when they differ); before any
+    has said, what the last status said for the same placed tier, else the placed tier."""
+    reported = {p.device.device for p in live if p.ready and p.device is not None}
+    if reported:
+        return max(reported, key=_TIER_ORDER.index)
+    if old.backend is not None and _placed_tier(old) is placed:
+        return old.backend
+    return placed
+
+
+def _runtime_fallback(placement: Placement | None, live: list[PodSummary]) -> PodSummary | None:
+    """The first ready pod whose runtime serves on another device than the placed tier."""
+    if placement is None:
+        return None
+    return next(
+        (
+            p
+            for p in live
+            if p.ready and p.device is not None and p.device.device is not placement.device
+        ),
+        None,
+    )
 
 
 def failed_status(
@@ -549,12 +599,27 @@ def _model_condition(model: _Model, failure: tuple[Reason, str] | None) -> _Cond
     return _Cond("False", model.reason, model.message)
 
 
-def _placed(placement: Placement | None, previous: Condition | None) -> _Cond:
+def _placed(
+    placement: Placement | None, previous: Condition | None, fell_back: PodSummary | None
+) -> _Cond:
     if placement is None:
         if previous is not None:
             return _kept(previous)
         return _Cond("Unknown", Reason.PLACED, "placement not evaluated")
     where = f"{placement.device.value} ({placement.option})"
+    if fell_back is not None and fell_back.device is not None and placement.placed:
+        why = "; ".join(f"{device}: {error}" for device, error in fell_back.device.fallback)
+        skipped = (
+            f"; skipped {placement.fallback_reason}" if placement.reason is Reason.FELL_BACK else ""
+        )
+        return _Cond(
+            "True",
+            Reason.RUNTIME_FELL_BACK,
+            _clip(
+                f"on {where}{skipped}; the runtime in pod {fell_back.name} serves on "
+                f"{fell_back.device.device.value}" + (f" ({why})" if why else "")
+            ),
+        )
     if not placement.placed:
         skipped = placement.fallback_reason or "no tier has capacity"
         return _Cond(
@@ -853,3 +918,18 @@ def transitions(old: LocalModelStatus | None, new: LocalModelStatus) -> list[Con
     """Conditions of ``new`` whose status differs from ``old`` (for Events after the write)."""
     before = {c.type: c.status for c in old.conditions} if old else {}
     return [c for c in new.conditions if before.get(c.type) != c.status]
+
+
+def runtime_fallback(old: LocalModelStatus | None, new: LocalModelStatus) -> str | None:
+    """The Placed message when ``new`` is the first status saying that a runtime left the placed
+    tier inside its pod (for the Event after the write), else None."""
+
+    def fell_back(status: LocalModelStatus | None) -> Condition | None:
+        placed = next(
+            (c for c in (status.conditions if status else []) if c.type is ConditionType.PLACED),
+            None,
+        )
+        return placed if placed and placed.reason is Reason.RUNTIME_FELL_BACK else None
+
+    now = fell_back(new)
+    return now.message if now is not None and fell_back(old) is None else None

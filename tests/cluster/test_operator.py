@@ -34,6 +34,7 @@ SERVICE_MONITOR_CRD_FILE = next(
     (CACHE / "bin").glob("servicemonitor-crd-*.yaml"), CACHE / "bin" / "servicemonitor-crd.yaml"
 )
 INVALID_SPECS = ROOT / "tests" / "data" / "invalid-specs.yaml"
+TINY_ONNX = ROOT / "tests" / "fixtures" / "tiny-onnx"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -484,6 +485,75 @@ def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["response"].strip()
+
+
+@pytest.fixture
+def npu_on_the_host_node(cluster: Cluster) -> Iterator[str]:
+    """host-0 advertises one fake intel.com/npu, by a node status patch (how any extended
+    resource is advertised); the patch is undone afterwards."""
+
+    def advertise(count: str | None) -> None:
+        resources = {"intel.com/npu": count}
+        patch = {"status": {"capacity": resources, "allocatable": resources}}
+        cluster.kubectl(
+            "patch", "node", HOST_NODE, "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+
+    advertise("1")
+    try:
+        yield HOST_NODE
+    finally:
+        advertise(None)
+
+
+def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, npu_on_the_host_node: str
+) -> None:
+    """Placed on the NPU tier of a node that only advertises one, the runtime cannot open the
+    NPU and serves on the CPU: status says both, and a Warning Event says why."""
+    body = localmodel(
+        "fallen",
+        model={"source": f"file://{TINY_ONNX}", "format": "onnx"},
+        hardware={"preferred": "npu", "fallback": ["cpu"]},
+        parameters={"numPredict": 4, "temperature": 0},
+        serving={"parallel": 1},
+        scheduling=HOST_NODE_SCHEDULING,
+    )
+    cluster.apply(body, namespace)
+
+    def served() -> dict[str, Any] | None:
+        st = status(cluster, namespace, "fallen")
+        if st.get("phase") == "Failed":
+            raise AssertionError(f"Failed: {st}\n{operator.log()[-3000:]}")
+        return st if st.get("phase") == "Ready" and st.get("backend") == "cpu" else None
+
+    st = wait_for(served, timeout=240, what="the runtime's device in status", interval=0.5)
+    assert st["placedTier"] == "npu"
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-l", f"{INSTANCE}=fallen", "-o", "json", namespace=namespace
+        ).stdout
+    )["items"]  # fmt: skip
+    assert [p["spec"]["nodeName"] for p in pods] == [npu_on_the_host_node]
+    limits = pods[0]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["intel.com/npu"] == "1"
+    placed = condition(st, "Placed")
+    assert (placed["status"], placed["reason"]) == ("True", "RuntimeFellBack"), placed
+    assert f"the runtime in pod {pods[0]['metadata']['name']} serves on cpu" in placed["message"]
+    assert "npu: " in placed["message"]  # the runtime's own reason for leaving the NPU
+    events = wait_for(
+        lambda: json.loads(
+            cluster.kubectl(
+                "get", "events", "--field-selector", "reason=RuntimeFellBack", "-o", "json",
+                namespace=namespace,
+            ).stdout
+        )["items"],
+        timeout=30,
+        what="the RuntimeFellBack Event",
+    )  # fmt: skip
+    assert [(e["type"], e["involvedObject"]["name"]) for e in events] == [("Warning", "fallen")]
+    assert "serves on cpu" in events[0]["message"]
 
 
 def test_service_monitor_follows_monitoring_setting(

@@ -7,8 +7,16 @@ from typing import Any
 
 import pytest
 from slm_operator.kube import DEPLOYMENT
-from slm_operator.observe import node_info, observation, pod_summary, pull_progress
+from slm_operator.observe import (
+    node_info,
+    observation,
+    pod_summary,
+    pull_progress,
+    runtime_device,
+)
 from slm_operator.reconcile import Caches
+from slm_operator.status import RuntimeDevice
+from slm_runtime.config import Device
 
 pytestmark = pytest.mark.unit
 
@@ -179,3 +187,32 @@ def test_an_apply_answer_does_not_bring_back_a_deleted_child() -> None:
     caches.observe(DEPLOYMENT, key, _deployment(1, "released", "13"), deleted=True)
     assert caches.children_now(key) == []
     assert caches.live(key, DEPLOYMENT, "gemma") is None
+
+
+def test_the_readiness_answer_names_the_serving_device_and_what_it_left() -> None:
+    answer = {
+        "status": "ready",
+        "device": "cpu",
+        "fallback": {"npu": "the OpenVINO execution provider is not installed"},
+    }
+    assert runtime_device(answer) == RuntimeDevice(
+        Device.CPU, (("npu", "the OpenVINO execution provider is not installed"),)
+    )
+    assert runtime_device({"device": "tpu"}) is None
+    assert runtime_device(["cpu"]) is None
+
+
+def test_reported_devices_reach_the_pods_they_belong_to() -> None:
+    ready = _pod("gemma-a", phase="Running", conditions=[{"type": "Ready", "status": "True"}])
+    obs = observation(
+        deployment=None,
+        pull_job=None,
+        job_pods=[],
+        runtime_pods=[ready, _pod("gemma-b", phase="Pending")],
+        service_monitor_crd=True,
+        devices={"gemma-a": RuntimeDevice(Device.CPU)},
+    )
+    assert [(p.name, p.device) for p in obs.pods] == [
+        ("gemma-a", RuntimeDevice(Device.CPU)),
+        ("gemma-b", None),
+    ]

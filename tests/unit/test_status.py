@@ -26,8 +26,10 @@ from slm_operator.status import (
     ObjectCondition,
     Observation,
     PodSummary,
+    RuntimeDevice,
     compute_status,
     failed_status,
+    runtime_fallback,
     should_step_down,
     status_patch,
     step_down_reason,
@@ -463,6 +465,62 @@ def test_fallback_sets_backend_and_reason() -> None:
     assert status.backend is Device.CPU
     assert status.fallback_reason == "gpu: no schedulable node has free nvidia.com/gpu"
     assert "nvidia.com/gpu" in _by_type(status)[ConditionType.PLACED].message
+
+
+NO_OPENVINO = "the OpenVINO execution provider (onnxruntime-ep-openvino) is not installed"
+ON_CPU = RuntimeDevice(Device.CPU, fallback=(("gpu", "no CUDA device"),))
+
+
+def test_backend_is_the_device_the_runtime_serves_on_and_placed_tier_the_placement() -> None:
+    pods = (running("a", device=ON_CPU), running("b", device=ON_CPU))
+    observation = Observation(deployment=deployment(2), pull_job=PULLED, pods=pods)
+    status = compute_status(localmodel(), GPU, observation, now=NOW)
+    assert (status.placed_tier, status.backend) == (Device.GPU, Device.CPU)
+    placed = _by_type(status)[ConditionType.PLACED]
+    assert (placed.status, placed.reason) == ("True", Reason.RUNTIME_FELL_BACK)
+    assert placed.message == (
+        "on gpu (nvidia-gpu); the runtime in pod a serves on cpu (gpu: no CUDA device)"
+    )
+    assert status.phase is Phase.READY  # it serves: a slower device is not a failure
+
+
+def test_backend_is_the_placed_tier_until_a_pod_reports() -> None:
+    unreported = Observation(deployment=deployment(2), pull_job=PULLED, pods=(running("a"),))
+    status = compute_status(localmodel(), GPU, unreported, now=NOW)
+    assert (status.placed_tier, status.backend) == (Device.GPU, Device.GPU)
+    assert _by_type(status)[ConditionType.PLACED].reason is Reason.PLACED
+    # Once reported, a pod restarting (not asked again yet) does not flip it back.
+    reported = Observation(
+        deployment=deployment(2), pull_job=PULLED, pods=(running("a", device=ON_CPU),)
+    )
+    served = compute_status(localmodel(), GPU, reported, now=NOW)
+    again = compute_status(localmodel(status=served), GPU, unreported, now=NOW)
+    assert again.backend is Device.CPU
+    # A new placement is shown as it is until its pods report.
+    moved = compute_status(localmodel(status=served), CPU_FELL_BACK, unreported, now=NOW)
+    assert (moved.placed_tier, moved.backend) == (Device.CPU, Device.CPU)
+
+
+def test_pods_on_the_placed_device_are_placed() -> None:
+    on_gpu = RuntimeDevice(Device.GPU)
+    observation = Observation(deployment(1), PULLED, pods=(running("a", device=on_gpu),))
+    status = compute_status(localmodel(), GPU, observation, now=NOW)
+    assert status.backend is Device.GPU
+    assert _by_type(status)[ConditionType.PLACED].reason is Reason.PLACED
+
+
+def test_only_the_first_status_with_a_runtime_fallback_gives_an_event() -> None:
+    pods = (running("a", device=RuntimeDevice(Device.CPU, (("npu", NO_OPENVINO),))),)
+    observation = Observation(deployment=deployment(1), pull_job=PULLED, pods=pods)
+    npu = Placement(device=Device.NPU, option="intel-npu", placed=True, reason=Reason.PLACED)
+    lm = localmodel(hardware={"preferred": "npu", "fallback": ["cpu"]})
+    first = compute_status(lm, npu, observation, now=NOW)
+    message = runtime_fallback(lm.status, first)
+    assert message is not None
+    assert "serves on cpu" in message
+    assert NO_OPENVINO in message
+    assert runtime_fallback(first, compute_status(lm, npu, observation, now=NOW)) is None
+    assert runtime_fallback(None, READY_STATUS) is None
 
 
 def test_step_down_reason_survives_later_placements() -> None:
