@@ -128,17 +128,16 @@ def test_model_on_kwok_nodes_reaches_ready(
 def test_spec_that_cannot_work_fails_with_a_message(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    # The API server accepts it; only the operator knows a folder needs an explicit format.
-    cluster.apply(
-        localmodel("folder", model={"source": "hf://microsoft/Phi-4-mini-instruct-onnx/cpu"}),
-        namespace,
-    )
-    st = wait_phase(cluster, namespace, "folder", "Failed")
+    # The API server accepts it; only the operator's catalog knows that no NPU runtime serves
+    # GGUF, and the spec allows no other tier.
+    cluster.apply(localmodel("npu-only", hardware={"preferred": "npu", "fallback": []}), namespace)
+    st = wait_phase(cluster, namespace, "npu-only", "Failed")
     ready = condition(st, "Ready")
     assert ready["status"] == "False"
     assert ready["reason"] == "InvalidSpec"
-    assert "spec.model.format" in ready["message"]
-    assert not exists(cluster, namespace, "deployment", "folder")
+    assert "spec.hardware" in ready["message"]
+    assert "gguf" in ready["message"]
+    assert not exists(cluster, namespace, "deployment", "npu-only")
 
 
 def test_npu_preferred_gguf_falls_back_to_gpu_with_reason(
