@@ -295,3 +295,20 @@ def test_a_token_realm_on_another_host_needs_the_puller_to_trust_it(
     assert trusted.returncode == 0, trusted.stderr
     assert trusted.result()["digest"] == f"sha256:{pushed}"
     assert by_env.returncode == 0, by_env.stderr
+
+
+def test_an_anonymous_token_request_may_go_to_another_host(
+    tokens: TokenSetup, pushed: str, tmp_path: Path
+) -> None:
+    """Docker Hub's token service is another host: a request without credentials sends
+    nothing of ours, so the realm rule does not stop it."""
+    other = tokens.https.url.replace("127.0.0.1", "localhost")
+    proc, registry = _token_registry(tokens, "anonymous-other-host", other)
+    try:
+        before = len(tokens.https.requests)
+        run = _pull(registry, tmp_path / "m", env={})
+    finally:
+        stop(proc)
+    assert len(tokens.https.requests) == before + 1, "the anonymous token request was refused"
+    assert "another host" not in run.termination
+    assert "the token service refused (HTTP 401)" in run.termination

@@ -200,10 +200,13 @@ class Registry:
             raise RegistryError(
                 f"{self._repository}: unsupported authentication challenge {scheme!r}"
             )
-        self._check_realm(params["realm"])
+        basic = self._credentials.basic_header()
+        # An anonymous token request carries nothing of ours (Docker Hub's realm is another
+        # host): only one that sends the credentials must go where they may.
+        if basic:
+            self._check_realm(params["realm"])
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.setdefault("scope", f"repository:{self._repository}:pull")
-        basic = self._credentials.basic_header()
         headers = {"Authorization": basic} if basic else {}
         resp = self._client.get(params["realm"], params=query, headers=headers)
         if resp.status_code >= 400:
