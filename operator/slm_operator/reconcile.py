@@ -498,6 +498,7 @@ class Reconciler:
             cluster_domain=self.settings.cluster_domain,
             model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
             metrics_from=tuple(self.settings.metrics_from),
+            token_realm_hosts=tuple(self.settings.token_realm_hosts),
         )
         desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)

@@ -63,6 +63,7 @@ from slm_runtime.sources import (
     HfSource,
     HttpsSource,
     OciSource,
+    OllamaSource,
     PvcSource,
     Source,
     model_path,
@@ -111,6 +112,10 @@ TMP_SIZE_LIMIT: Final = "1Gi"
 ENV_ALLOW_INSECURE: Final = "SLM_ALLOW_INSECURE"
 """Read by ``slm-runtime pull``: admit an http:// source the spec allowed."""
 
+ENV_TOKEN_REALM_HOSTS: Final = "SLM_TOKEN_REALM_HOSTS"
+"""Read by ``slm-runtime pull`` (pull/registry.py): hosts, besides a registry's own, whose token
+service may receive the source credentials (e.g. auth.docker.io for Docker Hub)."""
+
 PULL_RESOURCES: Final = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
@@ -150,6 +155,8 @@ class RenderOptions:
     """Image of the pull containers; the server's image when None."""
     metrics_from: tuple[Mapping[str, Any], ...] = ()
     """NetworkPolicyPeers (e.g. Prometheus' namespace) also admitted when a policy is enabled."""
+    token_realm_hosts: tuple[str, ...] = ()
+    """Hosts, besides a registry's own, whose token service the puller may send credentials to."""
     hold_replicas: bool = False
     """Render the Deployment with zero replicas and no HPA or PDB, e.g. while the first pull Job
     fills the model volume, so no server starts (and crash-loops) without its model."""
@@ -318,11 +325,14 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> Object:
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
-def _pull_env(lm: LocalModel, source: Source) -> list[Object]:
-    """HOME, the insecure opt-in and the source credentials: only the pull container gets these."""
+def _pull_env(lm: LocalModel, source: Source, realm_hosts: Sequence[str]) -> list[Object]:
+    """HOME, the insecure opt-in, the trusted token services and the source credentials: only
+    the pull container gets these."""
     env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}]
     if lm.spec.model.allow_insecure:
         env.append({"name": ENV_ALLOW_INSECURE, "value": "true"})
+    if realm_hosts and isinstance(source, OciSource | OllamaSource):
+        env.append({"name": ENV_TOKEN_REALM_HOSTS, "value": ",".join(realm_hosts)})
     secret = lm.spec.model.credentials_secret
     if secret and not _verify_only(source):
         # hf and https take a bearer token, so a missing Secret or key is reported by the
@@ -336,7 +346,13 @@ def _pull_env(lm: LocalModel, source: Source) -> list[Object]:
 
 
 def _pull_container(
-    lm: LocalModel, source: Source, pull_image: str, *, model_writable: bool, with_model: bool
+    lm: LocalModel,
+    source: Source,
+    pull_image: str,
+    *,
+    model_writable: bool,
+    with_model: bool,
+    realm_hosts: Sequence[str] = (),
 ) -> Object:
     spec = lm.spec
     mounts = [_tmp_mount()]
@@ -352,7 +368,7 @@ def _pull_container(
             spec.model.sha256,
             spec.model.resolved_format().value,
         ),
-        "env": _pull_env(lm, source),
+        "env": _pull_env(lm, source, realm_hosts),
         "resources": PULL_RESOURCES,
         "securityContext": _container_security_context(),
         "terminationMessagePath": TERMINATION_LOG_PATH,
@@ -458,6 +474,7 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
                 options.pull_image or image(lm, placement),
                 model_writable=True,
                 with_model=True,
+                realm_hosts=options.token_realm_hosts,
             )
         ],
         "volumes": [
@@ -499,7 +516,11 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
 
 
 def _model_storage(
-    lm: LocalModel, source: Source, server_image: str, pull_image: str
+    lm: LocalModel,
+    source: Source,
+    server_image: str,
+    pull_image: str,
+    realm_hosts: Sequence[str],
 ) -> tuple[list[Object], list[Object], bool]:
     """(init containers, model volumes, whether the server mounts /models) for the pod."""
     cache = lm.spec.cache
@@ -522,7 +543,14 @@ def _model_storage(
         return [], [volume], True
     if cache.mode is CacheMode.PER_POD:
         volume = {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": cache.size}}
-        pull = _pull_container(lm, source, pull_image, model_writable=True, with_model=True)
+        pull = _pull_container(
+            lm,
+            source,
+            pull_image,
+            model_writable=True,
+            with_model=True,
+            realm_hosts=realm_hosts,
+        )
         # The emptyDir lives on the node's disk: request it so the scheduler accounts for it.
         pull["resources"] = {
             "requests": {**PULL_RESOURCES["requests"], "ephemeral-storage": cache.size},
@@ -572,7 +600,7 @@ def deployment(
     source = _source(lm)
     server_image = image(lm, placement)
     init_containers, model_volumes, mounts_model = _model_storage(
-        lm, source, server_image, options.pull_image or server_image
+        lm, source, server_image, options.pull_image or server_image, options.token_realm_hosts
     )
 
     env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}, _cpu_request_env()]

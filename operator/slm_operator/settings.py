@@ -176,6 +176,11 @@ class OperatorSettings(BaseSettings):
         description="Let LocalModels run a spec.runtime.image outside the catalog; off, such a "
         "model is Failed with a message naming this setting.",
     )
+    token_realm_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts (comma separated in the environment), besides a registry's own, whose "
+        "token service the puller may send source credentials to, e.g. auth.docker.io.",
+    )
     metrics_from: list[dict[str, Any]] = Field(
         default_factory=list,
         description="NetworkPolicyPeers (JSON in the environment) admitted to a model's port when "
@@ -209,7 +214,7 @@ class OperatorSettings(BaseSettings):
                 )
         return value
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "token_realm_hosts", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

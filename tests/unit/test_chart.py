@@ -529,3 +529,12 @@ def test_operator_rules_read_no_secrets_and_write_no_spec() -> None:
     for read_only in ("nodes", "namespaces"):
         assert grants[("", read_only)] == {"get", "list", "watch"}
     assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}
+
+
+def test_trusted_token_services_reach_the_operator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = render("runtime.tokenRealmHosts={auth.docker.io,auth.example.com}")
+    settings = _settings_of(objects, tmp_path, monkeypatch)
+    assert settings.token_realm_hosts == ["auth.docker.io", "auth.example.com"]
+    assert "SLM_OPERATOR_TOKEN_REALM_HOSTS" not in operator_env(render())

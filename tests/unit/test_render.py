@@ -25,6 +25,7 @@ from slm_operator.api import LocalModel, Reason, parse_localmodel
 from slm_operator.place import Placement
 from slm_operator.render import (
     CONFIG_HASH_ANNOTATION,
+    ENV_TOKEN_REALM_HOSTS,
     PULL_CONTAINER,
     RenderOptions,
     endpoint,
@@ -36,6 +37,7 @@ from slm_operator.settings import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
 from slm_operator.sizing import parse_quantity
 from slm_runtime.config import CONFIG_PATH, Device, ModelFormat, RuntimeConfig
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
+from slm_runtime.pull import registry
 from slm_runtime.sources import MODEL_NAMES
 from slm_runtime.template import render_template
 
@@ -330,6 +332,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], Placement, RenderOptions]] = {
         GPU,
         RenderOptions(
             metrics_from=({"namespaceSelector": {"matchLabels": {"name": "monitoring"}}},),
+            token_realm_hosts=("auth.example.com",),
         ),
     ),
 }
@@ -601,6 +604,39 @@ def test_generation_threads_default_to_the_servers_cpu_request(
     # tmp_path holds no cgroup files: no quota, as in a pod without a cpu limit.
     used = usable_cpus(tmp_path, {ENV_CPU_REQUEST: str(value)})
     assert used == min(threads, len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize(
+    ("source", "cache", "kind"),
+    [
+        ("oci://registry-1.docker.io/ai/gemma3:270M-Q4_K_M", "Volume", "Job"),
+        ("oci://registry-1.docker.io/ai/gemma3:270M-Q4_K_M", "PerPod", "Deployment"),
+        ("ollama://gemma3:270m", "PerPod", "Deployment"),
+    ],
+)
+def test_trusted_token_services_reach_the_pulls_from_registries(
+    source: str, cache: str, kind: str
+) -> None:
+    options = RenderOptions(token_realm_hosts=("auth.docker.io", "auth.example.com"))
+    patch = {"model": {"source": source, "sha256": None}, "cache": {"mode": cache}}
+    objects = render(example("gemma3-270m", patch), CPU, options)
+    spec = pod_spec(objects, kind)
+    (pull,) = [
+        c
+        for c in [*spec.get("initContainers", []), *spec["containers"]]
+        if c["name"] == PULL_CONTAINER
+    ]
+    assert env_of(pull)[ENV_TOKEN_REALM_HOSTS]["value"] == "auth.docker.io,auth.example.com"
+    assert ENV_TOKEN_REALM_HOSTS not in env_of(server(objects))
+    # The variable the puller reads.
+    assert ENV_TOKEN_REALM_HOSTS == registry.ENV_TOKEN_REALM_HOSTS
+
+
+def test_trusted_token_services_are_not_given_to_other_sources() -> None:
+    options = RenderOptions(token_realm_hosts=("auth.docker.io",))
+    objects = render(example("gemma3-270m"), CPU, options)  # hf://, PerPod
+    assert ENV_TOKEN_REALM_HOSTS not in env_of(pod_spec(objects)["initContainers"][0])
+    assert render(example("gemma3-270m"), CPU, RenderOptions()) == objects
 
 
 def test_endpoint_and_selector() -> None:
