@@ -756,7 +756,11 @@ class RuntimeSpec(_Spec):
     """The runtime image; the accelerator catalog's per-tier image unless overridden."""
 
     image: str | None = Field(
-        default=None, max_length=1024, description="Overrides the catalog's image for every tier."
+        default=None,
+        max_length=1024,
+        description="Overrides the catalog's image for every tier. It must be one of the "
+        "catalog's runtime images unless the operator is installed with "
+        "runtime.allowCustomImages: true.",
     )
     image_pull_policy: PullPolicy = Field(
         default=PullPolicy.IF_NOT_PRESENT, description="Pull policy of the runtime image."

@@ -192,7 +192,7 @@ class ModelParameters(_Camel):
         ge=1,
         le=1024,
         description="CPU threads for generation; by default, the CPUs the server may use (its "
-        "cpu limit, or its CPU set, else the node's).",
+        "cpu limit or CPU set; without a limit, its cpu request, rounded up).",
     )
 
 
