@@ -17,9 +17,14 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 
+# llama.cpp without llamafile's sgemm, as in the runtime image: a token's logits then do not
+# depend on its batch (hack/llama_cpp_check.py rebuilds a cached wheel that has it).
+LLAMA_CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF
+
 venv: $(PY) ## create .venv: the pinned packages of requirements/dev.txt, then the project (editable)
-	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --require-hashes -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) hack/llama_cpp_check.py
 
 lock: ## regenerate the hash-pinned locks in requirements/ from pyproject.toml (UPGRADE=1 takes newer versions)
 	bash hack/lock.sh $(if $(UPGRADE),--upgrade)

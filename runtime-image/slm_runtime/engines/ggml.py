@@ -32,6 +32,19 @@ def loaded_cpu_variants(maps: str) -> list[str]:
     return seen
 
 
+def has_llamafile(lib_dir: Path, variant: str) -> bool:
+    """Whether the CPU backend in use was built with llamafile's sgemm (``GGML_LLAMAFILE``).
+
+    That kernel serves matrix products of two or more rows and the plain dot product serves
+    one, so a token's logits would depend on how many others share its batch: a prompt-cache
+    hit, or another request decoding alongside, could change a greedy answer.
+    """
+    name = "libggml-cpu.so" if variant == BUILTIN else f"libggml-cpu-{variant}.so"
+    cpu = ctypes.CDLL(str(lib_dir / name))
+    cpu.ggml_cpu_has_llamafile.restype = ctypes.c_int
+    return bool(cpu.ggml_cpu_has_llamafile())
+
+
 @functools.cache
 def load_cpu_backend(lib_dir: Path) -> str:
     """Load ggml's backends from ``lib_dir`` once; the CPU variant in use, or ``builtin``."""

@@ -7,6 +7,7 @@ import codecs
 import ctypes
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,7 +36,7 @@ from slm_runtime.engines.base import (
     finished_at_once,
     generation_budget,
 )
-from slm_runtime.engines.ggml import load_cpu_backend
+from slm_runtime.engines.ggml import has_llamafile, load_cpu_backend
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,13 @@ class LlamaCppEngine:
         threads: int,
     ) -> None:
         llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
-        self.cpu_backend: str | None = load_cpu_backend(Path(llama_cpp.__file__).parent / "lib")
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        self.cpu_backend: str | None = load_cpu_backend(lib_dir)
+        if has_llamafile(lib_dir, self.cpu_backend):
+            log.warning(
+                "llama.cpp was built with GGML_LLAMAFILE: greedy answers can change with a "
+                "prompt-cache hit or a busy batch; build it with CMAKE_ARGS=-DGGML_LLAMAFILE=OFF"
+            )
         llama_cpp.llama_backend_init()
         if not Path(model_path).is_file():
             raise EngineError(f"model file {model_path} does not exist")
@@ -177,6 +184,16 @@ class LlamaCppEngine:
             model_params.n_gpu_layers = _GPU_LAYERS_ALL
         else:
             model_params.n_gpu_layers = 0
+        if device is Device.CPU:
+            # Batch invariance on the CPU: a token's logits must not depend on how many tokens
+            # share its batch, or a prompt-cache hit (one token evaluated instead of the whole
+            # prompt) or concurrent requests would change a greedy answer. ggml computes a row
+            # differently in a batch than alone in its repacked weights (extra buffer types),
+            # its tiled K-quant matmul (8 rows and more), its tiled and KV-split flash
+            # attention, and llamafile's sgemm (2 rows and more: off in our builds). The plain
+            # kernels compute every row the same way whatever the batch.
+            model_params.use_extra_bufts = False
+            os.environ["GGML_CPU_TILED_MM"] = "0"  # read once, at the first matmul
         self.device: Device = device
         self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), model_params)
         if not self._model:
@@ -201,6 +218,8 @@ class LlamaCppEngine:
         # As llama-server: sliding-window layers keep only their window (less memory); prompt
         # reuse checks that the window a continuation needs is still cached.
         ctx_params.swa_full = False
+        if device is Device.CPU:
+            ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
