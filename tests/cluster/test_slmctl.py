@@ -145,13 +145,17 @@ def test_failed_model_shows_its_message_and_chat_refuses(
                       check=False)  # fmt: skip
     assert rejected.returncode == 1
     assert "spec.model.source" in rejected.stderr
-    # The CRD schema accepts it; only the operator can say why it cannot work.
+    # The API server accepts it; only the operator's catalog knows that no NPU runtime serves
+    # GGUF, and the spec allows no other tier.
     cluster.apply(
         {
             "apiVersion": "slm.dev/v1alpha1",
             "kind": "LocalModel",
             "metadata": {"name": "broken"},
-            "spec": {"model": {"source": "hf://org/repo"}, "hardware": {"preferred": "cpu"}},
+            "spec": {
+                "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
+                "hardware": {"preferred": "npu", "fallback": []},
+            },
         },
         namespace,
     )
@@ -162,7 +166,8 @@ def test_failed_model_shows_its_message_and_chat_refuses(
     text = slmctl(cluster, "status", "broken", "-n", namespace).stdout
     error = next(line for line in text.splitlines() if line.startswith("Error:"))
     assert "InvalidSpec" in error
-    assert "spec.model.source" in error
+    assert "spec.hardware" in error
+    assert "gguf" in error
     chat = slmctl(cluster, "chat", "broken", "-n", namespace, "-p", "hi", check=False)
     assert chat.returncode == 1
     assert chat.stderr.startswith('error: LocalModel "broken" has Failed: InvalidSpec')
