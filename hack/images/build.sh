@@ -28,6 +28,7 @@ build() {
   DOCKER_BUILDKIT=1 "${DOCKER}" build --progress=plain "${secret[@]}" \
     --build-arg "BASE=${SLM_BASE_IMAGE}" --build-arg "VERSION=${SLM_VERSION}" \
     --build-arg "REVISION=${revision}" -f "${file}" -t "${tag}" . >&2
+  "${DOCKER}" image prune -f >/dev/null  # the images this tag replaced; the build cache stays
   printf '%s %s (%ss)\n' "${tag}" "$("${DOCKER}" image inspect --format '{{.Id}}' "${tag}")" "$((SECONDS - start))"
 }
 

@@ -211,6 +211,18 @@ def test_the_runtime_image_loads_the_best_cpu_backend_this_cpu_supports(
     assert not better, f"{variant} was loaded although this CPU supports {better}"
 
 
+def test_the_runtime_image_llama_cpp_has_no_llamafile(docker: Docker, runtime_image: str) -> None:
+    """Its greedy answers do not depend on a prompt-cache hit or a busy batch."""
+    probe = (
+        "from pathlib import Path; import llama_cpp; "
+        "from slm_runtime.engines.ggml import has_llamafile, load_cpu_backend; "
+        "lib = Path(llama_cpp.__file__).parent / 'lib'; "
+        "print(int(has_llamafile(lib, load_cpu_backend(lib))))"
+    )
+    out = docker.run("run", "--rm", *RESTRICTED, runtime_image, "python3", "-c", probe)
+    assert out.strip() == "0"
+
+
 def test_the_runtime_image_serves_onnx_with_the_openvino_provider_registered(
     container: Callable[..., Container], runtime_image: str, tmp_path: Path
 ) -> None:
