@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 _VARIANT_FILE = re.compile(r"/libggml-cpu-([A-Za-z0-9_.]+)\.so\b")
+_GGML_FILE = re.compile(r"/\S*/libggml\.so(\.[0-9.]+)?$", re.MULTILINE)
 
 
 def loaded_cpu_variants(maps: str) -> list[str]:
@@ -50,7 +51,12 @@ def load_cpu_backend(lib_dir: Path) -> str:
     """Load ggml's backends from ``lib_dir`` once; the CPU variant in use, or ``builtin``."""
     if not any(lib_dir.glob("libggml-cpu-*.so")):
         return BUILTIN
-    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+    # The libggml that libllama linked, not another copy of it: a wheel stores libggml.so,
+    # .so.0 and .so.0.x as separate files, and backends registered in a second copy would be
+    # invisible to llama.cpp.
+    maps = Path("/proc/self/maps").read_text()
+    linked = sorted({m.group(0) for m in _GGML_FILE.finditer(maps) if str(lib_dir) in m.group(0)})
+    ggml = ctypes.CDLL(linked[0] if linked else str(lib_dir / "libggml.so"))
     ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_load_all_from_path.restype = None
     ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
