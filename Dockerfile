@@ -34,6 +34,9 @@ ENV PATH=/opt/slm/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# A passwd entry for the runtime user: Python's getpass (kopf's peering id) looks it up.
+RUN groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin nonroot
 USER 65532:65532
 EXPOSE 8081 9090
 # The chart sets the command explicitly; this default only helps `docker run`.
