@@ -43,6 +43,7 @@ done
 # What the host-0 agent cleans on SIGTERM, again, in case it was killed: pod processes
 # (each in its own session, recorded by the agent), network namespaces, the bridge, mounts.
 "${here}/hostnode/cleanup.sh" "${state}/host-0"
+ip route del unreachable "${SLM_KWOK_POD_CIDR}" 2>/dev/null || true
 if [ -d /tmp/hostpath_pv ]; then
   rm -rf /tmp/hostpath_pv
 fi

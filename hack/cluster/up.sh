@@ -150,7 +150,8 @@ start kube-scheduler "${scheduler}" --kubeconfig="${SLM_KUBECONFIG}" --secure-po
 log "starting kwok ${KWOK_VERSION} (fake nodes only) and the host-0 agent"
 stage_args=()
 for f in "${stages}"/*.yaml; do stage_args+=("--config=${f}"); done
-start kwok "${kwok}" --kubeconfig="${SLM_KUBECONFIG}" "${stage_args[@]}" \
+ip route replace unreachable "${SLM_KWOK_POD_CIDR}"
+start kwok "${kwok}" --kubeconfig="${SLM_KUBECONFIG}" "${stage_args[@]}" --cidr="${SLM_KWOK_POD_CIDR}" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds=40 --server-address="127.0.0.1:${SLM_KWOK_PORT}" \
   --tls-cert-file="${pki}/admin.crt" --tls-private-key-file="${pki}/admin.key"

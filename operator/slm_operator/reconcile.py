@@ -371,7 +371,11 @@ class Reconciler:
             self.reconcile(body, cause=cause)
         except InvalidSpecError:
             pass  # already reported in status
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ApiException) and _namespace_terminating(exc):
+                # The namespace's deletion removes the LocalModel next: nothing to retry.
+                log.info("%s/%s: its namespace is being deleted; nothing applied", *key)
+                return
             log.exception("reconcile of %s/%s failed; retrying in %.0fs", *key, RETRY_SECONDS)
             self.schedule(key, RETRY_SECONDS)
 
@@ -707,6 +711,12 @@ def _with_pull_progress(obs: Observation, before: Observation) -> Observation:
     if job is None or job.progress is None or now is None or now.name != job.name:
         return obs
     return replace(obs, pull_job=replace(now, progress=job.progress))
+
+
+def _namespace_terminating(exc: ApiException) -> bool:
+    """Whether the API server refused a write because the object's namespace is being deleted."""
+    body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body)
+    return exc.status == 403 and "NamespaceTerminating" in body
 
 
 def _fingerprint(body: Mapping[str, Any]) -> str:
