@@ -34,9 +34,7 @@ def test_default_images_are_the_built_tags() -> None:
     assert names["SLM_RUNTIME_IMAGE"] == DEFAULT_IMAGE
     assert f"{names['SLM_RUNTIME_IMAGE']}-cuda" == DEFAULT_CUDA_IMAGE
     catalog_images = {
-        option["image"]
-        for tier in values["catalog"]["tiers"]
-        for option in tier["options"]
+        option["image"] for tier in values["catalog"]["tiers"] for option in tier["options"]
     }
     assert catalog_images <= {DEFAULT_IMAGE, DEFAULT_CUDA_IMAGE}
     manifests = (ROOT / "deploy" / "slm-operator.yaml").read_text()
