@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import yaml
+from benchdoc import write_section
 from runtime_bench import Target, _free_port, _loadavg, _stream_once
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- image-bench:start -->", "<!-- image-bench:end -->"
 TARGET_MB = 700
 
@@ -194,13 +194,7 @@ def main() -> int:
     print("\n".join(body))
     print(f"({time.monotonic() - started:.0f} s)")
     if not args.no_write:
-        section = "\n".join([START, *body, END])
-        text = DOC.read_text()
-        if START in text and END in text:
-            text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        write_section(START, END, "\n".join([START, *body, END]))
     return 0
 
 

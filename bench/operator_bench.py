@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 import yaml
+from benchdoc import write_section
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from slm_operator.api import Reason, parse_localmodel
@@ -49,7 +50,6 @@ from slm_operator.settings import DEFAULT_IMAGE
 from slm_runtime.config import Device
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- operator-bench:start -->", "<!-- operator-bench:end -->"
 CACHE = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "slm-operator"))
 STATE = Path(os.environ.get("SLM_CLUSTER_DIR", CACHE / "cluster"))
@@ -561,13 +561,7 @@ def render_table(rows: list[dict[str, Any]], nodes: list[str], args: argparse.Na
 
 def write_doc(table: str) -> None:
     """Replace the operator section of docs/benchmarks.md (other sections are kept)."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{START}\n{table}{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section(START, END, f"{START}\n{table}{END}")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchdoc import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- pull-bench:start -->", "<!-- pull-bench:end -->"
 
 
@@ -334,13 +335,7 @@ def main() -> int:
     print(f"load average {load_before:.1f} before, {load_after:.1f} after")
     print(table)
     if not args.no_write:
-        DOC.parent.mkdir(exist_ok=True)
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-        if START in text and END in text:
-            text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        write_section(START, END, section)
     return 0
 
 

