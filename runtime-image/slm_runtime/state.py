@@ -17,7 +17,8 @@ from slm_runtime.errors import APIError
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
 
-_SAMPLING_FIELDS = (
+# ModelParameters fields a request may override for its own sampling.
+SAMPLING_FIELDS = (
     "temperature",
     "top_k",
     "top_p",
@@ -64,7 +65,7 @@ class RuntimeState:
         """Engine defaults, then the configured PARAMETERs, then the request's options."""
         merged: dict[str, Any] = {}
         configured: ModelParameters = self.config.parameters
-        for name in (*_SAMPLING_FIELDS, "stop"):
+        for name in (*SAMPLING_FIELDS, "stop"):
             value = getattr(configured, name)
             if value is not None:
                 merged[name] = value

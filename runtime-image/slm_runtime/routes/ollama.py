@@ -20,7 +20,7 @@ from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
-from slm_runtime.state import Run, RuntimeState, runtime
+from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
 
 NDJSON = "application/x-ndjson"
 _NS = 1_000_000_000
@@ -69,22 +69,7 @@ def _overrides(options: Options, state: RuntimeState) -> dict[str, Any]:
     loaded thread count."""
     params = options.parameters()
     _check_load_options(params, state)
-    out = params.model_dump(
-        include={
-            "temperature",
-            "top_k",
-            "top_p",
-            "min_p",
-            "repeat_penalty",
-            "repeat_last_n",
-            "presence_penalty",
-            "frequency_penalty",
-            "seed",
-            "stop",
-            "context_length",
-        },
-        exclude_none=True,
-    )
+    out = params.model_dump(include={*SAMPLING_FIELDS, "stop", "context_length"}, exclude_none=True)
     if params.num_predict is not None:
         out["max_tokens"] = params.num_predict
     return out
