@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from the Go module proxy into a cache outside the
-# checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>.
-# A binary already in the cache is not rebuilt. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|crds ...]
+# checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>,
+# beside <name>-<version>.gosum, the hash of the wrapper module's go.sum it was built from. A
+# binary already in the cache is not rebuilt unless that go.sum has changed. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|crds ...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -14,28 +15,37 @@ mkdir -p "${SLM_BIN_DIR}"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-# install_built TMP VERSION NAME...: moves each built NAME from TMP into the cache.
+# go_sum DIR: the hash of wrapper module DIR's go.sum.
+go_sum() { sha256sum "${here}/$1/go.sum" | cut -d' ' -f1; }
+
+# install_built TMP DIR VERSION NAME...: moves each NAME built from wrapper module DIR out of
+# TMP into the cache, with the go.sum hash it was built from.
 install_built() {
-  local tmp="$1" version="$2"; shift 2
-  local name
+  local tmp="$1" dir="$2" version="$3"; shift 3
+  local name sum
+  sum="$(go_sum "${dir}")"
   for name in "$@"; do
     mv -f "${tmp}/${name}" "${SLM_BIN_DIR}/${name}-${version}"
+    printf '%s\n' "${sum}" > "${SLM_BIN_DIR}/${name}-${version}.gosum"
   done
   rm -rf "${tmp}"
 }
 
+# all_cached DIR VERSION NAME...: every NAME is cached and was built from DIR's current go.sum.
 all_cached() {
-  local version="$1"; shift
-  local name
+  local dir="$1" version="$2"; shift 2
+  local name sum
+  sum="$(go_sum "${dir}")"
   for name in "$@"; do
     [ -x "${SLM_BIN_DIR}/${name}-${version}" ] || return 1
+    [ "$(cat "${SLM_BIN_DIR}/${name}-${version}.gosum" 2>/dev/null)" = "${sum}" ] || return 1
   done
 }
 
 # k8s_build NAME...: commands of k8s.io/kubernetes, version-stamped, built in one go build.
 k8s_build() {
   local names=("$@")
-  all_cached "${K8S_VERSION}" "${names[@]}" && return 0
+  all_cached k8s "${K8S_VERSION}" "${names[@]}" && return 0
   local v="${K8S_VERSION}" major minor stamp="" pkg tmp start=$SECONDS name cmds=()
   major="${v#v}"; major="${major%%.*}"
   minor="${v#v*.}"; minor="${minor%%.*}"
@@ -48,7 +58,7 @@ k8s_build() {
   log "building ${names[*]} ${v} (cold: minutes to tens of minutes on 2 cores)"
   (cd "${here}/k8s" && go build -p "${jobs}" -trimpath -tags=selinux,notest \
     -ldflags "-s -w${stamp}" -o "${tmp}/" "${cmds[@]}")
-  install_built "${tmp}" "${v}" "${names[@]}"
+  install_built "${tmp}" k8s "${v}" "${names[@]}"
   log "built ${names[*]} ${v} in $((SECONDS - start))s"
 }
 
@@ -64,12 +74,12 @@ build_kubectl() {
 # build_tool DIR NAME VERSION PACKAGE [LDFLAGS]: one binary from a wrapper module.
 build_tool() {
   local dir="$1" name="$2" version="$3" pkg="$4" ldflags="${5:-}" tmp start=$SECONDS
-  all_cached "${version}" "${name}" && return 0
+  all_cached "${dir}" "${version}" "${name}" && return 0
   tmp="$(mktemp -d "${SLM_BIN_DIR}/.build.XXXXXX")"
   log "building ${name} ${version}"
   (cd "${here}/${dir}" && go build -p "${jobs}" -trimpath -ldflags "-s -w ${ldflags}" \
     -o "${tmp}/${name}" "${pkg}")
-  install_built "${tmp}" "${version}" "${name}"
+  install_built "${tmp}" "${dir}" "${version}" "${name}"
   log "built ${name} ${version} in $((SECONDS - start))s"
 }
 

@@ -2,7 +2,8 @@
 # Ollama's template test data and a renderer built from Ollama's own template package, for the
 # TEMPLATE conformance tests: fetches github.com/ollama/ollama (the version pinned in
 # hack/ollama-template-oracle/go.mod) into the Go module cache and builds
-# ~/.cache/slm-operator/bin/ollama-template-oracle-<version>. Idempotent.
+# ~/.cache/slm-operator/bin/ollama-template-oracle-<version>, rebuilt when the oracle's source
+# or go.sum changes (their hash is kept beside it in <bin>.gosum). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v go >/dev/null || { echo "40-ollama-templates: Go is required (https://go.dev/dl/)" >&2; exit 1; }
@@ -14,10 +15,12 @@ bin="$HOME/.cache/slm-operator/bin/ollama-template-oracle-$version"
 
 go mod download -json "github.com/ollama/ollama@$version" >/dev/null
 
-if [ -x "$bin" ] && [ "$bin" -nt "$src/main.go" ] && [ "$bin" -nt "$src/go.sum" ]; then
+sum=$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -d' ' -f1)
+if [ -x "$bin" ] && [ "$(cat "$bin.gosum" 2>/dev/null)" = "$sum" ]; then
   exit 0
 fi
 mkdir -p "$(dirname "$bin")"
 echo "building $bin"
 (cd "$src" && go build -p 2 -trimpath -o "$bin.tmp" .)
 mv "$bin.tmp" "$bin"
+printf '%s\n' "$sum" > "$bin.gosum"
