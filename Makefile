@@ -21,8 +21,12 @@ $(PY):
 # depend on its batch (hack/llama_cpp_check.py rebuilds a cached wheel that has it).
 LLAMA_CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF
 
+# The lock is complete and carries onnxruntime-openvino in place of the onnxruntime that
+# onnxruntime-genai names (both install the onnxruntime module), hence --no-deps, and the
+# removal of packages an older lock installed into the same module.
 venv: $(PY) ## create .venv: the pinned packages of requirements/dev.txt, then the project (editable)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip uninstall -q -y onnxruntime onnxruntime-ep-openvino 2>/dev/null || true
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) hack/llama_cpp_check.py
 

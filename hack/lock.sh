@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates the hash-pinned locks under requirements/ from pyproject.toml with uv, one per
-# install profile: dev (make setup and CI), operator (its image), runtime (the CPU image,
-# with OpenVINO), runtime-cuda (the CUDA image: the CUDA ONNX Runtime packages instead of
+# install profile: dev (make setup and CI), operator (its image), runtime (the CPU image),
+# runtime-cuda (the CUDA image: the CUDA ONNX Runtime packages instead of
 # the CPU ones). Every file pins every package with the sha256 of each of its files, for
-# Python 3.11 on x86-64 Linux. Usage: hack/lock.sh [--upgrade | --upgrade-package NAME ...]
+# Python 3.11 on x86-64 Linux. dev and runtime carry onnxruntime-openvino (ONNX Runtime with
+# the OpenVINO execution provider) instead of the `onnxruntime` that onnxruntime-genai names, and
+# runtime-cuda onnxruntime-gpu: the locks are complete, so installs use --no-deps. Usage: hack/lock.sh [--upgrade | --upgrade-package NAME ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 uv="${UV:-.venv/bin/uv}"
@@ -17,11 +19,15 @@ compile() {
 }
 
 mkdir -p requirements
-compile dev --extra operator --extra runtime --extra dev "$@"
+compile dev --extra operator --extra runtime --extra openvino --extra dev \
+  --no-emit-package onnxruntime "$@"
 compile operator --extra operator "$@"
 # The images build llama-cpp-python from its pinned sdist in a layer of its own, so a change to
 # any other pin does not rebuild llama.cpp: its pin has a file of its own, taken from dev.txt.
-compile runtime --extra runtime --extra openvino --no-emit-package llama-cpp-python "$@"
+# sympy (and its mpmath) serve only ONNX Runtime's Python model tools, which the server never
+# imports: 85 MB the CPU image leaves out.
+compile runtime --extra runtime --extra openvino --no-emit-package llama-cpp-python \
+  --no-emit-package onnxruntime --no-emit-package sympy --no-emit-package mpmath "$@"
 compile runtime-cuda --extra runtime --extra cuda --no-emit-package llama-cpp-python \
   --no-emit-package onnxruntime --no-emit-package onnxruntime-genai "$@"
 {

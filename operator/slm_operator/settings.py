@@ -44,8 +44,8 @@ class AcceleratorOption(_Model):
     openvino_device: str | None = Field(
         default=None,
         description="The OpenVINO device_type an ONNX model loads with on an npu tier "
-        "(RuntimeConfig.openvinoDevice: NPU, NPU.<n>, or an AUTO:/HETERO:/MULTI: list that starts "
-        "with the NPU); the runtime's default (NPU) when unset.",
+        "(RuntimeConfig.openvinoDevice: NPU, NPU.<n>, or HETERO:NPU,<GPU|CPU>...); the runtime's "
+        "default (NPU) when unset.",
     )
     env: dict[str, str] = Field(
         default_factory=dict,

@@ -217,9 +217,8 @@ DEFAULT_DEVICE_ORDER: Final = (Device.CPU,)
 
 OPENVINO_NPU: Final = "NPU"
 """OpenVINO's name for the NPU: the device_type used when ``openvinoDevice`` is unset."""
-_OPENVINO_NPU_PATTERN: Final = (
-    r"^(NPU(\.[0-9]+)?|(AUTO|HETERO|MULTI):NPU(\.[0-9]+)?(,(NPU|GPU|CPU)(\.[0-9]+)?)*)$"
-)
+_OPENVINO_NPU_PATTERN: Final = r"^(NPU(\.[0-9]+)?|HETERO:NPU(\.[0-9]+)?(,(GPU|CPU)(\.[0-9]+)?)+)$"
+# AUTO and MULTI are refused: they may serve from the CPU while the runtime reports the NPU.
 
 
 class RuntimeConfig(_Camel):
@@ -251,7 +250,8 @@ class RuntimeConfig(_Camel):
         default=None,
         pattern=_OPENVINO_NPU_PATTERN,
         description="The OpenVINO device_type an ONNX model loads with on the npu device: NPU "
-        "(when unset), NPU.<n>, or an AUTO:/HETERO:/MULTI: list that starts with the NPU.",
+        "(when unset), NPU.<n>, or HETERO:NPU,<GPU|CPU>... (the NPU runs what it supports, the "
+        "rest falls to the devices after it).",
     )
     apis: list[Api] = Field(
         default_factory=lambda: [Api.OLLAMA, Api.OPENAI], min_length=1, max_length=2

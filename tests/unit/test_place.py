@@ -729,7 +729,10 @@ def test_placement_is_deterministic() -> None:
     assert place(spec, nodes, default_catalog()) == place(spec, nodes, default_catalog())
 
 
-@pytest.mark.parametrize("device_type", ["CPU", "GPU", "npu", "AUTO:CPU,NPU", ""])
-def test_a_catalog_openvino_device_that_is_not_an_npu_is_refused_at_load(device_type: str) -> None:
+@pytest.mark.parametrize(
+    "device_type",
+    ["CPU", "GPU", "npu", "AUTO:CPU,NPU", "AUTO:NPU,CPU", "MULTI:NPU,CPU", "HETERO:NPU", ""],
+)
+def test_a_catalog_openvino_device_other_than_the_npu_is_refused_at_load(device_type: str) -> None:
     with pytest.raises(ValueError, match="openvinoDevice"):
         AcceleratorOption(name="npu", resource="intel.com/npu", openvino_device=device_type)

@@ -564,7 +564,7 @@ def test_accelerator_resources_are_requests_equal_to_limits() -> None:
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
-@pytest.mark.parametrize("openvino_device", ["NPU", "NPU.1", "AUTO:NPU,CPU"])
+@pytest.mark.parametrize("openvino_device", ["NPU", "NPU.1", "HETERO:NPU,CPU"])
 def test_the_catalogs_openvino_device_reaches_the_runtime_config(openvino_device: str) -> None:
     placement = dataclasses.replace(NPU, openvino_device=openvino_device)
     objects = by_kind(render(example("phi4-mini-onnx"), placement, RenderOptions()))

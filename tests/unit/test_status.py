@@ -467,7 +467,7 @@ def test_fallback_sets_backend_and_reason() -> None:
     assert "nvidia.com/gpu" in _by_type(status)[ConditionType.PLACED].message
 
 
-NO_OPENVINO = "the OpenVINO execution provider (onnxruntime-ep-openvino) is not installed"
+NO_OPENVINO = "OpenVINO finds no NPU device on this node (it finds: CPU)"
 ON_CPU = RuntimeDevice(Device.CPU, fallback=(("gpu", "no CUDA device"),))
 
 

@@ -13,6 +13,7 @@ from typing import Any, assert_never
 import onnxruntime_genai as og
 
 from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat
+from slm_runtime.engines import openvino
 from slm_runtime.engines.base import (
     Delta,
     DeviceUnavailableError,
@@ -32,21 +33,6 @@ from slm_runtime.engines.base import (
 log = logging.getLogger(__name__)
 
 _OPENVINO = "OpenVINO"
-_OPENVINO_LIBRARY_NAME = "OpenVINOExecutionProvider"
-
-
-def _register_openvino() -> None:
-    """Register the OpenVINO plugin library when the image ships it (the CPU image does)."""
-    try:
-        import onnxruntime_ep_openvino
-    except ImportError:
-        return
-    try:
-        og.register_execution_provider_library(
-            _OPENVINO_LIBRARY_NAME, onnxruntime_ep_openvino.get_library_path()
-        )
-    except Exception as exc:  # already registered, or an unusable library
-        log.debug("OpenVINO execution provider not registered: %s", exc)
 
 
 def _config_for(model_dir: str, device: Device, *, openvino_device: str, threads: int) -> Any:
@@ -56,7 +42,16 @@ def _config_for(model_dir: str, device: Device, *, openvino_device: str, threads
     cfg.clear_providers()
     match device:
         case Device.NPU:
-            _register_openvino()
+            # ONNX Runtime's own OpenVINO provider (onnxruntime-openvino); a build without it
+            # refuses this with "OpenVINO execution provider is not supported in this build".
+            # When OpenVINO lacks the device, ONNX Runtime only says "Failed to load provider
+            # OpenVINO": ask OpenVINO first, to name what is missing.
+            found = openvino.available_devices()
+            if found is not None and (missing := openvino.missing_device(openvino_device, found)):
+                listed = ", ".join(found) or "none"
+                raise DeviceUnavailableError(
+                    f"OpenVINO finds no {missing} device on this node (it finds: {listed})"
+                )
             cfg.append_provider(_OPENVINO)
             cfg.set_provider_option(_OPENVINO, "device_type", openvino_device)
         case Device.GPU:
