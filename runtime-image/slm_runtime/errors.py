@@ -33,6 +33,22 @@ class APIError(Exception):
         self.code = code
 
 
+MODEL_MANAGED_STATUS = 403
+"""Model-management routes (pull, push, create, copy, delete) answer this: the request is
+understood and permanently refused on this server, which clients do not retry as they retry
+a 5xx; 405 would say the method is wrong, while no method of these routes is allowed."""
+
+
+def model_managed(request: Request, model_name: str) -> APIError:
+    """The refusal of a model-management route: the LocalModel owns the model."""
+    return APIError(
+        MODEL_MANAGED_STATUS,
+        f"{request.method} {request.url.path} is refused: the model on this server is managed "
+        f'by the LocalModel "{model_name}"; to serve another model change that LocalModel\'s '
+        "spec (spec.model), to remove it delete the LocalModel",
+    )
+
+
 def is_openai(request: Request) -> bool:
     """Whether the request belongs to the OpenAI API family."""
     return request.url.path.startswith("/v1/") or request.url.path == "/v1"

@@ -181,15 +181,41 @@ def test_keep_alive_and_empty_prompt_load_the_model(gemma_server: Server) -> Non
     assert result.done_reason == "load"
 
 
-@pytest.mark.parametrize("route", ["/api/pull", "/api/create", "/api/copy", "/api/push"])
-def test_model_management_is_left_to_the_localmodel(gemma_server: Server, route: str) -> None:
-    response = httpx.post(gemma_server.url + route, json={"model": "other"})
-    assert response.status_code == 501
-    assert "LocalModel" in response.json()["error"]
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        ("POST", "/api/pull"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("POST", "/api/push"),
+        ("DELETE", "/api/delete"),
+        ("POST", "/api/blobs/sha256:" + "0" * 64),
+    ],
+)
+def test_model_management_is_left_to_the_localmodel(
+    gemma_server: Server, method: str, route: str
+) -> None:
+    # 403, not a 5xx: clients retry a 5xx as transient, and this refusal is permanent.
+    response = httpx.request(method, gemma_server.url + route, json={"model": "other"})
+    assert response.status_code == 403
+    body = response.json()
+    assert set(body) == {"error"}
+    assert 'managed by the LocalModel "gemma"' in body["error"]
+    assert "spec" in body["error"]
+
+
+def test_the_ollama_client_sees_model_management_refused(gemma_server: Server) -> None:
     client = ollama.Client(host=gemma_server.url)
-    with pytest.raises(ollama.ResponseError) as info:
-        client.delete("gemma")
-    assert info.value.status_code == 501
+    for call in (
+        lambda: client.pull("gemma"),
+        lambda: client.delete("gemma"),
+        lambda: client.copy("gemma", "other"),
+    ):
+        with pytest.raises(ollama.ResponseError) as info:
+            call()
+        assert info.value.status_code == 403
+        assert "LocalModel" in info.value.error
+    assert httpx.head(gemma_server.url + "/api/blobs/sha256:" + "0" * 64).status_code == 403
 
 
 def test_onnx_chat_with_its_own_template(onnx_server: Server) -> None:

@@ -168,6 +168,14 @@ def test_models(gemma_server: Server) -> None:
         client.models.retrieve("llama")
 
 
+def test_deleting_the_model_is_refused_as_managed_by_the_localmodel(gemma_server: Server) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        _client(gemma_server).models.delete("gemma")
+    assert info.value.status_code == 403
+    assert 'managed by the LocalModel "gemma"' in info.value.message
+    assert _client(gemma_server).models.retrieve("gemma").id == "gemma"
+
+
 def test_onnx_chat_streaming(onnx_server: Server) -> None:
     client = _client(onnx_server)
     chunks = list(

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 
 from slm_runtime.config import ModelParameters
 from slm_runtime.engines.base import Delta, Finished, UnsupportedError
-from slm_runtime.errors import APIError
+from slm_runtime.errors import APIError, model_managed
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
@@ -469,11 +469,7 @@ def build_router(api_token: str | None) -> APIRouter:
             return {"version": "0.0.0"}
 
     async def managed(request: Request, state: State) -> JSONResponse:
-        raise APIError(
-            501,
-            f"{request.url.path} is not available: models are managed by the LocalModel "
-            f'resource "{state.config.model_name}"; change its spec instead',
-        )
+        raise model_managed(request, state.config.model_name)
 
     for path, methods in (
         ("/api/pull", ["POST"]),

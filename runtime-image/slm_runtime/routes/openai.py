@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, Field
 
 from slm_runtime.engines.base import Delta, Finished, SamplingParams, UnsupportedError
-from slm_runtime.errors import APIError
+from slm_runtime.errors import APIError, model_managed
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
@@ -315,5 +315,9 @@ def build_router(api_token: str | None) -> APIRouter:
     async def model(model_id: str, state: State) -> Any:
         state.check_model(model_id)
         return _model(state)
+
+    @router.delete("/models/{model_id:path}", include_in_schema=False)
+    async def delete_model(model_id: str, request: Request, state: State) -> Any:
+        raise model_managed(request, state.config.model_name)
 
     return router
