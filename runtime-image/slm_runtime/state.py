@@ -12,7 +12,15 @@ from fastapi import Request
 
 from slm_runtime.admission import Admission
 from slm_runtime.config import Device, ModelParameters, RuntimeConfig
-from slm_runtime.engines.base import Delta, Engine, Event, Finished, Generation, SamplingParams
+from slm_runtime.engines.base import (
+    Delta,
+    Engine,
+    Event,
+    Finished,
+    Generation,
+    SamplingParams,
+    TokenLogprob,
+)
 from slm_runtime.errors import APIError
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
@@ -61,8 +69,17 @@ class RuntimeState:
         *,
         json_mode: bool = False,
         json_schema: dict[str, Any] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
     ) -> SamplingParams:
-        """Engine defaults, then the configured PARAMETERs, then the request's options."""
+        """Engine defaults, then the configured PARAMETERs, then the request's options; logprobs
+        are refused (400) where the engine cannot compute them."""
+        if logprobs and not self.engine.supports_logprobs:
+            raise APIError(
+                400,
+                f"logprobs are not supported for {self.engine.format.value} models; "
+                "leave logprobs unset or false",
+            )
         merged: dict[str, Any] = {}
         configured: ModelParameters = self.config.parameters
         for name in (*SAMPLING_FIELDS, "stop"):
@@ -74,7 +91,13 @@ class RuntimeState:
         merged.update({k: v for k, v in overrides.items() if v is not None})
         stop = merged.pop("stop", ())
         merged["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        return SamplingParams(**merged, json_mode=json_mode, json_schema=json_schema)
+        return SamplingParams(
+            **merged,
+            json_mode=json_mode,
+            json_schema=json_schema,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs if logprobs else 0,
+        )
 
     async def start(self, prompt: str, params: SamplingParams) -> Generation:
         """Take a slot (or fail with 429/503) and start generating; the slot frees at the end."""
@@ -90,6 +113,16 @@ class RuntimeState:
             raise
         generation.add_done_callback(release)
         return generation
+
+
+@dataclass
+class Output:
+    """A whole generation: its text, the log probabilities of its tokens (when asked for) and
+    its end."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    end: Finished
 
 
 class Run:
@@ -134,14 +167,16 @@ class Run:
         finally:
             self.generation.cancel()
 
-    async def collect(self, request: Request) -> tuple[str, Finished]:
+    async def collect(self, request: Request) -> Output:
         """All text and the end, stopping the generation if the client goes away meanwhile."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
 
         async def consume() -> Finished:
             async for event in self:
                 if isinstance(event, Delta):
                     parts.append(event.text)
+                    logprobs.extend(event.logprobs)
                 else:
                     return event
             raise RuntimeError("generation ended without a result")
@@ -161,7 +196,7 @@ class Run:
                 consumer.cancel()
         if consumer not in done:
             raise APIError(499, "client disconnected")
-        return "".join(parts), consumer.result()
+        return Output("".join(parts), logprobs, consumer.result())
 
 
 async def runtime(request: Request) -> RuntimeState:

@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol
 from slm_runtime.config import Device, ModelFormat
 
 FinishReason = Literal["stop", "length", "cancelled"]
+MAX_TOP_LOGPROBS = 20
+"""The most ``top_logprobs`` a request may ask for, in the Ollama and OpenAI chat APIs alike."""
 
 
 class EngineError(Exception):
@@ -54,6 +56,10 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = None
     context_length: int | None = None
     """A request's own context window (Ollama ``num_ctx``), at most the one loaded."""
+    logprobs: bool = False
+    """Report each generated token's log probability (``Delta.logprobs``)."""
+    top_logprobs: int = 0
+    """With ``logprobs``: also this many most likely tokens at each position."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,32 @@ class ModelDetails:
 
 
 @dataclass(frozen=True)
+class TokenChoice:
+    """A token's text (``bytes`` decoded, invalid UTF-8 replaced) and its log probability."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log probability, the most likely tokens at its position (most
+    likely first), and where its text starts in the generated text (in characters)."""
+
+    chosen: TokenChoice
+    top: tuple[TokenChoice, ...]
+    offset: int
+
+
+@dataclass(frozen=True)
 class Delta:
-    """A piece of generated text."""
+    """A piece of generated text, with the log probabilities of the tokens it holds when they
+    were asked for (a token whose text is held back, such as an incomplete UTF-8 character,
+    comes with the delta that carries its text)."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +225,7 @@ class Engine(Protocol):
     details: ModelDetails
     supports_embeddings: bool
     supports_json: bool
+    supports_logprobs: bool
     threads: int
     # The ggml CPU backend llama.cpp runs on ("haswell", "builtin", ...); None for other engines.
     cpu_backend: str | None

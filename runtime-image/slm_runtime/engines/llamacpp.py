@@ -7,6 +7,7 @@ import codecs
 import ctypes
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -33,6 +34,8 @@ from slm_runtime.engines.base import (
     PromptTooLongError,
     SamplingParams,
     StopMatcher,
+    TokenChoice,
+    TokenLogprob,
     finished_at_once,
     generation_budget,
 )
@@ -62,6 +65,8 @@ _FTYPES = {
 }
 _GPU_LAYERS_ALL = 999
 _PIECE_BUFFER = 256
+# Logit distances from the peak (nats) tried in turn to narrow the search for the top tokens.
+_TOP_WIDTHS = (8.0, 16.0)
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -85,6 +90,27 @@ def _is_greedy(params: SamplingParams) -> bool:
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0
     )
+
+
+def _top_ids(logits: Any, n: int, peak: float) -> Any:
+    """The ``n`` most likely token ids, most likely first (equal logits in id order, as the
+    argmax picks). Partitioning the whole vocabulary costs milliseconds at 262k tokens; the
+    tokens within a few nats of the peak are usually a few dozen and hold the top ``n``
+    whenever there are at least ``n`` of them."""
+    ids = None
+    for width in _TOP_WIDTHS:
+        near = np.flatnonzero(logits >= np.float32(peak - width))
+        if near.size >= n:
+            ids = near
+            break
+    if ids is None:
+        ids = np.arange(logits.size)
+    if ids.size > n:
+        # Keep every id tied with the n-th largest logit: which of them a partition keeps is
+        # arbitrary. ``ids`` ascend, so the stable sort lists ties in id order.
+        values = logits[ids]
+        ids = ids[values >= np.partition(values, ids.size - n)[ids.size - n]]
+    return ids[np.argsort(-logits[ids], kind="stable")[:n]]
 
 
 def _human_count(n: int) -> str:
@@ -141,6 +167,11 @@ class _Sequence:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
     stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    # Characters decoded so far and characters emitted (the stop matcher may hold some back).
+    decoded: int = 0
+    emitted: int = 0
+    # Log probabilities of generated tokens not yet emitted with their text.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class LlamaCppEngine:
@@ -151,6 +182,7 @@ class LlamaCppEngine:
     format = ModelFormat.GGUF
     supports_embeddings = True
     supports_json = True
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -228,6 +260,7 @@ class LlamaCppEngine:
         self._n_swa = llama_cpp.llama_model_n_swa(self._model)
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
+        self._scratch = np.empty(self._n_vocab, dtype=np.float32)  # log-softmax, decode thread
         self._embed_ctx: Any = None
         self._embed_lock = threading.Lock()
 
@@ -514,16 +547,21 @@ class LlamaCppEngine:
             if seq.generated == 0:
                 seq.first_token_at = now
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush())
+                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush(), last=True)
                 self._finish(active, seq, "stop")
                 continue
             seq.generated += 1
-            text, stopped = seq.stop.feed(seq.decoder.decode(self._generated_piece(token)))
+            piece = self._generated_piece(token)
+            decoded = seq.decoder.decode(piece)
+            if seq.params.logprobs:
+                seq.logprobs.append(self._token_logprob(seq, index, token, piece))
+            seq.decoded += len(decoded)
+            text, stopped = seq.stop.feed(decoded)
             self._emit(seq, text)
             if stopped:
                 self._finish(active, seq, "stop")
             elif seq.generated >= seq.max_tokens:
-                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush())
+                self._emit(seq, seq.decoder.decode(b"", final=True) + seq.stop.flush(), last=True)
                 self._finish(active, seq, "length")
             else:
                 seq.pending.append(token)
@@ -577,9 +615,46 @@ class LlamaCppEngine:
         llama_cpp.llama_sampler_accept(seq.sampler, token)
         return token
 
-    def _emit(self, seq: _Sequence, text: str) -> None:
-        if text:
-            self._outbox.put(seq.generation, Delta(text))
+    def _token_logprob(self, seq: _Sequence, index: int, token: int, piece: bytes) -> TokenLogprob:
+        """The log-softmax of the raw logits at batch position ``index`` (the model's own
+        distribution, before penalties, temperature, top-k/p or a grammar) for ``token`` and
+        for the most likely tokens; only sequences that asked for logprobs pay for it."""
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+        peak = float(logits.max())
+        scratch = self._scratch
+        np.subtract(logits, np.float32(peak), out=scratch)
+        np.exp(scratch, out=scratch)
+        norm = peak + math.log(float(scratch.sum(dtype=np.float64)))
+        top: tuple[TokenChoice, ...] = ()
+        n = min(seq.params.top_logprobs, self._n_vocab)
+        if n > 0:
+            ids = _top_ids(logits, n, peak)
+            top = tuple(self._choice(int(i), float(logits[i]) - norm) for i in ids)
+        chosen = TokenChoice(piece.decode("utf-8", "replace"), piece, float(logits[token]) - norm)
+        return TokenLogprob(chosen, top, seq.decoded)
+
+    def _choice(self, token: int, logprob: float) -> TokenChoice:
+        piece = self._generated_piece(token)
+        return TokenChoice(piece.decode("utf-8", "replace"), piece, logprob)
+
+    def _emit(self, seq: _Sequence, text: str, *, last: bool = False) -> None:
+        """Send ``text`` with the log probabilities of the tokens whose text it starts or
+        holds; ``last``: the generation ends here, so every token still waiting goes too."""
+        seq.emitted += len(text)
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if seq.logprobs:
+            waiting = seq.logprobs
+            n = len(waiting)
+            if not last:
+                n = 0
+                while n < len(waiting) and waiting[n].offset < seq.emitted:
+                    n += 1
+            logprobs = tuple(waiting[:n])
+            del waiting[:n]
+        if text or logprobs:
+            self._outbox.put(seq.generation, Delta(text, logprobs))
 
     def _finish(self, active: list[_Sequence], seq: _Sequence, reason: FinishReason) -> None:
         self._release(active, seq, keep_cache=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
@@ -15,7 +15,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, ValidationError
 
 from slm_runtime.config import ModelParameters
-from slm_runtime.engines.base import Delta, Finished, UnsupportedError
+from slm_runtime.engines.base import (
+    MAX_TOP_LOGPROBS,
+    Delta,
+    Finished,
+    TokenChoice,
+    TokenLogprob,
+    UnsupportedError,
+)
 from slm_runtime.errors import APIError, model_managed
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
@@ -112,6 +119,8 @@ class GenerateRequest(TopLevelBody):
     raw: bool = False
     keep_alive: KeepAlive = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class Message(RequestBody):
@@ -132,6 +141,8 @@ class ChatRequest(TopLevelBody):
     stream: bool = True
     keep_alive: KeepAlive = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class EmbedRequest(TopLevelBody):
@@ -194,6 +205,26 @@ def _final(model: str, end: Finished, started: float, load_seconds: float) -> di
     }
 
 
+def _token(choice: TokenChoice) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": choice.token, "logprob": choice.logprob}
+    if choice.bytes:
+        out["bytes"] = list(choice.bytes)
+    return out
+
+
+def _logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """Ollama's ``logprobs`` field (left out when there is nothing to report, as Ollama does)."""
+    if not entries:
+        return {}
+    items = []
+    for entry in entries:
+        item = _token(entry.chosen)
+        if entry.top:
+            item["top_logprobs"] = [_token(choice) for choice in entry.top]
+        items.append(item)
+    return {"logprobs": items}
+
+
 def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
@@ -205,7 +236,13 @@ async def _ndjson(
         async for event in run:
             if isinstance(event, Delta):
                 yield _line(
-                    {"model": model, "created_at": _now(), **piece(event.text), "done": False}
+                    {
+                        "model": model,
+                        "created_at": _now(),
+                        **piece(event.text),
+                        "done": False,
+                        **_logprobs(event.logprobs),
+                    }
                 )
             else:
                 yield _line(
@@ -239,11 +276,12 @@ async def _respond(
         return StreamingResponse(
             _ndjson(run, model, piece, final_extra or {}, state.load_seconds), media_type=NDJSON
         )
-    text, end = await run.collect(request)
+    out = await run.collect(request)
     return {
-        **_final(model, end, run.started, state.load_seconds),
-        **piece(text),
+        **_final(model, out.end, run.started, state.load_seconds),
+        **piece(out.text),
         **(final_extra or {}),
+        **_logprobs(out.logprobs),
     }
 
 
@@ -311,7 +349,11 @@ def build_router(api_token: str | None) -> APIRouter:
             raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model")
         json_mode, schema = _json_format(body.format)
         params = state.sampling(
-            _overrides(body.options, state), json_mode=json_mode, json_schema=schema
+            _overrides(body.options, state),
+            json_mode=json_mode,
+            json_schema=schema,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
         )
         prompt = state.prompts.generate(
             body.prompt,
@@ -346,7 +388,11 @@ def build_router(api_token: str | None) -> APIRouter:
             }
         json_mode, schema = _json_format(body.format)
         params = state.sampling(
-            _overrides(body.options, state), json_mode=json_mode, json_schema=schema
+            _overrides(body.options, state),
+            json_mode=json_mode,
+            json_schema=schema,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
         )
         prompt = state.prompts.chat(
             [m.model_dump(exclude_none=True) for m in body.messages],

@@ -8,14 +8,22 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
-from slm_runtime.engines.base import Delta, Finished, SamplingParams, UnsupportedError
+from slm_runtime.engines.base import (
+    MAX_TOP_LOGPROBS,
+    Delta,
+    Finished,
+    SamplingParams,
+    TokenChoice,
+    TokenLogprob,
+    UnsupportedError,
+)
 from slm_runtime.errors import APIError, model_managed
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
@@ -88,19 +96,20 @@ class _Sampling(TopLevelBody):
         }
 
 
-def _no_logprobs(value: bool | None) -> bool | None:
-    if value:
-        raise ValueError("logprobs are not supported; leave it unset or false")
-    return value
-
-
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    # Not Literal[False]: pydantic accepts a JSON 0 for it even in strict mode.
-    logprobs: Annotated[bool | None, AfterValidator(_no_logprobs)] = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top(self) -> int:
+        """How many most likely tokens to report per position; as OpenAI, ``top_logprobs``
+        needs ``logprobs: true``."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs: logprobs must be true when top_logprobs is set")
+        return self.top_logprobs or 0
 
 
 class CompletionRequest(_Sampling):
@@ -108,7 +117,7 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
     suffix: str | None = None
-    logprobs: None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
 
 class EmbeddingRequest(TopLevelBody):
@@ -146,6 +155,44 @@ def _json_mode(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None]
     return True, None
 
 
+def _bytes(choice: TokenChoice) -> list[int]:
+    return list(choice.bytes)
+
+
+def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat completion (or of one chunk of it)."""
+    return {
+        "content": [
+            {
+                "token": entry.chosen.token,
+                "logprob": entry.chosen.logprob,
+                "bytes": _bytes(entry.chosen),
+                "top_logprobs": [
+                    {"token": c.token, "logprob": c.logprob, "bytes": _bytes(c)} for c in entry.top
+                ],
+            }
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
+def _completion_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """``choices[].logprobs`` of a legacy completion: the chosen token always among the
+    ``top_logprobs`` of its position, so there are up to ``logprobs`` + 1 of them."""
+    top: list[dict[str, float]] = []
+    for entry in entries:
+        alternatives = {c.token: c.logprob for c in entry.top}
+        alternatives.setdefault(entry.chosen.token, entry.chosen.logprob)
+        top.append(alternatives)
+    return {
+        "tokens": [entry.chosen.token for entry in entries],
+        "token_logprobs": [entry.chosen.logprob for entry in entries],
+        "top_logprobs": top,
+        "text_offset": [entry.offset for entry in entries],
+    }
+
+
 async def _stream(
     run: Run,
     include_usage: bool,
@@ -154,7 +201,7 @@ async def _stream(
     try:
         async for event in run:
             if isinstance(event, Delta):
-                yield _sse(chunk(event.text, None))
+                yield _sse(chunk(event, None))
             else:
                 yield _sse(chunk(None, _finish_reason(event)))
                 if include_usage:
@@ -189,7 +236,13 @@ def build_router(api_token: str | None) -> APIRouter:
         state.check_model(body.model)
         json_mode, schema = _json_mode(body.response_format)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        params = state.sampling(body.overrides(max_tokens), json_mode=json_mode, json_schema=schema)
+        params = state.sampling(
+            body.overrides(max_tokens),
+            json_mode=json_mode,
+            json_schema=schema,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top(),
+        )
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
@@ -201,25 +254,33 @@ def build_router(api_token: str | None) -> APIRouter:
         if body.stream:
             first = True
 
-            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+            def chunk(event: Delta | None, reason: str | None) -> dict[str, Any]:
                 nonlocal first
                 delta: dict[str, Any] = {}
                 if first:
                     delta["role"] = "assistant"
                     first = False
-                if text is not None:
-                    delta["content"] = text
+                if event is not None:
+                    delta["content"] = event.text
+                logprobs = _chat_logprobs(event.logprobs) if event and event.logprobs else None
                 return {
                     "id": ident,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": body.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "logprobs": logprobs,
+                            "finish_reason": reason,
+                        }
+                    ],
                 }
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(run, include_usage, chunk), media_type=SSE)
-        text, end = await run.collect(request)
+        out = await run.collect(request)
         return {
             "id": ident,
             "object": "chat.completion",
@@ -228,12 +289,12 @@ def build_router(api_token: str | None) -> APIRouter:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": _finish_reason(end),
-                    "logprobs": None,
+                    "message": {"role": "assistant", "content": out.text},
+                    "finish_reason": _finish_reason(out.end),
+                    "logprobs": _chat_logprobs(out.logprobs) if body.logprobs else None,
                 }
             ],
-            "usage": _usage(end),
+            "usage": _usage(out.end),
         }
 
     @router.post("/completions")
@@ -244,29 +305,50 @@ def build_router(api_token: str | None) -> APIRouter:
             raise APIError(400, "prompt: send exactly one prompt per request")
         if body.suffix:
             raise APIError(400, "suffix is not supported by this model")
-        params = state.sampling(body.overrides(body.max_tokens))
+        if body.echo and body.logprobs is not None:
+            raise APIError(
+                400,
+                "logprobs with echo: the log probabilities of prompt tokens are not computed; "
+                "set echo to false",
+            )
+        logprobs = body.logprobs is not None
+        params = state.sampling(
+            body.overrides(body.max_tokens),
+            logprobs=logprobs,
+            top_logprobs=body.logprobs or 0,
+        )
         run = await _start(state, "/v1/completions", prompts[0], params)
         ident = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         echo = prompts[0] if body.echo else ""
 
-        def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+        def choice(
+            text: str, entries: Sequence[TokenLogprob], reason: str | None
+        ) -> dict[str, Any]:
             return {
                 "id": ident,
                 "object": "text_completion",
                 "created": created,
                 "model": body.model,
                 "choices": [
-                    {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+                    {
+                        "index": 0,
+                        "text": text,
+                        "logprobs": _completion_logprobs(entries) if logprobs else None,
+                        "finish_reason": reason,
+                    }
                 ],
             }
+
+        def chunk(event: Delta | None, reason: str | None) -> dict[str, Any]:
+            return choice(event.text if event else "", event.logprobs if event else (), reason)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(run, include_usage, chunk), media_type=SSE)
-        text, end = await run.collect(request)
-        response = chunk(echo + text, _finish_reason(end))
-        response["usage"] = _usage(end)
+        out = await run.collect(request)
+        response = choice(echo + out.text, out.logprobs, _finish_reason(out.end))
+        response["usage"] = _usage(out.end)
         return response
 
     @router.post("/embeddings")
