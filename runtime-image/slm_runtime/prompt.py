@@ -10,6 +10,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from slm_runtime.engines.base import EngineError
 from slm_runtime.template import TemplateError, render_template
+from slm_runtime.tools import (
+    PROBE_NAME,
+    probe_conversations,
+    probe_tools,
+    tag_from_renderings,
+)
 
 
 class PromptError(EngineError):
@@ -41,6 +47,8 @@ class PromptBuilder:
         self._bos = bos_token
         self._eos = eos_token
         self._jinja = None
+        self._tool_tag: str | None = None
+        self._tool_tag_known = False
         if template is None and model_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
@@ -50,6 +58,27 @@ class PromptBuilder:
     def has_template(self) -> bool:
         """Whether chat requests can be rendered at all."""
         return self.template is not None or self._jinja is not None
+
+    def tool_tag(self) -> str | None:
+        """The text the template writes before a tool call's JSON (``{`` for bare JSON), found
+        by rendering a sample call; None when the template does not render tools at all."""
+        if not self._tool_tag_known:
+            self._tool_tag = self._probe_tool_tag()
+            self._tool_tag_known = True
+        return self._tool_tag
+
+    def _probe_tool_tag(self) -> str | None:
+        question = [{"role": "user", "content": "probe question"}]
+        with_call, with_text = probe_conversations()
+        try:
+            if PROBE_NAME not in self.chat(question, tools=probe_tools()):
+                return None
+            return tag_from_renderings(
+                self.chat(with_call, tools=probe_tools()),
+                self.chat(with_text, tools=probe_tools()),
+            )
+        except PromptError:
+            return None
 
     def _with_system(
         self, messages: list[dict[str, Any]], system: str | None

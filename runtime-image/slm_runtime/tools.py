@@ -1,0 +1,378 @@
+"""Tool calling: the tool-call format a model's template writes, the checks on tool definitions,
+and the parser that finds calls in the model's output (Ollama's tools package, in Python)."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+
+# A tool that no real conversation names, rendered into the template to learn its format.
+PROBE_NAME = "probe_tool_fn"
+PROBE_CONTENT = "probe assistant text"
+_PROBE_ARGUMENTS = {"probe_arg": "probe value"}
+
+# A tag of "{" means bare JSON: output that starts with an object is tried as a call.
+BARE_JSON = "{"
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_JSON_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
+_ID_CHARS = string.ascii_letters + string.digits
+
+
+def probe_tools() -> list[dict[str, Any]]:
+    """The tool list a template is rendered with to learn whether it renders tools at all."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": PROBE_NAME,
+                "description": "probe",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"probe_arg": {"type": "string", "description": "probe"}},
+                    "required": ["probe_arg"],
+                },
+            },
+        }
+    ]
+
+
+def probe_conversations() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two conversations that differ only in the assistant turn: one a tool call, one text."""
+    call = {
+        "id": "call_probe",
+        "type": "function",
+        "function": {"index": 0, "name": PROBE_NAME, "arguments": dict(_PROBE_ARGUMENTS)},
+    }
+    question = {"role": "user", "content": "probe question"}
+    with_call: list[dict[str, Any]] = [
+        question,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {
+            "role": "tool",
+            "content": "probe result",
+            "tool_call_id": "call_probe",
+            "tool_name": PROBE_NAME,
+            "name": PROBE_NAME,
+        },
+    ]
+    with_text: list[dict[str, Any]] = [
+        question,
+        {"role": "assistant", "content": PROBE_CONTENT},
+        {"role": "user", "content": "probe result"},
+    ]
+    return with_call, with_text
+
+
+def tag_from_renderings(with_call: str, with_text: str) -> str:
+    """The text a template writes before a tool call's JSON, from the renderings of the two
+    ``probe_conversations``: where the assistant turn starts (the renderings part, or the probe
+    text begins) up to the first ``{``, stripped, as Ollama's parseTag cuts its text node;
+    ``BARE_JSON`` when nothing precedes the JSON or the template does not write the call."""
+    start = with_text.find(PROBE_CONTENT)
+    if start < 0 or PROBE_NAME not in with_call:
+        return BARE_JSON
+    common = 0
+    for a, b in zip(with_call, with_text, strict=False):
+        if a != b:
+            break
+        common += 1
+    turn = with_call[min(common, start) :]
+    name_at = turn.find(PROBE_NAME)
+    if name_at < 0:
+        return BARE_JSON
+    tag = turn[:name_at].replace("\r\n", "\n").partition("{")[0].strip()
+    return tag or BARE_JSON
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call the model made: the tool's name, its arguments, and its place among the calls."""
+
+    name: str
+    arguments: dict[str, Any]
+    index: int
+
+
+def new_call_id() -> str:
+    """A tool call id as OpenAI writes them: ``call_`` and 24 random letters and digits."""
+    return "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(24))
+
+
+@dataclass
+class ToolParser:
+    """Splits streamed model output into content and tool calls, as Ollama's tools.Parser does:
+    text before the tag is content; after the tag, each complete JSON object that names one of
+    the tools (or holds its arguments) is a call. With the bare-JSON tag only output that starts
+    with ``{`` is tried. Unlike Ollama, output that held a tag but no call is content at the end
+    (``finish``), so that text which is not a tool call stays content."""
+
+    tag: str
+    names: list[str]
+    _buffer: str = ""
+    _state: str = "looking"
+    _count: int = 0
+
+    def add(self, text: str) -> tuple[list[ToolCall], str]:
+        """The calls completed and the content released by this piece of output."""
+        if self._state == "done":
+            return [], text
+        self._buffer += text
+        content = ""
+        if self._state == "looking":
+            at, found = self._find_tag()
+            if at < 0:
+                content, self._buffer = self._buffer, ""
+            else:
+                content, self._buffer = self._buffer[:at], self._buffer[at:]
+            if self.tag in ("{", "[") and content.strip():
+                self._state = "done"
+                content, self._buffer = content + self._buffer, ""
+                return [], content
+            if not found:
+                return [], content
+            self._state = "calling"
+        calls: list[ToolCall] = []
+        while (call := self._next_call()) is not None:
+            calls.append(call)
+        if self._closed():
+            self._state = "done"
+            content, self._buffer = self._buffer, ""
+        return calls, content
+
+    def finish(self) -> str:
+        """Content still held back once the output ended: all of it when no call was found."""
+        rest, self._buffer = self._buffer, ""
+        return "" if self._count else rest
+
+    @property
+    def found(self) -> int:
+        """How many calls have been parsed so far."""
+        return self._count
+
+    def _find_tag(self) -> tuple[int, bool]:
+        at = self._buffer.find(self.tag)
+        if at >= 0:
+            return at, True
+        for size in range(min(len(self._buffer), len(self.tag)), 0, -1):
+            if self._buffer.endswith(self.tag[:size]):
+                return len(self._buffer) - size, False
+        return -1, False
+
+    def _next_call(self) -> ToolCall | None:
+        name, end = _find_tool(self.names, self._buffer)
+        if name is None:
+            return None
+        found = _find_arguments(name, self._buffer)
+        if found is None:
+            return None
+        arguments, at = found
+        end = max(end, at)
+        call = ToolCall(name, arguments, self._count)
+        self._count += 1
+        self._buffer = self._buffer[end:]
+        return call
+
+    def _closed(self) -> bool:
+        pairs = {"{": ("{", "}"), "[": ("[", "]")}
+        if self.tag not in pairs:
+            return False
+        opening, closing = pairs[self.tag]
+        depth = 0
+        for char in self._buffer:
+            if char == opening:
+                depth += 1
+            elif char == closing:
+                depth -= 1
+                if depth == 0:
+                    return True
+        return False
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            self.tag = BARE_JSON
+
+
+def _find_tool(names: list[str], buffer: str) -> tuple[str | None, int]:
+    """The tool named first (the longest at one place) in the buffer and where its name ends;
+    none while the buffer ends in what may still grow into a longer name."""
+    if not buffer:
+        return None, 0
+    longest = max((len(n) for n in names), default=0)
+    for size in range(1, min(len(buffer), longest) + 1):
+        tail = buffer[-size:]
+        if any(len(tail) < len(n) and n.startswith(tail) for n in names):
+            return None, 0
+    found: str | None = None
+    start = end = -1
+    for name in names:
+        at = buffer.find(name)
+        if at < 0:
+            continue
+        if found is not None and (at > start or (at == start and len(name) <= len(found))):
+            continue
+        found, start, end = name, at, at + len(name)
+    return (found, end) if found is not None else (None, 0)
+
+
+def _json_map(obj: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def _arguments_in(name: str, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The arguments an object holds for the tool, as Ollama's findObject looks for them."""
+    if "name" in obj:
+        for key in ("arguments", "parameters"):
+            found = _json_map(obj, key)
+            if found is not None:
+                return found, True
+        return None, True
+    found = _json_map(obj, name)
+    if found is not None:
+        return found, True
+    for value in obj.values():
+        children = value if isinstance(value, list) else [value]
+        for child in children:
+            if isinstance(child, dict):
+                args, hit = _arguments_in(name, child)
+                if hit:
+                    return args, True
+    return None, False
+
+
+def _find_arguments(name: str, buffer: str) -> tuple[dict[str, Any], int] | None:
+    """The first complete JSON object in the buffer read as the tool's arguments, and where it
+    ends; an object that does not parse is skipped."""
+    start = -1
+    depth = 0
+    in_string = escaped = False
+    for i, char in enumerate(buffer):
+        if escaped:
+            escaped = False
+            continue
+        if char == "\\":
+            escaped = True
+            continue
+        if char == '"':
+            in_string = not in_string
+            continue
+        if in_string:
+            continue
+        if char == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0 and start != -1:
+                try:
+                    data = json.loads(buffer[start : i + 1])
+                except ValueError:
+                    start = -1
+                    continue
+                if not isinstance(data, dict):
+                    start = -1
+                    continue
+                args, hit = _arguments_in(name, data)
+                if hit:
+                    return (args if args is not None else {}), i + 1
+                return data, i + 1
+            depth = max(depth, 0)
+    return None
+
+
+def _schema_problem(schema: Any, path: str) -> str | None:
+    """Why a JSON Schema is malformed in its structure (types of its keywords), or None."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return f"{path} must be a JSON Schema object"
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not kinds or any(not isinstance(k, str) or k not in _JSON_TYPES for k in kinds):
+            return f"{path}.type must be one of {sorted(_JSON_TYPES)} or a list of them"
+    required = schema.get("required")
+    if required is not None and (
+        not isinstance(required, list)
+        or any(not isinstance(r, str) for r in required)
+        or len(set(required)) != len(required)
+    ):
+        return f"{path}.required must be a list of distinct strings"
+    enum = schema.get("enum")
+    if enum is not None and not isinstance(enum, list):
+        return f"{path}.enum must be an array"
+    for key in ("description", "title", "$ref", "pattern", "format"):
+        if key in schema and not isinstance(schema[key], str):
+            return f"{path}.{key} must be a string"
+    for key in _SCHEMA_MAPS:
+        if key in schema:
+            members = schema[key]
+            if not isinstance(members, dict):
+                return f"{path}.{key} must be an object of schemas"
+            for member, sub in members.items():
+                problem = _schema_problem(sub, f"{path}.{key}.{member}")
+                if problem:
+                    return problem
+    for key in _SCHEMA_LISTS:
+        if key in schema:
+            items = schema[key]
+            if not isinstance(items, list) or not items:
+                return f"{path}.{key} must be a non-empty array of schemas"
+            for i, sub in enumerate(items):
+                problem = _schema_problem(sub, f"{path}.{key}.{i}")
+                if problem:
+                    return problem
+    for key in _SCHEMA_ONE:
+        if key in schema:
+            problem = _schema_problem(schema[key], f"{path}.{key}")
+            if problem:
+                return problem
+    return None
+
+
+def check_tools(tools: list[dict[str, Any]], where: str = "tools") -> list[str]:
+    """The tools' names, after checking each is a function with a valid name and parameters
+    that are a JSON Schema in structure; ``ValueError`` says what is wrong."""
+    names: list[str] = []
+    for i, tool in enumerate(tools):
+        at = f"{where}[{i}]"
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise ValueError(f"{at}.type: {kind!r} is not supported; only function tools are")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise ValueError(f"{at}.function must be an object")
+        name = function.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(
+                f"{at}.function.name must be 1 to 64 letters, digits, underscores or dashes"
+            )
+        if name in names:
+            raise ValueError(f"{at}.function.name: {name!r} is named twice")
+        description = function.get("description")
+        if description is not None and not isinstance(description, str):
+            raise ValueError(f"{at}.function.description must be a string")
+        parameters = function.get("parameters")
+        if parameters is not None:
+            problem = _schema_problem(parameters, f"{at}.function.parameters")
+            if problem:
+                raise ValueError(f"{problem} (the parameters are not a valid JSON Schema)")
+        names.append(name)
+    return names

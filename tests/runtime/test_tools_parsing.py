@@ -1,0 +1,424 @@
+"""Tool-call formats learnt from real templates, and the parser that reads calls back.
+
+The templates in tests/fixtures/tool-templates are the TEMPLATEs of Ollama's library models
+(qwen2.5, llama3.2, mistral, phi4-mini, as `ollama show --template` prints them) and the Jinja
+chat template of Qwen2.5-Instruct; command-r comes from the pinned Ollama module's template/
+folder. The parser cases marked "ollama:" are cases of the Go table tests in the module's
+tools/tools_test.go, with the same inputs and expected content and calls.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slm_runtime.prompt import PromptBuilder
+from slm_runtime.tools import BARE_JSON, ToolCall, ToolParser, check_tools
+
+from tests.conftest import GEMMA_TEMPLATE
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "tests" / "fixtures" / "tool-templates"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def builder(name: str) -> PromptBuilder:
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    if name.endswith(".jinja"):
+        return PromptBuilder(
+            template=None, system=None, model_template=text, bos_token="", eos_token=""
+        )
+    return PromptBuilder(
+        template=text, system=None, model_template=None, bos_token="", eos_token=""
+    )
+
+
+@cache
+def _module_template(name: str) -> str:
+    src = ROOT / "hack" / "ollama-template-oracle"
+    pin = next(
+        line.split()[2]
+        for line in (src / "go.mod").read_text().splitlines()
+        if line.split()[:2] == ["require", "github.com/ollama/ollama"]
+    )
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"github.com/ollama/ollama@{pin}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=src,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"the Ollama module is not available: {out.stderr.strip()}")
+    folder = Path(json.loads(out.stdout)["Dir"]) / "template"
+    return (folder / f"{name}.gotmpl").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("name", "tag"),
+    [
+        ("qwen2.5.gotmpl", "<tool_call>"),
+        ("qwen2.5.jinja", "<tool_call>"),
+        ("llama3.2.gotmpl", BARE_JSON),
+        ("mistral.gotmpl", "[TOOL_CALLS] ["),
+        ("phi4-mini.gotmpl", "<|tool_call|>["),
+    ],
+)
+def test_the_tag_is_what_the_template_writes_before_a_call(name: str, tag: str) -> None:
+    assert builder(name).tool_tag() == tag
+
+
+def test_the_tag_of_an_ollama_module_template() -> None:
+    template = _module_template("command-r")
+    tag = PromptBuilder(
+        template=template, system=None, model_template=None, bos_token="", eos_token=""
+    ).tool_tag()
+    assert tag == "Action: ```json\n["
+
+
+@pytest.mark.parametrize("template", [GEMMA_TEMPLATE, "{{ .Prompt }}"])
+def test_a_template_without_tools_has_no_tag(template: str) -> None:
+    prompts = PromptBuilder(
+        template=template, system=None, model_template=None, bos_token="", eos_token=""
+    )
+    assert prompts.tool_tag() is None
+
+
+def test_a_chatml_module_template_has_no_tools() -> None:
+    template = _module_template("chatml")
+    prompts = PromptBuilder(
+        template=template, system=None, model_template=None, bos_token="", eos_token=""
+    )
+    assert prompts.tool_tag() is None
+
+
+def _assistant_turn(prompts: PromptBuilder, calls: list[dict[str, Any]]) -> str:
+    """What the template writes for an assistant turn holding these calls: the rendering of the
+    conversation with the turn, past the rendering of the conversation up to it."""
+    question = [{"role": "user", "content": "What is the weather in Paris and Rome?"}]
+    turn = {"role": "assistant", "content": "", "tool_calls": calls}
+    after = [{"role": "user", "content": "thanks"}]
+    whole = prompts.chat([*question, turn, *after], tools=[WEATHER])
+    text = prompts.chat([*question, {"role": "assistant", "content": "X"}, *after], tools=[WEATHER])
+    common = 0
+    while common < min(len(whole), len(text)) and whole[common] == text[common]:
+        common += 1
+    tail = 0
+    while tail < min(len(whole), len(text)) - common and whole[-1 - tail] == text[-1 - tail]:
+        tail += 1
+    return whole[common : len(whole) - tail]
+
+
+def _call(index: int, city: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{index}",
+        "type": "function",
+        "function": {"index": index, "name": "get_weather", "arguments": {"city": city}},
+    }
+
+
+def _parse(tag: str, names: list[str], pieces: list[str]) -> tuple[list[ToolCall], str]:
+    parser = ToolParser(tag, names)
+    calls: list[ToolCall] = []
+    content = ""
+    for piece in pieces:
+        found, text = parser.add(piece)
+        calls += found
+        content += text
+    return calls, content + parser.finish()
+
+
+@pytest.mark.parametrize(
+    "name", ["qwen2.5.gotmpl", "qwen2.5.jinja", "llama3.2.gotmpl", "mistral.gotmpl"]
+)
+def test_calls_rendered_by_the_template_parse_back(name: str) -> None:
+    prompts = builder(name)
+    tag = prompts.tool_tag()
+    assert tag is not None
+    output = _assistant_turn(prompts, [_call(0, "Paris")])
+    calls, content = _parse(tag, ["get_weather"], [output])
+    assert [(c.name, c.arguments, c.index) for c in calls] == [
+        ("get_weather", {"city": "Paris"}, 0)
+    ]
+    # Streamed one character at a time, the same calls come out.
+    streamed, _ = _parse(tag, ["get_weather"], list(output))
+    assert streamed == calls
+    assert "get_weather" not in content
+
+
+@pytest.mark.parametrize("name", ["qwen2.5.gotmpl", "qwen2.5.jinja"])
+def test_parallel_calls_rendered_by_the_template_parse_back(name: str) -> None:
+    prompts = builder(name)
+    output = _assistant_turn(prompts, [_call(0, "Paris"), _call(1, "Rome")])
+    calls, _ = _parse(prompts.tool_tag() or "", ["get_weather"], [output])
+    assert [(c.arguments["city"], c.index) for c in calls] == [("Paris", 0), ("Rome", 1)]
+
+
+def test_phi4_mini_output_parses() -> None:
+    tag = builder("phi4-mini.gotmpl").tool_tag() or ""
+    output = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]<|/tool_call|>'
+    calls, content = _parse(tag, ["get_weather"], [output])
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert content == ""
+
+
+def test_llama_output_with_text_first_is_content() -> None:
+    """With bare JSON, only output that starts with an object is a call."""
+    output = 'Sure: {"name": "get_weather", "parameters": {"city": "Paris"}}'
+    calls, content = _parse(BARE_JSON, ["get_weather"], [output])
+    assert calls == []
+    assert content == output
+
+
+def test_a_tag_without_a_call_stays_content() -> None:
+    output = "<tool_call> I cannot call anything here"
+    calls, content = _parse("<tool_call>", ["get_weather"], [output[:5], output[5:]])
+    assert calls == []
+    assert content == output
+
+
+OLLAMA_TOOLS = [
+    "get_temperature",
+    "get_conditions",
+    "say_hello",
+    "say_hello_world",
+    "get_address",
+    "add",
+]
+QWEN, MISTRAL, JSON_TAG, LIST = "<tool_call>", "[TOOL_CALLS] [", BARE_JSON, "["
+
+
+@pytest.mark.parametrize(
+    ("case", "tag", "pieces", "content", "calls"),
+    [
+        (
+            "just text",
+            QWEN,
+            ["Hello, how can I help you today?"],
+            "Hello, how can I help you today?",
+            [],
+        ),
+        ("empty input", QWEN, [""], "", []),
+        (
+            "tool call",
+            QWEN,
+            [
+                '<tool_call>{"name": "get_conditions", "arguments": '
+                '{"location": "San Francisco"}}</tool_call>'
+            ],
+            "",
+            [("get_conditions", {"location": "San Francisco"})],
+        ),
+        (
+            "empty args",
+            QWEN,
+            ['<tool_call>{"name": "get_conditions", "arguments": {}}</tool_call>'],
+            "",
+            [("get_conditions", {})],
+        ),
+        (
+            "text before tool call",
+            QWEN,
+            [
+                'Let me check the weather. <tool_call>{"name": "get_temperature", '
+                '"arguments": {"city": "New York"}}</tool_call>'
+            ],
+            "Let me check the weather. ",
+            [("get_temperature", {"city": "New York"})],
+        ),
+        (
+            "qwen no args with text",
+            QWEN,
+            ["Let me say hello to the user. I'll use the say_hello tool. "],
+            "Let me say hello to the user. I'll use the say_hello tool. ",
+            [],
+        ),
+        (
+            "two tool calls in a list",
+            MISTRAL,
+            [
+                '[TOOL_CALLS] [{"name": "get_temperature", "arguments": {"city": "London", '
+                '"format": "fahrenheit"}}, {"name": "get_conditions", "arguments": '
+                '{"location": "Tokyo"}}][/TOOL_CALLS]'
+            ],
+            "",
+            [
+                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+                ("get_conditions", {"location": "Tokyo"}),
+            ],
+        ),
+        (
+            "qwen two tool calls",
+            QWEN,
+            [
+                'Okay, let\'s call both tools! <tool_call>{"name": "get_temperature", '
+                '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
+                '<tool_call>{"name": "get_conditions", "arguments": {"location": "Tokyo"}}'
+                "</tool_call>"
+            ],
+            "Okay, let's call both tools! ",
+            [
+                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+                ("get_conditions", {"location": "Tokyo"}),
+            ],
+        ),
+        (
+            "empty args followed by args",
+            QWEN,
+            [
+                'Let me say hello and check the weather. <tool_call>{"name": "say_hello", '
+                '"arguments": {}}</tool_call><tool_call>{"name": "get_temperature", '
+                '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
+            ],
+            "Let me say hello and check the weather. ",
+            [
+                ("say_hello", {}),
+                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+            ],
+        ),
+        (
+            "json",
+            JSON_TAG,
+            ["{", '"name": "get_temperature",', '"arguments": {', '"city": "Tokyo"', "}", "}"],
+            "",
+            [("get_temperature", {"city": "Tokyo"})],
+        ),
+        (
+            "json maybe a tool call",
+            JSON_TAG,
+            ["{", '"name": "get_temperature",', '"arguments": {'],
+            "",
+            [],
+        ),
+        (
+            "json not a tool call",
+            JSON_TAG,
+            [
+                "{",
+                '"name": "search", ',
+                '"arguments": {',
+                '"query": "What is the capital of Canada?"',
+                "}",
+                "}",
+            ],
+            '{"name": "search", "arguments": {"query": "What is the capital of Canada?"}}',
+            [],
+        ),
+        (
+            "json object followed by tool call",
+            JSON_TAG,
+            [
+                '{"name": "jeff"}',
+                '{"name": "get_conditions", "arguments": {"location": "San Francisco"}}',
+            ],
+            '{"name": "jeff"}{"name": "get_conditions", "arguments": '
+            '{"location": "San Francisco"}}',
+            [],
+        ),
+        (
+            "json code",
+            JSON_TAG,
+            ['for { fmt.Println("hello") }'],
+            'for { fmt.Println("hello") }',
+            [],
+        ),
+        (
+            "list multiple",
+            LIST,
+            [
+                "[",
+                "{",
+                '"name": "get_temperature", ',
+                '"arguments": {',
+                '"city": "London"',
+                "}",
+                "},",
+                "{",
+                '"name": "get_conditions", ',
+                '"arguments": {',
+                '"location": "Tokyo"',
+                "}",
+                "}]",
+            ],
+            "",
+            [("get_temperature", {"city": "London"}), ("get_conditions", {"location": "Tokyo"})],
+        ),
+    ],
+)
+def test_ollama_parser_cases(
+    case: str, tag: str, pieces: list[str], content: str, calls: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """ollama: TestParser cases; content is what Add returns, as the Go test collects it."""
+    parser = ToolParser(tag, OLLAMA_TOOLS)
+    got_calls: list[ToolCall] = []
+    got = ""
+    for piece in pieces:
+        found, text = parser.add(piece)
+        got_calls += found
+        got += text
+    assert got == content, case
+    assert [(c.name, c.arguments) for c in got_calls] == calls, case
+    assert [c.index for c in got_calls] == list(range(len(calls)))
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ([{"type": "retrieval"}], "only function tools"),
+        ([{"type": "function", "function": {"name": "has space"}}], "function.name"),
+        ([{"type": "function"}], "function must be an object"),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": {"type": "thing"}}}],
+            "not a valid JSON Schema",
+        ),
+        (
+            [
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": "object", "required": "x"}},
+                }
+            ],
+            "required must be a list",
+        ),
+        (
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {"type": "object", "properties": {"x": 3}},
+                    },
+                }
+            ],
+            "properties.x must be a JSON Schema",
+        ),
+        ([WEATHER, WEATHER], "named twice"),
+    ],
+)
+def test_bad_tools_are_refused(tools: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_tools(tools)
+
+
+def test_good_tools_pass() -> None:
+    assert check_tools([WEATHER, {"type": "function", "function": {"name": "ping"}}]) == [
+        "get_weather",
+        "ping",
+    ]
