@@ -211,6 +211,43 @@ def test_instructions_and_messages_render_as_the_chat_route_renders_them(server:
     )
 
 
+def test_logprobs_streamed_and_not(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Count from one to five.",
+        "temperature": 0,
+        "max_output_tokens": 16,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 2,
+    }
+    raw = _raw(server, body)
+    assert raw.status_code == 200, raw.text
+    whole = Response.model_validate(raw.json(), strict=True)
+    assert whole.top_logprobs == 2
+    assert whole.usage is not None
+    [message] = whole.output
+    assert message.type == "message"
+    [part] = message.content
+    assert part.type == "output_text"
+    assert part.logprobs is not None
+    assert len(part.logprobs) == whole.usage.output_tokens
+    assert "".join(entry.token for entry in part.logprobs) == part.text
+    for entry in part.logprobs:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 2
+        assert entry.logprob == max(top.logprob for top in entry.top_logprobs)
+    events = _sse(_raw(server, {**body, "stream": True}).text)
+    for _, data in events:
+        EVENTS.validate_python(data, strict=True)
+    streamed = [e for _, d in events if d["type"].endswith(".delta") for e in d["logprobs"]]
+    assert streamed == [entry.model_dump() for entry in part.logprobs]
+    assert events[-4][1]["logprobs"] == streamed
+    plain = _client(server).responses.create(model=MODEL, input="Hi.", max_output_tokens=16)
+    [message] = plain.output
+    assert message.type == "message"
+    assert [part.logprobs for part in message.content if part.type == "output_text"] == [[]]
+
+
 def test_json_schema_text_format(server: Server) -> None:
     schema = {
         "type": "object",
@@ -256,7 +293,8 @@ REFUSED: list[tuple[dict[str, Any], int, str]] = [
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "keeps no responses"),
     ({"top_logprobs": 2}, 400, "top_logprobs"),
     ({"truncation": "auto"}, 400, "truncation"),
-    ({"include": ["message.output_text.logprobs"]}, 400, "include"),
+    ({"top_logprobs": 21, "include": ["message.output_text.logprobs"]}, 400, "top_logprobs"),
+    ({"include": ["file_search_call.results"]}, 400, "include"),
     ({"text": {"format": {"type": "json_schema", "schema": {}}}}, 400, "text.format.name"),
     ({"model": "other"}, 404, "not found"),
     ({"input": "word " * 2000}, 400, "context"),

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from itertools import count
 from typing import Any, Literal
 
@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from slm_runtime.engines.base import Delta, Finished
+from slm_runtime.engines.base import MAX_TOP_LOGPROBS, Delta, Finished, TokenLogprob
 from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
-from slm_runtime.routes.openai import SSE, State, _start
+from slm_runtime.routes.openai import SSE, State, _chat_logprobs, _start
 from slm_runtime.state import Run
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ _STATELESS = (
     "this server keeps no responses or conversations (nothing is stored, whatever `store` "
     "says); send the whole conversation as `input` on every request"
 )
+LOGPROBS = "message.output_text.logprobs"
+_INCLUDABLE = (LOGPROBS, "reasoning.encrypted_content")
+"""What ``include`` may name; there are never reasoning items, so their content is empty."""
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 # The content part types each role may carry; all of them are text.
 _TEXT_PARTS = {"user": "input_text", "system": "input_text", "developer": "input_text"}
@@ -75,7 +78,7 @@ class ResponseRequest(TopLevelBody):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     include: list[str] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     truncation: Literal["auto", "disabled"] | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
@@ -115,17 +118,22 @@ class ResponseRequest(TopLevelBody):
                 f">= {MIN_OUTPUT_TOKENS}, but got {self.max_output_tokens} instead.",
                 code="integer_below_min_value",
             )
-        wanted = [item for item in self.include or () if item != "reasoning.encrypted_content"]
-        if wanted:
-            raise APIError(400, f"include: {', '.join(wanted)} is not supported")
-        if self.top_logprobs:
-            raise APIError(400, "top_logprobs: log probabilities are not supported on this route")
+        unknown = [item for item in self.include or () if item not in _INCLUDABLE]
+        if unknown:
+            raise APIError(400, f"include: {', '.join(unknown)} is not supported")
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, f"top_logprobs: needs include [{LOGPROBS!r}]")
         if self.truncation == "auto":
             raise APIError(
                 400, "truncation: only `disabled`; an input longer than the context is refused"
             )
         if self.text and self.text.verbosity not in (None, "medium"):
             raise APIError(400, "text.verbosity: the model has no verbosity control")
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether the output text carries the log probabilities of its tokens."""
+        return LOGPROBS in (self.include or ())
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation as chat messages: ``instructions`` first, as a system message."""
@@ -195,8 +203,14 @@ def _usage(end: Finished) -> dict[str, Any]:
     }
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """``logprobs`` of an output text (or of one delta of it): chat completions' entries."""
+    content: list[dict[str, Any]] = _chat_logprobs(entries)["content"]
+    return content
+
+
+def _text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def _item(ident: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -254,16 +268,19 @@ class _Reply:
             "tool_choice": body.tool_choice or "auto",
             "tools": [],
             "top_p": body.top_p,
+            "top_logprobs": body.top_logprobs,
             "truncation": "disabled",
             "usage": _usage(end) if end else None,
             "user": body.user,
             "metadata": body.metadata or {},
         }
 
-    def finished(self, text: str, end: Finished) -> tuple[str, dict[str, Any]]:
+    def finished(
+        self, text: str, logprobs: list[dict[str, Any]], end: Finished
+    ) -> tuple[str, dict[str, Any]]:
         """The final status and message item of a generation that ended with ``end``."""
         status = "completed" if end.finish_reason == "stop" else "incomplete"
-        return status, _item(self.item_id, status, [_text_part(text)])
+        return status, _item(self.item_id, status, [_text_part(text, logprobs)])
 
 
 class _Events:
@@ -290,13 +307,18 @@ async def _stream(reply: _Reply, run: Run) -> AsyncIterator[bytes]:
     )
     yield event("response.content_part.added", **where, part=_text_part(""))
     parts: list[str] = []
+    logprobs: list[dict[str, Any]] = []
     end: Finished | None = None
     try:
         async for step in run:
             if isinstance(step, Delta):
-                if step.text:
+                if step.text or step.logprobs:
                     parts.append(step.text)
-                    yield event("response.output_text.delta", **where, delta=step.text, logprobs=[])
+                    entries = _logprobs(step.logprobs) if reply.body.logprobs else []
+                    logprobs.extend(entries)
+                    yield event(
+                        "response.output_text.delta", **where, delta=step.text, logprobs=entries
+                    )
             else:
                 end = step
         if end is None:
@@ -308,9 +330,9 @@ async def _stream(reply: _Reply, run: Run) -> AsyncIterator[bytes]:
         yield event("response.failed", response=failed)
         return
     text = "".join(parts)
-    status, item = reply.finished(text, end)
-    yield event("response.output_text.done", **where, text=text, logprobs=[])
-    yield event("response.content_part.done", **where, part=_text_part(text))
+    status, item = reply.finished(text, logprobs, end)
+    yield event("response.output_text.done", **where, text=text, logprobs=logprobs)
+    yield event("response.content_part.done", **where, part=_text_part(text, logprobs))
     yield event("response.output_item.done", output_index=0, item=item)
     kind = "response.completed" if status == "completed" else "response.incomplete"
     yield event(kind, response=reply.object(status, [item], end))
@@ -333,6 +355,8 @@ def build_router(api_token: str | None) -> APIRouter:
             },
             json_mode=json_mode,
             json_schema=schema,
+            logprobs=body.logprobs,
+            top_logprobs=body.top_logprobs or 0,
         )
         prompt = state.prompts.chat(body.messages())
         run = await _start(state, ROUTE, prompt, params)
@@ -340,7 +364,8 @@ def build_router(api_token: str | None) -> APIRouter:
         if body.stream:
             return StreamingResponse(_stream(reply, run), media_type=SSE)
         out = await run.collect(request)
-        status, item = reply.finished(out.text, out.end)
+        logprobs = _logprobs(out.logprobs) if body.logprobs else []
+        status, item = reply.finished(out.text, logprobs, out.end)
         return reply.object(status, [item], out.end)
 
     @router.get("/responses/{response_id}")
