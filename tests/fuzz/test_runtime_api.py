@@ -56,6 +56,7 @@ STREAMING = {
     "/api/chat": "application/x-ndjson",
     "/v1/chat/completions": "text/event-stream",
     "/v1/completions": "text/event-stream",
+    "/v1/responses": "text/event-stream",
 }
 """Routes that answer ``stream: true`` with a stream; the routes declare only JSON."""
 
@@ -146,7 +147,8 @@ def error_shape(ctx: CheckContext, response: Response, case: Case[Any]) -> bool 
 
 
 def stream_shape(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
-    """A 200 stream is complete: NDJSON ending in a done line, or SSE ending in [DONE]."""
+    """A 200 stream is complete: NDJSON ending in a done line, SSE ending in [DONE], or the
+    Responses API's typed events ending in response.completed or response.incomplete."""
     content_type = response.headers.get("content-type", [""])[0]
     if response.status_code != 200:
         return None
@@ -155,6 +157,16 @@ def stream_shape(ctx: CheckContext, response: Response, case: Case[Any]) -> bool
         assert lines, "an empty NDJSON stream"
         assert all("error" not in line for line in lines), lines[-1]
         assert lines[-1].get("done") is True, lines[-1]
+    elif content_type.startswith("text/event-stream") and case.path == "/v1/responses":
+        events = [e for e in response.text.split("\n\n") if e.strip()]
+        assert events, "an empty event stream"
+        types = []
+        for event in events:
+            name, data = event.split("\n", 1)
+            payload = json.loads(data.removeprefix("data: "))
+            assert name == f"event: {payload['type']}", (name, payload["type"])
+            types.append(payload["type"])
+        assert types[-1] in ("response.completed", "response.incomplete"), types[-1:]
     elif content_type.startswith("text/event-stream"):
         events = [e for e in response.text.split("\n\n") if e.strip()]
         assert events, "an empty event stream"
