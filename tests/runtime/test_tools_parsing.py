@@ -422,3 +422,84 @@ def test_good_tools_pass() -> None:
         "get_weather",
         "ping",
     ]
+
+
+# A chat template in FunctionGemma's notation (`<start_function_declaration>` tools, calls as
+# `<start_function_call>call:NAME{key:<escape>text<escape>,n:3}<end_function_call>`), reduced to
+# what tool calling needs; the model's own template ships with its weights, which are not here.
+FUNCTIONGEMMA = """{{ bos_token }}
+{%- if tools -%}
+{{- '<start_of_turn>developer\\n' -}}
+{%- for tool in tools -%}
+{{- '<start_function_declaration>' + (tool | tojson) + '<end_function_declaration>' -}}
+{%- endfor -%}
+{{- '<end_of_turn>\\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+{%- if message['role'] == 'tool' -%}
+{{- '<start_function_response>response:' + message['content'] + '<end_function_response>' -}}
+{%- else -%}
+{{- '<start_of_turn>' + role + '\\n' + (message['content'] or '') -}}
+{%- for tool_call in message['tool_calls'] or [] -%}
+{%- set fn = tool_call['function'] -%}
+{{- '<start_function_call>call:' + fn['name'] + '{' -}}
+{%- for key, value in fn['arguments'] | dictsort -%}
+{%- if not loop.first %},{% endif -%}
+{{- key + ':' -}}
+{%- if value is string %}{{ '<escape>' + value + '<escape>' }}{% else %}{{ value }}{% endif -%}
+{%- endfor -%}
+{{- '}<end_function_call>' -}}
+{%- endfor -%}
+{{- '<end_of_turn>\\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif -%}
+"""
+
+
+def test_functiongemma_calls_are_read_in_the_templates_own_notation() -> None:
+    prompts = PromptBuilder(
+        template=None,
+        system=None,
+        model_template=FUNCTIONGEMMA,
+        bos_token="<bos>",
+        eos_token="<eos>",
+    )
+    assert prompts.tool_tag() == "<start_function_call>call:"
+    output = _assistant_turn(prompts, [_call(0, "Paris")])
+    assert output.startswith("<start_function_call>call:get_weather{city:<escape>Paris<escape>}")
+    parser = prompts.tool_parser(["get_weather"])
+    calls, content = parser.add(output)
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    parser = prompts.tool_parser(["get_weather"])
+    text = (
+        "Checking.<start_function_call>call:get_weather{city:<escape>New York, NY<escape>,"
+        "days:3,metric:true}<end_function_call>"
+    )
+    found: list[ToolCall] = []
+    content = ""
+    for char in text:
+        calls, piece = parser.add(char)
+        found += calls
+        content += piece
+    assert [(c.name, c.arguments) for c in found] == [
+        ("get_weather", {"city": "New York, NY", "days": 3, "metric": True})
+    ]
+    assert content == "Checking."
+
+
+def test_jinja_tojson_writes_tools_as_hugging_face_does() -> None:
+    """Key order kept, nothing HTML-escaped, and text joined to it stays text."""
+    prompt = builder("qwen2.5.jinja").chat(
+        [{"role": "user", "content": "hi"}],
+        tools=[{**WEATHER, "function": {**WEATHER["function"], "description": "a <b> & 'c'"}}],
+    )
+    assert '{"type": "function", "function": {"name": "get_weather", ' in prompt
+    assert '"description": "a <b> & \'c\'"' in prompt
+    gemma = PromptBuilder(
+        template=None, system=None, model_template=FUNCTIONGEMMA, bos_token="", eos_token=""
+    )
+    declared = gemma.chat([{"role": "user", "content": "hi"}], tools=[WEATHER])
+    assert '<start_function_declaration>{"type": "function"' in declared
+    assert "<end_function_declaration>" in declared

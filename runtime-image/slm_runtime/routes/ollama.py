@@ -28,6 +28,7 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
+from slm_runtime.tools import ToolCall, ToolParser, check_tools, new_call_id
 
 NDJSON = "application/x-ndjson"
 _NS = 1_000_000_000
@@ -130,6 +131,7 @@ class Message(RequestBody):
     thinking: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(TopLevelBody):
@@ -229,24 +231,51 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
+def _ollama_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """``message.tool_calls`` as Ollama writes them: an id, and the function's index, name and
+    arguments as an object."""
+    return [
+        {
+            "id": new_call_id(),
+            "function": {"index": call.index, "name": call.name, "arguments": call.arguments},
+        }
+        for call in calls
+    ]
+
+
 async def _ndjson(
-    run: Run, model: str, piece: Any, final_extra: dict[str, Any], load_seconds: float
+    run: Run,
+    model: str,
+    piece: Any,
+    final_extra: dict[str, Any],
+    load_seconds: float,
+    parser: ToolParser | None,
 ) -> AsyncIterator[bytes]:
     try:
         async for event in run:
             if isinstance(event, Delta):
+                text, calls = event.text, list[ToolCall]()
+                if parser is not None:
+                    calls, text = parser.add(event.text)
+                    if not text and not calls and not event.logprobs:
+                        continue
                 yield _line(
                     {
                         "model": model,
                         "created_at": _now(),
-                        **piece(event.text),
+                        **piece(text, calls),
                         "done": False,
                         **_logprobs(event.logprobs),
                     }
                 )
             else:
+                rest = parser.finish() if parser is not None else ""
                 yield _line(
-                    {**_final(model, event, run.started, load_seconds), **piece(""), **final_extra}
+                    {
+                        **_final(model, event, run.started, load_seconds),
+                        **piece(rest, ()),
+                        **final_extra,
+                    }
                 )
     except APIError as exc:
         yield _line({"error": exc.message})
@@ -264,6 +293,7 @@ async def _respond(
     stream: bool,
     piece: Any,
     final_extra: dict[str, Any] | None = None,
+    parser: ToolParser | None = None,
 ) -> Any:
     generation = await state.start(prompt, params)
     run = Run(state, generation, route)
@@ -274,12 +304,17 @@ async def _respond(
         raise
     if stream:
         return StreamingResponse(
-            _ndjson(run, model, piece, final_extra or {}, state.load_seconds), media_type=NDJSON
+            _ndjson(run, model, piece, final_extra or {}, state.load_seconds, parser),
+            media_type=NDJSON,
         )
     out = await run.collect(request)
+    text, calls = out.text, list[ToolCall]()
+    if parser is not None:
+        calls, text = parser.add(out.text)
+        text += parser.finish()
     return {
         **_final(model, out.end, run.started, state.load_seconds),
-        **piece(out.text),
+        **piece(text, calls),
         **(final_extra or {}),
         **_logprobs(out.logprobs),
     }
@@ -332,6 +367,37 @@ def _modelfile(state: RuntimeState) -> str:
     return "\n".join(out) + "\n"
 
 
+def _tool_parser(model: str, tools: list[dict[str, Any]], state: RuntimeState) -> ToolParser:
+    """The parser for the model's tool calls, after checking the tools; a model whose template
+    renders no tools is refused as Ollama refuses it."""
+    try:
+        names = check_tools(tools)
+    except ValueError as exc:
+        raise APIError(400, f"invalid request: {exc}") from None
+    if state.prompts.tool_tag() is None:
+        raise APIError(400, f"{model} does not support tools")
+    return state.prompts.tool_parser(names)
+
+
+def _template_message(index: int, message: Message) -> dict[str, Any]:
+    """A message as the templates read it; tool call arguments must be objects."""
+    out = message.model_dump(exclude_none=True)
+    for j, call in enumerate(message.tool_calls or []):
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise APIError(
+                400, f"invalid request: messages[{index}].tool_calls[{j}].function.name is required"
+            )
+        arguments = function.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise APIError(
+                400,
+                f"invalid request: messages[{index}].tool_calls[{j}].function.arguments must be "
+                "an object",
+            )
+    return out
+
+
 State = Annotated[RuntimeState, Depends(runtime)]
 
 
@@ -370,7 +436,7 @@ def build_router(api_token: str | None) -> APIRouter:
             params,
             body.model,
             body.stream,
-            lambda text: {"response": text},
+            lambda text, _calls: {"response": text},
         )
 
     @router.post("/api/chat")
@@ -394,11 +460,21 @@ def build_router(api_token: str | None) -> APIRouter:
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs or 0,
         )
+        parser = None
+        if body.tools:
+            parser = _tool_parser(body.model, body.tools, state)
         prompt = state.prompts.chat(
-            [m.model_dump(exclude_none=True) for m in body.messages],
-            tools=body.tools,
+            [_template_message(i, m) for i, m in enumerate(body.messages)],
+            tools=body.tools or None,
             think=_think(body.think),
         )
+
+        def piece(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = _ollama_calls(calls)
+            return {"message": message}
+
         return await _respond(
             state,
             request,
@@ -407,7 +483,8 @@ def build_router(api_token: str | None) -> APIRouter:
             params,
             body.model,
             body.stream,
-            lambda text: {"message": {"role": "assistant", "content": text}},
+            piece,
+            parser=parser,
         )
 
     async def _embed(

@@ -29,6 +29,7 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
+from slm_runtime.tools import ToolCall, ToolParser, check_tools, new_call_id
 
 SSE = "text/event-stream"
 _OWNER = "slm-operator"
@@ -39,10 +40,23 @@ class ContentPart(RequestBody):
     text: str | None = None
 
 
+class FunctionCall(RequestBody):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class MessageToolCall(RequestBody):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         """The message text; only text parts are accepted."""
@@ -59,6 +73,18 @@ class ChatMessage(RequestBody):
 class ResponseFormat(RequestBody):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
+
+
+class FunctionName(RequestBody):
+    name: str
+
+
+class NamedToolChoice(RequestBody):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | None
 
 
 class StreamOptions(RequestBody):
@@ -101,6 +127,8 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice = None
+    parallel_tool_calls: bool = True
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -193,6 +221,146 @@ def _completion_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
     }
 
 
+def _chat_messages(items: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as the templates read them: tool calls with their arguments as objects,
+    tool results with the name of the call they answer; a result for no earlier call is a 400."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(items):
+        message: dict[str, Any] = {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": m.text(),
+        }
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise APIError(400, f"messages[{i}].tool_calls: only assistant messages hold calls")
+            calls = []
+            for j, call in enumerate(m.tool_calls):
+                try:
+                    arguments = json.loads(call.function.arguments or "{}")
+                except ValueError:
+                    arguments = None
+                if not isinstance(arguments, dict):
+                    raise APIError(
+                        400,
+                        f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object "
+                        "in a string",
+                    )
+                names[call.id] = call.function.name
+                calls.append(
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "index": j,
+                            "name": call.function.name,
+                            "arguments": arguments,
+                        },
+                    }
+                )
+            message["tool_calls"] = calls
+        if m.role == "tool":
+            if m.tool_call_id is None:
+                raise APIError(400, f"messages[{i}].tool_call_id is required for a tool message")
+            name = names.get(m.tool_call_id)
+            if name is None:
+                raise APIError(
+                    400,
+                    f"messages[{i}].tool_call_id: {m.tool_call_id!r} answers no tool call of an "
+                    "earlier assistant message",
+                )
+            message.update(tool_call_id=m.tool_call_id, tool_name=name, name=name)
+        out.append(message)
+    return out
+
+
+def _offered_tools(body: ChatCompletionRequest, state: RuntimeState) -> list[dict[str, Any]]:
+    """The tools the template offers the model, after checking them and ``tool_choice``:
+    none for ``none``, only the named one for a named function."""
+    if not body.tools:
+        if body.tool_choice is not None:
+            raise APIError(400, "tool_choice is only allowed when tools are given")
+        return []
+    try:
+        names = check_tools(body.tools)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+    choice = body.tool_choice or "auto"
+    if choice == "none":
+        return []
+    offered = body.tools
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise APIError(
+                400,
+                f"tool_choice.function.name: {choice.function.name!r} is not one of the tools",
+            )
+        offered = [body.tools[names.index(choice.function.name)]]
+    if state.prompts.tool_tag() is None:
+        raise APIError(400, f"{body.model} does not support tools (its template renders none)")
+    return offered
+
+
+def _tool_parser(state: RuntimeState, offered: list[dict[str, Any]]) -> ToolParser | None:
+    if not offered:
+        return None
+    return state.prompts.tool_parser(check_tools(offered))
+
+
+def _openai_call(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {
+            "name": call.name,
+            "arguments": json.dumps(call.arguments, ensure_ascii=False),
+        },
+    }
+
+
+async def _chat_stream(
+    run: Run,
+    parser: ToolParser | None,
+    parallel: bool,
+    include_usage: bool,
+    chunk: Any,
+) -> AsyncIterator[bytes]:
+    """Chat chunks: text as content deltas, each tool call as a delta with its index, id, type
+    and name, then one with its arguments."""
+    calls = 0
+    try:
+        async for event in run:
+            if isinstance(event, Delta):
+                text, found = event.text, list[ToolCall]()
+                if parser is not None:
+                    found, text = parser.add(event.text)
+                if text or event.logprobs or parser is None:
+                    yield _sse(chunk({"content": text}, event.logprobs, None))
+                for call in found:
+                    if calls and not parallel:
+                        continue
+                    out = _openai_call(call)
+                    arguments = out["function"]["arguments"]
+                    out["function"]["arguments"] = ""
+                    yield _sse(chunk({"tool_calls": [{"index": calls, **out}]}, (), None))
+                    piece = {"index": calls, "function": {"arguments": arguments}}
+                    yield _sse(chunk({"tool_calls": [piece]}, (), None))
+                    calls += 1
+            else:
+                rest = parser.finish() if parser is not None else ""
+                if rest:
+                    yield _sse(chunk({"content": rest}, (), None))
+                reason = "tool_calls" if calls else _finish_reason(event)
+                yield _sse(chunk({}, (), reason))
+                if include_usage:
+                    yield _sse({**chunk({}, (), None), "choices": [], "usage": _usage(event)})
+    except Exception:
+        yield _sse(
+            {"error": {"message": "internal error while generating", "type": "server_error"}}
+        )
+    yield b"data: [DONE]\n\n"
+
+
 async def _stream(
     run: Run,
     include_usage: bool,
@@ -243,26 +411,26 @@ def build_router(api_token: str | None) -> APIRouter:
             logprobs=bool(body.logprobs),
             top_logprobs=body.top(),
         )
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        prompt = state.prompts.chat(messages, tools=body.tools)
+        messages = _chat_messages(body.messages)
+        offered = _offered_tools(body, state)
+        prompt = state.prompts.chat(messages, tools=offered or None)
+        parser = _tool_parser(state, offered)
         run = await _start(state, "/v1/chat/completions", prompt, params)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
             first = True
 
-            def chunk(event: Delta | None, reason: str | None) -> dict[str, Any]:
+            def chunk(
+                fields: dict[str, Any], entries: Sequence[TokenLogprob], reason: str | None
+            ) -> dict[str, Any]:
                 nonlocal first
                 delta: dict[str, Any] = {}
                 if first:
                     delta["role"] = "assistant"
                     first = False
-                if event is not None:
-                    delta["content"] = event.text
-                logprobs = _chat_logprobs(event.logprobs) if event and event.logprobs else None
+                delta.update(fields)
+                logprobs = _chat_logprobs(entries) if entries else None
                 return {
                     "id": ident,
                     "object": "chat.completion.chunk",
@@ -279,8 +447,21 @@ def build_router(api_token: str | None) -> APIRouter:
                 }
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(run, include_usage, chunk), media_type=SSE)
+            return StreamingResponse(
+                _chat_stream(run, parser, body.parallel_tool_calls, include_usage, chunk),
+                media_type=SSE,
+            )
         out = await run.collect(request)
+        content, calls = out.text, list[ToolCall]()
+        if parser is not None:
+            calls, content = parser.add(out.text)
+            content += parser.finish()
+            if not body.parallel_tool_calls:
+                calls = calls[:1]
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["content"] = content or None
+            message["tool_calls"] = [_openai_call(call) for call in calls]
         return {
             "id": ident,
             "object": "chat.completion",
@@ -289,8 +470,8 @@ def build_router(api_token: str | None) -> APIRouter:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": out.text},
-                    "finish_reason": _finish_reason(out.end),
+                    "message": message,
+                    "finish_reason": "tool_calls" if calls else _finish_reason(out.end),
                     "logprobs": _chat_logprobs(out.logprobs) if body.logprobs else None,
                 }
             ],
