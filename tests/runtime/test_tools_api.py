@@ -390,3 +390,10 @@ def test_ollama_bad_tool_schema_is_a_400(server: Server) -> None:
     )
     assert answer.status_code == 400
     assert "not a valid JSON Schema" in answer.json()["error"]
+
+
+def test_ollama_show_lists_tools_when_the_template_renders_them(
+    server: Server, plain: Server
+) -> None:
+    assert "tools" in (ollama.Client(host=server.url).show(MODEL).capabilities or [])
+    assert "tools" not in (ollama.Client(host=plain.url).show(MODEL).capabilities or [])

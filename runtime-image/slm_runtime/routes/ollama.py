@@ -552,6 +552,8 @@ def build_router(api_token: str | None) -> APIRouter:
         capabilities = ["completion"]
         if state.engine.supports_embeddings:
             capabilities.append("embedding")
+        if state.prompts.tool_tag() is not None:
+            capabilities.append("tools")
         return {
             "license": "",
             "modelfile": _modelfile(state),
