@@ -205,163 +205,163 @@ OLLAMA_TOOLS = [
 QWEN, MISTRAL, JSON_TAG, LIST = "<tool_call>", "[TOOL_CALLS] [", BARE_JSON, "["
 
 
-@pytest.mark.parametrize(
-    ("case", "tag", "pieces", "content", "calls"),
-    [
-        (
-            "just text",
-            QWEN,
-            ["Hello, how can I help you today?"],
-            "Hello, how can I help you today?",
-            [],
-        ),
-        ("empty input", QWEN, [""], "", []),
-        (
-            "tool call",
-            QWEN,
-            [
-                '<tool_call>{"name": "get_conditions", "arguments": '
-                '{"location": "San Francisco"}}</tool_call>'
-            ],
-            "",
-            [("get_conditions", {"location": "San Francisco"})],
-        ),
-        (
-            "empty args",
-            QWEN,
-            ['<tool_call>{"name": "get_conditions", "arguments": {}}</tool_call>'],
-            "",
-            [("get_conditions", {})],
-        ),
-        (
-            "text before tool call",
-            QWEN,
-            [
-                'Let me check the weather. <tool_call>{"name": "get_temperature", '
-                '"arguments": {"city": "New York"}}</tool_call>'
-            ],
-            "Let me check the weather. ",
-            [("get_temperature", {"city": "New York"})],
-        ),
-        (
-            "qwen no args with text",
-            QWEN,
-            ["Let me say hello to the user. I'll use the say_hello tool. "],
-            "Let me say hello to the user. I'll use the say_hello tool. ",
-            [],
-        ),
-        (
-            "two tool calls in a list",
-            MISTRAL,
-            [
-                '[TOOL_CALLS] [{"name": "get_temperature", "arguments": {"city": "London", '
-                '"format": "fahrenheit"}}, {"name": "get_conditions", "arguments": '
-                '{"location": "Tokyo"}}][/TOOL_CALLS]'
-            ],
-            "",
-            [
-                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
-                ("get_conditions", {"location": "Tokyo"}),
-            ],
-        ),
-        (
-            "qwen two tool calls",
-            QWEN,
-            [
-                'Okay, let\'s call both tools! <tool_call>{"name": "get_temperature", '
-                '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
-                '<tool_call>{"name": "get_conditions", "arguments": {"location": "Tokyo"}}'
-                "</tool_call>"
-            ],
-            "Okay, let's call both tools! ",
-            [
-                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
-                ("get_conditions", {"location": "Tokyo"}),
-            ],
-        ),
-        (
-            "empty args followed by args",
-            QWEN,
-            [
-                'Let me say hello and check the weather. <tool_call>{"name": "say_hello", '
-                '"arguments": {}}</tool_call><tool_call>{"name": "get_temperature", '
-                '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
-            ],
-            "Let me say hello and check the weather. ",
-            [
-                ("say_hello", {}),
-                ("get_temperature", {"city": "London", "format": "fahrenheit"}),
-            ],
-        ),
-        (
-            "json",
-            JSON_TAG,
-            ["{", '"name": "get_temperature",', '"arguments": {', '"city": "Tokyo"', "}", "}"],
-            "",
-            [("get_temperature", {"city": "Tokyo"})],
-        ),
-        (
-            "json maybe a tool call",
-            JSON_TAG,
-            ["{", '"name": "get_temperature",', '"arguments": {'],
-            "",
-            [],
-        ),
-        (
-            "json not a tool call",
-            JSON_TAG,
-            [
-                "{",
-                '"name": "search", ',
-                '"arguments": {',
-                '"query": "What is the capital of Canada?"',
-                "}",
-                "}",
-            ],
-            '{"name": "search", "arguments": {"query": "What is the capital of Canada?"}}',
-            [],
-        ),
-        (
-            "json object followed by tool call",
-            JSON_TAG,
-            [
-                '{"name": "jeff"}',
-                '{"name": "get_conditions", "arguments": {"location": "San Francisco"}}',
-            ],
-            '{"name": "jeff"}{"name": "get_conditions", "arguments": '
-            '{"location": "San Francisco"}}',
-            [],
-        ),
-        (
-            "json code",
-            JSON_TAG,
-            ['for { fmt.Println("hello") }'],
-            'for { fmt.Println("hello") }',
-            [],
-        ),
-        (
-            "list multiple",
-            LIST,
-            [
-                "[",
-                "{",
-                '"name": "get_temperature", ',
-                '"arguments": {',
-                '"city": "London"',
-                "}",
-                "},",
-                "{",
-                '"name": "get_conditions", ',
-                '"arguments": {',
-                '"location": "Tokyo"',
-                "}",
-                "}]",
-            ],
-            "",
-            [("get_temperature", {"city": "London"}), ("get_conditions", {"location": "Tokyo"})],
-        ),
-    ],
-)
+# ollama: TestParser cases: (name, tag, pieces, content Add returns, calls as (name, arguments)).
+OLLAMA_CASES: list[tuple[str, str, list[str], str, list[tuple[str, dict[str, Any]]]]] = [
+    (
+        "just text",
+        QWEN,
+        ["Hello, how can I help you today?"],
+        "Hello, how can I help you today?",
+        [],
+    ),
+    ("empty input", QWEN, [""], "", []),
+    (
+        "tool call",
+        QWEN,
+        [
+            '<tool_call>{"name": "get_conditions", "arguments": '
+            '{"location": "San Francisco"}}</tool_call>'
+        ],
+        "",
+        [("get_conditions", {"location": "San Francisco"})],
+    ),
+    (
+        "empty args",
+        QWEN,
+        ['<tool_call>{"name": "get_conditions", "arguments": {}}</tool_call>'],
+        "",
+        [("get_conditions", {})],
+    ),
+    (
+        "text before tool call",
+        QWEN,
+        [
+            'Let me check the weather. <tool_call>{"name": "get_temperature", '
+            '"arguments": {"city": "New York"}}</tool_call>'
+        ],
+        "Let me check the weather. ",
+        [("get_temperature", {"city": "New York"})],
+    ),
+    (
+        "qwen no args with text",
+        QWEN,
+        ["Let me say hello to the user. I'll use the say_hello tool. "],
+        "Let me say hello to the user. I'll use the say_hello tool. ",
+        [],
+    ),
+    (
+        "two tool calls in a list",
+        MISTRAL,
+        [
+            '[TOOL_CALLS] [{"name": "get_temperature", "arguments": {"city": "London", '
+            '"format": "fahrenheit"}}, {"name": "get_conditions", "arguments": '
+            '{"location": "Tokyo"}}][/TOOL_CALLS]'
+        ],
+        "",
+        [
+            ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+            ("get_conditions", {"location": "Tokyo"}),
+        ],
+    ),
+    (
+        "qwen two tool calls",
+        QWEN,
+        [
+            'Okay, let\'s call both tools! <tool_call>{"name": "get_temperature", '
+            '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
+            '<tool_call>{"name": "get_conditions", "arguments": {"location": "Tokyo"}}'
+            "</tool_call>"
+        ],
+        "Okay, let's call both tools! ",
+        [
+            ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+            ("get_conditions", {"location": "Tokyo"}),
+        ],
+    ),
+    (
+        "empty args followed by args",
+        QWEN,
+        [
+            'Let me say hello and check the weather. <tool_call>{"name": "say_hello", '
+            '"arguments": {}}</tool_call><tool_call>{"name": "get_temperature", '
+            '"arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'
+        ],
+        "Let me say hello and check the weather. ",
+        [
+            ("say_hello", {}),
+            ("get_temperature", {"city": "London", "format": "fahrenheit"}),
+        ],
+    ),
+    (
+        "json",
+        JSON_TAG,
+        ["{", '"name": "get_temperature",', '"arguments": {', '"city": "Tokyo"', "}", "}"],
+        "",
+        [("get_temperature", {"city": "Tokyo"})],
+    ),
+    (
+        "json maybe a tool call",
+        JSON_TAG,
+        ["{", '"name": "get_temperature",', '"arguments": {'],
+        "",
+        [],
+    ),
+    (
+        "json not a tool call",
+        JSON_TAG,
+        [
+            "{",
+            '"name": "search", ',
+            '"arguments": {',
+            '"query": "What is the capital of Canada?"',
+            "}",
+            "}",
+        ],
+        '{"name": "search", "arguments": {"query": "What is the capital of Canada?"}}',
+        [],
+    ),
+    (
+        "json object followed by tool call",
+        JSON_TAG,
+        [
+            '{"name": "jeff"}',
+            '{"name": "get_conditions", "arguments": {"location": "San Francisco"}}',
+        ],
+        '{"name": "jeff"}{"name": "get_conditions", "arguments": {"location": "San Francisco"}}',
+        [],
+    ),
+    (
+        "json code",
+        JSON_TAG,
+        ['for { fmt.Println("hello") }'],
+        'for { fmt.Println("hello") }',
+        [],
+    ),
+    (
+        "list multiple",
+        LIST,
+        [
+            "[",
+            "{",
+            '"name": "get_temperature", ',
+            '"arguments": {',
+            '"city": "London"',
+            "}",
+            "},",
+            "{",
+            '"name": "get_conditions", ',
+            '"arguments": {',
+            '"location": "Tokyo"',
+            "}",
+            "}]",
+        ],
+        "",
+        [("get_temperature", {"city": "London"}), ("get_conditions", {"location": "Tokyo"})],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "tag", "pieces", "content", "calls"), OLLAMA_CASES)
 def test_ollama_parser_cases(
     case: str, tag: str, pieces: list[str], content: str, calls: list[tuple[str, dict[str, Any]]]
 ) -> None:
