@@ -397,3 +397,85 @@ def test_ollama_show_lists_tools_when_the_template_renders_them(
 ) -> None:
     assert "tools" in (ollama.Client(host=server.url).show(MODEL).capabilities or [])
     assert "tools" not in (ollama.Client(host=plain.url).show(MODEL).capabilities or [])
+
+
+@pytest.fixture(scope="module")
+def listing(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SmolLM2 with a TEMPLATE whose calls are a bare JSON list (so several fit in one answer)."""
+    template = (TEMPLATE / "chatml-json-list.gotmpl").read_text(encoding="utf-8")
+    started = start_server(tmp_path_factory.mktemp("list"), _config(smollm2_gguf, template))
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+TWO_CITIES = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
+# Two calls to get_weather, as a JSON schema for the request's structured output.
+TWO_CALLS: dict[str, Any] = {"type": "array", "items": CALL_SCHEMA, "minItems": 2, "maxItems": 2}
+
+
+def _two_calls() -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "calls", "schema": TWO_CALLS}}
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_openai_parallel_tool_calls(listing: Server, parallel: bool) -> None:
+    client = _openai(listing)
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=TWO_CITIES,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        response_format=_two_calls(),  # type: ignore[arg-type]
+        parallel_tool_calls=parallel,
+        max_tokens=80,
+        **GREEDY,
+    )
+    calls = answer.choices[0].message.tool_calls or []
+    assert answer.choices[0].finish_reason == "tool_calls"
+    assert len(calls) == (2 if parallel else 1)
+    assert len({call.id for call in calls}) == len(calls)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=TWO_CITIES,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        response_format=_two_calls(),  # type: ignore[arg-type]
+        parallel_tool_calls=parallel,
+        max_tokens=80,
+        stream=True,
+        **GREEDY,
+    )
+    arguments: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                text = delta.function.arguments if delta.function else None
+                arguments[delta.index] = arguments.get(delta.index, "") + (text or "")
+    assert sorted(arguments) == list(range(len(calls)))
+    assert [json.loads(arguments[i]) for i in sorted(arguments)] == [
+        json.loads(call.function.arguments)  # type: ignore[union-attr]
+        for call in calls
+    ]
+
+
+def test_ollama_answers_several_calls_with_their_index(listing: Server) -> None:
+    answer = ollama.Client(host=listing.url).chat(
+        model=MODEL,
+        messages=TWO_CITIES,
+        tools=[WEATHER],
+        format=TWO_CALLS,
+        options={**GREEDY, "num_predict": 80},
+    )
+    calls = answer.message.tool_calls or []
+    assert [call.function.name for call in calls] == ["get_weather", "get_weather"]
+    raw = httpx.post(
+        listing.url + "/api/chat",
+        json={
+            "model": MODEL,
+            "messages": TWO_CITIES,
+            "tools": [WEATHER],
+            "format": TWO_CALLS,
+            "options": {**GREEDY, "num_predict": 80},
+            "stream": False,
+        },
+        timeout=120,
+    ).json()
+    assert [call["function"]["index"] for call in raw["message"]["tool_calls"]] == [0, 1]
