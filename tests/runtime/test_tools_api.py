@@ -268,6 +268,8 @@ def _error(server: Server, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             "not a valid JSON Schema",
         ),
         ({"tool_choice": "auto"}, "tool_choice is only allowed when tools are given"),
+        ({"functions": [WEATHER["function"]]}, "use tools and tool_choice"),
+        ({"tools": [{"type": "web_search"}]}, "only function tools"),
         (
             {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
             "'nope' is not one of the tools",

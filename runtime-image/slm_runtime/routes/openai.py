@@ -129,6 +129,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool = True
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -277,6 +279,10 @@ def _chat_messages(items: list[ChatMessage]) -> list[dict[str, Any]]:
 def _offered_tools(body: ChatCompletionRequest, state: RuntimeState) -> list[dict[str, Any]]:
     """The tools the template offers the model, after checking them and ``tool_choice``:
     none for ``none``, only the named one for a named function."""
+    if body.functions is not None or body.function_call is not None:
+        raise APIError(
+            400, "functions and function_call are not supported; use tools and tool_choice"
+        )
     if not body.tools:
         if body.tool_choice is not None:
             raise APIError(400, "tool_choice is only allowed when tools are given")
