@@ -9,7 +9,7 @@ hack/ollama-template-oracle/go.mod:
   renders a wider corpus: tools, tool calls, thinking, legacy .Prompt/.Response templates,
   every function and control structure, whitespace trimming, and templates that must fail.
 
-hack/setup.d/40-ollama-templates.sh fetches the module and builds the renderer; the fixtures
+hack/setup.d/40-ollama-oracles.sh fetches the module and builds the renderer; the fixtures
 below run it too, so the tests also work before `make setup`.
 """
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 ORACLE_SRC = ROOT / "hack" / "ollama-template-oracle"
-SETUP = ROOT / "hack" / "setup.d" / "40-ollama-templates.sh"
+SETUP = ROOT / "hack" / "setup.d" / "40-ollama-oracles.sh"
 
 
 def _pinned_version() -> str:

@@ -1,6 +1,6 @@
 """Tool-call parsing conformance with Ollama's own code: a parser built from the tools package of
 the pinned github.com/ollama/ollama module (hack/ollama-tools-oracle, built by
-hack/setup.d/41-ollama-tools.sh, which the fixture below runs too) reads the same output as ours.
+hack/setup.d/40-ollama-oracles.sh, which the fixture below runs too) reads the same output as ours.
 
 Compared: Ollama's table-test cases with their tags, and the output of real templates (the tag
 then derived by each side from the template: Ollama from its parse tree, ours by rendering).
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "hack" / "ollama-tools-oracle"
-SETUP = ROOT / "hack" / "setup.d" / "41-ollama-tools.sh"
+SETUP = ROOT / "hack" / "setup.d" / "40-ollama-oracles.sh"
 
 
 def _pinned_version() -> str:
