@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,11 +16,14 @@ from slm_runtime.tools import (
     BARE_JSON,
     PROBE_NAME,
     ToolParser,
+    new_call_id,
     probe_conversations,
     probe_tools,
     quote_from_renderings,
     tag_from_renderings,
 )
+
+log = logging.getLogger(__name__)
 
 
 class PromptError(EngineError):
@@ -68,6 +72,7 @@ class PromptBuilder:
         self._jinja = None
         self._tool_tag: str | None = None
         self._tool_quote = ""
+        self._short_ids = False
         self._tool_tag_known = False
         if template is None and model_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -90,20 +95,34 @@ class PromptBuilder:
 
     def tool_parser(self, names: list[str]) -> ToolParser:
         """A parser for calls of the named tools in the format the template writes."""
-        return ToolParser(self.tool_tag() or BARE_JSON, names, self._tool_quote)
+        tag = self.tool_tag() or BARE_JSON
+        return ToolParser(tag, names, self._tool_quote, self._short_ids)
 
     def _probe_tool_format(self) -> None:
         question = [{"role": "user", "content": "probe question"}]
-        with_call, with_text = probe_conversations()
+        with_call, with_texts = probe_conversations()
         try:
             if PROBE_NAME not in self.chat(question, tools=probe_tools()):
+                log.debug("the template does not render tools: the probe tool is not written")
                 return
             call = self.chat(with_call, tools=probe_tools())
-            text = self.chat(with_text, tools=probe_tools())
-        except PromptError:
+        except PromptError as exc:
+            log.debug("the template does not render tools: a probe render failed: %s", exc)
             return
-        self._tool_tag = tag_from_renderings(call, text)
-        self._tool_quote = quote_from_renderings(call, text)
+        texts = []
+        for conversation in with_texts:
+            try:
+                texts.append(self.chat(conversation, tools=probe_tools()))
+            except PromptError as exc:
+                log.debug("a probe render without a call failed: %s", exc)
+        self._tool_tag = tag_from_renderings(call, texts)
+        self._tool_quote = quote_from_renderings(call, texts)
+        openai_ids, _ = probe_conversations(new_call_id())
+        try:
+            self.chat(openai_ids, tools=probe_tools())
+        except PromptError as exc:
+            log.debug("the template refuses OpenAI-style call ids, calls get short ids: %s", exc)
+            self._short_ids = True
 
     def _with_system(
         self, messages: list[dict[str, Any]], system: str | None

@@ -13,6 +13,8 @@ from typing import Any
 # A tool that no real conversation names, rendered into the template to learn its format.
 PROBE_NAME = "probe_tool_fn"
 PROBE_CONTENT = "probe assistant text"
+# Nine letters and digits: Mistral's templates refuse any other call id.
+PROBE_ID = "probecall"
 _PROBE_ARGUMENTS = {"probe_arg": "probe value"}
 
 # A tag of "{" means bare JSON: output that starts with an object is tried as a call.
@@ -44,10 +46,14 @@ def probe_tools() -> list[dict[str, Any]]:
     ]
 
 
-def probe_conversations() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Two conversations that differ only in the assistant turn: one a tool call, one text."""
+def probe_conversations(
+    call_id: str = PROBE_ID,
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """A conversation whose assistant turn is a tool call, and conversations that differ from it
+    in that turn, which is text: followed by a user turn, and alone (a template that writes the
+    tools at the last user turn, as Mistral's, writes them elsewhere in the first)."""
     call = {
-        "id": "call_probe",
+        "id": call_id,
         "type": "function",
         "function": {"index": 0, "name": PROBE_NAME, "arguments": dict(_PROBE_ARGUMENTS)},
     }
@@ -58,50 +64,52 @@ def probe_conversations() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {
             "role": "tool",
             "content": "probe result",
-            "tool_call_id": "call_probe",
+            "tool_call_id": call_id,
             "tool_name": PROBE_NAME,
             "name": PROBE_NAME,
         },
     ]
-    with_text: list[dict[str, Any]] = [
-        question,
-        {"role": "assistant", "content": PROBE_CONTENT},
-        {"role": "user", "content": "probe result"},
-    ]
-    return with_call, with_text
+    text = {"role": "assistant", "content": PROBE_CONTENT}
+    with_text = [question, text, {"role": "user", "content": "probe result"}]
+    return with_call, [with_text, [question, text]]
 
 
-def _call_turn(with_call: str, with_text: str) -> str:
+def _call_turn(with_call: str, with_texts: list[str]) -> str:
     """The rendering of the probe call's assistant turn onwards: from where the renderings of
-    the two ``probe_conversations`` part (or the probe text begins); empty when the template
-    does not write the call."""
-    start = with_text.find(PROBE_CONTENT)
-    if start < 0:
+    the ``probe_conversations`` part (or the probe text begins), the latest of those places;
+    empty when the template does not write the call."""
+    cut = -1
+    for with_text in with_texts:
+        start = with_text.find(PROBE_CONTENT)
+        if start < 0:
+            continue
+        common = 0
+        for a, b in zip(with_call, with_text, strict=False):
+            if a != b:
+                break
+            common += 1
+        cut = max(cut, min(common, start))
+    if cut < 0:
         return ""
-    common = 0
-    for a, b in zip(with_call, with_text, strict=False):
-        if a != b:
-            break
-        common += 1
-    turn = with_call[min(common, start) :]
+    turn = with_call[cut:]
     return turn if PROBE_NAME in turn else ""
 
 
-def tag_from_renderings(with_call: str, with_text: str) -> str:
-    """The text a template writes before a tool call's JSON, from the renderings of the two
+def tag_from_renderings(with_call: str, with_texts: list[str]) -> str:
+    """The text a template writes before a tool call's JSON, from the renderings of the
     ``probe_conversations``: the assistant turn up to the first ``{``, stripped, as Ollama's
     parseTag cuts its text node; ``BARE_JSON`` when nothing precedes the JSON or the template
     does not write the call."""
-    turn = _call_turn(with_call, with_text)
+    turn = _call_turn(with_call, with_texts)
     tag = turn[: turn.find(PROBE_NAME)].replace("\r\n", "\n").partition("{")[0].strip()
     return tag or BARE_JSON
 
 
-def quote_from_renderings(with_call: str, with_text: str) -> str:
+def quote_from_renderings(with_call: str, with_texts: list[str]) -> str:
     """The text a template writes around a string argument when its calls are not JSON
     (FunctionGemma's ``<escape>``), from the renderings of the ``probe_conversations``; empty
     for JSON."""
-    turn = _call_turn(with_call, with_text)
+    turn = _call_turn(with_call, with_texts)
     call = turn[turn.find(PROBE_NAME) :]
     key = call.find("probe_arg")
     value = call.find(_PROBE_ARGUMENTS["probe_arg"])
@@ -120,8 +128,11 @@ class ToolCall:
     index: int
 
 
-def new_call_id() -> str:
-    """A tool call id as OpenAI writes them: ``call_`` and 24 random letters and digits."""
+def new_call_id(short: bool = False) -> str:
+    """A tool call id as OpenAI writes them: ``call_`` and 24 random letters and digits; with
+    ``short``, nine letters and digits, the only ids Mistral's templates render."""
+    if short:
+        return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
     return "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(24))
 
 
@@ -131,11 +142,13 @@ class ToolParser:
     text before the tag is content; after the tag, each complete JSON object that names one of
     the tools (or holds its arguments) is a call. With the bare-JSON tag only output that starts
     with ``{`` is tried. Unlike Ollama, output that held a tag but no call is content at the end
-    (``finish``), so that text which is not a tool call stays content."""
+    (``finish``), so that text which is not a tool call stays content. ``short_ids`` says the
+    template renders only nine-character call ids (see ``new_call_id``)."""
 
     tag: str
     names: list[str]
     quote: str = ""
+    short_ids: bool = False
     _buffer: str = ""
     _state: str = "looking"
     _count: int = 0

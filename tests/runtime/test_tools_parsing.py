@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from slm_runtime.prompt import PromptBuilder
-from slm_runtime.tools import BARE_JSON, ToolCall, ToolParser, check_tools
+from slm_runtime.tools import BARE_JSON, ToolCall, ToolParser, check_tools, new_call_id
 
 from tests.conftest import GEMMA_TEMPLATE
 
@@ -78,11 +78,45 @@ def _module_template(name: str) -> str:
         ("qwen2.5.jinja", "<tool_call>"),
         ("llama3.2.gotmpl", BARE_JSON),
         ("mistral.gotmpl", "[TOOL_CALLS] ["),
+        ("mistral-v0.3.jinja", "[TOOL_CALLS] ["),
         ("phi4-mini.gotmpl", "<|tool_call|>["),
     ],
 )
 def test_the_tag_is_what_the_template_writes_before_a_call(name: str, tag: str) -> None:
     assert builder(name).tool_tag() == tag
+
+
+def test_a_template_that_wants_nine_character_ids_gets_them_and_replays() -> None:
+    prompts = builder("mistral-v0.3.jinja")
+    parser = prompts.tool_parser(["get_weather"])
+    assert parser.short_ids
+    ident = new_call_id(parser.short_ids)
+    assert len(ident) == 9
+    assert ident.isalnum()
+    call = {
+        "id": ident,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+    }
+    prompt = prompts.chat(
+        [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "sunny", "tool_call_id": ident, "name": "get_weather"},
+        ],
+        tools=[WEATHER],
+    )
+    assert (
+        f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {{"city": "Paris"}}, '
+        f'"id": "{ident}"}}]'
+    ) in prompt
+    assert f'[TOOL_RESULTS] {{"content": sunny, "call_id": "{ident}"}}[/TOOL_RESULTS]' in prompt
+
+
+@pytest.mark.parametrize("name", ["qwen2.5.jinja", "qwen2.5.gotmpl", "mistral.gotmpl"])
+def test_templates_that_take_any_id_keep_openai_ids(name: str) -> None:
+    assert not builder(name).tool_parser(["get_weather"]).short_ids
+    assert new_call_id().startswith("call_")
 
 
 def test_the_tag_of_an_ollama_module_template() -> None:

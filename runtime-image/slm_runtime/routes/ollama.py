@@ -231,12 +231,12 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
-def _ollama_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+def _ollama_calls(calls: Sequence[ToolCall], short_ids: bool) -> list[dict[str, Any]]:
     """``message.tool_calls`` as Ollama writes them: an id, and the function's index, name and
     arguments as an object."""
     return [
         {
-            "id": new_call_id(),
+            "id": new_call_id(short_ids),
             "function": {"index": call.index, "name": call.name, "arguments": call.arguments},
         }
         for call in calls
@@ -472,7 +472,9 @@ def build_router(api_token: str | None) -> APIRouter:
         def piece(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if calls:
-                message["tool_calls"] = _ollama_calls(calls)
+                message["tool_calls"] = _ollama_calls(
+                    calls, parser is not None and parser.short_ids
+                )
             return {"message": message}
 
         return await _respond(

@@ -313,9 +313,9 @@ def _tool_parser(state: RuntimeState, offered: list[dict[str, Any]]) -> ToolPars
     return state.prompts.tool_parser(check_tools(offered))
 
 
-def _openai_call(call: ToolCall) -> dict[str, Any]:
+def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
     return {
-        "id": new_call_id(),
+        "id": new_call_id(short_id),
         "type": "function",
         "function": {
             "name": call.name,
@@ -345,7 +345,7 @@ async def _chat_stream(
                 for call in found:
                     if calls and not parallel:
                         continue
-                    out = _openai_call(call)
+                    out = _openai_call(call, parser is not None and parser.short_ids)
                     arguments = out["function"]["arguments"]
                     out["function"]["arguments"] = ""
                     yield _sse(chunk({"tool_calls": [{"index": calls, **out}]}, (), None))
@@ -467,7 +467,8 @@ def build_router(api_token: str | None) -> APIRouter:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["content"] = content or None
-            message["tool_calls"] = [_openai_call(call) for call in calls]
+            short = parser is not None and parser.short_ids
+            message["tool_calls"] = [_openai_call(call, short) for call in calls]
         return {
             "id": ident,
             "object": "chat.completion",
