@@ -143,7 +143,8 @@ class ToolParser:
     the tools (or holds its arguments) is a call. With the bare-JSON tag only output that starts
     with ``{`` is tried. Unlike Ollama, output that held a tag but no call is content at the end
     (``finish``), so that text which is not a tool call stays content. ``short_ids`` says the
-    template renders only nine-character call ids (see ``new_call_id``)."""
+    template renders only nine-character call ids (see ``new_call_id``). The scans keep their
+    place between pieces, so each character of the output is read once."""
 
     tag: str
     names: list[str]
@@ -152,6 +153,22 @@ class ToolParser:
     _buffer: str = ""
     _state: str = "looking"
     _count: int = 0
+    # Characters read by the scans of the buffer, for the tests.
+    _scanned: int = 0
+    # The tool found in the buffer and where its name ends, and how far it was searched.
+    _tool: tuple[str, int] | None = None
+    _searched: int = 0
+    # The scan for the first JSON object: where it stands, the open object, brace depth,
+    # string state, and the object with where it ends once it is complete.
+    _pos: int = 0
+    _start: int = -1
+    _depth: int = 0
+    _in_string: bool = False
+    _escaped: bool = False
+    _object: tuple[dict[str, Any], int] | None = None
+    # The scan for the tag's closing bracket: where it stands and the depth.
+    _close_pos: int = 0
+    _close_depth: int = 0
 
     def add(self, text: str) -> tuple[list[ToolCall], str]:
         """The calls completed and the content released by this piece of output."""
@@ -200,59 +217,121 @@ class ToolParser:
         return -1, False
 
     def _next_call(self) -> ToolCall | None:
-        name, end = _find_tool(self.names, self._buffer)
+        name, end = self._find_tool()
         if name is None:
             return None
-        found = _find_arguments(name, self._buffer, self.quote)
+        found = self._scan_object()
         if found is None:
             return None
-        arguments, at = found
-        end = max(end, at)
-        call = ToolCall(name, arguments, self._count)
+        data, at = found
+        arguments, hit = _arguments_in(name, data)
+        if not hit:
+            arguments = data
+        call = ToolCall(name, arguments if arguments is not None else {}, self._count)
         self._count += 1
-        self._buffer = self._buffer[end:]
+        self._buffer = self._buffer[max(end, at) :]
+        self._tool, self._searched = None, 0
+        self._pos, self._start, self._depth = 0, -1, 0
+        self._in_string = self._escaped = False
+        self._object = None
+        self._close_pos = self._close_depth = 0
         return call
 
+    def _find_tool(self) -> tuple[str | None, int]:
+        """The tool named first (the longest at one place) in the buffer and where its name
+        ends; none while the buffer ends in what may still grow into a longer name. Once found
+        it stays found: the text before the buffer's end does not change."""
+        buffer = self._buffer
+        if not buffer:
+            return None, 0
+        longest = max((len(n) for n in self.names), default=0)
+        for size in range(1, min(len(buffer), longest) + 1):
+            tail = buffer[-size:]
+            if any(len(tail) < len(n) and n.startswith(tail) for n in self.names):
+                return None, 0
+        if self._tool is None:
+            # No name was whole in the part already searched: one found now ends past it.
+            offset = max(0, self._searched - longest)
+            self._searched = len(buffer)
+            found: str | None = None
+            start = end = -1
+            for name in self.names:
+                at = buffer.find(name, offset)
+                if at < 0:
+                    continue
+                if found is not None and (at > start or (at == start and len(name) <= len(found))):
+                    continue
+                found, start, end = name, at, at + len(name)
+            if found is not None:
+                self._tool = (found, end)
+        return self._tool if self._tool is not None else (None, 0)
+
+    def _scan_object(self) -> tuple[dict[str, Any], int] | None:
+        """The first complete JSON object in the buffer and where it ends; an object that does
+        not parse is skipped. With a ``quote``, an object in the template's own notation is read
+        too. The scan goes on from where the last one stopped."""
+        if self._object is not None:
+            return self._object
+        buffer = self._buffer
+        pos, start, depth = self._pos, self._start, self._depth
+        in_string, escaped = self._in_string, self._escaped
+        while pos < len(buffer):
+            char = buffer[pos]
+            pos += 1
+            if escaped:
+                escaped = False
+                continue
+            if char == "\\":
+                escaped = True
+                continue
+            if char == '"':
+                in_string = not in_string
+                continue
+            if in_string:
+                continue
+            if char == "{":
+                if depth == 0:
+                    start = pos - 1
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0 and start != -1:
+                    data = _decode_object(buffer[start:pos], self.quote)
+                    if isinstance(data, dict):
+                        self._object = (data, pos)
+                        break
+                    start = -1
+                    continue
+                depth = max(depth, 0)
+        self._scanned += pos - self._pos
+        self._pos, self._start, self._depth = pos, start, depth
+        self._in_string, self._escaped = in_string, escaped
+        return self._object
+
     def _closed(self) -> bool:
+        """Whether the buffer holds the bracket that closes the tag's (for ``{`` and ``[``)."""
         pairs = {"{": ("{", "}"), "[": ("[", "]")}
         if self.tag not in pairs:
             return False
         opening, closing = pairs[self.tag]
-        depth = 0
-        for char in self._buffer:
+        buffer = self._buffer
+        depth = self._close_depth
+        for pos in range(self._close_pos, len(buffer)):
+            char = buffer[pos]
             if char == opening:
                 depth += 1
             elif char == closing:
                 depth -= 1
                 if depth == 0:
+                    self._scanned += pos + 1 - self._close_pos
                     return True
+        self._scanned += len(buffer) - self._close_pos
+        self._close_pos, self._close_depth = len(buffer), depth
         return False
 
     def __post_init__(self) -> None:
         if not self.tag:
             self.tag = BARE_JSON
-
-
-def _find_tool(names: list[str], buffer: str) -> tuple[str | None, int]:
-    """The tool named first (the longest at one place) in the buffer and where its name ends;
-    none while the buffer ends in what may still grow into a longer name."""
-    if not buffer:
-        return None, 0
-    longest = max((len(n) for n in names), default=0)
-    for size in range(1, min(len(buffer), longest) + 1):
-        tail = buffer[-size:]
-        if any(len(tail) < len(n) and n.startswith(tail) for n in names):
-            return None, 0
-    found: str | None = None
-    start = end = -1
-    for name in names:
-        at = buffer.find(name)
-        if at < 0:
-            continue
-        if found is not None and (at > start or (at == start and len(name) <= len(found))):
-            continue
-        found, start, end = name, at, at + len(name)
-    return (found, end) if found is not None else (None, 0)
 
 
 def _json_map(obj: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -307,48 +386,13 @@ def _decode_quoted(text: str, quote: str) -> Any:
         return None
 
 
-def _find_arguments(name: str, buffer: str, quote: str = "") -> tuple[dict[str, Any], int] | None:
-    """The first complete JSON object in the buffer read as the tool's arguments, and where it
-    ends; an object that does not parse is skipped. With a ``quote``, an object in the
-    template's own notation is read too."""
-    start = -1
-    depth = 0
-    in_string = escaped = False
-    for i, char in enumerate(buffer):
-        if escaped:
-            escaped = False
-            continue
-        if char == "\\":
-            escaped = True
-            continue
-        if char == '"':
-            in_string = not in_string
-            continue
-        if in_string:
-            continue
-        if char == "{":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0 and start != -1:
-                try:
-                    data = json.loads(buffer[start : i + 1])
-                except ValueError:
-                    data = _decode_quoted(buffer[start : i + 1], quote) if quote else None
-                    if data is None:
-                        start = -1
-                        continue
-                if not isinstance(data, dict):
-                    start = -1
-                    continue
-                args, hit = _arguments_in(name, data)
-                if hit:
-                    return (args if args is not None else {}), i + 1
-                return data, i + 1
-            depth = max(depth, 0)
-    return None
+def _decode_object(text: str, quote: str) -> Any:
+    """A complete object's text as JSON, or in the template's own notation with a ``quote``;
+    None when it is neither."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _decode_quoted(text, quote) if quote else None
 
 
 def _schema_problem(schema: Any, path: str) -> str | None:

@@ -537,3 +537,23 @@ def test_jinja_tojson_writes_tools_as_hugging_face_does() -> None:
     declared = gemma.chat([{"role": "user", "content": "hi"}], tools=[WEATHER])
     assert '<start_function_declaration>{"type": "function"' in declared
     assert "<end_function_declaration>" in declared
+
+
+@pytest.mark.parametrize("tag", ["<tool_call>", "[TOOL_CALLS] ["])
+def test_a_long_call_streamed_in_small_pieces_is_read_once(tag: str) -> None:
+    text = 'line {with} "quotes", [brackets] and \\ slashes\n' * 1100
+    call = json.dumps({"name": "write_file", "arguments": {"path": "a.txt", "text": text}})
+    output = f"{tag}{call}{']' if tag.endswith('[') else '</tool_call>'}"
+    assert len(output) > 50_000
+    parser = ToolParser(tag, ["write_file", "read_file"])
+    calls: list[ToolCall] = []
+    content = ""
+    for at in range(0, len(output), 4):
+        found, piece = parser.add(output[at : at + 4])
+        calls += found
+        content += piece
+    content += parser.finish()
+    assert calls == [ToolCall("write_file", {"path": "a.txt", "text": text}, 0)]
+    assert "write_file" not in content
+    # Each character is read at most once by each of the two scans.
+    assert parser._scanned <= 2 * len(output)
