@@ -106,21 +106,21 @@ class PromptBuilder:
                 log.debug("the template does not render tools: the probe tool is not written")
                 return
             call = self.chat(with_call, tools=probe_tools())
-        except PromptError as exc:
-            log.debug("the template does not render tools: a probe render failed: %s", exc)
+        except Exception as exc:  # any failure of the template means it renders no tools
+            log.debug("the template does not render tools: a probe render failed: %r", exc)
             return
         texts = []
         for conversation in with_texts:
             try:
                 texts.append(self.chat(conversation, tools=probe_tools()))
-            except PromptError as exc:
-                log.debug("a probe render without a call failed: %s", exc)
+            except Exception as exc:
+                log.debug("a probe render without a call failed: %r", exc)
         self._tool_tag = tag_from_renderings(call, texts)
         self._tool_quote = quote_from_renderings(call, texts)
         openai_ids, _ = probe_conversations(new_call_id())
         try:
             self.chat(openai_ids, tools=probe_tools())
-        except PromptError as exc:
+        except Exception as exc:
             log.debug("the template refuses OpenAI-style call ids, calls get short ids: %s", exc)
             self._short_ids = True
 
@@ -186,7 +186,9 @@ class PromptBuilder:
                 eos_token=self._eos,
                 enable_thinking=think,
             )
-        except JinjaTemplateError as exc:
+        except (JinjaTemplateError, TypeError, ValueError) as exc:
+            # TypeError and ValueError: a filter given what it cannot take (``tojson`` of an
+            # undefined value), which is the request's doing as much as the template's.
             raise PromptError(f"the model's chat template failed: {exc}") from exc
         # The tokenizer adds BOS itself; a template that writes it too would double it.
         if self._bos and text.startswith(self._bos):

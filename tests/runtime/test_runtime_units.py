@@ -3,6 +3,7 @@ default thread count."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import shlex
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from slm_runtime.config import Device
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
+from slm_runtime.engines import openvino
 from slm_runtime.engines.base import StopMatcher
 from slm_runtime.prompt import PromptBuilder, PromptError
 from slm_runtime.server import load_settings
@@ -247,3 +249,42 @@ def test_the_documented_environment_example_is_a_whole_config(
     assert config.model_name == "gemma3-270m"
     assert config.parameters.stop == ["<end_of_turn>"]
     assert config.parameters.num_thread == 4
+
+
+def test_openvino_devices_are_unknown_when_its_library_does_not_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "libopenvino_c.so"
+    broken.write_text("not a shared library")
+    monkeypatch.setattr(openvino, "_library_path", lambda: broken)
+    assert openvino.available_devices() is None
+
+
+def test_openvino_devices_are_unknown_when_the_library_lacks_its_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    libc = ctypes.util.find_library("c")
+    assert libc is not None
+    monkeypatch.setattr(openvino, "_library_path", lambda: Path(libc))
+    assert openvino.available_devices() is None
+
+
+def _jinja(template: str) -> PromptBuilder:
+    return PromptBuilder(
+        template=None, system=None, model_template=template, bos_token="", eos_token=""
+    )
+
+
+def test_a_jinja_template_filter_on_an_undefined_value_is_a_prompt_error() -> None:
+    prompts = _jinja("{{ messages[0].missing|tojson }}{{ messages[0].content }}")
+    with pytest.raises(PromptError, match="chat template failed"):
+        prompts.chat([{"role": "user", "content": "hi"}])
+
+
+def test_a_template_that_fails_on_tools_has_no_tool_tag() -> None:
+    prompts = _jinja(
+        "{% if tools %}{{ tools[0].function.missing|tojson }}{% endif %}"
+        "{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    assert prompts.chat([{"role": "user", "content": "hi"}]) == "hi"
+    assert prompts.tool_tag() is None

@@ -92,8 +92,10 @@ class OnnxGenaiEngine:
         root = Path(model_dir)
         if not (root / "genai_config.json").is_file():
             raise EngineError(f"{model_dir} holds no genai_config.json")
-        config = _config_for(model_dir, device, openvino_device=openvino_device, threads=threads)
         try:
+            config = _config_for(
+                model_dir, device, openvino_device=openvino_device, threads=threads
+            )
             self._model = og.Model(config)
         except RuntimeError as exc:
             raise DeviceUnavailableError(str(exc)) from exc

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _OK = 0
 
@@ -16,12 +19,18 @@ class _AvailableDevices(ctypes.Structure):
     _fields_ = (("devices", ctypes.POINTER(ctypes.c_char_p)), ("size", ctypes.c_size_t))
 
 
-def _library() -> ctypes.CDLL | None:
+def _library_path() -> Path | None:
+    """OpenVINO's C library beside ONNX Runtime's, when this is the OpenVINO build."""
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "capi" / "libopenvino_c.so"
-    if not path.is_file():
+    return path if path.is_file() else None
+
+
+def _library() -> ctypes.CDLL | None:
+    path = _library_path()
+    if path is None:
         return None
     lib = ctypes.CDLL(str(path))
     lib.ov_core_create.argtypes = (ctypes.POINTER(ctypes.c_void_p),)
@@ -41,7 +50,11 @@ def _library() -> ctypes.CDLL | None:
 def available_devices() -> list[str] | None:
     """OpenVINO's devices here (``CPU``, ``GPU.0``, ``NPU``, ...), or None when ONNX Runtime is
     not the OpenVINO build or OpenVINO cannot start."""
-    lib = _library()
+    try:
+        lib = _library()
+    except (OSError, AttributeError) as exc:
+        log.debug("OpenVINO's C library cannot be loaded: %s", exc)
+        return None
     if lib is None:
         return None
     core = ctypes.c_void_p()
