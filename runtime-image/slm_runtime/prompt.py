@@ -53,6 +53,22 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now(UTC).strftime(fmt)
 
 
+def _without_call_index(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its tool calls' ``function.index`` left out: Ollama's templates read it
+    (``.Function.Index``), but Hugging Face's write ``function|tojson`` whole, and there the
+    OpenAI and Hugging Face shape of a call has no index."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and "index" in function:
+            call = {**call, "function": {k: v for k, v in function.items() if k != "index"}}
+        out.append(call)
+    return {**message, "tool_calls": out}
+
+
 class PromptBuilder:
     """Renders prompts with the configured Go template, else the model's own Jinja template."""
 
@@ -142,6 +158,7 @@ class PromptBuilder:
         """The prompt for a conversation; SYSTEM applies when no system message is given."""
         if self.template is not None:
             return self._go(self.template, messages, self.system, None, tools, think)
+        messages = [_without_call_index(m) for m in messages]
         return self._jinja_render(self._with_system(messages, None), tools=tools, think=think)
 
     def generate(

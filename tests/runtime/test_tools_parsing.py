@@ -557,3 +557,31 @@ def test_a_long_call_streamed_in_small_pieces_is_read_once(tag: str) -> None:
     assert "write_file" not in content
     # Each character is read at most once by each of the two scans.
     assert parser._scanned <= 2 * len(output)
+
+
+def test_jinja_templates_get_calls_without_their_index() -> None:
+    call = {
+        "id": "abcdefghi",
+        "type": "function",
+        "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}},
+    }
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "abcdefghi", "name": "get_weather"},
+    ]
+    prompt = builder("mistral-v0.3.jinja").chat(messages, tools=[WEATHER])
+    assert '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}' in prompt
+    assert '"index"' not in prompt
+    assert call["function"]["index"] == 0
+    # Ollama's templates still read it.
+    go = PromptBuilder(
+        template="{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Index }}:"
+        "{{ .Function.Name }}{{ end }}{{ end }}",
+        system=None,
+        model_template=None,
+        bos_token="",
+        eos_token="",
+    )
+    call["function"]["index"] = 3
+    assert go.chat(messages) == "3:get_weather"
