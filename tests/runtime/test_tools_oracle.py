@@ -12,7 +12,6 @@ turned out to be text, Ollama's Content repeats text Add already returned and ou
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -58,11 +57,21 @@ def _tool(name: str) -> dict[str, Any]:
     }
 
 
+@cache
+def _built_oracle() -> Path:
+    """The oracle, built or rebuilt by the setup script when its source or go.sum changed (the
+    script checks their hash, so an unchanged oracle costs a moment)."""
+    subprocess.run(["bash", str(SETUP)], check=True, cwd=ROOT)
+    return ORACLE
+
+
 def _oracle(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not os.access(ORACLE, os.X_OK):
-        subprocess.run(["bash", str(SETUP)], check=True, cwd=ROOT)
     out = subprocess.run(
-        [str(ORACLE)], input=json.dumps(requests), capture_output=True, text=True, check=True
+        [str(_built_oracle())],
+        input=json.dumps(requests),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     results: list[dict[str, Any]] = json.loads(out.stdout)
     return results
