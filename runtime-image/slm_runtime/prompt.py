@@ -13,8 +13,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from slm_runtime.engines.base import EngineError
 from slm_runtime.template import TemplateError, render_template
 from slm_runtime.tools import (
-    BARE_JSON,
     PROBE_NAME,
+    NoToolsError,
     ToolParser,
     new_call_id,
     probe_conversations,
@@ -110,8 +110,11 @@ class PromptBuilder:
         return self._tool_tag
 
     def tool_parser(self, names: list[str]) -> ToolParser:
-        """A parser for calls of the named tools in the format the template writes."""
-        tag = self.tool_tag() or BARE_JSON
+        """A parser for calls of the named tools in the format the template writes;
+        ``NoToolsError`` when the template renders no tools."""
+        tag = self.tool_tag()
+        if tag is None:
+            raise NoToolsError("the template renders no tools")
         return ToolParser(tag, names, self._tool_quote, self._short_ids)
 
     def _probe_tool_format(self) -> None:

@@ -119,6 +119,10 @@ def quote_from_renderings(with_call: str, with_texts: list[str]) -> str:
     return "" if between in ("", '"') else between
 
 
+class NoToolsError(Exception):
+    """The model's template renders no tools, so the model cannot be offered any."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One call the model made: the tool's name, its arguments, and its place among the calls."""
@@ -201,6 +205,11 @@ class ToolParser:
         """Content still held back once the output ended: all of it when no call was found."""
         rest, self._buffer = self._buffer, ""
         return "" if self._count else rest
+
+    def parse(self, text: str) -> tuple[list[ToolCall], str]:
+        """The calls in a whole output and its content."""
+        calls, content = self.add(text)
+        return calls, content + self.finish()
 
     @property
     def found(self) -> int:

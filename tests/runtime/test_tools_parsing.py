@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 from slm_runtime.prompt import PromptBuilder
-from slm_runtime.tools import BARE_JSON, ToolCall, ToolParser, check_tools, new_call_id
+from slm_runtime.tools import (
+    BARE_JSON,
+    NoToolsError,
+    ToolCall,
+    ToolParser,
+    check_tools,
+    new_call_id,
+)
 
 from tests.conftest import GEMMA_TEMPLATE
 
@@ -585,3 +592,19 @@ def test_jinja_templates_get_calls_without_their_index() -> None:
     )
     call["function"]["index"] = 3
     assert go.chat(messages) == "3:get_weather"
+
+
+def test_parse_reads_a_whole_output() -> None:
+    output = 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    calls, content = ToolParser("<tool_call>", ["get_weather"]).parse(output)
+    assert calls == [ToolCall("get_weather", {"city": "Paris"}, 0)]
+    assert content == "Sure. "
+    assert ToolParser("<tool_call>", ["get_weather"]).parse("no call") == ([], "no call")
+
+
+def test_a_template_without_tools_gives_no_parser() -> None:
+    prompts = PromptBuilder(
+        template=GEMMA_TEMPLATE, system=None, model_template=None, bos_token="", eos_token=""
+    )
+    with pytest.raises(NoToolsError):
+        prompts.tool_parser(["get_weather"])

@@ -33,10 +33,6 @@ from slm_runtime.engines.base import (
 log = logging.getLogger(__name__)
 
 _OPENVINO = "OpenVINO"
-_LOGPROBS_UNSUPPORTED = (
-    "logprobs are not supported for ONNX models; leave logprobs unset or false "
-    "(GGUF models report them)"
-)
 
 
 def _config_for(model_dir: str, device: Device, *, openvino_device: str, threads: int) -> Any:
@@ -143,8 +139,6 @@ class OnnxGenaiEngine:
         """Start a generator thread for this request."""
         if params.json_mode:
             raise UnsupportedError("format json is not supported for ONNX models")
-        if params.logprobs:
-            raise EngineError(_LOGPROBS_UNSUPPORTED)
         tokens = self.tokenize(prompt)
         if not tokens:
             raise EngineError("the prompt is empty")

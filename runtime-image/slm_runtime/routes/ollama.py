@@ -28,7 +28,7 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
-from slm_runtime.tools import ToolCall, ToolParser, check_tools, new_call_id
+from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
 
 NDJSON = "application/x-ndjson"
 _NS = 1_000_000_000
@@ -310,8 +310,7 @@ async def _respond(
     out = await run.collect(request)
     text, calls = out.text, list[ToolCall]()
     if parser is not None:
-        calls, text = parser.add(out.text)
-        text += parser.finish()
+        calls, text = parser.parse(out.text)
     return {
         **_final(model, out.end, run.started, state.load_seconds),
         **piece(text, calls),
@@ -374,9 +373,10 @@ def _tool_parser(model: str, tools: list[dict[str, Any]], state: RuntimeState) -
         names = check_tools(tools)
     except ValueError as exc:
         raise APIError(400, f"invalid request: {exc}") from None
-    if state.prompts.tool_tag() is None:
-        raise APIError(400, f"{model} does not support tools")
-    return state.prompts.tool_parser(names)
+    try:
+        return state.prompts.tool_parser(names)
+    except NoToolsError:
+        raise APIError(400, f"{model} does not support tools") from None
 
 
 def _template_message(index: int, message: Message) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
-from slm_runtime.tools import ToolCall, ToolParser, check_tools, new_call_id
+from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
 
 SSE = "text/event-stream"
 _OWNER = "slm-operator"
@@ -276,9 +276,11 @@ def _chat_messages(items: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def _offered_tools(body: ChatCompletionRequest, state: RuntimeState) -> list[dict[str, Any]]:
-    """The tools the template offers the model, after checking them and ``tool_choice``:
-    none for ``none``, only the named one for a named function."""
+def _offered_tools(
+    body: ChatCompletionRequest, state: RuntimeState
+) -> tuple[list[dict[str, Any]], ToolParser | None]:
+    """The tools the template offers the model, after checking them and ``tool_choice`` (none
+    for ``none``, only the named one for a named function), and the parser of their calls."""
     if body.functions is not None or body.function_call is not None:
         raise APIError(
             400, "functions and function_call are not supported; use tools and tool_choice"
@@ -286,14 +288,14 @@ def _offered_tools(body: ChatCompletionRequest, state: RuntimeState) -> list[dic
     if not body.tools:
         if body.tool_choice is not None:
             raise APIError(400, "tool_choice is only allowed when tools are given")
-        return []
+        return [], None
     try:
         names = check_tools(body.tools)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
     choice = body.tool_choice or "auto"
     if choice == "none":
-        return []
+        return [], None
     offered = body.tools
     if isinstance(choice, NamedToolChoice):
         if choice.function.name not in names:
@@ -302,15 +304,13 @@ def _offered_tools(body: ChatCompletionRequest, state: RuntimeState) -> list[dic
                 f"tool_choice.function.name: {choice.function.name!r} is not one of the tools",
             )
         offered = [body.tools[names.index(choice.function.name)]]
-    if state.prompts.tool_tag() is None:
-        raise APIError(400, f"{body.model} does not support tools (its template renders none)")
-    return offered
-
-
-def _tool_parser(state: RuntimeState, offered: list[dict[str, Any]]) -> ToolParser | None:
-    if not offered:
-        return None
-    return state.prompts.tool_parser(check_tools(offered))
+        names = [choice.function.name]
+    try:
+        return offered, state.prompts.tool_parser(names)
+    except NoToolsError:
+        raise APIError(
+            400, f"{body.model} does not support tools (its template renders none)"
+        ) from None
 
 
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
@@ -418,9 +418,8 @@ def build_router(api_token: str | None) -> APIRouter:
             top_logprobs=body.top(),
         )
         messages = _chat_messages(body.messages)
-        offered = _offered_tools(body, state)
+        offered, parser = _offered_tools(body, state)
         prompt = state.prompts.chat(messages, tools=offered or None)
-        parser = _tool_parser(state, offered)
         run = await _start(state, "/v1/chat/completions", prompt, params)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -460,8 +459,7 @@ def build_router(api_token: str | None) -> APIRouter:
         out = await run.collect(request)
         content, calls = out.text, list[ToolCall]()
         if parser is not None:
-            calls, content = parser.add(out.text)
-            content += parser.finish()
+            calls, content = parser.parse(out.text)
             if not body.parallel_tool_calls:
                 calls = calls[:1]
         message: dict[str, Any] = {"role": "assistant", "content": content}
