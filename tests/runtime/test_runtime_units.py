@@ -14,6 +14,7 @@ from slm_runtime.config import Device
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus
 from slm_runtime.engines import openvino
 from slm_runtime.engines.base import StopMatcher
+from slm_runtime.engines.ggml import gpu_backend_absence
 from slm_runtime.prompt import PromptBuilder, PromptError
 from slm_runtime.server import load_settings
 
@@ -288,3 +289,11 @@ def test_a_template_that_fails_on_tools_has_no_tool_tag() -> None:
     )
     assert prompts.chat([{"role": "user", "content": "hi"}]) == "hi"
     assert prompts.tool_tag() is None
+
+
+def test_a_gpu_backend_that_does_not_load_is_named_with_the_loaders_reason(tmp_path: Path) -> None:
+    assert "built without a GPU backend" in gpu_backend_absence(tmp_path)
+    (tmp_path / "libggml-cuda.so").write_text("not a shared library")
+    reason = gpu_backend_absence(tmp_path)
+    assert reason.startswith("llama.cpp's cuda backend does not load on this node: ")
+    assert "libggml-cuda.so" in reason

@@ -65,3 +65,22 @@ def load_cpu_backend(lib_dir: Path) -> str:
         raise RuntimeError(f"ggml loaded no CPU backend from {lib_dir}")
     log.info("ggml CPU backend loaded", extra={"variant": variants[-1], "dir": str(lib_dir)})
     return variants[-1]
+
+
+GPU_BACKENDS = ("cuda", "vulkan", "hip", "sycl")
+"""ggml's GPU backend modules (libggml-<name>.so) that a build with GGML_BACKEND_DL may hold."""
+
+
+def gpu_backend_absence(lib_dir: Path) -> str:
+    """Why llama.cpp offers no GPU: the GPU backend module it holds does not load here (with the
+    loader's reason, e.g. no NVIDIA driver), or it holds none."""
+    for name in GPU_BACKENDS:
+        module = lib_dir / f"libggml-{name}.so"
+        if not module.is_file():
+            continue
+        try:
+            ctypes.CDLL(str(module))
+        except OSError as exc:
+            return f"llama.cpp's {name} backend does not load on this node: {exc}"
+        return f"llama.cpp's {name} backend loads but finds no usable GPU"
+    return "llama.cpp was built without a GPU backend (llama_supports_gpu_offload() is false)"

@@ -39,7 +39,7 @@ from slm_runtime.engines.base import (
     finished_at_once,
     generation_budget,
 )
-from slm_runtime.engines.ggml import has_llamafile, load_cpu_backend
+from slm_runtime.engines.ggml import gpu_backend_absence, has_llamafile, load_cpu_backend
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +209,7 @@ class LlamaCppEngine:
             raise DeviceUnavailableError("llama.cpp has no NPU backend")
         if device is Device.GPU:
             if not llama_cpp.llama_supports_gpu_offload():
-                raise DeviceUnavailableError(
-                    "llama.cpp was built without a GPU backend (llama_supports_gpu_offload() is "
-                    "false)"
-                )
+                raise DeviceUnavailableError(gpu_backend_absence(lib_dir))
             model_params.n_gpu_layers = _GPU_LAYERS_ALL
         else:
             model_params.n_gpu_layers = 0
