@@ -36,8 +36,9 @@ lock: ## regenerate the hash-pinned locks in requirements/ from pyproject.toml (
 images: ## build the operator and CPU runtime images (and the local base) with Docker's layer cache; prints each image ID
 	bash hack/images/build.sh
 
-image-cuda: ## build the CUDA runtime image (not part of setup or CI: its llama.cpp CUDA build takes hours on 2 cores)
-	bash hack/images/build.sh base runtime-cuda
+image-cuda: ## build the CUDA runtime image (not in setup or CI: long on 2 cores); CUDA_ARCHITECTURES=90-real narrows its GPUs
+	CUDA_ARCHITECTURES="$(CUDA_ARCHITECTURES)" bash hack/images/build.sh base runtime-cuda
+	bash -c 'source hack/images/env.sh && $(PY) hack/images/smoke-cuda.py $(if $(GPU),--gpu) "$${SLM_RUNTIME_CUDA_IMAGE}"'
 
 sbom: ## an SPDX SBOM of each built image under dist/sbom/, from syft built from its Go module
 	bash hack/images/sbom.sh

@@ -35,7 +35,13 @@ TARGET_MB = 700
 
 def names() -> dict[str, str]:
     """DOCKER and the image tags from hack/images/env.sh."""
-    keys = ("DOCKER", "SLM_BASE_IMAGE", "SLM_OPERATOR_IMAGE", "SLM_RUNTIME_IMAGE")
+    keys = (
+        "DOCKER",
+        "SLM_BASE_IMAGE",
+        "SLM_OPERATOR_IMAGE",
+        "SLM_RUNTIME_IMAGE",
+        "SLM_RUNTIME_CUDA_IMAGE",
+    )
     script = f"source {ROOT}/hack/images/env.sh; " + "; ".join(f"echo {k}=${{{k}}}" for k in keys)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     return dict(line.split("=", 1) for line in out.stdout.splitlines())
@@ -60,8 +66,34 @@ def largest(image: str, folder: str, count: int) -> list[tuple[str, float]]:
     return [(Path(path).name, int(kb) * 1024 / 1e6) for kb, path in reversed(rows)]
 
 
+def built(image: str) -> bool:
+    """Whether the engine holds ``image``."""
+    binary = names()["DOCKER"]
+    return subprocess.run([binary, "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def cuda_lines(image: str, site: str) -> list[str]:
+    """What the CUDA image (`make image-cuda`, not built by `make images`) holds, when built."""
+    if not built(image):
+        return [f"- `{image}`: not built (`make image-cuda`)."]
+    labels = json.loads(docker("image", "inspect", image))[0]["Config"]["Labels"] or {}
+    revision = labels.get("org.opencontainers.image.revision", "?")
+    packages = largest(image, site, 8)
+    cu13 = largest(image, f"{site}/nvidia/cu13/lib", 5)
+    return [
+        f"- CUDA runtime image (`{image}`, revision {revision}): "
+        f"{size_mb(image):.0f} MB uncompressed.",
+        "- Its largest Python packages (MB): "
+        + ", ".join(f"{name} {mb:.0f}" for name, mb in packages)
+        + ".",
+        "- Inside nvidia/cu13/lib (MB): "
+        + ", ".join(f"{name} {mb:.0f}" for name, mb in cu13)
+        + ".",
+    ]
+
+
 def size_section(n: dict[str, str]) -> list[str]:
-    """The size table and what takes the runtime image's space."""
+    """The size table and what takes the runtime images' space."""
     base = size_mb(n["SLM_BASE_IMAGE"])
     rows = [
         "| image | uncompressed MB | above the base MB |",
@@ -84,6 +116,7 @@ def size_section(n: dict[str, str]) -> list[str]:
         + ", ".join(f"{name} {mb:.0f}" for name, mb in packages)
         + ".",
         "- Inside llama_cpp/lib (MB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in lib) + ".",
+        *cuda_lines(n["SLM_RUNTIME_CUDA_IMAGE"], site),
     ]
 
 

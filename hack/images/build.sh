@@ -4,6 +4,8 @@
 # runtime-cuda. Tags come from hack/images/env.sh (the chart's default tags); each built
 # image's ID is printed. SLM_BASE_IMAGE=<image> builds from that base instead of the local
 # one, e.g. SLM_BASE_IMAGE=python:3.11-slim-bookworm where a registry is reachable.
+# CUDA_ARCHITECTURES (runtime-cuda only) replaces the Dockerfile's list of GPUs llama.cpp
+# compiles for, e.g. 90-real.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "${here}/../.." && pwd)"
@@ -22,10 +24,12 @@ ca="${SLM_BUILD_CA:-/etc/ssl/certs/ca-certificates.crt}"
 secret=()
 [ -s "${ca}" ] && secret=(--secret "id=ca,src=${ca}")
 
+# build FILE TAG [DOCKER BUILD ARGS...]
 build() {
   local file="$1" tag="$2" start=$SECONDS
+  shift 2
   echo "==> ${tag} (${file})" >&2
-  DOCKER_BUILDKIT=1 "${DOCKER}" build --progress=plain "${secret[@]}" \
+  DOCKER_BUILDKIT=1 "${DOCKER}" build --progress=plain "${secret[@]}" "$@" \
     --build-arg "BASE=${SLM_BASE_IMAGE}" --build-arg "VERSION=${SLM_VERSION}" \
     --build-arg "REVISION=${revision}" -f "${file}" -t "${tag}" . >&2
   "${DOCKER}" image prune -f >/dev/null  # the images this tag replaced; the build cache stays
@@ -39,7 +43,8 @@ for t in "${targets[@]}"; do
     base) [ "${use_local_base}" = 1 ] && bash "${here}/base.sh" ;;
     operator) build Dockerfile "${SLM_OPERATOR_IMAGE}" ;;
     runtime) build runtime-image/Dockerfile "${SLM_RUNTIME_IMAGE}" ;;
-    runtime-cuda) build runtime-image/Dockerfile.cuda "${SLM_RUNTIME_CUDA_IMAGE}" ;;
+    runtime-cuda) build runtime-image/Dockerfile.cuda "${SLM_RUNTIME_CUDA_IMAGE}" \
+      ${CUDA_ARCHITECTURES:+--build-arg "CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}"} ;;
     *) echo "images: unknown image ${t} (base operator runtime runtime-cuda)" >&2; exit 2 ;;
   esac
 done

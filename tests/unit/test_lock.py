@@ -16,17 +16,19 @@ pytestmark = pytest.mark.unit
 
 # Each lock and the extras of pyproject.toml it installs, as hack/lock.sh compiles them.
 PROFILES = {
-    "dev": ("operator", "runtime", "dev"),
+    "dev": ("operator", "runtime", "openvino", "dev"),
     "operator": ("operator",),
     "runtime": ("runtime", "openvino"),
     "runtime-cuda": ("runtime", "cuda"),
 }
 LLAMA = "llama-cpp-python"
 # Pins a lock leaves to another file: the images build llama-cpp-python from the pin in
-# requirements/llama-cpp-python.txt in a layer of its own, and the CUDA image takes the CUDA
-# builds of ONNX Runtime in place of the CPU ones.
+# requirements/llama-cpp-python.txt in a layer of its own; onnxruntime-openvino (dev, CPU image)
+# and onnxruntime-gpu (CUDA image) install the `onnxruntime` module in place of the package
+# onnxruntime-genai names, which would overwrite it; the CUDA image takes onnxruntime-genai-cuda.
 ELSEWHERE = {
-    "runtime": {LLAMA},
+    "dev": {"onnxruntime"},
+    "runtime": {LLAMA, "onnxruntime"},
     "runtime-cuda": {LLAMA, "onnxruntime", "onnxruntime-genai"},
 }
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^ \\;]+)")
@@ -70,6 +72,16 @@ def test_every_dependency_is_pinned_with_hashes_within_its_range(profile: str) -
         if name not in locked or not requirement.specifier.contains(locked[name][0], True):
             stale.append(f"{requirement} (locked: {locked.get(name, ('nothing',))[0]})")
     assert not stale, f"requirements/{profile}.txt is stale, run make lock: {stale}"
+
+
+def test_the_cuda_toolkit_builds_against_the_cuda_libraries_the_image_ships() -> None:
+    toolkit = pins("cuda-toolkit")
+    assert {"nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cublas"} <= set(toolkit)
+    assert all(hashes for _, hashes in toolkit.values())
+    image = pins("runtime-cuda")
+    shared = set(toolkit) & set(image)
+    assert {"nvidia-cuda-runtime", "nvidia-cublas"} <= shared
+    assert {name: toolkit[name] for name in shared} == {name: image[name] for name in shared}
 
 
 def test_the_images_llama_cpp_python_pin_is_the_dev_lock_s() -> None:
