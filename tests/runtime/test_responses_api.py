@@ -16,6 +16,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.runtime.conftest import Server, start_server
+from tests.runtime.test_tools_api import CALL_SCHEMA, TIME, WEATHER
+from tests.runtime.test_tools_api import TEMPLATE as TOOL_TEMPLATES
+from tests.runtime.test_tools_api import _config as tools_config
 
 pytestmark = pytest.mark.runtime
 
@@ -270,7 +273,11 @@ REFUSED: list[tuple[dict[str, Any], int, str]] = [
     ({"previous_response_id": "resp_1"}, 400, "keeps no responses"),
     ({"conversation": "conv_1"}, 400, "keeps no responses"),
     ({"background": True}, 400, "background"),
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "function tools"),
+    (
+        {"tools": [{"type": "function", "name": "f", "parameters": {}}]},
+        400,
+        "does not support tools",
+    ),
     ({"tools": [{"type": "web_search"}, {"type": "file_search"}]}, 400, "file_search, web_search"),
     ({"tool_choice": "required"}, 400, "tool_choice"),
     ({"max_output_tokens": 15}, 400, "max_output_tokens"),
@@ -288,7 +295,7 @@ REFUSED: list[tuple[dict[str, Any], int, str]] = [
     (
         {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
         400,
-        "function_call_output",
+        "answers no earlier function_call",
     ),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "keeps no responses"),
     ({"top_logprobs": 2}, 400, "top_logprobs"),
@@ -344,3 +351,287 @@ def test_api_token_guards_the_route(
         model=MODEL, input="Hi.", max_output_tokens=16
     )
     assert result.output_text
+
+
+# Function tools: SmolLM2 with the tools-capable TEMPLATE of test_tools_api, and a JSON schema
+# format that constrains the greedy output to the shape of a call to get_weather.
+RESPONSES_WEATHER: dict[str, Any] = {"type": "function", **WEATHER["function"], "strict": False}
+RESPONSES_TIME: dict[str, Any] = {"type": "function", **TIME["function"], "strict": False}
+FORCED_CALL: dict[str, Any] = {
+    "format": {"type": "json_schema", "name": "call", "schema": CALL_SCHEMA}
+}
+WEATHER_QUESTION = "What is the weather in Paris?"
+
+
+@pytest.fixture(scope="module")
+def tools_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SmolLM2 with a TEMPLATE that renders tools."""
+    template = (TOOL_TEMPLATES / "chatml-bare-json.gotmpl").read_text(encoding="utf-8")
+    started = start_server(
+        tmp_path_factory.mktemp("responses-tools"), tools_config(smollm2_gguf, template)
+    )
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+def test_a_call_is_a_function_call_output_item(tools_server: Server) -> None:
+    raw = _raw(
+        tools_server,
+        {
+            "model": MODEL,
+            "input": WEATHER_QUESTION,
+            "tools": [RESPONSES_WEATHER],
+            "text": FORCED_CALL,
+            "temperature": 0,
+        },
+    )
+    assert raw.status_code == 200, raw.text
+    strict = Response.model_validate(raw.json(), strict=True)
+    assert [tool.type for tool in strict.tools] == ["function"]
+    result = _client(tools_server).responses.create(
+        model=MODEL,
+        input=WEATHER_QUESTION,
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        text=FORCED_CALL,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    assert result.status == "completed"
+    assert [item.type for item in result.output] == ["function_call"]
+    call = result.output[0]
+    assert call.type == "function_call"
+    assert call.id is not None
+    assert call.id.startswith("fc_")
+    assert call.call_id.startswith("call_")
+    assert call.name == "get_weather"
+    assert call.status == "completed"
+    arguments = json.loads(call.arguments)
+    assert isinstance(arguments["city"], str)
+    assert result.output_text == ""
+
+
+def test_a_streamed_call_has_its_item_events_in_order(tools_server: Server) -> None:
+    stream = _client(tools_server).responses.create(
+        model=MODEL,
+        input=WEATHER_QUESTION,
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        text=FORCED_CALL,  # type: ignore[arg-type]
+        temperature=0,
+        stream=True,
+    )
+    events = list(stream)
+    kinds = [event.type for event in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    added, delta, done, item_done, completed = events[2:]
+    assert added.type == "response.output_item.added"
+    assert added.item.type == "function_call"
+    assert added.item.name == "get_weather"
+    assert added.item.status == "in_progress"
+    assert delta.type == "response.function_call_arguments.delta"
+    assert done.type == "response.function_call_arguments.done"
+    assert delta.item_id == done.item_id == added.item.id
+    assert delta.output_index == done.output_index == 0
+    assert json.loads(done.arguments) == json.loads(delta.delta)
+    assert isinstance(json.loads(done.arguments)["city"], str)
+    assert item_done.type == "response.output_item.done"
+    assert item_done.item.type == "function_call"
+    assert item_done.item.status == "completed"
+    assert item_done.item.arguments == done.arguments
+    assert completed.type == "response.completed"
+    assert completed.response.output == [item_done.item]
+    body = {
+        "model": MODEL,
+        "input": WEATHER_QUESTION,
+        "tools": [RESPONSES_WEATHER],
+        "text": FORCED_CALL,
+        "temperature": 0,
+        "stream": True,
+    }
+    raw = _sse(_raw(tools_server, body).text)
+    assert [name for name, _ in raw] == kinds
+    for name, data in raw:
+        assert data["type"] == name
+        EVENTS.validate_python(data, strict=True)
+
+
+def _loop(result: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": WEATHER_QUESTION},
+        {
+            "type": "function_call",
+            "call_id": "call_abc",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+        {"type": "function_call_output", "call_id": "call_abc", "output": result},
+    ]
+
+
+def test_a_call_and_its_output_come_back_and_the_model_answers(tools_server: Server) -> None:
+    client = _client(tools_server)
+    first = client.responses.create(
+        model=MODEL,
+        input=WEATHER_QUESTION,
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        text=FORCED_CALL,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    call = first.output[0]
+    assert call.type == "function_call"
+    conversation: list[Any] = [
+        {"role": "user", "content": WEATHER_QUESTION},
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 C"},
+    ]
+    final = client.responses.create(
+        model=MODEL,
+        input=conversation,
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        temperature=0,
+        max_output_tokens=32,
+    )
+    assert final.status in ("completed", "incomplete")
+    assert [item.type for item in final.output] == ["message"]
+    assert final.output_text
+    short = client.responses.create(
+        model=MODEL,
+        input=_loop("sunny"),  # type: ignore[arg-type]
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        max_output_tokens=16,
+    )
+    longer = client.responses.create(
+        model=MODEL,
+        input=_loop("sunny, 24 degrees, light wind from the west"),  # type: ignore[arg-type]
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        max_output_tokens=16,
+    )
+    assert short.usage is not None
+    assert longer.usage is not None
+    assert longer.usage.input_tokens > short.usage.input_tokens
+
+
+def _input_tokens(server: Server, fields: dict[str, Any]) -> int:
+    answer = _raw(
+        server,
+        {"model": MODEL, "input": WEATHER_QUESTION, "max_output_tokens": 16, **fields},
+    )
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["usage"]["input_tokens"])
+
+
+def test_tool_choice_decides_which_tools_the_model_is_offered(tools_server: Server) -> None:
+    both = [RESPONSES_WEATHER, RESPONSES_TIME]
+    none = _input_tokens(tools_server, {})
+    offered = _input_tokens(tools_server, {"tools": both})
+    weather = _input_tokens(tools_server, {"tools": [RESPONSES_WEATHER]})
+    assert _input_tokens(tools_server, {"tools": both, "tool_choice": "none"}) == none
+    assert _input_tokens(tools_server, {"tools": both, "tool_choice": "auto"}) == offered
+    assert _input_tokens(tools_server, {"tools": both, "tool_choice": "required"}) == offered
+    named = {"type": "function", "name": "get_weather"}
+    assert _input_tokens(tools_server, {"tools": both, "tool_choice": named}) == weather
+    assert none < weather < offered
+
+
+def test_required_without_a_call_in_the_output_is_text(tools_server: Server) -> None:
+    result = _client(tools_server).responses.create(
+        model=MODEL,
+        input="Say hello.",
+        tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=16,
+    )
+    assert [item.type for item in result.output] == ["message"]
+    assert result.output_text
+
+
+TOOLS_REFUSED: list[tuple[dict[str, Any], str]] = [
+    (
+        {"tools": [{"type": "function", "name": "f", "parameters": {"type": "dictionary"}}]},
+        "not a valid JSON Schema",
+    ),
+    ({"tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name"),
+    ({"tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"tools": [RESPONSES_WEATHER, {"type": "web_search"}]}, "built-in tools (web_search)"),
+    (
+        {"tools": [RESPONSES_WEATHER], "tool_choice": {"type": "function", "name": "nope"}},
+        "'nope' is not one of the tools",
+    ),
+    ({"tools": [RESPONSES_WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    (
+        {"tools": [], "tool_choice": {"type": "function", "name": "get_weather"}},
+        "only allowed when tools",
+    ),
+    (
+        {"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]},
+        "answers no earlier function_call",
+    ),
+    ({"input": [*_loop("sunny")[:2], _loop("x")[2] | {"call_id": "other"}]}, "answers no earlier"),
+    (
+        {"input": [_loop("x")[1] | {"arguments": "[1]"}]},
+        "input.0.arguments: must be a JSON object",
+    ),
+    ({"input": [_loop("x")[1] | {"name": None}]}, "input.0.name"),
+]
+
+
+@pytest.mark.parametrize(("fields", "says"), TOOLS_REFUSED)
+def test_bad_tool_input_is_a_400(tools_server: Server, fields: dict[str, Any], says: str) -> None:
+    answer = _raw(
+        tools_server,
+        {"model": MODEL, "input": WEATHER_QUESTION, "tools": [RESPONSES_WEATHER], **fields},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert says in error["message"]
+
+
+def test_tools_on_a_template_without_tools_is_a_400(server: Server) -> None:
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):
+        _client(server).responses.create(
+            model=MODEL,
+            input=WEATHER_QUESTION,
+            tools=[RESPONSES_WEATHER],  # type: ignore[list-item]
+        )
+
+
+def test_streamed_text_with_tools_is_one_message_item(tools_server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Say hello.",
+        "tools": [RESPONSES_WEATHER],
+        "temperature": 0,
+        "max_output_tokens": 16,
+        "stream": True,
+    }
+    events = _sse(_raw(tools_server, body).text)
+    for name, data in events:
+        assert data["type"] == name
+        EVENTS.validate_python(data, strict=True)
+    kinds = [name for name, _ in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert kinds[-4:-1] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    final = events[-1][1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message"]
+    text = "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
+    assert final["output"][0]["content"][0]["text"] == text
+    assert text

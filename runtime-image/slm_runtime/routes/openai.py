@@ -285,32 +285,48 @@ def _offered_tools(
         raise APIError(
             400, "functions and function_call are not supported; use tools and tool_choice"
         )
-    if not body.tools:
-        if body.tool_choice is not None:
+    choice = body.tool_choice
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    return offer_tools(
+        state,
+        body.model,
+        body.tools,
+        None if isinstance(choice, NamedToolChoice) else choice,
+        named,
+    )
+
+
+def offer_tools(
+    state: RuntimeState,
+    model: str,
+    tools: list[dict[str, Any]] | None,
+    choice: str | None,
+    named: str | None,
+    named_field: str = "tool_choice.function.name",
+) -> tuple[list[dict[str, Any]], ToolParser | None]:
+    """The chat ``tools`` the template offers the model, after checking them and the tool
+    choice (``choice`` none, auto or required, or the ``named`` function alone), and the parser
+    of their calls; none for ``none``."""
+    if not tools:
+        if choice is not None or named is not None:
             raise APIError(400, "tool_choice is only allowed when tools are given")
         return [], None
     try:
-        names = check_tools(body.tools)
+        names = check_tools(tools)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
-    choice = body.tool_choice or "auto"
     if choice == "none":
         return [], None
-    offered = body.tools
-    if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
-            raise APIError(
-                400,
-                f"tool_choice.function.name: {choice.function.name!r} is not one of the tools",
-            )
-        offered = [body.tools[names.index(choice.function.name)]]
-        names = [choice.function.name]
+    offered = tools
+    if named is not None:
+        if named not in names:
+            raise APIError(400, f"{named_field}: {named!r} is not one of the tools")
+        offered = [tools[names.index(named)]]
+        names = [named]
     try:
         return offered, state.prompts.tool_parser(names)
     except NoToolsError:
-        raise APIError(
-            400, f"{body.model} does not support tools (its template renders none)"
-        ) from None
+        raise APIError(400, f"{model} does not support tools (its template renders none)") from None
 
 
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:

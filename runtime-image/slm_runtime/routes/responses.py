@@ -18,8 +18,9 @@ from slm_runtime.engines.base import MAX_TOP_LOGPROBS, Delta, Finished, TokenLog
 from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
-from slm_runtime.routes.openai import SSE, State, _chat_logprobs, _start
-from slm_runtime.state import Run
+from slm_runtime.routes.openai import SSE, State, _chat_logprobs, _start, offer_tools
+from slm_runtime.state import Run, RuntimeState
+from slm_runtime.tools import ToolCall, ToolParser, new_call_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class InputItem(RequestBody):
     type: str = "message"
     role: str | None = None
     content: str | list[ContentPart] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[ContentPart] | None = None
 
 
 class TextFormat(RequestBody):
@@ -106,11 +111,6 @@ class ResponseRequest(TopLevelBody):
                     f"tools: built-in tools ({', '.join(builtin)}) are not available: this "
                     "server runs only the model",
                 )
-            raise APIError(
-                400, "tools: function tools are not supported on /v1/responses on this server"
-            )
-        if self.tool_choice not in (None, "none", "auto"):
-            raise APIError(400, "tool_choice: only `none` or `auto` without tools")
         if self.max_output_tokens is not None and self.max_output_tokens < MIN_OUTPUT_TOKENS:
             raise APIError(
                 400,
@@ -135,18 +135,76 @@ class ResponseRequest(TopLevelBody):
         """Whether the output text carries the log probabilities of its tokens."""
         return LOGPROBS in (self.include or ())
 
-    def messages(self) -> list[dict[str, str]]:
-        """The conversation as chat messages: ``instructions`` first, as a system message."""
-        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as chat messages: ``instructions`` first, as a system message;
+        ``function_call`` items as assistant tool calls (consecutive ones in one message) and
+        ``function_call_output`` items as tool results."""
+        messages: list[dict[str, Any]] = (
+            [{"role": "system", "content": self.instructions}] if self.instructions else []
+        )
         if isinstance(self.input, str):
             if not self.input:
                 raise APIError(400, "input: must not be empty")
             return [*messages, {"role": "user", "content": self.input}]
         if not self.input:
             raise APIError(400, "input: must not be empty")
+        names: dict[str, str] = {}
+        calling: dict[str, Any] | None = None
         for index, item in enumerate(self.input):
-            messages.append(_message(index, item))
+            if item.type == "function_call":
+                call = _call(index, item)
+                names[item.call_id or ""] = item.name or ""
+                if calling is None:
+                    calling = {"role": "assistant", "content": "", "tool_calls": []}
+                    messages.append(calling)
+                call["function"]["index"] = len(calling["tool_calls"])
+                calling["tool_calls"].append(call)
+                continue
+            calling = None
+            if item.type == "function_call_output":
+                messages.append(_result(index, item, names))
+            else:
+                messages.append(_message(index, item))
         return messages
+
+    def tool_choice_parts(self) -> tuple[str | None, str | None]:
+        """``tool_choice`` as a mode (none, auto, required) or the name of one function."""
+        choice = self.tool_choice
+        if choice is None or choice in ("none", "auto", "required"):
+            return (choice if isinstance(choice, str) else None), None
+        if isinstance(choice, dict) and choice.get("type") == "function":
+            name = choice.get("name")
+            if not isinstance(name, str) or not name:
+                raise APIError(400, "tool_choice.name: required for a function tool choice")
+            return None, name
+        raise APIError(
+            400, 'tool_choice: must be none, auto, required or {"type": "function", "name"}'
+        )
+
+    def chat_tools(self) -> list[dict[str, Any]]:
+        """The function tools in chat completions' shape (``function`` nested)."""
+        tools = []
+        for index, tool in enumerate(self.tools or ()):
+            function = {
+                key: tool[key] for key in ("name", "description", "parameters") if key in tool
+            }
+            if "name" not in function:
+                raise APIError(400, f"tools[{index}].name: required for a function tool")
+            tools.append({"type": "function", "function": function})
+        return tools
+
+    def offered(self, state: RuntimeState) -> tuple[list[dict[str, Any]], ToolParser | None]:
+        """The tools the template offers the model and the parser of their calls."""
+        choice, named = self.tool_choice_parts()
+        if not self.tools and named is None and choice in (None, "none", "auto"):
+            return [], None
+        try:
+            return offer_tools(
+                state, self.model, self.chat_tools(), choice, named, "tool_choice.name"
+            )
+        except APIError as exc:
+            exc.message = exc.message.replace("].function.", "].")
+            raise
 
     def json_mode(self) -> tuple[bool, dict[str, Any] | None]:
         fmt = self.text.format if self.text else None
@@ -161,11 +219,64 @@ class ResponseRequest(TopLevelBody):
         return True, fmt.schema_
 
 
+def _call(index: int, item: InputItem) -> dict[str, Any]:
+    """A ``function_call`` input item as a chat tool call, its arguments an object."""
+    where = f"input.{index}"
+    for field in ("call_id", "name", "arguments"):
+        if not getattr(item, field):
+            raise APIError(400, f"{where}.{field}: required for a function_call item")
+    try:
+        arguments = json.loads(item.arguments or "")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise APIError(400, f"{where}.arguments: must be a JSON object in a string")
+    return {
+        "id": item.call_id,
+        "type": "function",
+        "function": {"name": item.name, "arguments": arguments},
+    }
+
+
+def _result(index: int, item: InputItem, names: dict[str, str]) -> dict[str, Any]:
+    """A ``function_call_output`` input item as a chat tool message; it must answer the
+    ``call_id`` of an earlier ``function_call`` item."""
+    where = f"input.{index}"
+    if not item.call_id:
+        raise APIError(400, f"{where}.call_id: required for a function_call_output item")
+    name = names.get(item.call_id)
+    if name is None:
+        raise APIError(
+            400,
+            f"{where}.call_id: {item.call_id!r} answers no earlier function_call item",
+        )
+    if item.output is None:
+        raise APIError(400, f"{where}.output: required for a function_call_output item")
+    if isinstance(item.output, str):
+        output = item.output
+    else:
+        texts = []
+        for part_index, part in enumerate(item.output):
+            if part.type != "input_text" or part.text is None:
+                raise APIError(
+                    400,
+                    f"{where}.output.{part_index}.type: {part.type!r} is not supported; "
+                    "use input_text",
+                )
+            texts.append(part.text)
+        output = "".join(texts)
+    return {
+        "role": "tool",
+        "content": output,
+        "tool_call_id": item.call_id,
+        "tool_name": name,
+        "name": name,
+    }
+
+
 def _message(index: int, item: InputItem) -> dict[str, str]:
     where = f"input.{index}"
     if item.type != "message":
-        if item.type in ("function_call", "function_call_output"):
-            raise APIError(400, f"{where}.type: {item.type} items need function tools")
         if item.type == "item_reference":
             raise APIError(400, f"{where}.type: item_reference: {_STATELESS}")
         raise APIError(400, f"{where}.type: {item.type!r} input items are not supported")
@@ -223,6 +334,29 @@ def _item(ident: str, status: str, content: list[dict[str, Any]]) -> dict[str, A
     }
 
 
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function tool of the request as the response lists it."""
+    return {
+        "type": "function",
+        "name": tool.get("name"),
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
+
+
+def _function_call(call: ToolCall, parser: ToolParser, status: str) -> dict[str, Any]:
+    """A call the model made as a ``function_call`` output item."""
+    return {
+        "id": f"fc_{uuid.uuid4().hex}",
+        "type": "function_call",
+        "status": status,
+        "call_id": new_call_id(parser.short_ids),
+        "name": call.name,
+        "arguments": json.dumps(call.arguments, ensure_ascii=False),
+    }
+
+
 class _Reply:
     """The response object of one request, as it stands at each step of its generation."""
 
@@ -266,7 +400,7 @@ class _Reply:
                 else {"type": "text"}
             },
             "tool_choice": body.tool_choice or "auto",
-            "tools": [],
+            "tools": [_echo_tool(tool) for tool in body.tools or ()],
             "top_p": body.top_p,
             "top_logprobs": body.top_logprobs,
             "truncation": "disabled",
@@ -276,11 +410,27 @@ class _Reply:
         }
 
     def finished(
-        self, text: str, logprobs: list[dict[str, Any]], end: Finished
+        self, text: str, logprobs: list[dict[str, Any]], end: Finished, calls: bool = False
     ) -> tuple[str, dict[str, Any]]:
-        """The final status and message item of a generation that ended with ``end``."""
-        status = "completed" if end.finish_reason == "stop" else "incomplete"
+        """The final status and message item of a generation that ended with ``end``; a
+        generation that made calls is complete."""
+        status = "completed" if calls or end.finish_reason == "stop" else "incomplete"
         return status, _item(self.item_id, status, [_text_part(text, logprobs)])
+
+    def output(
+        self, text: str, logprobs: list[dict[str, Any]], end: Finished, parser: ToolParser | None
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The final status and output items of a whole generation: its text as a message
+        (left out when it is empty and the model made calls) and each call it made."""
+        calls: list[ToolCall] = []
+        if parser is not None:
+            calls, text = parser.parse(text)
+            if self.body.parallel_tool_calls is False:
+                calls = calls[:1]
+        status, item = self.finished(text, logprobs, end, bool(calls))
+        output = [item] if text or not calls else []
+        output.extend(_function_call(call, parser, "completed") for call in calls if parser)
+        return status, output
 
 
 class _Events:
@@ -295,30 +445,107 @@ class _Events:
         return f"event: {kind}\ndata: {payload}\n\n".encode()
 
 
-async def _stream(reply: _Reply, run: Run) -> AsyncIterator[bytes]:
-    event = _Events()
-    where = {"item_id": reply.item_id, "output_index": 0, "content_index": 0}
+class _Streamer:
+    """The events of a streamed response: output items opened and closed in order."""
+
+    def __init__(self, reply: _Reply, parser: ToolParser | None) -> None:
+        self.reply = reply
+        self.parser = parser
+        self.event = _Events()
+        self.output: list[dict[str, Any]] = []
+        self.calls = 0
+        # The message item open now: its id, its text and logprobs.
+        self.message: str | None = None
+        self.parts: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.message, "output_index": len(self.output), "content_index": 0}
+
+    def open(self) -> Iterator[bytes]:
+        """Opens a message item unless one is open."""
+        if self.message is not None:
+            return
+        self.message = self.reply.item_id if not self.output else f"msg_{uuid.uuid4().hex}"
+        yield self.event(
+            "response.output_item.added",
+            output_index=len(self.output),
+            item=_item(self.message, "in_progress", []),
+        )
+        yield self.event("response.content_part.added", **self._where(), part=_text_part(""))
+
+    def text(self, text: str, entries: list[dict[str, Any]]) -> Iterator[bytes]:
+        yield from self.open()
+        self.parts.append(text)
+        self.logprobs.extend(entries)
+        yield self.event(
+            "response.output_text.delta", **self._where(), delta=text, logprobs=entries
+        )
+
+    def close(self, status: str) -> Iterator[bytes]:
+        """Closes the open message item, if any."""
+        if self.message is None:
+            return
+        text = "".join(self.parts)
+        item = _item(self.message, status, [_text_part(text, self.logprobs)])
+        where = self._where()
+        yield self.event("response.output_text.done", **where, text=text, logprobs=self.logprobs)
+        yield self.event(
+            "response.content_part.done", **where, part=_text_part(text, self.logprobs)
+        )
+        yield self.event("response.output_item.done", output_index=len(self.output), item=item)
+        self.output.append(item)
+        self.message, self.parts, self.logprobs = None, [], []
+
+    def call(self, call: ToolCall) -> Iterator[bytes]:
+        """A call as a function_call item: added, its arguments in one delta, done."""
+        if self.parser is None or (self.calls and self.reply.body.parallel_tool_calls is False):
+            return
+        self.calls += 1
+        yield from self.close("completed")
+        item = _function_call(call, self.parser, "in_progress")
+        arguments = item["arguments"]
+        index = len(self.output)
+        yield self.event(
+            "response.output_item.added", output_index=index, item={**item, "arguments": ""}
+        )
+        where = {"item_id": item["id"], "output_index": index}
+        yield self.event("response.function_call_arguments.delta", **where, delta=arguments)
+        yield self.event("response.function_call_arguments.done", **where, arguments=arguments)
+        done = {**item, "status": "completed"}
+        yield self.event("response.output_item.done", output_index=index, item=done)
+        self.output.append(done)
+
+
+async def _stream(reply: _Reply, run: Run, parser: ToolParser | None) -> AsyncIterator[bytes]:
+    out = _Streamer(reply, parser)
+    event = out.event
     yield event("response.created", response=reply.object("in_progress", []))
     yield event("response.in_progress", response=reply.object("in_progress", []))
-    yield event(
-        "response.output_item.added",
-        output_index=0,
-        item=_item(reply.item_id, "in_progress", []),
-    )
-    yield event("response.content_part.added", **where, part=_text_part(""))
-    parts: list[str] = []
-    logprobs: list[dict[str, Any]] = []
+    if parser is None:
+        for chunk in out.open():
+            yield chunk
+    # Log probabilities of output held back by the parser go with the next text.
+    held: list[dict[str, Any]] = []
     end: Finished | None = None
     try:
         async for step in run:
             if isinstance(step, Delta):
-                if step.text or step.logprobs:
-                    parts.append(step.text)
-                    entries = _logprobs(step.logprobs) if reply.body.logprobs else []
-                    logprobs.extend(entries)
-                    yield event(
-                        "response.output_text.delta", **where, delta=step.text, logprobs=entries
-                    )
+                entries = _logprobs(step.logprobs) if reply.body.logprobs else []
+                if parser is None:
+                    if step.text or step.logprobs:
+                        for chunk in out.text(step.text, entries):
+                            yield chunk
+                    continue
+                held.extend(entries)
+                found, text = parser.add(step.text)
+                if text:
+                    for chunk in out.text(text, held):
+                        yield chunk
+                    held = []
+                for call in found:
+                    for chunk in out.call(call):
+                        yield chunk
             else:
                 end = step
         if end is None:
@@ -329,13 +556,15 @@ async def _stream(reply: _Reply, run: Run) -> AsyncIterator[bytes]:
         failed = reply.object("failed", [_item(reply.item_id, "incomplete", [])], error=error)
         yield event("response.failed", response=failed)
         return
-    text = "".join(parts)
-    status, item = reply.finished(text, logprobs, end)
-    yield event("response.output_text.done", **where, text=text, logprobs=logprobs)
-    yield event("response.content_part.done", **where, part=_text_part(text, logprobs))
-    yield event("response.output_item.done", output_index=0, item=item)
+    rest = parser.finish() if parser is not None else ""
+    if rest or not out.output:
+        for chunk in out.text(rest, held) if rest else out.open():
+            yield chunk
+    status = "completed" if out.calls or end.finish_reason == "stop" else "incomplete"
+    for chunk in out.close(status):
+        yield chunk
     kind = "response.completed" if status == "completed" else "response.incomplete"
-    yield event(kind, response=reply.object(status, [item], end))
+    yield event(kind, response=reply.object(status, out.output, end))
 
 
 def build_router(api_token: str | None) -> APIRouter:
@@ -358,15 +587,17 @@ def build_router(api_token: str | None) -> APIRouter:
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
         )
-        prompt = state.prompts.chat(body.messages())
+        messages = body.messages()
+        offered, parser = body.offered(state)
+        prompt = state.prompts.chat(messages, tools=offered or None)
         run = await _start(state, ROUTE, prompt, params)
         reply = _Reply(body)
         if body.stream:
-            return StreamingResponse(_stream(reply, run), media_type=SSE)
+            return StreamingResponse(_stream(reply, run, parser), media_type=SSE)
         out = await run.collect(request)
         logprobs = _logprobs(out.logprobs) if body.logprobs else []
-        status, item = reply.finished(out.text, logprobs, out.end)
-        return reply.object(status, [item], out.end)
+        status, output = reply.output(out.text, logprobs, out.end, parser)
+        return reply.object(status, output, out.end)
 
     @router.get("/responses/{response_id}")
     @router.delete("/responses/{response_id}")
