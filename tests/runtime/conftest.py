@@ -176,3 +176,24 @@ def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(tmp_path_factory.mktemp("onnx"), onnx_config())
     yield server
     server.stop(signal.SIGKILL)
+
+
+OLLAMA_ORACLES_SETUP = (
+    Path(__file__).resolve().parents[2] / "hack" / "setup.d" / "40-ollama-oracles.sh"
+)
+"""Builds the oracles (hack/ollama-template-oracle, hack/ollama-tools-oracle); idempotent."""
+
+
+def ollama_pin(oracle_src: Path) -> str:
+    """The github.com/ollama/ollama version an oracle's go.mod pins."""
+    for line in (oracle_src / "go.mod").read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["require", "github.com/ollama/ollama"]:
+            return words[2]
+    raise RuntimeError(f"no github.com/ollama/ollama pin in {oracle_src / 'go.mod'}")
+
+
+def ollama_oracle(oracle_src: Path) -> Path:
+    """Where the setup script caches the oracle built from ``oracle_src``."""
+    name = oracle_src.name
+    return Path.home() / ".cache" / "slm-operator" / "bin" / f"{name}-{ollama_pin(oracle_src)}"

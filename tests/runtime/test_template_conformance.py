@@ -26,25 +26,15 @@ from typing import Any
 import pytest
 from slm_runtime.template import TemplateError, render_template
 
+from tests.runtime.conftest import OLLAMA_ORACLES_SETUP, ollama_oracle, ollama_pin
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 ORACLE_SRC = ROOT / "hack" / "ollama-template-oracle"
-SETUP = ROOT / "hack" / "setup.d" / "40-ollama-oracles.sh"
-
-
-def _pinned_version() -> str:
-    for line in (ORACLE_SRC / "go.mod").read_text().splitlines():
-        words = line.split()
-        if words[:2] == ["require", "github.com/ollama/ollama"]:
-            return words[2]
-    raise RuntimeError(f"no github.com/ollama/ollama pin in {ORACLE_SRC / 'go.mod'}")
-
-
-OLLAMA_VERSION = _pinned_version()
-ORACLE = (
-    Path.home() / ".cache" / "slm-operator" / "bin" / f"ollama-template-oracle-{OLLAMA_VERSION}"
-)
+SETUP = OLLAMA_ORACLES_SETUP
+OLLAMA_VERSION = ollama_pin(ORACLE_SRC)
+ORACLE = ollama_oracle(ORACLE_SRC)
 
 
 @cache

@@ -21,6 +21,7 @@ import pytest
 from slm_runtime.prompt import PromptBuilder
 from slm_runtime.tools import ToolCall, ToolParser
 
+from tests.runtime.conftest import OLLAMA_ORACLES_SETUP, ollama_oracle
 from tests.runtime.test_tools_parsing import (
     OLLAMA_CASES,
     OLLAMA_TOOLS,
@@ -34,20 +35,8 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "hack" / "ollama-tools-oracle"
-SETUP = ROOT / "hack" / "setup.d" / "40-ollama-oracles.sh"
-
-
-def _pinned_version() -> str:
-    for line in (SRC / "go.mod").read_text().splitlines():
-        words = line.split()
-        if words[:2] == ["require", "github.com/ollama/ollama"]:
-            return words[2]
-    raise RuntimeError(f"no github.com/ollama/ollama pin in {SRC / 'go.mod'}")
-
-
-ORACLE = (
-    Path.home() / ".cache" / "slm-operator" / "bin" / f"ollama-tools-oracle-{_pinned_version()}"
-)
+SETUP = OLLAMA_ORACLES_SETUP
+ORACLE = ollama_oracle(SRC)
 
 
 def _tool(name: str) -> dict[str, Any]:
