@@ -28,30 +28,26 @@ pytestmark = pytest.mark.runtime
 
 MODEL = "smollm2"
 TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures" / "tool-templates"
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
+
+
+def _city_tool(name: str, description: str) -> dict[str, Any]:
+    """A function tool that takes a city."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
-    },
-}
-TIME: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "Get the current time in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+    }
+
+
+WEATHER = _city_tool("get_weather", "Get the current weather in a city")
+TIME = _city_tool("get_time", "Get the current time in a city")
 # The shape of a call to get_weather, as a JSON schema for the request's structured output.
 CALL_SCHEMA: dict[str, Any] = {
     "type": "object",
