@@ -71,6 +71,7 @@ class RuntimeState:
         json_schema: dict[str, Any] | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        grammar: str | None = None,
     ) -> SamplingParams:
         """Engine defaults, then the configured PARAMETERs, then the request's options; logprobs
         are refused (400) where the engine cannot compute them."""
@@ -97,6 +98,7 @@ class RuntimeState:
             json_schema=json_schema,
             logprobs=logprobs,
             top_logprobs=top_logprobs if logprobs else 0,
+            grammar=grammar,
         )
 
     async def start(self, prompt: str, params: SamplingParams) -> Generation:
@@ -104,7 +106,8 @@ class RuntimeState:
         release = await self.admission.acquire()
         loop = asyncio.get_running_loop()
         try:
-            if len(prompt) <= _INLINE_PROMPT_CHARS and params.json_schema is None:
+            parses_a_grammar = params.json_schema is not None or params.grammar is not None
+            if len(prompt) <= _INLINE_PROMPT_CHARS and not parses_a_grammar:
                 generation = self.engine.generate(prompt, params, loop)
             else:
                 generation = await asyncio.to_thread(self.engine.generate, prompt, params, loop)

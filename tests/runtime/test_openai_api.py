@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import httpx
 import openai
@@ -130,6 +131,50 @@ def test_response_format_json_object(gemma_server: Server) -> None:
     )
     content = result.choices[0].message.content or ""
     assert content.lstrip().startswith(("{", "["))
+
+
+def test_a_grammar_constrains_chat_and_completions_as_llama_cpps_server_does(
+    gemma_server: Server,
+) -> None:
+    """The ``grammar`` extension (llama.cpp's server field) holds even sampled output to it."""
+    client = _client(gemma_server)
+    grammar = 'root ::= ("yes" | "no") " because " [a-z ]{3,12}'
+    for seed in range(3):
+        chat = client.chat.completions.create(
+            model="gemma",
+            messages=[{"role": "user", "content": "Is the sky blue?"}],
+            max_tokens=32,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"grammar": grammar},
+        )
+        completion = client.completions.create(
+            model="gemma",
+            prompt="Is the sky blue? Answer:",
+            max_tokens=32,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"grammar": grammar},
+        )
+        for text in (chat.choices[0].message.content or "", completion.choices[0].text):
+            assert re.fullmatch(r"(yes|no) because [a-z ]{3,12}", text), text
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"grammar": "root ::= (unclosed"}, "not valid GBNF"),
+        ({"grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar and"),
+    ],
+)
+def test_a_bad_grammar_is_a_400(gemma_server: Server, extra: dict[str, object], says: str) -> None:
+    answer = httpx.post(
+        gemma_server.url + "/v1/chat/completions",
+        json={"model": "gemma", "messages": [{"role": "user", "content": "hi"}], **extra},
+        timeout=60,
+    )
+    assert answer.status_code == 400, answer.text
+    assert says in answer.json()["error"]["message"]
 
 
 def test_embeddings_float_and_base64(gemma_server: Server) -> None:

@@ -60,6 +60,8 @@ class SamplingParams:
     """Report each generated token's log probability (``Delta.logprobs``)."""
     top_logprobs: int = 0
     """With ``logprobs``: also this many most likely tokens at each position."""
+    grammar: str | None = None
+    """A GBNF grammar (llama.cpp's) the output must match; instead of ``json_mode``."""
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,6 @@ class _Sequence:
     params: SamplingParams
     prompt: list[int]
     max_tokens: int
-    grammar: str | None = None
     slot: _Slot | None = None
     reused: int = 0
     greedy: bool = False
@@ -365,7 +364,7 @@ class LlamaCppEngine:
         max_tokens = generation_budget(len(tokens), params, self.context_length)
         if max_tokens == 0:
             return finished_at_once(loop, len(tokens))
-        grammar = None
+        grammar = params.grammar
         if params.json_mode:
             grammar = JSON_GBNF
             if params.json_schema is not None:
@@ -373,9 +372,19 @@ class LlamaCppEngine:
                     grammar = json_schema_to_gbnf(json.dumps(params.json_schema))
                 except Exception as exc:
                     raise EngineError(f"the JSON schema in format is not usable: {exc}") from exc
+        grammar_sampler = None
+        if grammar is not None:
+            # Parsed here, not in the decode loop, so that a grammar llama.cpp refuses is the
+            # request's error (400) before it takes a slot.
+            grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, grammar.encode(), b"root"
+            )
+            if not grammar_sampler:
+                what = "grammar" if params.grammar is not None else "JSON grammar"
+                raise EngineError(f"llama.cpp refuses the {what}: it is not valid GBNF")
         generation = Generation(loop, prompt_tokens=len(tokens))
         sequence = _Sequence(
-            grammar=grammar,
+            grammar_sampler=grammar_sampler,
             generation=generation,
             params=params,
             prompt=tokens,
@@ -383,6 +392,8 @@ class LlamaCppEngine:
             stop=StopMatcher(params.stop),
         )
         if self._closed:
+            if grammar_sampler is not None:
+                llama_cpp.llama_sampler_free(grammar_sampler)
             raise EngineError("the engine is shutting down")
         self._incoming.put(sequence)
         return generation
@@ -460,19 +471,12 @@ class LlamaCppEngine:
                 self._closed = True
                 return
             if seq.generation.cancelled:
+                if seq.grammar_sampler is not None:
+                    llama_cpp.llama_sampler_free(seq.grammar_sampler)
                 self._outbox.put(
                     seq.generation, Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0)
                 )
                 continue
-            if seq.grammar is not None:
-                seq.grammar_sampler = llama_cpp.llama_sampler_init_grammar(
-                    self._vocab, seq.grammar.encode(), b"root"
-                )
-                if not seq.grammar_sampler:
-                    self._outbox.put(
-                        seq.generation, EngineError("llama.cpp rejected the JSON grammar")
-                    )
-                    continue
             seq.greedy = _is_greedy(seq.params) and seq.grammar_sampler is None
             if not seq.greedy:
                 seq.sampler = self._make_sampler(seq.params)

@@ -139,6 +139,8 @@ class OnnxGenaiEngine:
         """Start a generator thread for this request."""
         if params.json_mode:
             raise UnsupportedError("format json is not supported for ONNX models")
+        if params.grammar is not None:
+            raise UnsupportedError("grammar is not supported for ONNX models")
         tokens = self.tokenize(prompt)
         if not tokens:
             raise EngineError("the prompt is empty")

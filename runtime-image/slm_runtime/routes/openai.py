@@ -106,6 +106,11 @@ class _Sampling(TopLevelBody):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    grammar: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A GBNF grammar the output must match, as llama.cpp's server takes it.",
+    )
 
     def overrides(self, max_tokens: int | None) -> dict[str, Any]:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -425,6 +430,8 @@ def build_router(api_token: str | None) -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
         state.check_model(body.model)
         json_mode, schema = _json_mode(body.response_format)
+        if json_mode and body.grammar is not None:
+            raise APIError(400, "grammar and a JSON response_format cannot be combined; send one")
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = state.sampling(
             body.overrides(max_tokens),
@@ -432,6 +439,7 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=bool(body.logprobs),
             top_logprobs=body.top(),
+            grammar=body.grammar,
         )
         messages = _chat_messages(body.messages)
         offered, parser = _offered_tools(body, state)
@@ -518,6 +526,7 @@ def build_router(api_token: str | None) -> APIRouter:
             body.overrides(body.max_tokens),
             logprobs=logprobs,
             top_logprobs=body.logprobs or 0,
+            grammar=body.grammar,
         )
         run = await _start(state, "/v1/completions", prompts[0], params)
         ident = f"cmpl-{uuid.uuid4().hex}"
