@@ -7,8 +7,14 @@ import json
 import re
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urldefrag, urljoin
+
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
+from referencing.jsonschema import DRAFT202012, specification_with
 
 # A tool that no real conversation names, rendered into the template to learn its format.
 PROBE_NAME = "probe_tool_fn"
@@ -21,10 +27,6 @@ _PROBE_ARGUMENTS = {"probe_arg": "probe value"}
 BARE_JSON = "{"
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_JSON_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
-_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
-_SCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
 _ID_CHARS = string.ascii_letters + string.digits
 
 
@@ -404,59 +406,88 @@ def _decode_object(text: str, quote: str) -> Any:
         return _decode_quoted(text, quote) if quote else None
 
 
-def _schema_problem(schema: Any, path: str) -> str | None:
-    """Why a JSON Schema is malformed in its structure (types of its keywords), or None."""
-    if isinstance(schema, bool):
-        return None
-    if not isinstance(schema, dict):
-        return f"{path} must be a JSON Schema object"
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        if not kinds or any(not isinstance(k, str) or k not in _JSON_TYPES for k in kinds):
-            return f"{path}.type must be one of {sorted(_JSON_TYPES)} or a list of them"
-    required = schema.get("required")
-    if required is not None and (
-        not isinstance(required, list)
-        or any(not isinstance(r, str) for r in required)
-        or len(set(required)) != len(required)
-    ):
-        return f"{path}.required must be a list of distinct strings"
-    enum = schema.get("enum")
-    if enum is not None and not isinstance(enum, list):
-        return f"{path}.enum must be an array"
-    for key in ("description", "title", "$ref", "pattern", "format"):
-        if key in schema and not isinstance(schema[key], str):
-            return f"{path}.{key} must be a string"
-    for key in _SCHEMA_MAPS:
-        if key in schema:
-            members = schema[key]
-            if not isinstance(members, dict):
-                return f"{path}.{key} must be an object of schemas"
-            for member, sub in members.items():
-                problem = _schema_problem(sub, f"{path}.{key}.{member}")
-                if problem:
-                    return problem
-    for key in _SCHEMA_LISTS:
-        if key in schema:
-            items = schema[key]
-            if not isinstance(items, list) or not items:
-                return f"{path}.{key} must be a non-empty array of schemas"
-            for i, sub in enumerate(items):
-                problem = _schema_problem(sub, f"{path}.{key}.{i}")
-                if problem:
-                    return problem
-    for key in _SCHEMA_ONE:
-        if key in schema:
-            problem = _schema_problem(schema[key], f"{path}.{key}")
-            if problem:
-                return problem
+def _at(path: str, where: Iterable[str | int]) -> str:
+    """A path inside a tool's parameters, as the error messages write it."""
+    for part in where:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _metaschema_problem(schema: dict[str, Any], path: str) -> str | None:
+    """Why a JSON Schema does not validate against its metaschema (the one its ``$schema``
+    names, else draft 2020-12), at which keyword, or None."""
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as error:
+        message, shown = error.message, repr(error.instance)
+        # The message starts with the offending value, which may be a large object.
+        if len(shown) > 60 and message.startswith(shown):
+            message = shown[:57] + "..." + message[len(shown) :]
+        return f"{_at(path, error.absolute_path)}: {message}"
     return None
+
+
+def _remote_reference(schema: dict[str, Any], path: str) -> str | None:
+    """Why a JSON Schema refers outside itself (a ``$ref`` the server would have to fetch),
+    or None: a reference must be a fragment (``#/$defs/...``) or name a ``$id`` inside it."""
+    spec = specification_with(str(schema.get("$schema", "")), default=DRAFT202012)
+    ids: set[str] = set()
+    refs: list[tuple[str, str, str]] = []
+
+    def walk(node: Any, base: str, where: list[str | int], parent: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        if parent is not None:
+            where = where + _key_of(parent, node)
+        ident = spec.id_of(node)
+        if ident:
+            base = urljoin(base, ident)
+            ids.add(urldefrag(base).url)
+        for key in ("$ref", "$dynamicRef"):
+            if isinstance(node.get(key), str):
+                refs.append((node[key], base, _at(path, [*where, key])))
+        for sub in spec.subresources_of(node):
+            walk(sub, base, where, node)
+
+    walk(schema, "", [], None)
+    for ref, base, at in refs:
+        if not ref.startswith("#") and urldefrag(urljoin(base, ref)).url not in ids:
+            return f"{at}: {ref!r} is outside the schema; references are not fetched"
+    return None
+
+
+def _key_of(parent: dict[str, Any], child: Any) -> list[str | int]:
+    """The keys that lead from a schema to one of its subschemas (``properties.city``)."""
+    for key, value in parent.items():
+        if value is child:
+            return [key]
+        members: Iterable[tuple[str | int, Any]] = ()
+        if isinstance(value, dict):
+            members = value.items()
+        elif isinstance(value, list):
+            members = enumerate(value)
+        for member, item in members:
+            if item is child:
+                return [key, member]
+    return []
+
+
+def _parameters_problem(parameters: Any, path: str) -> str | None:
+    """Why a tool's ``parameters`` are refused: not a valid JSON Schema, not an object schema
+    at the top, or referring to schemas that would have to be fetched; or None."""
+    if not isinstance(parameters, dict):
+        return f"{path} must be an object schema, such as {{'type': 'object', 'properties': ...}}"
+    problem = _metaschema_problem(parameters, path)
+    if problem:
+        return f"{problem} (the parameters are not a valid JSON Schema)"
+    if parameters.get("type", "object") != "object":
+        return f"{path}.type must be 'object': a function takes an object of named arguments"
+    return _remote_reference(parameters, path)
 
 
 def check_tools(tools: list[dict[str, Any]], where: str = "tools") -> list[str]:
     """The tools' names, after checking each is a function with a valid name and parameters
-    that are a JSON Schema in structure; ``ValueError`` says what is wrong."""
+    that are a valid JSON Schema of an object; ``ValueError`` says what is wrong."""
     names: list[str] = []
     for i, tool in enumerate(tools):
         at = f"{where}[{i}]"
@@ -478,8 +509,8 @@ def check_tools(tools: list[dict[str, Any]], where: str = "tools") -> list[str]:
             raise ValueError(f"{at}.function.description must be a string")
         parameters = function.get("parameters")
         if parameters is not None:
-            problem = _schema_problem(parameters, f"{at}.function.parameters")
+            problem = _parameters_problem(parameters, f"{at}.function.parameters")
             if problem:
-                raise ValueError(f"{problem} (the parameters are not a valid JSON Schema)")
+                raise ValueError(problem)
         names.append(name)
     return names

@@ -558,6 +558,22 @@ TOOLS_REFUSED: list[tuple[dict[str, Any], str]] = [
         {"tools": [{"type": "function", "name": "f", "parameters": {"type": "dictionary"}}]},
         "not a valid JSON Schema",
     ),
+    (
+        {
+            "tools": [
+                {
+                    "type": "function",
+                    "name": "f",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "strin"}}},
+                }
+            ]
+        },
+        "tools[0].parameters.properties.city.type: 'strin' is not valid under any of the given",
+    ),
+    (
+        {"tools": [{"type": "function", "name": "f", "parameters": {"$ref": "https://e.com/s"}}]},
+        "tools[0].parameters.$ref: 'https://e.com/s' is outside the schema",
+    ),
     ({"tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name"),
     ({"tools": [{"type": "function"}]}, "tools[0].name"),
     ({"tools": [RESPONSES_WEATHER, {"type": "web_search"}]}, "built-in tools (web_search)"),

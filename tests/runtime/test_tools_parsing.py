@@ -10,6 +10,7 @@ tools/tools_test.go, with the same inputs and expected content and calls.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -419,6 +420,14 @@ def test_ollama_parser_cases(
     assert [c.index for c in got_calls] == list(range(len(calls)))
 
 
+def _with_parameters(parameters: Any) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+
+
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
 @pytest.mark.parametrize(
     ("tools", "message"),
     [
@@ -426,35 +435,76 @@ def test_ollama_parser_cases(
         ([{"type": "function", "function": {"name": "has space"}}], "function.name"),
         ([{"type": "function"}], "function must be an object"),
         (
-            [{"type": "function", "function": {"name": "f", "parameters": {"type": "thing"}}}],
-            "not a valid JSON Schema",
+            _with_parameters({"type": "thing"}),
+            "tools[0].function.parameters.type: 'thing' is not valid under any of the given "
+            "schemas (the parameters are not a valid JSON Schema)",
         ),
         (
-            [
-                {
-                    "type": "function",
-                    "function": {"name": "f", "parameters": {"type": "object", "required": "x"}},
-                }
-            ],
-            "required must be a list",
+            _with_parameters(_object(city={"type": "strin"})),
+            "tools[0].function.parameters.properties.city.type: 'strin' is not valid under any "
+            "of the given schemas",
         ),
         (
-            [
+            _with_parameters({"type": "object", "required": "x"}),
+            "tools[0].function.parameters.required: 'x' is not of type 'array'",
+        ),
+        (
+            _with_parameters(_object(x=3)),
+            "tools[0].function.parameters.properties.x: 3 is not of type 'object', 'boolean'",
+        ),
+        (
+            _with_parameters(_object(x={"anyOf": [{"type": "string"}, {"minLength": -1}]})),
+            "tools[0].function.parameters.properties.x.anyOf[1].minLength: -1 is less than the "
+            "minimum of 0",
+        ),
+        (
+            _with_parameters(_object(x={"type": "string", "pattern": "("})),
+            "tools[0].function.parameters.properties.x.pattern: '(' is not a 'regex'",
+        ),
+        (
+            _with_parameters(_object(x={"type": "object", "properties": list(range(100))})),
+            "tools[0].function.parameters.properties.x.properties: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9,"
+            " 10, 11, 12, 13, 14, 15, 16... is not of type 'object'",
+        ),
+        (
+            # The metaschema the schema names: draft 4 wants a non-empty `required`.
+            _with_parameters(
+                {"$schema": "http://json-schema.org/draft-04/schema#", "required": []}
+            ),
+            "tools[0].function.parameters.required: [] should be non-empty",
+        ),
+        (_with_parameters(True), "tools[0].function.parameters must be an object schema"),
+        (_with_parameters("object"), "tools[0].function.parameters must be an object schema"),
+        (
+            _with_parameters({"type": "string"}),
+            "tools[0].function.parameters.type must be 'object'",
+        ),
+        (
+            _with_parameters(_object(x={"$ref": "https://example.com/city.json"})),
+            "tools[0].function.parameters.properties.x.$ref: 'https://example.com/city.json' "
+            "is outside the schema; references are not fetched",
+        ),
+        (
+            _with_parameters(_object(x={"items": {"$ref": "city.json#/$defs/name"}})),
+            "tools[0].function.parameters.properties.x.items.$ref: 'city.json#/$defs/name' is "
+            "outside the schema",
+        ),
+        (
+            _with_parameters(
                 {
-                    "type": "function",
-                    "function": {
-                        "name": "f",
-                        "parameters": {"type": "object", "properties": {"x": 3}},
-                    },
+                    "$schema": "http://json-schema.org/draft-07/schema#",
+                    **_object(x={"items": [{"$ref": "http://example.com/a"}]}),
                 }
-            ],
-            "properties.x must be a JSON Schema",
+            ),
+            "tools[0].function.parameters.properties.x.items[0].$ref: 'http://example.com/a'",
         ),
         ([WEATHER, WEATHER], "named twice"),
     ],
 )
 def test_bad_tools_are_refused(tools: list[dict[str, Any]], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    """Parameters are checked against the JSON Schema metaschema (draft 2020-12 unless they name
+    another); the message names the tool and the keyword."""
+    with pytest.raises(ValueError, match=re.escape(message)):
         check_tools(tools)
 
 
@@ -463,6 +513,27 @@ def test_good_tools_pass() -> None:
         "get_weather",
         "ping",
     ]
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {},
+        {"type": "object", "properties": {"x": True}, "additionalProperties": False},
+        {"$defs": {"city": {"type": "string"}}, **_object(x={"$ref": "#/$defs/city"})},
+        # References to a `$id` inside the schema are not remote.
+        {
+            "$id": "https://example.com/root.json",
+            "$defs": {"city": {"$id": "city.json", "type": "string"}},
+            **_object(x={"$ref": "city.json"}, y={"$ref": "https://example.com/root.json#"}),
+        },
+        # A `$ref` inside a value (const, default, enum) is data, not a reference.
+        _object(x={"const": {"$ref": "https://example.com/a"}}),
+        {"$schema": "http://json-schema.org/draft-07/schema#", **_object(x={"items": [{}]})},
+    ],
+)
+def test_valid_parameters_pass(parameters: dict[str, Any]) -> None:
+    assert check_tools(_with_parameters(parameters)) == ["f"]
 
 
 # A chat template in FunctionGemma's notation (`<start_function_declaration>` tools, calls as
