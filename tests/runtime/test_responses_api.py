@@ -16,7 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.runtime.conftest import Server, start_server
-from tests.runtime.test_tools_api import CALL_SCHEMA, TIME, WEATHER
+from tests.runtime.test_tools_api import CALL_SCHEMA, TIME, TWO_CALLS, WEATHER
 from tests.runtime.test_tools_api import TEMPLATE as TOOL_TEMPLATES
 from tests.runtime.test_tools_api import _config as tools_config
 
@@ -282,6 +282,11 @@ REFUSED: list[tuple[dict[str, Any], int, str]] = [
     ({"tool_choice": "required"}, 400, "tool_choice"),
     ({"max_output_tokens": 15}, 400, "max_output_tokens"),
     ({"max_output_tokens": "20"}, 400, "max_output_tokens"),
+    ({"max_tool_calls": 0}, 400, "Invalid 'max_tool_calls': integer below minimum value"),
+    ({"max_tool_calls": -1}, 400, "max_tool_calls"),
+    ({"max_tool_calls": 1.5}, 400, "max_tool_calls"),
+    ({"max_tool_calls": "2"}, 400, "max_tool_calls"),
+    ({"max_tool_calls": True}, 400, "max_tool_calls"),
     ({"temperature": 3}, 400, "temperature"),
     ({"input": ""}, 400, "input"),
     ({"input": []}, 400, "input"),
@@ -651,3 +656,56 @@ def test_streamed_text_with_tools_is_one_message_item(tools_server: Server) -> N
     text = "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
     assert final["output"][0]["content"][0]["text"] == text
     assert text
+
+
+@pytest.fixture(scope="module")
+def listing(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SmolLM2 with a TEMPLATE whose calls are a bare JSON list (so several fit in one answer)."""
+    template = (TOOL_TEMPLATES / "chatml-json-list.gotmpl").read_text(encoding="utf-8")
+    started = start_server(
+        tmp_path_factory.mktemp("responses-list"), tools_config(smollm2_gguf, template)
+    )
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("fields", "calls"),
+    [
+        ({}, 2),
+        ({"max_tool_calls": 2}, 2),
+        ({"max_tool_calls": 1}, 1),
+        ({"max_tool_calls": 5, "parallel_tool_calls": False}, 1),
+    ],
+)
+def test_max_tool_calls_caps_the_function_calls(
+    listing: Server, fields: dict[str, Any], calls: int
+) -> None:
+    """The output, streamed or not, holds at most ``max_tool_calls`` function_call items (the
+    model writes two), and the response echoes the limit."""
+    body = {
+        "model": MODEL,
+        "input": "What is the weather in Paris and in Rome?",
+        "tools": [RESPONSES_WEATHER],
+        "text": {"format": {"type": "json_schema", "name": "calls", "schema": TWO_CALLS}},
+        "temperature": 0,
+        "max_output_tokens": 80,
+        **fields,
+    }
+    answer = _raw(listing, body)
+    assert answer.status_code == 200, answer.text
+    result = Response.model_validate(answer.json(), strict=True)
+    assert result.status == "completed"
+    assert result.max_tool_calls == fields.get("max_tool_calls")
+    assert [item.type for item in result.output] == ["function_call"] * calls
+    events = _sse(_raw(listing, {**body, "stream": True}).text)
+    for name, data in events:
+        assert data["type"] == name
+        EVENTS.validate_python(data, strict=True)
+    assert [name for name, _ in events].count("response.function_call_arguments.done") == calls
+    final = events[-1][1]["response"]
+    assert final["status"] == "completed"
+    assert [item["type"] for item in final["output"]] == ["function_call"] * calls
+    assert [json.loads(item["arguments"]) for item in final["output"]] == [
+        json.loads(item.arguments) for item in result.output if item.type == "function_call"
+    ]

@@ -82,6 +82,7 @@ class ResponseRequest(TopLevelBody):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = None
     include: list[str] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     truncation: Literal["auto", "disabled"] | None = None
@@ -118,6 +119,13 @@ class ResponseRequest(TopLevelBody):
                 f">= {MIN_OUTPUT_TOKENS}, but got {self.max_output_tokens} instead.",
                 code="integer_below_min_value",
             )
+        if self.max_tool_calls is not None and self.max_tool_calls < 1:
+            raise APIError(
+                400,
+                "Invalid 'max_tool_calls': integer below minimum value. Expected a value >= 1, "
+                f"but got {self.max_tool_calls} instead.",
+                code="integer_below_min_value",
+            )
         unknown = [item for item in self.include or () if item not in _INCLUDABLE]
         if unknown:
             raise APIError(400, f"include: {', '.join(unknown)} is not supported")
@@ -129,6 +137,13 @@ class ResponseRequest(TopLevelBody):
             )
         if self.text and self.text.verbosity not in (None, "medium"):
             raise APIError(400, "text.verbosity: the model has no verbosity control")
+
+    @property
+    def call_limit(self) -> int | None:
+        """The most function calls a response answers: ``max_tool_calls``, one without
+        ``parallel_tool_calls``; None for no limit."""
+        limits = [self.max_tool_calls, 1 if self.parallel_tool_calls is False else None]
+        return min((limit for limit in limits if limit is not None), default=None)
 
     @property
     def logprobs(self) -> bool:
@@ -387,6 +402,7 @@ class _Reply:
             else None,
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": body.max_tool_calls,
             "model": body.model,
             "output": output,
             "parallel_tool_calls": body.parallel_tool_calls is not False,
@@ -425,8 +441,7 @@ class _Reply:
         calls: list[ToolCall] = []
         if parser is not None:
             calls, text = parser.parse(text)
-            if self.body.parallel_tool_calls is False:
-                calls = calls[:1]
+            calls = calls[: self.body.call_limit]
         status, item = self.finished(text, logprobs, end, bool(calls))
         output = [item] if text or not calls else []
         output.extend(_function_call(call, parser, "completed") for call in calls if parser)
@@ -499,7 +514,8 @@ class _Streamer:
 
     def call(self, call: ToolCall) -> Iterator[bytes]:
         """A call as a function_call item: added, its arguments in one delta, done."""
-        if self.parser is None or (self.calls and self.reply.body.parallel_tool_calls is False):
+        limit = self.reply.body.call_limit
+        if self.parser is None or (limit is not None and self.calls >= limit):
             return
         self.calls += 1
         yield from self.close("completed")
