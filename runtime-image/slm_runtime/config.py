@@ -133,7 +133,10 @@ class _Camel(BaseModel):
     )
 
 
-StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_STOP_SEQUENCES = 16
+"""The most stop sequences a configuration or a request (either API) may give."""
+MAX_STOP_CHARS = 256
+StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class ModelParameters(_Camel):
@@ -185,7 +188,7 @@ class ModelParameters(_Camel):
         default=None, ge=0, le=2**32 - 1, description="Random seed for reproducible sampling."
     )
     stop: list[StopSequence] | None = Field(
-        default=None, max_length=16, description="Sequences that end generation."
+        default=None, max_length=MAX_STOP_SEQUENCES, description="Sequences that end generation."
     )
     num_thread: int | None = Field(
         default=None,

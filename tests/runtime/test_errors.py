@@ -269,6 +269,25 @@ CASES = [
             ("num_thread other than loaded", b'"num_thread": 7', "options.num_thread"),
         ]
     ],
+    *[
+        Bad(
+            f"openai {name} on {path}",
+            "POST",
+            path,
+            400,
+            message,
+            {"model": "gemma", "stop": stop, "max_tokens": 2}
+            | ({"messages": USER} if path.endswith("chat/completions") else {"prompt": "hi"}),
+        )
+        for path in ("/v1/chat/completions", "/v1/completions")
+        for name, stop, message in [
+            ("empty stop", "", "stop: a stop sequence must not be empty"),
+            ("empty stop in a list", ["\n", ""], "stop.1: a stop sequence must not be empty"),
+            ("stop list too long", ["s"] * 17, "stop: at most 16 sequences"),
+            ("stop too long", ["s" * 257], "stop.0: a stop sequence has at most 256 characters"),
+            ("stop not text", [1], "stop"),
+        ]
+    ],
     Bad(
         "num_thread on embed",
         "POST",

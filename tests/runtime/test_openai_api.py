@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.runtime.conftest import Server
+from tests.runtime.conftest import Server, gemma_config
 
 pytestmark = pytest.mark.runtime
 
@@ -101,6 +103,26 @@ def test_completions_max_tokens_and_stop(gemma_server: Server) -> None:
         stream=True,
     )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text
+
+
+def test_an_empty_stop_list_keeps_the_configured_stop(
+    gemma_gguf: Path, gemma_server: Server, server_factory: Callable[..., Server]
+) -> None:
+    """``stop: []`` (as some clients send by default) gives no sequences of its own, so the
+    LocalModel's ``parameters.stop`` still ends the answer; sixteen sequences are accepted."""
+    prompt = {"model": "gemma", "prompt": "The days of the week are Monday,", "max_tokens": 12}
+    free = _client(gemma_server).completions.create(**prompt, temperature=0)
+    text = free.choices[0].text
+    words = [w.strip(",. ") for w in text.split() if len(w.strip(",. ")) > 2]
+    assert words, text
+    parameters = {"contextLength": 1024, "numThread": 2, "temperature": 0, "stop": [words[0]]}
+    configured = _client(server_factory(gemma_config(gemma_gguf, parameters=parameters)))
+    for stop in (None, []):
+        stopped = configured.completions.create(**prompt, stop=stop)
+        assert stopped.choices[0].finish_reason == "stop"
+        assert stopped.choices[0].text == text[: text.index(words[0])]
+    many = configured.completions.create(**prompt, stop=[f"<stop {n}>" for n in range(16)])
+    assert many.choices[0].text == text
 
 
 def test_seed_makes_sampling_reproducible(gemma_server: Server) -> None:

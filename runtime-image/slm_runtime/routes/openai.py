@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
     Delta,
@@ -112,10 +113,25 @@ class _Sampling(TopLevelBody):
         description="A GBNF grammar the output must match, as llama.cpp's server takes it.",
     )
 
+    def stops(self) -> list[str] | None:
+        """``stop`` as a list, checked as ``parameters.stop`` is; an empty list is no list."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or None
+        if stop is None:
+            return None
+        if len(stop) > MAX_STOP_SEQUENCES:
+            raise APIError(400, f"stop: at most {MAX_STOP_SEQUENCES} sequences")
+        for index, sequence in enumerate(stop):
+            where = "stop" if isinstance(self.stop, str) else f"stop.{index}"
+            if not sequence:
+                raise APIError(400, f"{where}: a stop sequence must not be empty")
+            if len(sequence) > MAX_STOP_CHARS:
+                raise APIError(
+                    400, f"{where}: a stop sequence has at most {MAX_STOP_CHARS} characters"
+                )
+        return stop
+
     def overrides(self, max_tokens: int | None) -> dict[str, Any]:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        if stop is not None and len(stop) > 16:
-            raise APIError(400, "stop: at most 16 sequences")
+        stop = self.stops()
         return {
             "max_tokens": max_tokens,
             "temperature": self.temperature,
