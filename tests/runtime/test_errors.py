@@ -305,12 +305,21 @@ CASES = [
         {"model": "gemma", "prompt": "word " * 200, "stream": False, "options": {"num_ctx": 128}},
     ),
     Bad(
-        "embed input longer than the request's num_ctx",
+        "embed input longer than the request's num_ctx, not truncated",
         "POST",
         "/api/embed",
         400,
-        "context window is 128",
-        {"model": "gemma", "input": "word " * 200, "options": {"num_ctx": 128}},
+        "the input length exceeds the context length: an input is 202 tokens but the context "
+        "window is 128",
+        {"model": "gemma", "input": "word " * 200, "options": {"num_ctx": 128}, "truncate": False},
+    ),
+    Bad(
+        "legacy embeddings input longer than the request's num_ctx",
+        "POST",
+        "/api/embeddings",
+        400,
+        "the input length exceeds the context length",
+        {"model": "gemma", "prompt": "word " * 200, "options": {"num_ctx": 128}},
     ),
 ]
 

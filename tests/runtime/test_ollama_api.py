@@ -150,6 +150,36 @@ def test_embed_and_legacy_embeddings(gemma_server: Server) -> None:
     assert math.isclose(math.sqrt(sum(x * x for x in short)), 1.0, rel_tol=1e-3)
 
 
+def test_embed_truncates_a_long_input_unless_told_not_to(gemma_server: Server) -> None:
+    """As Ollama: with ``truncate`` (the default) an input longer than the context (the loaded
+    one, or ``num_ctx``) is cut to it; with ``truncate: false`` it is a 400."""
+    client = ollama.Client(host=gemma_server.url)
+    window = {"num_ctx": 128}
+    long, longer, short = "word " * 200, "word " * 300, "word " * 50
+    cut = client.embed(model="gemma", input=[long, longer], options=window)
+    assert cut.prompt_eval_count == 2 * 128
+    # Both are cut to the same first 128 tokens.
+    assert cut.embeddings[0] == cut.embeddings[1]
+    assert cut.embeddings[0] != client.embed(model="gemma", input=short).embeddings[0]
+    explicit = client.embed(model="gemma", input=long, options=window, truncate=True)
+    assert explicit.embeddings[0] == cut.embeddings[0]
+    loaded = client.embed(model="gemma", input="word " * 1500)
+    assert loaded.prompt_eval_count == 1024
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(model="gemma", input=["a cat", long], options=window, truncate=False)
+    assert refused.value.status_code == 400
+    raw = httpx.post(
+        gemma_server.url + "/api/embed",
+        json={"model": "gemma", "input": long, "options": window, "truncate": False},
+        timeout=60,
+    )
+    assert raw.status_code == 400
+    assert raw.json() == {
+        "error": "the input length exceeds the context length: an input is 202 tokens but the "
+        "context window is 128"
+    }
+
+
 def test_tags_show_ps_version(gemma_server: Server) -> None:
     client = ollama.Client(host=gemma_server.url)
     tags = client.list()

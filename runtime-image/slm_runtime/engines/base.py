@@ -243,10 +243,11 @@ class Engine(Protocol):
         ...
 
     def embed(
-        self, texts: list[str], *, context_length: int | None = None
+        self, texts: list[str], *, context_length: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings for each text, and the number of tokens read (blocking);
-        ``context_length`` (at most the loaded one) bounds each text."""
+        ``context_length`` (at most the loaded one) bounds each text: a longer one is cut to it
+        with ``truncate``, else refused with ``PromptTooLongError``."""
         ...
 
     def close(self) -> None:

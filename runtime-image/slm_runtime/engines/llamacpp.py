@@ -690,7 +690,7 @@ class LlamaCppEngine:
     # --- embeddings ---
 
     def embed(
-        self, texts: list[str], *, context_length: int | None = None
+        self, texts: list[str], *, context_length: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings from a second context on the same weights, made on first use."""
         window = min(context_length or self.context_length, self.context_length)
@@ -719,9 +719,12 @@ class LlamaCppEngine:
                     if not tokens:
                         raise EngineError("an input is empty")
                     if len(tokens) > window:
-                        raise PromptTooLongError(
-                            f"an input is {len(tokens)} tokens but the context window is {window}"
-                        )
+                        if not truncate:
+                            raise PromptTooLongError(
+                                f"an input is {len(tokens)} tokens but the context window is "
+                                f"{window}"
+                            )
+                        tokens = self._truncated(tokens, window)
                     total += len(tokens)
                     llama_cpp.llama_memory_clear(memory, True)
                     for i, token in enumerate(tokens):
@@ -739,6 +742,20 @@ class LlamaCppEngine:
             finally:
                 llama_cpp.llama_batch_free(batch)
             return vectors, total
+
+    def _truncated(self, tokens: list[int], window: int) -> list[int]:
+        """The first ``window`` tokens of an input, still ending in the EOS or SEP token the
+        tokenizer adds (an embedding model may pool on it), as Ollama keeps room for it."""
+        vocab = self._vocab
+        ends = []
+        if llama_cpp.llama_vocab_get_add_eos(vocab):
+            ends.append(llama_cpp.llama_vocab_eos(vocab))
+        if llama_cpp.llama_vocab_get_add_sep(vocab):
+            ends.append(llama_cpp.llama_vocab_sep(vocab))
+        tail = 0
+        while tail < len(ends) and tokens[-1 - tail] in ends:
+            tail += 1
+        return tokens[: window - tail] + tokens[len(tokens) - tail :]
 
     def close(self) -> None:
         """Stop the decode loop (running sequences end as cancelled) and free the model."""

@@ -213,7 +213,7 @@ class OnnxGenaiEngine:
         generation.push(Finished(reason, len(tokens), produced, first - started, end - first))
 
     def embed(
-        self, texts: list[str], *, context_length: int | None = None
+        self, texts: list[str], *, context_length: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """ONNX Runtime GenAI models are generative only."""
         raise UnsupportedError("embeddings are not supported for ONNX models")

@@ -19,6 +19,7 @@ from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
     Delta,
     Finished,
+    PromptTooLongError,
     TokenChoice,
     TokenLogprob,
     UnsupportedError,
@@ -490,8 +491,10 @@ def build_router(api_token: str | None) -> APIRouter:
         )
 
     async def _embed(
-        state: RuntimeState, texts: list[str], options: Options
+        state: RuntimeState, texts: list[str], options: Options, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
+        """The vectors of ``texts`` and the tokens read; an input longer than the context is cut
+        to it with ``truncate``, else a 400 in Ollama's words."""
         if not state.engine.supports_embeddings:
             raise UnsupportedError(
                 f"embeddings are not supported for {state.engine.format.value} models"
@@ -501,8 +504,10 @@ def build_router(api_token: str | None) -> APIRouter:
         release = await state.admission.acquire()
         try:
             return await asyncio.to_thread(
-                state.engine.embed, texts, context_length=params.context_length
+                state.engine.embed, texts, context_length=params.context_length, truncate=truncate
             )
+        except PromptTooLongError as exc:
+            raise APIError(400, f"the input length exceeds the context length: {exc}") from None
         finally:
             release()
 
@@ -513,7 +518,7 @@ def build_router(api_token: str | None) -> APIRouter:
         if not texts:
             raise APIError(400, "input must not be empty")
         started = time.monotonic()
-        vectors, tokens = await _embed(state, texts, body.options)
+        vectors, tokens = await _embed(state, texts, body.options, body.truncate)
         return {
             "model": body.model,
             "embeddings": [unit_vector(vector, body.dimensions) for vector in vectors],
