@@ -416,8 +416,12 @@ def _at(path: str, where: Iterable[str | int]) -> str:
 def _metaschema_problem(schema: dict[str, Any], path: str) -> str | None:
     """Why a JSON Schema does not validate against its metaschema (the one its ``$schema``
     names, else draft 2020-12), at which keyword, or None."""
+    validator = Draft202012Validator
+    # A `$schema` that is not a string is refused by draft 2020-12's own metaschema.
+    if isinstance(schema.get("$schema", ""), str):
+        validator = validator_for(schema, default=Draft202012Validator)
     try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+        validator.check_schema(schema)
     except SchemaError as error:
         message, shown = error.message, repr(error.instance)
         # The message starts with the offending value, which may be a large object.

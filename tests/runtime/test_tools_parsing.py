@@ -473,6 +473,14 @@ def _object(**properties: Any) -> dict[str, Any]:
             ),
             "tools[0].function.parameters.required: [] should be non-empty",
         ),
+        (
+            _with_parameters({"$schema": 5, "type": "object"}),
+            "tools[0].function.parameters.$schema: 5 is not of type 'string'",
+        ),
+        (
+            _with_parameters({"$schema": ["x"], "type": "object"}),
+            "tools[0].function.parameters.$schema: ['x'] is not of type 'string'",
+        ),
         (_with_parameters(True), "tools[0].function.parameters must be an object schema"),
         (_with_parameters("object"), "tools[0].function.parameters must be an object schema"),
         (
