@@ -10,12 +10,15 @@ from typing import Any
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from slm_runtime.constrained import CallShape, shape_from_renderings, two_call_conversation
 from slm_runtime.engines.base import EngineError
 from slm_runtime.template import TemplateError, render_template
 from slm_runtime.tools import (
+    BARE_JSON,
     PROBE_NAME,
     NoToolsError,
     ToolParser,
+    call_turn,
     new_call_id,
     probe_conversations,
     probe_tools,
@@ -89,6 +92,7 @@ class PromptBuilder:
         self._tool_tag: str | None = None
         self._tool_quote = ""
         self._short_ids = False
+        self._call_shape: CallShape | None = None
         self._tool_tag_known = False
         if template is None and model_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -117,6 +121,12 @@ class PromptBuilder:
             raise NoToolsError("the template renders no tools")
         return ToolParser(tag, names, self._tool_quote, self._short_ids)
 
+    def call_shape(self) -> CallShape | None:
+        """How the template writes calls, for a grammar that constrains output to them; None
+        when it renders no tools or writes calls that are not JSON objects."""
+        self.tool_tag()
+        return self._call_shape
+
     def _probe_tool_format(self) -> None:
         question = [{"role": "user", "content": "probe question"}]
         with_call, with_texts = probe_conversations()
@@ -136,12 +146,28 @@ class PromptBuilder:
                 log.debug("a probe render without a call failed: %r", exc)
         self._tool_tag = tag_from_renderings(call, texts)
         self._tool_quote = quote_from_renderings(call, texts)
+        if not self._tool_quote:
+            self._call_shape = self._probe_call_shape(call, texts)
         openai_ids, _ = probe_conversations(new_call_id())
         try:
             self.chat(openai_ids, tools=probe_tools())
         except Exception as exc:
             log.debug("the template refuses OpenAI-style call ids, calls get short ids: %s", exc)
             self._short_ids = True
+
+    def _probe_call_shape(self, call: str, texts: list[str]) -> CallShape | None:
+        try:
+            two: str | None = self.chat(two_call_conversation(), tools=probe_tools())
+        except Exception as exc:  # a template may refuse two calls in one turn
+            log.debug("the template does not render two calls in a turn: %r", exc)
+            two = None
+        shape = shape_from_renderings(
+            self._tool_tag or BARE_JSON,
+            call_turn(call, texts),
+            call_turn(two, texts) if two is not None else None,
+        )
+        log.debug("the template writes tool calls as %r", shape)
+        return shape
 
     def _with_system(
         self, messages: list[dict[str, Any]], system: str | None

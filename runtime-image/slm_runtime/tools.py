@@ -76,7 +76,7 @@ def probe_conversations(
     return with_call, [with_text, [question, text]]
 
 
-def _call_turn(with_call: str, with_texts: list[str]) -> str:
+def call_turn(with_call: str, with_texts: list[str]) -> str:
     """The rendering of the probe call's assistant turn onwards: from where the renderings of
     the ``probe_conversations`` part (or the probe text begins), the latest of those places;
     empty when the template does not write the call."""
@@ -102,7 +102,7 @@ def tag_from_renderings(with_call: str, with_texts: list[str]) -> str:
     ``probe_conversations``: the assistant turn up to the first ``{``, stripped, as Ollama's
     parseTag cuts its text node; ``BARE_JSON`` when nothing precedes the JSON or the template
     does not write the call."""
-    turn = _call_turn(with_call, with_texts)
+    turn = call_turn(with_call, with_texts)
     tag = turn[: turn.find(PROBE_NAME)].replace("\r\n", "\n").partition("{")[0].strip()
     return tag or BARE_JSON
 
@@ -111,7 +111,7 @@ def quote_from_renderings(with_call: str, with_texts: list[str]) -> str:
     """The text a template writes around a string argument when its calls are not JSON
     (FunctionGemma's ``<escape>``), from the renderings of the ``probe_conversations``; empty
     for JSON."""
-    turn = _call_turn(with_call, with_texts)
+    turn = call_turn(with_call, with_texts)
     call = turn[turn.find(PROBE_NAME) :]
     key = call.find("probe_arg")
     value = call.find(_PROBE_ARGUMENTS["probe_arg"])
@@ -421,7 +421,9 @@ def _metaschema_problem(schema: dict[str, Any], path: str) -> str | None:
     if isinstance(schema.get("$schema", ""), str):
         validator = validator_for(schema, default=Draft202012Validator)
     try:
-        validator.check_schema(schema)
+        # No format checks: they compile `pattern` with Python's re, which refuses valid
+        # ECMA-262 patterns (`\p{L}`, `(?<name>...)`).
+        validator.check_schema(schema, format_checker=None)
     except SchemaError as error:
         message, shown = error.message, repr(error.instance)
         # The message starts with the offending value, which may be a large object.

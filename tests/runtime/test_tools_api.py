@@ -225,21 +225,6 @@ def test_tool_choice_decides_which_tools_the_model_is_offered(server: Server) ->
     assert none < weather < both
 
 
-def test_required_without_a_call_in_the_output_is_content(server: Server) -> None:
-    """Generation is not constrained for ``required``: output that holds no call is content."""
-    answer = _openai(server).chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Say hello."}],
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice="required",
-        **GREEDY,
-    )
-    choice = answer.choices[0]
-    assert choice.message.tool_calls is None
-    assert choice.finish_reason in ("stop", "length")
-    assert isinstance(choice.message.content, str)
-
-
 def _error(server: Server, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     answer = httpx.post(
         server.url + "/v1/chat/completions",

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, ModelFormat
+from slm_runtime.constrained import call_grammar
 from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
     Delta,
@@ -350,6 +351,29 @@ def offer_tools(
         raise APIError(400, f"{model} does not support tools (its template renders none)") from None
 
 
+def call_constraint(
+    state: RuntimeState,
+    offered: list[dict[str, Any]],
+    choice: str | None,
+    named: str | None,
+    parallel: bool,
+) -> str | None:
+    """The grammar that holds the answer to calls of the ``offered`` tools, their arguments to
+    the tools' schemas, for ``required`` or a ``named`` function on a GGUF model whose template
+    writes calls as JSON; None otherwise, where the output is read as for ``auto``."""
+    if not offered or (choice != "required" and named is None):
+        return None
+    if state.engine.format is not ModelFormat.GGUF:
+        return None
+    shape = state.prompts.call_shape()
+    if shape is None:
+        return None
+    try:
+        return call_grammar(shape, offered, parallel)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+
+
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
     return {
         "id": new_call_id(short_id),
@@ -448,6 +472,22 @@ def build_router(api_token: str | None) -> APIRouter:
         json_mode, schema = _json_mode(body.response_format)
         if json_mode and body.grammar is not None:
             raise APIError(400, "grammar and a JSON response_format cannot be combined; send one")
+        messages = _chat_messages(body.messages)
+        offered, parser = _offered_tools(body, state)
+        choice = body.tool_choice
+        grammar = call_constraint(
+            state,
+            offered,
+            None if isinstance(choice, NamedToolChoice) else choice,
+            choice.function.name if isinstance(choice, NamedToolChoice) else None,
+            body.parallel_tool_calls,
+        )
+        if grammar is not None and (json_mode or body.grammar is not None):
+            raise APIError(
+                400,
+                "tool_choice required or a named function constrains the answer to tool calls; "
+                "it cannot be combined with grammar or a JSON response_format",
+            )
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = state.sampling(
             body.overrides(max_tokens),
@@ -455,10 +495,8 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=bool(body.logprobs),
             top_logprobs=body.top(),
-            grammar=body.grammar,
+            grammar=grammar or body.grammar,
         )
-        messages = _chat_messages(body.messages)
-        offered, parser = _offered_tools(body, state)
         prompt = state.prompts.chat(messages, tools=offered or None)
         run = await _start(state, "/v1/chat/completions", prompt, params)
         ident = f"chatcmpl-{uuid.uuid4().hex}"

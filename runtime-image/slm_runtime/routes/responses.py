@@ -18,7 +18,14 @@ from slm_runtime.engines.base import MAX_TOP_LOGPROBS, Delta, Finished, TokenLog
 from slm_runtime.errors import APIError
 from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
-from slm_runtime.routes.openai import SSE, State, _chat_logprobs, _start, offer_tools
+from slm_runtime.routes.openai import (
+    SSE,
+    State,
+    _chat_logprobs,
+    _start,
+    call_constraint,
+    offer_tools,
+)
 from slm_runtime.state import Run, RuntimeState
 from slm_runtime.tools import ToolCall, ToolParser, new_call_id
 
@@ -592,6 +599,17 @@ def build_router(api_token: str | None) -> APIRouter:
         state.check_model(body.model)
         body.refuse_unsupported()
         json_mode, schema = body.json_mode()
+        messages = body.messages()
+        offered, parser = body.offered(state)
+        choice, named = body.tool_choice_parts()
+        parallel = body.parallel_tool_calls is not False
+        grammar = call_constraint(state, offered, choice, named, parallel)
+        if grammar is not None and json_mode:
+            raise APIError(
+                400,
+                "tool_choice required or a named function constrains the answer to tool calls; "
+                "it cannot be combined with a JSON text.format",
+            )
         params = state.sampling(
             {
                 "max_tokens": body.max_output_tokens,
@@ -602,9 +620,8 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
+            grammar=grammar,
         )
-        messages = body.messages()
-        offered, parser = body.offered(state)
         prompt = state.prompts.chat(messages, tools=offered or None)
         run = await _start(state, ROUTE, prompt, params)
         reply = _Reply(body)
