@@ -458,8 +458,8 @@ def _object(**properties: Any) -> dict[str, Any]:
             "minimum of 0",
         ),
         (
-            _with_parameters(_object(x={"type": "string", "pattern": "("})),
-            "tools[0].function.parameters.properties.x.pattern: '(' is not a 'regex'",
+            _with_parameters(_object(x={"type": "string", "pattern": 3})),
+            "tools[0].function.parameters.properties.x.pattern: 3 is not of type 'string'",
         ),
         (
             _with_parameters(_object(x={"type": "object", "properties": list(range(100))})),
@@ -535,6 +535,8 @@ def test_good_tools_pass() -> None:
             "$defs": {"city": {"$id": "city.json", "type": "string"}},
             **_object(x={"$ref": "city.json"}, y={"$ref": "https://example.com/root.json#"}),
         },
+        # Patterns are ECMA-262 regular expressions, which Python's re does not all read.
+        _object(x={"type": "string", "pattern": r"^\p{L}+$"}, y={"pattern": "(?<word>a)"}),
         # A `$ref` inside a value (const, default, enum) is data, not a reference.
         _object(x={"const": {"$ref": "https://example.com/a"}}),
         {"$schema": "http://json-schema.org/draft-07/schema#", **_object(x={"items": [{}]})},
