@@ -28,6 +28,8 @@ BARE_JSON = "{"
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ID_CHARS = string.ascii_letters + string.digits
+# Where a call object's arguments object opens, after its key.
+_ARGUMENTS_KEY = re.compile(r'"(?:arguments|parameters)"\s*:\s*(\{)')
 
 
 def probe_tools() -> list[dict[str, Any]]:
@@ -132,6 +134,11 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     index: int
+    raw_arguments: str = ""
+    """With ``ToolParser.streams_arguments``: the arguments as the model wrote them."""
+    sent: int = 0
+    """How much of ``raw_arguments`` ``ToolParser.argument_piece`` handed out before the call
+    was complete."""
 
 
 def new_call_id(short: bool = False) -> str:
@@ -156,6 +163,9 @@ class ToolParser:
     names: list[str]
     quote: str = ""
     short_ids: bool = False
+    streams_arguments: bool = False
+    """Hand out a call's arguments while the model writes them (``argument_piece``): only for
+    output a grammar holds to calls, which is sure to end as one."""
     _buffer: str = ""
     _state: str = "looking"
     _count: int = 0
@@ -175,6 +185,62 @@ class ToolParser:
     # The scan for the tag's closing bracket: where it stands and the depth.
     _close_pos: int = 0
     _close_depth: int = 0
+    # The arguments of the call being written (``streams_arguments``): where the object opens
+    # and ends in the buffer, how far it was handed out, and its scan.
+    _arg_start: int = -1
+    _arg_end: int = -1
+    _arg_sent: int = 0
+    _arg_pos: int = 0
+    _arg_depth: int = 0
+    _arg_in_string: bool = False
+    _arg_escaped: bool = False
+
+    def argument_piece(self) -> tuple[int, str, str] | None:
+        """The index and name of the call being written and the part of its arguments written
+        since the last piece; None when there is nothing new (or ``streams_arguments`` is off,
+        or the output is in a notation that is not JSON)."""
+        if not self.streams_arguments or self.quote or self._state != "calling":
+            return None
+        if self._tool is None or self._start < 0:
+            return None
+        if self._arg_start < 0:
+            found = _ARGUMENTS_KEY.search(self._buffer, self._start)
+            if found is None:
+                return None
+            self._arg_start = self._arg_sent = self._arg_pos = found.start(1)
+        self._scan_arguments()
+        end = self._arg_end if self._arg_end >= 0 else len(self._buffer)
+        piece = self._buffer[self._arg_sent : end]
+        if not piece:
+            return None
+        self._arg_sent = end
+        return self._count, self._tool[0], piece
+
+    def _scan_arguments(self) -> None:
+        """Moves the scan of the arguments object to the end of the buffer or of the object."""
+        buffer = self._buffer
+        pos, depth = self._arg_pos, self._arg_depth
+        in_string, escaped = self._arg_in_string, self._arg_escaped
+        while pos < len(buffer) and self._arg_end < 0:
+            char = buffer[pos]
+            pos += 1
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = in_string
+            elif char == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    self._arg_end = pos
+        self._scanned += pos - self._arg_pos
+        self._arg_pos, self._arg_depth = pos, depth
+        self._arg_in_string, self._arg_escaped = in_string, escaped
 
     def add(self, text: str) -> tuple[list[ToolCall], str]:
         """The calls completed and the content released by this piece of output."""
@@ -238,8 +304,17 @@ class ToolParser:
         arguments, hit = _arguments_in(name, data)
         if not hit:
             arguments = data
-        call = ToolCall(name, arguments if arguments is not None else {}, self._count)
+        raw, sent = "", 0
+        if self._arg_start >= 0:
+            self._scan_arguments()
+            if self._arg_end >= 0:
+                raw = self._buffer[self._arg_start : self._arg_end]
+                sent = self._arg_sent - self._arg_start
+        call = ToolCall(name, arguments if arguments is not None else {}, self._count, raw, sent)
         self._count += 1
+        self._arg_start = self._arg_end = -1
+        self._arg_sent = self._arg_pos = self._arg_depth = 0
+        self._arg_in_string = self._arg_escaped = False
         self._buffer = self._buffer[max(end, at) :]
         self._tool, self._searched = None, 0
         self._pos, self._start, self._depth = 0, -1, 0

@@ -226,16 +226,24 @@ def test_a_named_function_is_the_one_called_streamed_or_not(server: Server) -> N
         assert len(calls) == 1
         _check([(c.function.name, c.function.arguments) for c in calls], {"get_weather"})  # type: ignore[union-attr]
         pieces: dict[int, dict[str, str]] = {}
+        argument_deltas = 0
         reasons = []
         for chunk in _client(server).chat.completions.create(**body, stream=True):
             for delta_call in chunk.choices[0].delta.tool_calls or []:
+                if delta_call.index not in pieces:
+                    assert delta_call.id
+                    assert delta_call.function
+                    assert delta_call.function.name
                 piece = pieces.setdefault(delta_call.index, {"name": "", "arguments": ""})
                 if delta_call.function and delta_call.function.name:
                     piece["name"] += delta_call.function.name
                 if delta_call.function and delta_call.function.arguments:
                     piece["arguments"] += delta_call.function.arguments
+                    argument_deltas += 1
             reasons.append(chunk.choices[0].finish_reason)
         assert reasons[-1] == "tool_calls"
+        # The arguments stream as the model writes them: a grammar makes sure they end a call.
+        assert argument_deltas > 3
         streamed = [(p["name"], p["arguments"]) for _, p in sorted(pieces.items())]
         assert [(n, json.loads(a)) for n, a in streamed] == [
             (c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
@@ -332,3 +340,39 @@ def test_required_is_read_as_auto_where_calls_cannot_be_constrained(open_calls: 
     assert choice.message.tool_calls is None
     assert choice.finish_reason in ("stop", "length")
     assert choice.message.content
+
+
+def test_the_parser_hands_out_arguments_as_they_are_written() -> None:
+    """Fed one character at a time, the pieces and the rest at the end make the arguments as
+    written, for each call; without ``streams_arguments`` nothing is handed out early."""
+    builder = _builder("qwen2.5.jinja")
+    shape = builder.call_shape()
+    assert shape is not None
+    calls = [
+        ("book_table", {"restaurant": 'Le "Z" {bar}', "people": 2, "time": "19:30"}),
+        ("get_weather", {"city": "Paris", "unit": "celsius"}),
+    ]
+    output = _written(shape, calls)
+    for streams in (True, False):
+        parser = builder.tool_parser(["book_table", "get_weather"])
+        parser.streams_arguments = streams
+        pieces: dict[int, str] = {}
+        found = []
+        for char in output:
+            done, content = parser.add(char)
+            assert content == ""
+            found.extend(done)
+            piece = parser.argument_piece()
+            if piece is not None:
+                index, name, text = piece
+                assert name == calls[index][0]
+                pieces[index] = pieces.get(index, "") + text
+        assert [(c.name, c.arguments) for c in found] == calls
+        for call in found:
+            if streams:
+                assert call.raw_arguments == json.dumps(calls[call.index][1])
+                assert 0 < call.sent <= len(call.raw_arguments)
+                assert pieces[call.index] == call.raw_arguments[: call.sent]
+            else:
+                assert call.sent == 0
+                assert not pieces

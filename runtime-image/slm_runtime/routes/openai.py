@@ -393,8 +393,11 @@ async def _chat_stream(
     chunk: Any,
 ) -> AsyncIterator[bytes]:
     """Chat chunks: text as content deltas, each tool call as a delta with its index, id, type
-    and name, then one with its arguments."""
+    and name, then its arguments: in the pieces the model writes them where the parser hands
+    them out (``ToolParser.streams_arguments``), else whole once the call is complete."""
     calls = 0
+    # The last call whose id and name went out while it was written.
+    announced = -1
     try:
         async for event in run:
             if isinstance(event, Delta):
@@ -406,6 +409,14 @@ async def _chat_stream(
                 for call in found:
                     if calls and not parallel:
                         continue
+                    if call.sent:
+                        # Its id, name and first arguments went out while it was written.
+                        rest = call.raw_arguments[call.sent :]
+                        if rest:
+                            piece = {"index": calls, "function": {"arguments": rest}}
+                            yield _sse(chunk({"tool_calls": [piece]}, (), None))
+                        calls += 1
+                        continue
                     out = _openai_call(call, parser is not None and parser.short_ids)
                     arguments = out["function"]["arguments"]
                     out["function"]["arguments"] = ""
@@ -413,6 +424,16 @@ async def _chat_stream(
                     piece = {"index": calls, "function": {"arguments": arguments}}
                     yield _sse(chunk({"tool_calls": [piece]}, (), None))
                     calls += 1
+                written = parser.argument_piece() if parser is not None else None
+                if parser is not None and written is not None and (parallel or not calls):
+                    index, name, arguments = written
+                    if index != announced:
+                        announced = index
+                        out = _openai_call(ToolCall(name, {}, index), parser.short_ids)
+                        out["function"]["arguments"] = ""
+                        yield _sse(chunk({"tool_calls": [{"index": index, **out}]}, (), None))
+                    piece = {"index": index, "function": {"arguments": arguments}}
+                    yield _sse(chunk({"tool_calls": [piece]}, (), None))
             else:
                 rest = parser.finish() if parser is not None else ""
                 if rest:
@@ -482,6 +503,8 @@ def build_router(api_token: str | None) -> APIRouter:
             choice.function.name if isinstance(choice, NamedToolChoice) else None,
             body.parallel_tool_calls,
         )
+        if grammar is not None and parser is not None:
+            parser.streams_arguments = True
         if grammar is not None and (json_mode or body.grammar is not None):
             raise APIError(
                 400,

@@ -602,8 +602,7 @@ def build_router(api_token: str | None) -> APIRouter:
         messages = body.messages()
         offered, parser = body.offered(state)
         choice, named = body.tool_choice_parts()
-        parallel = body.parallel_tool_calls is not False
-        grammar = call_constraint(state, offered, choice, named, parallel)
+        grammar = call_constraint(state, offered, choice, named, body.call_limit != 1)
         if grammar is not None and json_mode:
             raise APIError(
                 400,
