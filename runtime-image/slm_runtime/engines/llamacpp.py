@@ -376,9 +376,15 @@ class LlamaCppEngine:
         if grammar is not None:
             # Parsed here, not in the decode loop, so that a grammar llama.cpp refuses is the
             # request's error (400) before it takes a slot.
-            grammar_sampler = llama_cpp.llama_sampler_init_grammar(
-                self._vocab, grammar.encode(), b"root"
-            )
+            if params.grammar_trigger is not None and not params.json_mode:
+                patterns = (ctypes.c_char_p * 1)(params.grammar_trigger.encode())
+                grammar_sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                    self._vocab, grammar.encode(), b"root", patterns, 1, None, 0
+                )
+            else:
+                grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+                    self._vocab, grammar.encode(), b"root"
+                )
             if not grammar_sampler:
                 what = "grammar" if params.grammar is not None else "JSON grammar"
                 raise EngineError(f"llama.cpp refuses the {what}: it is not valid GBNF")

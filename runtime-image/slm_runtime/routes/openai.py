@@ -9,6 +9,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, ModelFormat
-from slm_runtime.constrained import call_grammar
+from slm_runtime.constrained import call_grammar, call_trigger
 from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
     Delta,
@@ -31,7 +32,14 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
-from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
+from slm_runtime.tools import (
+    BARE_JSON,
+    NoToolsError,
+    ToolCall,
+    ToolParser,
+    check_tools,
+    new_call_id,
+)
 
 SSE = "text/event-stream"
 _OWNER = "slm-operator"
@@ -113,6 +121,16 @@ class _Sampling(TopLevelBody):
         min_length=1,
         description="A GBNF grammar the output must match, as llama.cpp's server takes it.",
     )
+    logit_bias: dict[str, Any] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """400 for each field that would change the answer and that this server cannot honour."""
+        if self.logit_bias:
+            raise APIError(
+                400,
+                "logit_bias: per-token biases are not supported by this server's sampler; "
+                "leave logit_bias out",
+            )
 
     def stops(self) -> list[str] | None:
         """``stop`` as a list, checked as ``parameters.stop`` is; an empty list is no list."""
@@ -155,6 +173,32 @@ class ChatCompletionRequest(_Sampling):
     function_call: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    moderation: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """400 for each field that would change the answer and that this server cannot honour."""
+        super().refuse_unsupported()
+        if self.audio is not None or any(kind != "text" for kind in self.modalities or ()):
+            raise APIError(
+                400,
+                'modalities, audio: the model writes text only; send modalities ["text"] or leave '
+                "both out",
+            )
+        if self.verbosity not in (None, "medium"):
+            raise APIError(
+                400, "verbosity: the model has no verbosity control; leave it out or send medium"
+            )
+        if self.moderation is not None:
+            raise APIError(400, "moderation: this server runs no moderation model; leave it out")
+        if self.web_search_options is not None:
+            raise APIError(
+                400,
+                "web_search_options: web search is not available: this server runs only the model",
+            )
 
     def top(self) -> int:
         """How many most likely tokens to report per position; as OpenAI, ``top_logprobs``
@@ -170,6 +214,16 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=1)
+
+    def refuse_unsupported(self) -> None:
+        """400 for each field that would change the answer and that this server cannot honour."""
+        super().refuse_unsupported()
+        if self.best_of is not None and self.best_of > 1:
+            raise APIError(
+                400,
+                "best_of: this server generates one completion per request; send 1 or leave it out",
+            )
 
 
 class EmbeddingRequest(TopLevelBody):
@@ -351,27 +405,60 @@ def offer_tools(
         raise APIError(400, f"{model} does not support tools (its template renders none)") from None
 
 
+@dataclass(frozen=True)
+class CallConstraint:
+    """The grammar of calls of the offered tools, and with ``auto`` the trigger after which it
+    holds (None: from the first token, for ``required`` and a named function)."""
+
+    grammar: str
+    trigger: str | None
+
+
 def call_constraint(
     state: RuntimeState,
     offered: list[dict[str, Any]],
     choice: str | None,
     named: str | None,
     parallel: bool,
-) -> str | None:
-    """The grammar that holds the answer to calls of the ``offered`` tools, their arguments to
-    the tools' schemas, for ``required`` or a ``named`` function on a GGUF model whose template
-    writes calls as JSON; None otherwise, where the output is read as for ``auto``."""
-    if not offered or (choice != "required" and named is None):
-        return None
-    if state.engine.format is not ModelFormat.GGUF:
+) -> CallConstraint | None:
+    """How generation is held to calls of the ``offered`` tools, their arguments to the tools'
+    schemas, on a GGUF model whose template writes calls as JSON objects: with ``required`` or
+    a ``named`` function the whole answer is calls; with ``auto`` the answer is free until it
+    starts a call (the template's tag), and the call is then valid by construction. None for
+    other models and templates, where output is only parsed."""
+    if not offered or state.engine.format is not ModelFormat.GGUF:
         return None
     shape = state.prompts.call_shape()
     if shape is None:
         return None
     try:
-        return call_grammar(shape, offered, parallel)
+        grammar = call_grammar(shape, offered, parallel)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
+    if choice == "required" or named is not None:
+        return CallConstraint(grammar, None)
+    return CallConstraint(grammar, call_trigger(state.prompts.tool_tag() or BARE_JSON))
+
+
+def constrain(
+    constraint: CallConstraint | None, parser: ToolParser | None, other: str | None
+) -> CallConstraint | None:
+    """The call constraint a request keeps beside ``other``, the constraint it asks for itself
+    (a grammar or a JSON format): ``required`` and a named function cannot share the answer
+    (400); ``auto`` gives way. The parser then hands out arguments as they are written."""
+    if constraint is None:
+        return None
+    if other is not None:
+        if constraint.trigger is None:
+            raise APIError(
+                400,
+                "tool_choice required or a named function constrains the answer to tool calls; "
+                f"it cannot be combined with {other}",
+            )
+        return None
+    if parser is not None:
+        parser.streams_arguments = True
+    return constraint
 
 
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
@@ -490,27 +577,22 @@ def build_router(api_token: str | None) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
         state.check_model(body.model)
+        body.refuse_unsupported()
         json_mode, schema = _json_mode(body.response_format)
         if json_mode and body.grammar is not None:
             raise APIError(400, "grammar and a JSON response_format cannot be combined; send one")
         messages = _chat_messages(body.messages)
         offered, parser = _offered_tools(body, state)
         choice = body.tool_choice
-        grammar = call_constraint(
+        constraint = call_constraint(
             state,
             offered,
             None if isinstance(choice, NamedToolChoice) else choice,
             choice.function.name if isinstance(choice, NamedToolChoice) else None,
             body.parallel_tool_calls,
         )
-        if grammar is not None and parser is not None:
-            parser.streams_arguments = True
-        if grammar is not None and (json_mode or body.grammar is not None):
-            raise APIError(
-                400,
-                "tool_choice required or a named function constrains the answer to tool calls; "
-                "it cannot be combined with grammar or a JSON response_format",
-            )
+        other = "grammar" if body.grammar is not None else None
+        constraint = constrain(constraint, parser, "a JSON response_format" if json_mode else other)
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = state.sampling(
             body.overrides(max_tokens),
@@ -518,7 +600,8 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=bool(body.logprobs),
             top_logprobs=body.top(),
-            grammar=grammar or body.grammar,
+            grammar=constraint.grammar if constraint is not None else body.grammar,
+            grammar_trigger=constraint.trigger if constraint is not None else None,
         )
         prompt = state.prompts.chat(messages, tools=offered or None)
         run = await _start(state, "/v1/chat/completions", prompt, params)
@@ -565,7 +648,7 @@ def build_router(api_token: str | None) -> APIRouter:
                 calls = calls[:1]
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
-            message["content"] = content or None
+            message["content"] = content if content.strip() else None
             short = parser is not None and parser.short_ids
             message["tool_calls"] = [_openai_call(call, short) for call in calls]
         return {
@@ -587,6 +670,7 @@ def build_router(api_token: str | None) -> APIRouter:
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request, state: State) -> Any:
         state.check_model(body.model)
+        body.refuse_unsupported()
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise APIError(400, "prompt: send exactly one prompt per request")

@@ -24,6 +24,7 @@ from slm_runtime.routes.openai import (
     _chat_logprobs,
     _start,
     call_constraint,
+    constrain,
     offer_tools,
 )
 from slm_runtime.state import Run, RuntimeState
@@ -99,9 +100,12 @@ class ResponseRequest(TopLevelBody):
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     def refuse_unsupported(self) -> None:
         """400 for every field that would change the answer and that this server cannot honour."""
+        if self.moderation is not None:
+            raise APIError(400, "moderation: this server runs no moderation model; leave it out")
         if self.previous_response_id is not None:
             raise APIError(400, f"previous_response_id: {_STATELESS}")
         if self.conversation is not None:
@@ -602,13 +606,8 @@ def build_router(api_token: str | None) -> APIRouter:
         messages = body.messages()
         offered, parser = body.offered(state)
         choice, named = body.tool_choice_parts()
-        grammar = call_constraint(state, offered, choice, named, body.call_limit != 1)
-        if grammar is not None and json_mode:
-            raise APIError(
-                400,
-                "tool_choice required or a named function constrains the answer to tool calls; "
-                "it cannot be combined with a JSON text.format",
-            )
+        constraint = call_constraint(state, offered, choice, named, body.call_limit != 1)
+        constraint = constrain(constraint, parser, "a JSON text.format" if json_mode else None)
         params = state.sampling(
             {
                 "max_tokens": body.max_output_tokens,
@@ -619,7 +618,8 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            grammar=grammar,
+            grammar=constraint.grammar if constraint is not None else None,
+            grammar_trigger=constraint.trigger if constraint is not None else None,
         )
         prompt = state.prompts.chat(messages, tools=offered or None)
         run = await _start(state, ROUTE, prompt, params)
