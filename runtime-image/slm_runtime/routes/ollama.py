@@ -123,6 +123,7 @@ class GenerateRequest(TopLevelBody):
     think: bool | Literal["low", "medium", "high"] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
 
 
 class Message(RequestBody):
@@ -146,6 +147,7 @@ class ChatRequest(TopLevelBody):
     think: bool | Literal["low", "medium", "high"] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
 
 
 class EmbedRequest(TopLevelBody):
@@ -320,6 +322,18 @@ async def _respond(
     }
 
 
+def _rendered(model: str, prompt: str, empty: dict[str, Any]) -> dict[str, Any]:
+    """The answer to ``_debug_render_only``: the prompt as the template rendered it, with
+    nothing generated, as Ollama answers it."""
+    return {
+        "model": model,
+        "created_at": _now(),
+        **empty,
+        "done": False,
+        "_debug_info": {"rendered_template": prompt, "image_count": 0},
+    }
+
+
 def _load_response(model: str, keep_alive: KeepAlive) -> dict[str, Any]:
     unload = keep_alive in (0, "0", "0s", "0m")
     return {
@@ -414,6 +428,12 @@ def build_router(api_token: str | None) -> APIRouter:
             return _load_response(body.model, body.keep_alive)
         if body.suffix:
             raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model")
+        if body.context:
+            raise APIError(
+                400,
+                "context: answers here carry no context, so none can be sent back; send the "
+                "earlier turns in prompt, or use /api/chat with messages",
+            )
         json_mode, schema = _json_format(body.format)
         params = state.sampling(
             _overrides(body.options, state),
@@ -429,6 +449,8 @@ def build_router(api_token: str | None) -> APIRouter:
             raw=body.raw,
             think=_think(body.think),
         )
+        if body.debug_render_only:
+            return _rendered(body.model, prompt, {"response": ""})
         return await _respond(
             state,
             request,
@@ -469,6 +491,8 @@ def build_router(api_token: str | None) -> APIRouter:
             tools=body.tools or None,
             think=_think(body.think),
         )
+        if body.debug_render_only:
+            return _rendered(body.model, prompt, {"message": {"role": "", "content": ""}})
 
         def piece(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
             message: dict[str, Any] = {"role": "assistant", "content": text}
