@@ -292,3 +292,23 @@ def test_chat_debug_render_only_answers_the_rendered_prompt(gemma_server: Server
     )
     assert answer["message"] == {"role": "", "content": ""}
     assert answer["done"] is False
+
+
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "string"])
+def test_ollama_stop_ends_the_answer_before_the_sequence(
+    gemma_server: Server, as_list: bool
+) -> None:
+    greedy = {"temperature": 0, "num_predict": 12, "repeat_penalty": 1.0}
+    text = _generate(gemma_server, "Once upon a time", greedy)
+    word = text.split()[2]
+    stop = [word] if as_list else word
+    body = {
+        "model": "gemma",
+        "prompt": "Once upon a time",
+        "raw": True,
+        "stream": False,
+        "options": {**greedy, "stop": stop},
+    }
+    answer = httpx.post(gemma_server.url + "/api/generate", json=body, timeout=120).json()
+    assert answer["response"] == text[: text.index(word)]
+    assert answer["done_reason"] == "stop"
