@@ -75,6 +75,7 @@ IGNORED: list[tuple[str, dict[str, Any]]] = [
     ("/v1/embeddings", {"user": "u-1"}),
     ("/v1/responses", {"user": "u-1", "safety_identifier": "s-1", "metadata": {"team": "a"}}),
     ("/v1/responses", {"store": True, "tools": [], "include": []}),
+    ("/v1/responses", {"include": ["reasoning.encrypted_content"]}),
     (
         "/v1/responses",
         {"prompt_cache_key": "k", "prompt_cache_retention": "24h", "prompt_cache_options": {}},
@@ -131,6 +132,16 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/embeddings", {"input": [[1, 2]]}, "input"),
     ("/v1/embeddings", {"encoding_format": "int8"}, "encoding_format"),
     ("/v1/responses", {"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
+    ("/v1/responses", {"previous_response_id": "resp_1"}, "previous_response_id: this server"),
+    ("/v1/responses", {"conversation": "conv_1"}, "conversation: this server keeps no"),
+    ("/v1/responses", {"background": True}, "background: responses run in the foreground"),
+    ("/v1/responses", {"prompt": {"id": "pmpt_1"}}, "prompt: stored prompt templates"),
+    ("/v1/responses", {"text": {"verbosity": "low"}}, "text.verbosity: the model has no"),
+    (
+        "/v1/responses",
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+        "input.0.content.0.type: 'input_file' is not supported",
+    ),
     ("/api/generate", {"context": [1, 2, 3]}, "context: answers here carry no context"),
     ("/api/generate", {"images": ["aGk="]}, "does not accept images"),
     ("/api/generate", {"suffix": "end"}, "suffix (fill-in-the-middle)"),
@@ -312,3 +323,18 @@ def test_ollama_stop_ends_the_answer_before_the_sequence(
     answer = httpx.post(gemma_server.url + "/api/generate", json=body, timeout=120).json()
     assert answer["response"] == text[: text.index(word)]
     assert answer["done_reason"] == "stop"
+
+
+def test_show_takes_the_model_under_its_deprecated_name_too(gemma_server: Server) -> None:
+    by_name = httpx.post(gemma_server.url + "/api/show", json={"name": "gemma"}, timeout=60)
+    by_model = httpx.post(gemma_server.url + "/api/show", json={"model": "gemma"}, timeout=60)
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["modelfile"] == by_model.json()["modelfile"]
+
+
+def test_responses_echo_metadata_and_user(gemma_server: Server) -> None:
+    fields = {"metadata": {"team": "a"}, "user": "u-1", "store": True}
+    answer = _post(gemma_server, "/v1/responses", fields).json()
+    assert answer["metadata"] == {"team": "a"}
+    assert answer["user"] == "u-1"
+    assert answer["store"] is False
