@@ -13,6 +13,15 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from slm_runtime.constrained import CallShape, shape_from_renderings, two_call_conversation
 from slm_runtime.engines.base import EngineError
 from slm_runtime.template import TemplateError, render_template
+from slm_runtime.thinking import (
+    ReplyParser,
+    ThinkingParser,
+    markers_from_renderings,
+    without_thought,
+)
+from slm_runtime.thinking import (
+    probe_conversations as thought_conversations,
+)
 from slm_runtime.tools import (
     BARE_JSON,
     PROBE_NAME,
@@ -94,6 +103,8 @@ class PromptBuilder:
         self._short_ids = False
         self._call_shape: CallShape | None = None
         self._tool_tag_known = False
+        self._thinking: tuple[str, str] | None = None
+        self._thinking_known = False
         if template is None and model_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
@@ -168,6 +179,49 @@ class PromptBuilder:
         )
         log.debug("the template writes tool calls as %r", shape)
         return shape
+
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """The markers the template writes around a thought (``<think>``, ``</think>``), found
+        by rendering a sample thought; None when the template renders no thoughts, so the
+        model does not think."""
+        if not self._thinking_known:
+            self._thinking = self._probe_thinking()
+            self._thinking_known = True
+        return self._thinking
+
+    def thinking_parser(self, prompt: str) -> ThinkingParser | None:
+        """A parser of the thoughts in the output that follows ``prompt``, which starts in the
+        thought when the prompt ends with the opening marker; None for a model that does not
+        think."""
+        markers = self.thinking_markers()
+        if markers is None:
+            return None
+        opening, closing = markers
+        return ThinkingParser(opening, closing, inside=prompt.rstrip().endswith(opening))
+
+    def reply_parser(
+        self, prompt: str, think: bool | None, tools: ToolParser | None
+    ) -> ReplyParser | None:
+        """The parser of the output that follows ``prompt``: its thought when the model thinks
+        (``think``), then the ``tools``' calls; None when there is nothing to parse."""
+        thinking = self.thinking_parser(prompt) if think else None
+        if thinking is None and tools is None:
+            return None
+        return ReplyParser(thinking, tools)
+
+    def _probe_thinking(self) -> tuple[str, str] | None:
+        for conversation in thought_conversations():
+            try:
+                with_thought = self.chat(conversation, think=True)
+                without = self.chat(without_thought(conversation), think=True)
+            except Exception as exc:  # any failure of the template means it renders no thoughts
+                log.debug("a thinking probe render failed: %r", exc)
+                continue
+            markers = markers_from_renderings(with_thought, without)
+            if markers is not None:
+                return markers
+        log.debug("the template renders no thoughts")
+        return None
 
     def _with_system(
         self, messages: list[dict[str, Any]], system: str | None

@@ -29,6 +29,7 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
+from slm_runtime.thinking import NoThinkingError, Piece, ReplyParser, request_think, unconstrained
 from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
 
 NDJSON = "application/x-ndjson"
@@ -120,7 +121,7 @@ class GenerateRequest(TopLevelBody):
     stream: bool = True
     raw: bool = False
     keep_alive: KeepAlive = None
-    think: bool | Literal["low", "medium", "high"] | None = None
+    think: bool | Literal["high", "medium", "low", "max"] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     debug_render_only: bool = Field(default=False, alias="_debug_render_only")
@@ -144,7 +145,7 @@ class ChatRequest(TopLevelBody):
     options: Options = Field(default_factory=Options)
     stream: bool = True
     keep_alive: KeepAlive = None
-    think: bool | Literal["low", "medium", "high"] | None = None
+    think: bool | Literal["high", "medium", "low", "max"] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     debug_render_only: bool = Field(default=False, alias="_debug_render_only")
@@ -191,8 +192,13 @@ def _reject_images(images: list[str] | None) -> None:
         raise APIError(400, "this model does not accept images")
 
 
-def _think(value: bool | str | None) -> bool | None:
-    return None if value is None else bool(value)
+def _think(model: str, value: bool | str | None, state: RuntimeState) -> bool | None:
+    """Whether the model thinks for this request, as Ollama decides it: a model whose template
+    renders thoughts thinks unless ``think`` is false; asking one that does not is a 400."""
+    try:
+        return request_think(value, state.prompts.thinking_markers() is not None)
+    except NoThinkingError:
+        raise APIError(400, f"{json.dumps(model)} does not support thinking") from None
 
 
 def _final(model: str, end: Finished, started: float, load_seconds: float) -> dict[str, Any]:
@@ -252,31 +258,31 @@ async def _ndjson(
     piece: Any,
     final_extra: dict[str, Any],
     load_seconds: float,
-    parser: ToolParser | None,
+    parser: ReplyParser | None,
 ) -> AsyncIterator[bytes]:
     try:
         async for event in run:
             if isinstance(event, Delta):
-                text, calls = event.text, list[ToolCall]()
+                part = Piece(content=event.text)
                 if parser is not None:
-                    calls, text = parser.add(event.text)
-                    if not text and not calls and not event.logprobs:
+                    part = parser.add(event.text)
+                    if not part and not event.logprobs:
                         continue
                 yield _line(
                     {
                         "model": model,
                         "created_at": _now(),
-                        **piece(text, calls),
+                        **piece(part),
                         "done": False,
                         **_logprobs(event.logprobs),
                     }
                 )
             else:
-                rest = parser.finish() if parser is not None else ""
+                rest = parser.finish() if parser is not None else Piece()
                 yield _line(
                     {
                         **_final(model, event, run.started, load_seconds),
-                        **piece(rest, ()),
+                        **piece(rest),
                         **final_extra,
                     }
                 )
@@ -296,7 +302,7 @@ async def _respond(
     stream: bool,
     piece: Any,
     final_extra: dict[str, Any] | None = None,
-    parser: ToolParser | None = None,
+    parser: ReplyParser | None = None,
 ) -> Any:
     generation = await state.start(prompt, params)
     run = Run(state, generation, route)
@@ -311,12 +317,10 @@ async def _respond(
             media_type=NDJSON,
         )
     out = await run.collect(request)
-    text, calls = out.text, list[ToolCall]()
-    if parser is not None:
-        calls, text = parser.parse(out.text)
+    whole = parser.parse(out.text) if parser is not None else Piece(content=out.text)
     return {
         **_final(model, out.end, run.started, state.load_seconds),
-        **piece(text, calls),
+        **piece(whole),
         **(final_extra or {}),
         **_logprobs(out.logprobs),
     }
@@ -395,8 +399,11 @@ def _tool_parser(model: str, tools: list[dict[str, Any]], state: RuntimeState) -
 
 
 def _template_message(index: int, message: Message) -> dict[str, Any]:
-    """A message as the templates read it; tool call arguments must be objects."""
+    """A message as the templates read it (its thought also as Hugging Face templates name
+    it); tool call arguments must be objects."""
     out = message.model_dump(exclude_none=True)
+    if message.thinking:
+        out["reasoning_content"] = message.thinking
     for j, call in enumerate(message.tool_calls or []):
         function = call.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -442,15 +449,23 @@ def build_router(api_token: str | None) -> APIRouter:
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs or 0,
         )
+        think = unconstrained(_think(body.model, body.think, state), json_mode)
         prompt = state.prompts.generate(
             body.prompt,
             system=body.system,
             template=body.template,
             raw=body.raw,
-            think=_think(body.think),
+            think=think,
         )
         if body.debug_render_only:
             return _rendered(body.model, prompt, {"response": ""})
+
+        def piece(part: Piece) -> dict[str, Any]:
+            out: dict[str, Any] = {"response": part.content}
+            if part.thinking:
+                out["thinking"] = part.thinking
+            return out
+
         return await _respond(
             state,
             request,
@@ -459,7 +474,8 @@ def build_router(api_token: str | None) -> APIRouter:
             params,
             body.model,
             body.stream,
-            lambda text, _calls: {"response": text},
+            piece,
+            parser=state.prompts.reply_parser(prompt, think, None),
         )
 
     @router.post("/api/chat")
@@ -483,22 +499,26 @@ def build_router(api_token: str | None) -> APIRouter:
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs or 0,
         )
-        parser = None
+        tools = None
         if body.tools:
-            parser = _tool_parser(body.model, body.tools, state)
+            tools = _tool_parser(body.model, body.tools, state)
+        think = unconstrained(_think(body.model, body.think, state), json_mode)
         prompt = state.prompts.chat(
             [_template_message(i, m) for i, m in enumerate(body.messages)],
             tools=body.tools or None,
-            think=_think(body.think),
+            think=think,
         )
         if body.debug_render_only:
             return _rendered(body.model, prompt, {"message": {"role": "", "content": ""}})
+        parser = state.prompts.reply_parser(prompt, think, tools)
 
-        def piece(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if calls:
+        def piece(part: Piece) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": part.content}
+            if part.thinking:
+                message["thinking"] = part.thinking
+            if part.calls:
                 message["tool_calls"] = _ollama_calls(
-                    calls, parser is not None and parser.short_ids
+                    part.calls, parser is not None and parser.short_ids
                 )
             return {"message": message}
 
@@ -585,6 +605,8 @@ def build_router(api_token: str | None) -> APIRouter:
             capabilities.append("embedding")
         if state.prompts.tool_tag() is not None:
             capabilities.append("tools")
+        if state.prompts.thinking_markers() is not None:
+            capabilities.append("thinking")
         return {
             "license": "",
             "modelfile": _modelfile(state),

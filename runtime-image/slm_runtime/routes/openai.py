@@ -32,6 +32,14 @@ from slm_runtime.routes.auth import bearer_auth
 from slm_runtime.routes.body import RequestBody, TopLevelBody
 from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import Run, RuntimeState, runtime
+from slm_runtime.thinking import (
+    NoThinkingError,
+    Piece,
+    ReplyParser,
+    request_think,
+    think_from_effort,
+    unconstrained,
+)
 from slm_runtime.tools import (
     BARE_JSON,
     NoToolsError,
@@ -67,6 +75,8 @@ class ChatMessage(RequestBody):
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     def text(self) -> str:
         """The message text; only text parts are accepted."""
@@ -178,6 +188,8 @@ class ChatCompletionRequest(_Sampling):
     verbosity: Literal["low", "medium", "high"] | None = None
     moderation: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def refuse_unsupported(self) -> None:
         """400 for each field that would change the answer and that this server cannot honour."""
@@ -348,8 +360,42 @@ def _chat_messages(items: list[ChatMessage]) -> list[dict[str, Any]]:
                     "earlier assistant message",
                 )
             message.update(tool_call_id=m.tool_call_id, tool_name=name, name=name)
-        out.append(message)
+        out.append(_with_thought(message, m))
     return out
+
+
+def _with_thought(message: dict[str, Any], item: ChatMessage) -> dict[str, Any]:
+    """The message with the assistant's earlier reasoning (``reasoning_content``, or
+    ``reasoning`` as Ollama's OpenAI compatibility names it), under the names Ollama's
+    (``thinking``) and Hugging Face's (``reasoning_content``) templates read."""
+    thought = item.reasoning_content or item.reasoning
+    if item.role == "assistant" and thought:
+        message.update(thinking=thought, reasoning_content=thought)
+    return message
+
+
+def _chat_think(body: ChatCompletionRequest, state: RuntimeState) -> bool | None:
+    """Whether the model thinks for this request: as Ollama's OpenAI compatibility maps
+    ``reasoning_effort`` (``none`` off, any other effort on), else as vLLM and llama.cpp's
+    server read ``chat_template_kwargs.enable_thinking``, and on by default for a model whose
+    template renders thoughts; thinking asked of a model that does not think is a 400."""
+    try:
+        value = think_from_effort(body.reasoning_effort)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+    enable = (body.chat_template_kwargs or {}).get("enable_thinking")
+    if enable is not None and not isinstance(enable, bool):
+        raise APIError(400, "chat_template_kwargs.enable_thinking must be a boolean")
+    if value is None:
+        value = enable
+    try:
+        return request_think(value, state.prompts.thinking_markers() is not None)
+    except NoThinkingError:
+        raise APIError(
+            400,
+            f"{body.model} does not support thinking (its template renders no thoughts); leave "
+            "reasoning_effort unset or send none",
+        ) from None
 
 
 def _offered_tools(
@@ -474,24 +520,29 @@ def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
 
 async def _chat_stream(
     run: Run,
-    parser: ToolParser | None,
+    parser: ReplyParser | None,
     parallel: bool,
     include_usage: bool,
     chunk: Any,
 ) -> AsyncIterator[bytes]:
-    """Chat chunks: text as content deltas, each tool call as a delta with its index, id, type
-    and name, then its arguments: in the pieces the model writes them where the parser hands
-    them out (``ToolParser.streams_arguments``), else whole once the call is complete."""
+    """Chat chunks: thoughts as reasoning_content deltas, text as content deltas, each tool
+    call as a delta with its index, id, type and name, then its arguments: in the pieces the
+    model writes them where the parser hands them out (``ToolParser.streams_arguments``), else
+    whole once the call is complete."""
     calls = 0
     # The last call whose id and name went out while it was written.
     announced = -1
     try:
         async for event in run:
             if isinstance(event, Delta):
-                text, found = event.text, list[ToolCall]()
+                part = Piece(content=event.text)
                 if parser is not None:
-                    found, text = parser.add(event.text)
-                if text or event.logprobs or parser is None:
+                    part = parser.add(event.text)
+                text, found = part.content, part.calls
+                if part.thinking:
+                    entries = () if text else event.logprobs
+                    yield _sse(chunk({"reasoning_content": part.thinking}, entries, None))
+                if text or (event.logprobs and not part.thinking) or parser is None:
                     yield _sse(chunk({"content": text}, event.logprobs, None))
                 for call in found:
                     if calls and not parallel:
@@ -522,9 +573,11 @@ async def _chat_stream(
                     piece = {"index": index, "function": {"arguments": arguments}}
                     yield _sse(chunk({"tool_calls": [piece]}, (), None))
             else:
-                rest = parser.finish() if parser is not None else ""
-                if rest:
-                    yield _sse(chunk({"content": rest}, (), None))
+                last = parser.finish() if parser is not None else Piece()
+                if last.thinking:
+                    yield _sse(chunk({"reasoning_content": last.thinking}, (), None))
+                if last.content:
+                    yield _sse(chunk({"content": last.content}, (), None))
                 reason = "tool_calls" if calls else _finish_reason(event)
                 yield _sse(chunk({}, (), reason))
                 if include_usage:
@@ -582,7 +635,7 @@ def build_router(api_token: str | None) -> APIRouter:
         if json_mode and body.grammar is not None:
             raise APIError(400, "grammar and a JSON response_format cannot be combined; send one")
         messages = _chat_messages(body.messages)
-        offered, parser = _offered_tools(body, state)
+        offered, tools = _offered_tools(body, state)
         choice = body.tool_choice
         constraint = call_constraint(
             state,
@@ -592,7 +645,7 @@ def build_router(api_token: str | None) -> APIRouter:
             body.parallel_tool_calls,
         )
         other = "grammar" if body.grammar is not None else None
-        constraint = constrain(constraint, parser, "a JSON response_format" if json_mode else other)
+        constraint = constrain(constraint, tools, "a JSON response_format" if json_mode else other)
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = state.sampling(
             body.overrides(max_tokens),
@@ -603,7 +656,10 @@ def build_router(api_token: str | None) -> APIRouter:
             grammar=constraint.grammar if constraint is not None else body.grammar,
             grammar_trigger=constraint.trigger if constraint is not None else None,
         )
-        prompt = state.prompts.chat(messages, tools=offered or None)
+        forced = constraint is not None and constraint.trigger is None
+        think = unconstrained(_chat_think(body, state), json_mode or forced)
+        prompt = state.prompts.chat(messages, tools=offered or None, think=think)
+        parser = state.prompts.reply_parser(prompt, think, tools)
         run = await _start(state, "/v1/chat/completions", prompt, params)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -641,12 +697,13 @@ def build_router(api_token: str | None) -> APIRouter:
                 media_type=SSE,
             )
         out = await run.collect(request)
-        content, calls = out.text, list[ToolCall]()
-        if parser is not None:
-            calls, content = parser.parse(out.text)
-            if not body.parallel_tool_calls:
-                calls = calls[:1]
+        whole = parser.parse(out.text) if parser is not None else Piece(content=out.text)
+        content, calls = whole.content, whole.calls
+        if not body.parallel_tool_calls:
+            calls = calls[:1]
         message: dict[str, Any] = {"role": "assistant", "content": content}
+        if whole.thinking:
+            message["reasoning_content"] = whole.thinking
         if calls:
             message["content"] = content if content.strip() else None
             short = parser is not None and parser.short_ids

@@ -28,6 +28,14 @@ from slm_runtime.routes.openai import (
     offer_tools,
 )
 from slm_runtime.state import Run, RuntimeState
+from slm_runtime.thinking import (
+    NoThinkingError,
+    Piece,
+    ReplyParser,
+    request_think,
+    think_from_effort,
+    unconstrained,
+)
 from slm_runtime.tools import ToolCall, ToolParser, new_call_id
 
 log = logging.getLogger(__name__)
@@ -42,7 +50,7 @@ _STATELESS = (
 )
 LOGPROBS = "message.output_text.logprobs"
 _INCLUDABLE = (LOGPROBS, "reasoning.encrypted_content")
-"""What ``include`` may name; there are never reasoning items, so their content is empty."""
+"""What ``include`` may name; reasoning is never encrypted, its text is in the item."""
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 # The content part types each role may carry; all of them are text.
 _TEXT_PARTS = {"user": "input_text", "system": "input_text", "developer": "input_text"}
@@ -62,6 +70,7 @@ class InputItem(RequestBody):
     name: str | None = None
     arguments: str | None = None
     output: str | list[ContentPart] | None = None
+    summary: list[ContentPart] | None = None
 
 
 class TextFormat(RequestBody):
@@ -70,6 +79,12 @@ class TextFormat(RequestBody):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     description: str | None = None
     strict: bool | None = None
+
+
+class ReasoningConfig(RequestBody):
+    effort: str | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
 class TextConfig(RequestBody):
@@ -101,6 +116,7 @@ class ResponseRequest(TopLevelBody):
     background: bool | None = None
     prompt: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
+    reasoning: ReasoningConfig | None = None
 
     def refuse_unsupported(self) -> None:
         """400 for every field that would change the answer and that this server cannot honour."""
@@ -176,13 +192,18 @@ class ResponseRequest(TopLevelBody):
             raise APIError(400, "input: must not be empty")
         names: dict[str, str] = {}
         calling: dict[str, Any] | None = None
+        thought = ""
         for index, item in enumerate(self.input):
+            if item.type == "reasoning":
+                thought += _thought(item)
+                continue
             if item.type == "function_call":
                 call = _call(index, item)
                 names[item.call_id or ""] = item.name or ""
                 if calling is None:
                     calling = {"role": "assistant", "content": "", "tool_calls": []}
-                    messages.append(calling)
+                    messages.append(_thinking(calling, thought))
+                    thought = ""
                 call["function"]["index"] = len(calling["tool_calls"])
                 calling["tool_calls"].append(call)
                 continue
@@ -190,8 +211,28 @@ class ResponseRequest(TopLevelBody):
             if item.type == "function_call_output":
                 messages.append(_result(index, item, names))
             else:
-                messages.append(_message(index, item))
+                message = _message(index, item)
+                if message["role"] == "assistant":
+                    message, thought = _thinking(message, thought), ""
+                messages.append(message)
         return messages
+
+    def think(self, state: RuntimeState) -> bool | None:
+        """Whether the model thinks: ``reasoning.effort`` as chat's ``reasoning_effort``, on
+        by default for a model whose template renders thoughts."""
+        effort = self.reasoning.effort if self.reasoning else None
+        try:
+            value = think_from_effort(effort)
+        except ValueError as exc:
+            raise APIError(400, str(exc).replace("reasoning_effort", "reasoning.effort")) from None
+        try:
+            return request_think(value, state.prompts.thinking_markers() is not None)
+        except NoThinkingError:
+            raise APIError(
+                400,
+                f"reasoning.effort: {self.model} does not support thinking (its template renders "
+                "no thoughts); leave it unset or send none",
+            ) from None
 
     def tool_choice_parts(self) -> tuple[str | None, str | None]:
         """``tool_choice`` as a mode (none, auto, required) or the name of one function."""
@@ -262,6 +303,21 @@ def _call(index: int, item: InputItem) -> dict[str, Any]:
         "type": "function",
         "function": {"name": item.name, "arguments": arguments},
     }
+
+
+def _thought(item: InputItem) -> str:
+    """The text of a ``reasoning`` input item: its reasoning text, else its summary."""
+    parts = item.content if isinstance(item.content, list) else []
+    text = "".join(p.text or "" for p in parts if p.type == "reasoning_text")
+    return text or "".join(p.text or "" for p in item.summary or () if p.type == "summary_text")
+
+
+def _thinking(message: dict[str, Any], thought: str) -> dict[str, Any]:
+    """The assistant message with the thought before it, under the names Ollama's and Hugging
+    Face's templates read."""
+    if thought:
+        message.update(thinking=thought, reasoning_content=thought)
+    return message
 
 
 def _result(index: int, item: InputItem, names: dict[str, str]) -> dict[str, Any]:
@@ -360,6 +416,18 @@ def _item(ident: str, status: str, content: list[dict[str, Any]]) -> dict[str, A
     }
 
 
+def _reasoning(ident: str, status: str, text: str) -> dict[str, Any]:
+    """A ``reasoning`` output item: the model's thought as its text; no summary is made."""
+    return {
+        "id": ident,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "encrypted_content": None,
+    }
+
+
 def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """A function tool of the request as the response lists it."""
     return {
@@ -418,7 +486,10 @@ class _Reply:
             "output": output,
             "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
+            "reasoning": {
+                "effort": body.reasoning.effort if body.reasoning else None,
+                "summary": body.reasoning.summary if body.reasoning else None,
+            },
             "store": False,
             "temperature": body.temperature,
             "text": {
@@ -445,17 +516,21 @@ class _Reply:
         return status, _item(self.item_id, status, [_text_part(text, logprobs)])
 
     def output(
-        self, text: str, logprobs: list[dict[str, Any]], end: Finished, parser: ToolParser | None
+        self, text: str, logprobs: list[dict[str, Any]], end: Finished, parser: ReplyParser | None
     ) -> tuple[str, list[dict[str, Any]]]:
-        """The final status and output items of a whole generation: its text as a message
-        (left out when it is empty and the model made calls) and each call it made."""
-        calls: list[ToolCall] = []
-        if parser is not None:
-            calls, text = parser.parse(text)
-            calls = calls[: self.body.call_limit]
+        """The final status and output items of a whole generation: its thought as a reasoning
+        item, its text as a message (left out when it is empty and the model made calls) and
+        each call it made."""
+        whole = parser.parse(text) if parser is not None else Piece(content=text)
+        text, calls = whole.content, whole.calls[: self.body.call_limit]
         status, item = self.finished(text, logprobs, end, bool(calls))
-        output = [item] if text or not calls else []
-        output.extend(_function_call(call, parser, "completed") for call in calls if parser)
+        output = (
+            [_reasoning(f"rs_{uuid.uuid4().hex}", status, whole.thinking)] if whole.thinking else []
+        )
+        if text or not calls:
+            output.append(item)
+        tools = parser.tools if parser else None
+        output.extend(_function_call(call, tools, "completed") for call in calls if tools)
         return status, output
 
 
@@ -478,6 +553,9 @@ class _Streamer:
         self.reply = reply
         self.parser = parser
         self.event = _Events()
+        # The reasoning item open now: its id and its text.
+        self.thinking: str | None = None
+        self.thoughts: list[str] = []
         self.output: list[dict[str, Any]] = []
         self.calls = 0
         # The message item open now: its id, its text and logprobs.
@@ -488,10 +566,41 @@ class _Streamer:
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.message, "output_index": len(self.output), "content_index": 0}
 
+    def thought(self, text: str) -> Iterator[bytes]:
+        """Thinking as the text of a reasoning item, opened with the first of it."""
+        where = {"output_index": len(self.output), "content_index": 0}
+        if self.thinking is None:
+            self.thinking = f"rs_{uuid.uuid4().hex}"
+            item = {**_reasoning(self.thinking, "in_progress", ""), "content": []}
+            yield self.event("response.output_item.added", output_index=len(self.output), item=item)
+            part = {"type": "reasoning_text", "text": ""}
+            yield self.event(
+                "response.content_part.added", item_id=self.thinking, **where, part=part
+            )
+        self.thoughts.append(text)
+        yield self.event(
+            "response.reasoning_text.delta", item_id=self.thinking, **where, delta=text
+        )
+
+    def close_thought(self, status: str = "completed") -> Iterator[bytes]:
+        """Closes the open reasoning item, if any."""
+        if self.thinking is None:
+            return
+        text = "".join(self.thoughts)
+        where = {"item_id": self.thinking, "output_index": len(self.output), "content_index": 0}
+        part = {"type": "reasoning_text", "text": text}
+        item = _reasoning(self.thinking, status, text)
+        yield self.event("response.reasoning_text.done", **where, text=text)
+        yield self.event("response.content_part.done", **where, part=part)
+        yield self.event("response.output_item.done", output_index=len(self.output), item=item)
+        self.output.append(item)
+        self.thinking, self.thoughts = None, []
+
     def open(self) -> Iterator[bytes]:
         """Opens a message item unless one is open."""
         if self.message is not None:
             return
+        yield from self.close_thought()
         self.message = self.reply.item_id if not self.output else f"msg_{uuid.uuid4().hex}"
         yield self.event(
             "response.output_item.added",
@@ -530,6 +639,7 @@ class _Streamer:
             return
         self.calls += 1
         yield from self.close("completed")
+        yield from self.close_thought()
         item = _function_call(call, self.parser, "in_progress")
         arguments = item["arguments"]
         index = len(self.output)
@@ -544,8 +654,8 @@ class _Streamer:
         self.output.append(done)
 
 
-async def _stream(reply: _Reply, run: Run, parser: ToolParser | None) -> AsyncIterator[bytes]:
-    out = _Streamer(reply, parser)
+async def _stream(reply: _Reply, run: Run, parser: ReplyParser | None) -> AsyncIterator[bytes]:
+    out = _Streamer(reply, parser.tools if parser else None)
     event = out.event
     yield event("response.created", response=reply.object("in_progress", []))
     yield event("response.in_progress", response=reply.object("in_progress", []))
@@ -565,7 +675,10 @@ async def _stream(reply: _Reply, run: Run, parser: ToolParser | None) -> AsyncIt
                             yield chunk
                     continue
                 held.extend(entries)
-                found, text = parser.add(step.text)
+                part = parser.add(step.text)
+                for chunk in out.thought(part.thinking) if part.thinking else ():
+                    yield chunk
+                found, text = part.calls, part.content
                 if text:
                     for chunk in out.text(text, held):
                         yield chunk
@@ -583,7 +696,10 @@ async def _stream(reply: _Reply, run: Run, parser: ToolParser | None) -> AsyncIt
         failed = reply.object("failed", [_item(reply.item_id, "incomplete", [])], error=error)
         yield event("response.failed", response=failed)
         return
-    rest = parser.finish() if parser is not None else ""
+    last = parser.finish() if parser is not None else Piece()
+    for chunk in out.thought(last.thinking) if last.thinking else ():
+        yield chunk
+    rest = last.content
     if rest or not out.output:
         for chunk in out.text(rest, held) if rest else out.open():
             yield chunk
@@ -604,10 +720,10 @@ def build_router(api_token: str | None) -> APIRouter:
         body.refuse_unsupported()
         json_mode, schema = body.json_mode()
         messages = body.messages()
-        offered, parser = body.offered(state)
+        offered, tools = body.offered(state)
         choice, named = body.tool_choice_parts()
         constraint = call_constraint(state, offered, choice, named, body.call_limit != 1)
-        constraint = constrain(constraint, parser, "a JSON text.format" if json_mode else None)
+        constraint = constrain(constraint, tools, "a JSON text.format" if json_mode else None)
         params = state.sampling(
             {
                 "max_tokens": body.max_output_tokens,
@@ -621,7 +737,10 @@ def build_router(api_token: str | None) -> APIRouter:
             grammar=constraint.grammar if constraint is not None else None,
             grammar_trigger=constraint.trigger if constraint is not None else None,
         )
-        prompt = state.prompts.chat(messages, tools=offered or None)
+        forced = constraint is not None and constraint.trigger is None
+        think = unconstrained(body.think(state), json_mode or forced)
+        prompt = state.prompts.chat(messages, tools=offered or None, think=think)
+        parser = state.prompts.reply_parser(prompt, think, tools)
         run = await _start(state, ROUTE, prompt, params)
         reply = _Reply(body)
         if body.stream:
