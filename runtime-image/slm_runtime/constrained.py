@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,20 +54,27 @@ def two_call_conversation() -> list[dict[str, Any]]:
     return [with_call[0], assistant, with_call[2], result]
 
 
-def _enclosing(text: str, at: int) -> int:
-    """Where the innermost JSON object holding position ``at`` opens; -1 when none does."""
-    stack: list[int] = []
+def _structure(text: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str]]:
+    """The positions and characters of ``text[start:stop]`` outside JSON strings (the quotes
+    themselves left out)."""
     in_string = escaped = False
-    for pos, char in enumerate(text[:at]):
+    for pos in range(start, len(text) if stop is None else stop):
+        char = text[pos]
         if escaped:
             escaped = False
         elif char == "\\":
             escaped = in_string
         elif char == '"':
             in_string = not in_string
-        elif in_string:
-            continue
-        elif char == "{":
+        elif not in_string:
+            yield pos, char
+
+
+def _enclosing(text: str, at: int) -> int:
+    """Where the innermost JSON object holding position ``at`` opens; -1 when none does."""
+    stack: list[int] = []
+    for pos, char in _structure(text, 0, at):
+        if char == "{":
             stack.append(pos)
         elif char == "}" and stack:
             stack.pop()
@@ -76,18 +84,8 @@ def _enclosing(text: str, at: int) -> int:
 def _closing(text: str, start: int) -> int:
     """Where the JSON object that opens at ``start`` ends (one past its ``}``); -1 if never."""
     depth = 0
-    in_string = escaped = False
-    for pos in range(start, len(text)):
-        char = text[pos]
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = in_string
-        elif char == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif char == "{":
+    for pos, char in _structure(text, start):
+        if char == "{":
             depth += 1
         elif char == "}":
             depth -= 1
@@ -114,17 +112,8 @@ def _unclosed(text: str) -> list[str]:
     """The brackets ``text`` opens and leaves open, outside JSON strings, innermost last."""
     stack: list[str] = []
     pairs = {"]": "[", "}": "{"}
-    in_string = escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = in_string
-        elif char == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif char in "[{":
+    for _, char in _structure(text):
+        if char in "[{":
             stack.append(char)
         elif char in pairs and stack and stack[-1] == pairs[char]:
             stack.pop()
