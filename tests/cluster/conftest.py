@@ -90,12 +90,14 @@ class Cluster:
         """Wait until each CRD (a name or ``crd/<name>``) is Established.
 
         ``kubectl wait --for=condition=Established`` fails at once on a CRD whose
-        status.conditions the API server has not written yet, so poll the condition.
+        status.conditions the API server has not written yet, so poll the condition; until
+        they are written kubectl's jsonpath filter fails too (on a null list), which is polled
+        as not yet Established.
         """
         path = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
         deadline = time.monotonic() + timeout
         for name in (crd.split("/", 1)[-1] for crd in crds):
-            while self.kubectl("get", "crd", name, "-o", path).stdout != "True":
+            while self.kubectl("get", "crd", name, "-o", path, check=False).stdout != "True":
                 if time.monotonic() > deadline:
                     raise AssertionError(f"CRD {name} not Established after {timeout:.0f}s")
                 time.sleep(0.2)
