@@ -340,18 +340,3 @@ def call_grammar(shape: CallShape, tools: list[dict[str, Any]], parallel: bool) 
         *calls,
     ]
     return "\n".join(rules) + "\n" + str(converter.format_grammar())  # type: ignore[no-untyped-call]
-
-
-def _regex_literal(text: str) -> str:
-    """``text`` as an ECMAScript regular expression that matches it alone."""
-    return "".join("\\" + c if c in "\\^$.|?*+()[]{}/" else c for c in text)
-
-
-def call_trigger(tag: str) -> str:
-    """The regular expression after which a lazy grammar holds the output to calls: output that
-    starts with the bracket of a bare-JSON template's calls (``{`` or ``[``, as the parser
-    reads them), else any output once the template's tag appears; the grammar applies from the
-    bracket or tag on."""
-    if tag in (BARE_JSON, "["):
-        return rf"\s*({_regex_literal(tag)})[\s\S]*"
-    return rf"[\s\S]*?({_regex_literal(tag)})[\s\S]*"

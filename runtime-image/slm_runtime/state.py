@@ -72,7 +72,6 @@ class RuntimeState:
         logprobs: bool = False,
         top_logprobs: int = 0,
         grammar: str | None = None,
-        grammar_trigger: str | None = None,
     ) -> SamplingParams:
         """Engine defaults, then the configured PARAMETERs, then the request's options; logprobs
         are refused (400) where the engine cannot compute them."""
@@ -100,7 +99,6 @@ class RuntimeState:
             logprobs=logprobs,
             top_logprobs=top_logprobs if logprobs else 0,
             grammar=grammar,
-            grammar_trigger=grammar_trigger,
         )
 
     async def start(self, prompt: str, params: SamplingParams) -> Generation:

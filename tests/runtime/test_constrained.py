@@ -378,82 +378,48 @@ def test_the_parser_hands_out_arguments_as_they_are_written() -> None:
                 assert not pieces
 
 
-def _asked(i: int, city: str) -> list[dict[str, Any]]:
-    """A turn in which the user asks for a city's weather and the assistant calls the tool."""
-    arguments = json.dumps({"city": city, "unit": "celsius"})
-    call = {
-        "id": f"call_{i}",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": arguments},
+def test_a_call_cut_off_by_max_tokens_ends_by_length(server: Server) -> None:
+    """Streamed, the pieces of the call went out and the stream ends by length without sending
+    them again as content; whole, the cut call is content, by length."""
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPTS[1]}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 24,
+        "temperature": 0,
     }
-    return [
-        {"role": "user", "content": f"What is the weather in {city}?"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": f"call_{i}", "content": "sunny"},
-        {"role": "assistant", "content": f"It is sunny in {city}."},
-    ]
+    whole = _client(server).chat.completions.create(**body)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.choices[0].message.tool_calls is None
+    assert "book_table" in (whole.choices[0].message.content or "")
+    names, content, reasons = [], "", []
+    for chunk in _client(server).chat.completions.create(**body, stream=True):
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        names += [c.function.name for c in delta.tool_calls or [] if c.function and c.function.name]
+        reasons.append(chunk.choices[0].finish_reason)
+    assert names == ["book_table"]
+    assert content == ""
+    assert reasons[-1] == "length"
 
 
-@pytest.fixture(scope="module")
-def bare_json(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """SmolLM2 under the bare-JSON ChatML template, whose calls it starts by itself when it has
-    seen a few (under Qwen's tags it does not)."""
-    started = start_server(
-        tmp_path_factory.mktemp("bare-json"), _config(smollm2_gguf, "chatml-bare-json.gotmpl")
+def test_a_grammar_that_allows_no_token_is_a_400_and_the_server_goes_on(
+    server: Server,
+) -> None:
+    """llama.cpp aborts the process when it accepts a token its grammar refuses; a grammar
+    that allows none ends the request instead."""
+    answer = httpx.post(
+        server.url + "/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "Hello",
+            "max_tokens": 5,
+            "temperature": 1.0,
+            "grammar": "root ::= [^\\x00-\\U0010FFFF]",
+        },
+        timeout=60,
     )
-    yield started
-    started.stop(signal.SIGKILL)
-
-
-# Three earlier calls lead SmolLM2 to start a call by itself about half of the time when sampled.
-FEW_SHOT = [
-    *_asked(1, "Paris"),
-    *_asked(2, "Rome"),
-    *_asked(3, "Oslo"),
-    {"role": "user", "content": "What is the weather in Berlin?"},
-]
-
-
-def test_auto_holds_a_call_the_model_starts_to_the_schema(bare_json: Server) -> None:
-    """Under ``auto`` the answer is free until it starts a call (a lazy grammar, triggered by
-    the template's tag); a call begun is then valid by construction, and text stays text."""
-    calls, texts = 0, 0
-    for seed in range(8):
-        answer = _client(bare_json).chat.completions.create(
-            model=MODEL,
-            messages=FEW_SHOT,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
-            max_tokens=120,
-            temperature=1.0,
-            seed=seed,
-        )
-        choice = answer.choices[0]
-        if choice.message.tool_calls:
-            assert choice.finish_reason == "tool_calls"
-            assert choice.message.content is None
-            _check(
-                [(c.function.name, c.function.arguments) for c in choice.message.tool_calls],  # type: ignore[union-attr]
-                set(SCHEMAS),
-            )
-            calls += 1
-        else:
-            content = choice.message.content or ""
-            assert not content.lstrip().startswith(("{", "[", "<tool_call>")), content
-            texts += 1
-    assert calls
-    assert texts
-
-
-def test_auto_streams_the_arguments_of_a_call_in_pieces(bare_json: Server) -> None:
-    body: dict[str, Any] = {"model": MODEL, "messages": FEW_SHOT, "tools": TOOLS, "temperature": 0}
-    whole = _client(bare_json).chat.completions.create(**body)
-    calls = whole.choices[0].message.tool_calls or []
-    assert len(calls) == 1
-    arguments, deltas = "", 0
-    for chunk in _client(bare_json).chat.completions.create(**body, stream=True):
-        for delta_call in chunk.choices[0].delta.tool_calls or []:
-            if delta_call.function and delta_call.function.arguments:
-                arguments += delta_call.function.arguments
-                deltas += 1
-    assert deltas > 3
-    assert json.loads(arguments) == json.loads(calls[0].function.arguments)  # type: ignore[union-attr]
+    assert answer.status_code == 400, answer.text
+    assert "the grammar allows no token" in answer.json()["error"]["message"]
+    assert _client(server).models.retrieve(MODEL).id == MODEL

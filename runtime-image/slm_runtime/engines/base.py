@@ -62,10 +62,6 @@ class SamplingParams:
     """With ``logprobs``: also this many most likely tokens at each position."""
     grammar: str | None = None
     """A GBNF grammar (llama.cpp's) the output must match; instead of ``json_mode``."""
-    grammar_trigger: str | None = None
-    """With ``grammar``: a regular expression (ECMAScript) the whole output so far must match
-    before the grammar applies, from the regex's first group on (llama.cpp's lazy grammar);
-    the output before it is free."""
 
 
 @dataclass(frozen=True)

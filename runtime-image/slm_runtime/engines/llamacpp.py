@@ -376,15 +376,9 @@ class LlamaCppEngine:
         if grammar is not None:
             # Parsed here, not in the decode loop, so that a grammar llama.cpp refuses is the
             # request's error (400) before it takes a slot.
-            if params.grammar_trigger is not None and not params.json_mode:
-                patterns = (ctypes.c_char_p * 1)(params.grammar_trigger.encode())
-                grammar_sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                    self._vocab, grammar.encode(), b"root", patterns, 1, None, 0
-                )
-            else:
-                grammar_sampler = llama_cpp.llama_sampler_init_grammar(
-                    self._vocab, grammar.encode(), b"root"
-                )
+            grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, grammar.encode(), b"root"
+            )
             if not grammar_sampler:
                 what = "grammar" if params.grammar is not None else "JSON grammar"
                 raise EngineError(f"llama.cpp refuses the {what}: it is not valid GBNF")
@@ -450,6 +444,7 @@ class LlamaCppEngine:
             if self._closed:
                 for seq in list(active):
                     self._finish(active, seq, "cancelled")
+                self._drop_incoming()
                 self._outbox.flush()
                 return
             for seq in [s for s in active if s.generation.cancelled]:
@@ -463,6 +458,20 @@ class LlamaCppEngine:
                         self._release(active, seq, keep_cache=False)
                         self._outbox.put(seq.generation, GenerationFailedError("generation failed"))
             self._outbox.flush()
+
+    def _drop_incoming(self) -> None:
+        """Ends the sequences still queued when the loop stops, as cancelled, freeing their
+        grammar samplers."""
+        while True:
+            try:
+                seq = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            if seq is None:
+                continue
+            if seq.grammar_sampler is not None:
+                llama_cpp.llama_sampler_free(seq.grammar_sampler)
+            self._outbox.put(seq.generation, Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0))
 
     def _admit(self, active: list[_Sequence], *, block: bool) -> None:
         while self._free:
@@ -549,6 +558,16 @@ class LlamaCppEngine:
                 token = self._argmax(index)
             elif seq.grammar_sampler is not None:
                 token = self._sample_constrained(seq, index)
+                if token < 0:
+                    self._release(active, seq, keep_cache=False)
+                    self._outbox.put(
+                        seq.generation,
+                        EngineError(
+                            "the grammar allows no token after "
+                            f"{seq.generated} generated tokens; change the grammar"
+                        ),
+                    )
+                    continue
             else:
                 token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
             if seq.generated == 0:
@@ -616,6 +635,9 @@ class LlamaCppEngine:
         if not np.isfinite(single["logit"][0]):
             data, array = self._candidates(index)
             llama_cpp.llama_sampler_apply(seq.grammar_sampler, ctypes.byref(array))
+            if not np.isfinite(data["logit"]).any():
+                # llama.cpp aborts the process when a token the grammar refuses is accepted.
+                return -1
             llama_cpp.llama_sampler_apply(seq.sampler, ctypes.byref(array))
             token = int(data["id"][array.selected])
         llama_cpp.llama_sampler_accept(seq.grammar_sampler, token)

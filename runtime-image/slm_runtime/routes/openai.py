@@ -9,7 +9,6 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -17,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, ModelFormat
-from slm_runtime.constrained import call_grammar, call_trigger
+from slm_runtime.constrained import call_grammar
 from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
     Delta,
@@ -41,7 +40,6 @@ from slm_runtime.thinking import (
     unconstrained,
 )
 from slm_runtime.tools import (
-    BARE_JSON,
     NoToolsError,
     ToolCall,
     ToolParser,
@@ -451,60 +449,36 @@ def offer_tools(
         raise APIError(400, f"{model} does not support tools (its template renders none)") from None
 
 
-@dataclass(frozen=True)
-class CallConstraint:
-    """The grammar of calls of the offered tools, and with ``auto`` the trigger after which it
-    holds (None: from the first token, for ``required`` and a named function)."""
-
-    grammar: str
-    trigger: str | None
-
-
 def call_constraint(
     state: RuntimeState,
     offered: list[dict[str, Any]],
     choice: str | None,
     named: str | None,
     parallel: bool,
-) -> CallConstraint | None:
-    """How generation is held to calls of the ``offered`` tools, their arguments to the tools'
-    schemas, on a GGUF model whose template writes calls as JSON objects: with ``required`` or
-    a ``named`` function the whole answer is calls; with ``auto`` the answer is free until it
-    starts a call (the template's tag), and the call is then valid by construction. None for
-    other models and templates, where output is only parsed."""
-    if not offered or state.engine.format is not ModelFormat.GGUF:
+    other: str | None,
+) -> str | None:
+    """The grammar that holds the answer to calls of the ``offered`` tools, their arguments to
+    the tools' schemas, for ``required`` or a ``named`` function on a GGUF model whose template
+    writes calls as JSON objects; None otherwise, where the output is only parsed (as for
+    ``auto``). Such a grammar cannot share the answer with ``other``, the constraint the request
+    asks for itself (a grammar or a JSON format): 400."""
+    if not offered or (choice != "required" and named is None):
+        return None
+    if state.engine.format is not ModelFormat.GGUF:
         return None
     shape = state.prompts.call_shape()
     if shape is None:
         return None
+    if other is not None:
+        raise APIError(
+            400,
+            "tool_choice required or a named function constrains the answer to tool calls; "
+            f"it cannot be combined with {other}",
+        )
     try:
-        grammar = call_grammar(shape, offered, parallel)
+        return call_grammar(shape, offered, parallel)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
-    if choice == "required" or named is not None:
-        return CallConstraint(grammar, None)
-    return CallConstraint(grammar, call_trigger(state.prompts.tool_tag() or BARE_JSON))
-
-
-def constrain(
-    constraint: CallConstraint | None, parser: ToolParser | None, other: str | None
-) -> CallConstraint | None:
-    """The call constraint a request keeps beside ``other``, the constraint it asks for itself
-    (a grammar or a JSON format): ``required`` and a named function cannot share the answer
-    (400); ``auto`` gives way. The parser then hands out arguments as they are written."""
-    if constraint is None:
-        return None
-    if other is not None:
-        if constraint.trigger is None:
-            raise APIError(
-                400,
-                "tool_choice required or a named function constrains the answer to tool calls; "
-                f"it cannot be combined with {other}",
-            )
-        return None
-    if parser is not None:
-        parser.streams_arguments = True
-    return constraint
 
 
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
@@ -574,11 +548,14 @@ async def _chat_stream(
                     yield _sse(chunk({"tool_calls": [piece]}, (), None))
             else:
                 last = parser.finish() if parser is not None else Piece()
+                # A call whose pieces went out but that max_tokens cut off: the answer ends
+                # with it, by length, and its text is not sent again as content.
+                cut = announced >= calls
                 if last.thinking:
                     yield _sse(chunk({"reasoning_content": last.thinking}, (), None))
-                if last.content:
+                if last.content and not cut:
                     yield _sse(chunk({"content": last.content}, (), None))
-                reason = "tool_calls" if calls else _finish_reason(event)
+                reason = "tool_calls" if calls and not cut else _finish_reason(event)
                 yield _sse(chunk({}, (), reason))
                 if include_usage:
                     yield _sse({**chunk({}, (), None), "choices": [], "usage": _usage(event)})
@@ -637,15 +614,18 @@ def build_router(api_token: str | None) -> APIRouter:
         messages = _chat_messages(body.messages)
         offered, tools = _offered_tools(body, state)
         choice = body.tool_choice
+        other = "grammar" if body.grammar is not None else None
         constraint = call_constraint(
             state,
             offered,
             None if isinstance(choice, NamedToolChoice) else choice,
             choice.function.name if isinstance(choice, NamedToolChoice) else None,
             body.parallel_tool_calls,
+            "a JSON response_format" if json_mode else other,
         )
-        other = "grammar" if body.grammar is not None else None
-        constraint = constrain(constraint, tools, "a JSON response_format" if json_mode else other)
+        if constraint is not None and tools is not None:
+            # The grammar makes sure a call begun ends as one: its arguments go out as written.
+            tools.streams_arguments = True
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = state.sampling(
             body.overrides(max_tokens),
@@ -653,11 +633,9 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=bool(body.logprobs),
             top_logprobs=body.top(),
-            grammar=constraint.grammar if constraint is not None else body.grammar,
-            grammar_trigger=constraint.trigger if constraint is not None else None,
+            grammar=constraint or body.grammar,
         )
-        forced = constraint is not None and constraint.trigger is None
-        think = unconstrained(_chat_think(body, state), json_mode or forced)
+        think = unconstrained(_chat_think(body, state), json_mode or constraint is not None)
         prompt = state.prompts.chat(messages, tools=offered or None, think=think)
         parser = state.prompts.reply_parser(prompt, think, tools)
         run = await _start(state, "/v1/chat/completions", prompt, params)

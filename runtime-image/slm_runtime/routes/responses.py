@@ -24,7 +24,6 @@ from slm_runtime.routes.openai import (
     _chat_logprobs,
     _start,
     call_constraint,
-    constrain,
     offer_tools,
 )
 from slm_runtime.state import Run, RuntimeState
@@ -722,8 +721,10 @@ def build_router(api_token: str | None) -> APIRouter:
         messages = body.messages()
         offered, tools = body.offered(state)
         choice, named = body.tool_choice_parts()
-        constraint = call_constraint(state, offered, choice, named, body.call_limit != 1)
-        constraint = constrain(constraint, tools, "a JSON text.format" if json_mode else None)
+        other = "a JSON text.format" if json_mode else None
+        constraint = call_constraint(state, offered, choice, named, body.call_limit != 1, other)
+        if constraint is not None and tools is not None:
+            tools.streams_arguments = True
         params = state.sampling(
             {
                 "max_tokens": body.max_output_tokens,
@@ -734,11 +735,9 @@ def build_router(api_token: str | None) -> APIRouter:
             json_schema=schema,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            grammar=constraint.grammar if constraint is not None else None,
-            grammar_trigger=constraint.trigger if constraint is not None else None,
+            grammar=constraint,
         )
-        forced = constraint is not None and constraint.trigger is None
-        think = unconstrained(body.think(state), json_mode or forced)
+        think = unconstrained(body.think(state), json_mode or constraint is not None)
         prompt = state.prompts.chat(messages, tools=offered or None, think=think)
         parser = state.prompts.reply_parser(prompt, think, tools)
         run = await _start(state, ROUTE, prompt, params)
