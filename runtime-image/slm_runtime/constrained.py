@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, BuiltinRule, SchemaConverter
 
@@ -256,17 +256,53 @@ def _natural_range(low: int, high: int) -> list[str]:
 
 
 def integer_range(low: int | None, high: int | None) -> str:
-    """GBNF for the integers from ``low`` to ``high`` (None: unbounded, up to 16 digits)."""
+    """GBNF for the integers from ``low`` to ``high`` (None: unbounded, up to 16 digits);
+    ValueError when no integer lies between them."""
     biggest = 10**_DIGITS - 1
-    low = -biggest if low is None else low
-    high = biggest if high is None else high
+    first = -biggest if low is None else low
+    last = biggest if high is None else high
+    if first > last:
+        if high is None:
+            raise ValueError(f"no integer of up to {_DIGITS} digits is at least {low}")
+        if low is None:
+            raise ValueError(f"no integer of up to {_DIGITS} digits is at most {high}")
+        raise ValueError(f"no integer lies between {low} and {high}")
     parts = []
-    if low < 0:
-        negative = _natural_range(max(-high, 1), -low)
+    if first < 0:
+        negative = _natural_range(max(-last, 1), -first)
         parts.append('"-" ' + (negative[0] if len(negative) == 1 else f"({' | '.join(negative)})"))
-    if high >= 0:
-        parts.extend(_natural_range(max(low, 0), high))
+    if last >= 0:
+        parts.extend(_natural_range(max(first, 0), last))
     return parts[0] if len(parts) == 1 else "(" + " | ".join(parts) + ")"
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    """Whether a JSON value is a number (a bool is not, though Python's bool is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The least and greatest integer an integer schema allows (None: unbounded): ``minimum``,
+    ``maximum``, and ``exclusiveMinimum``/``exclusiveMaximum`` as numbers or, as draft 4 writes
+    them, as flags that make ``minimum``/``maximum`` strict."""
+    lows, highs = [], []
+    minimum, maximum = schema.get("minimum"), schema.get("maximum")
+    above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if _number(minimum):
+        lows.append(math.floor(minimum) + 1 if above is True else math.ceil(minimum))
+    if _number(above):
+        lows.append(math.floor(above) + 1)
+    if _number(maximum):
+        highs.append(math.ceil(maximum) - 1 if below is True else math.floor(maximum))
+    if _number(below):
+        highs.append(math.ceil(below) - 1)
+    return max(lows, default=None), min(highs, default=None)
+
+
+# The bounds of an integer, which llama-cpp-python's converter does not keep.
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# Keywords the converter writes an integer's rule from before it looks at the type.
+_BEFORE_TYPE = ("$ref", "anyOf", "oneOf", "const", "enum")
 
 
 class _Converter(SchemaConverter):
@@ -280,24 +316,15 @@ class _Converter(SchemaConverter):
         return super()._add_primitive(name, _CHAR if name == "char" else rule)
 
     def visit(self, schema: Any, name: str) -> Any:
-        bounds = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
         if not (
             isinstance(schema, dict)
             and schema.get("type") == "integer"
-            and any(isinstance(schema.get(b), int | float) for b in bounds)
+            and not any(key in schema for key in _BEFORE_TYPE)
+            and any(_number(schema.get(bound)) for bound in _BOUNDS)
         ):
             return super().visit(schema, name)  # type: ignore[no-untyped-call]
-        lows = [math.ceil(schema["minimum"])] if "minimum" in schema else []
-        if "exclusiveMinimum" in schema:
-            lows.append(math.floor(schema["exclusiveMinimum"]) + 1)
-        highs = [math.floor(schema["maximum"])] if "maximum" in schema else []
-        if "exclusiveMaximum" in schema:
-            highs.append(math.ceil(schema["exclusiveMaximum"]) - 1)
-        low, high = max(lows, default=None), min(highs, default=None)
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"no integer lies between {low} and {high}")
         rule = name + "-" if name in RESERVED_NAMES else name or "root"
-        return self._add_rule(rule, integer_range(low, high) + " space")  # type: ignore[no-untyped-call]
+        return self._add_rule(rule, integer_range(*_integer_bounds(schema)) + " space")  # type: ignore[no-untyped-call]
 
 
 def call_grammar(shape: CallShape, tools: list[dict[str, Any]], parallel: bool) -> str:

@@ -3,6 +3,7 @@ and the parser that finds calls in the model's output (Ollama's tools package, i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -27,6 +28,9 @@ _PROBE_ARGUMENTS = {"probe_arg": "probe value"}
 BARE_JSON = "{"
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# The most levels of schemas a tool's parameters nest: the metaschema check, the reference walk
+# and the grammar converter recurse once or more per level.
+MAX_SCHEMA_DEPTH = 32
 _ID_CHARS = string.ascii_letters + string.digits
 # Where a call object's arguments object opens, after its key.
 _ARGUMENTS_KEY = re.compile(r'"(?:arguments|parameters)"\s*:\s*(\{)')
@@ -553,17 +557,42 @@ def _key_of(parent: dict[str, Any], child: Any) -> list[str | int]:
     return []
 
 
+def _schema_depth(schema: dict[str, Any], most: int) -> int:
+    """How many levels of schemas ``schema`` nests, counting up to ``most + 1``; a keyword whose
+    value has the wrong shape holds no subschemas here (the metaschema check refuses it)."""
+    spec = specification_with(str(schema.get("$schema", "")), default=DRAFT202012)
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack and deepest <= most:
+        node, level = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        deepest = max(deepest, level)
+        subschemas: list[Any] = []
+        # The subschemas found before a keyword of the wrong shape stay in the list.
+        with contextlib.suppress(AttributeError, TypeError):
+            subschemas.extend(spec.subresources_of(node))
+        stack.extend((sub, level + 1) for sub in subschemas)
+    return deepest
+
+
 def _parameters_problem(parameters: Any, path: str) -> str | None:
-    """Why a tool's ``parameters`` are refused: not a valid JSON Schema, not an object schema
-    at the top, or referring to schemas that would have to be fetched; or None."""
+    """Why a tool's ``parameters`` are refused: nested too deep, not a valid JSON Schema, not an
+    object schema at the top, or referring to schemas that would have to be fetched; or None."""
     if not isinstance(parameters, dict):
         return f"{path} must be an object schema, such as {{'type': 'object', 'properties': ...}}"
-    problem = _metaschema_problem(parameters, path)
-    if problem:
-        return f"{problem} (the parameters are not a valid JSON Schema)"
-    if parameters.get("type", "object") != "object":
-        return f"{path}.type must be 'object': a function takes an object of named arguments"
-    return _remote_reference(parameters, path)
+    too_deep = f"{path} nest deeper than {MAX_SCHEMA_DEPTH} levels"
+    if _schema_depth(parameters, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        return too_deep
+    try:
+        problem = _metaschema_problem(parameters, path)
+        if problem:
+            return f"{problem} (the parameters are not a valid JSON Schema)"
+        if parameters.get("type", "object") != "object":
+            return f"{path}.type must be 'object': a function takes an object of named arguments"
+        return _remote_reference(parameters, path)
+    except RecursionError:
+        return too_deep
 
 
 def check_tools(tools: list[dict[str, Any]], where: str = "tools") -> list[str]:

@@ -315,6 +315,73 @@ def test_an_integer_bounded_on_one_side_has_up_to_sixteen_digits() -> None:
     assert not at_most.fullmatch("0")
 
 
+def test_bounds_beyond_sixteen_digits_on_one_side_leave_no_integer() -> None:
+    """The other side's default is 16 digits: a bound beyond it leaves nothing to write, which
+    is a 400 naming the tool, not a grammar that allows no value."""
+    with pytest.raises(ValueError, match="no integer of up to 16 digits is at least"):
+        integer_range(10**17, None)
+    with pytest.raises(ValueError, match="no integer of up to 16 digits is at most"):
+        integer_range(None, -(10**17))
+    with pytest.raises(ValueError, match=re.escape("tools[0].function.parameters: the schema")):
+        _integers({"type": "integer", "minimum": 10**17})
+
+
+# A call that is its arguments alone: the grammar of one argument is read without the call's text.
+_ARGUMENTS_ONLY = CallShape("", ("", ""), (ARGUMENTS,), None, "")
+
+
+def _integers(schema: dict[str, Any]) -> re.Pattern[str]:
+    """The regular expression of the integers the grammar lets a tool's argument ``n`` of
+    ``schema`` be (its rules written in place, the optional space after a value left out)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": _one_argument(schema)}}
+    grammar = call_grammar(_ARGUMENTS_ONLY, [tool], parallel=False)
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
+
+    def written(name: str) -> str:
+        if name == "space":
+            return ""
+        return "(" + re.sub(r"[a-z][a-z0-9-]*", lambda m: written(m[0]), rules[name]) + ")"
+
+    return re.compile(_regex(written("tool-0-arguments-n")))
+
+
+def _one_argument(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"n": schema},
+        "required": ["n"],
+        "$defs": {"small": {"type": "integer", "minimum": 2, "maximum": 4}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("schema", "allowed"),
+    [
+        ({"type": "integer", "minimum": 1, "maximum": 10, "enum": [3, 5]}, {3, 5}),
+        ({"type": "integer", "minimum": 1, "const": 4}, {4}),
+        ({"type": "integer", "minimum": 1, "anyOf": [{"const": 3}, {"const": 5}]}, {3, 5}),
+        ({"type": "integer", "maximum": 9, "oneOf": [{"const": -2}, {"const": 7}]}, {-2, 7}),
+        ({"type": "integer", "minimum": 0, "$ref": "#/$defs/small"}, {2, 3, 4}),
+        # Draft 4 writes exclusive bounds as flags on `minimum` and `maximum`.
+        ({"type": "integer", "minimum": 3, "exclusiveMinimum": True, "maximum": 6}, {4, 5, 6}),
+        ({"type": "integer", "minimum": 3, "exclusiveMinimum": False, "maximum": 6}, {3, 4, 5, 6}),
+        (
+            {"type": "integer", "minimum": -2, "maximum": 5, "exclusiveMaximum": True},
+            set(range(-2, 5)),
+        ),
+        ({"type": "integer", "minimum": 0.5, "maximum": 2.5, "exclusiveMaximum": True}, {1, 2}),
+        ({"type": "integer", "exclusiveMinimum": 2, "exclusiveMaximum": 5}, {3, 4}),
+    ],
+)
+def test_integer_rules_keep_enum_const_unions_references_and_draft_4_bounds(
+    schema: dict[str, Any], allowed: set[int]
+) -> None:
+    """Bounds beside an enum, a const, a union or a reference leave the rule to those keywords;
+    a draft-4 `exclusiveMinimum`/`exclusiveMaximum` of true makes its bound strict."""
+    pattern = _integers(schema)
+    assert {n for n in range(-30, 30) if pattern.fullmatch(str(n))} == allowed
+
+
 @pytest.fixture(scope="module")
 def open_calls(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 under Phi-4-mini's Ollama template, whose call objects cannot be constrained."""

@@ -9,9 +9,12 @@ tools/tools_test.go, with the same inputs and expected content and calls.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -428,6 +431,16 @@ def _object(**properties: Any) -> dict[str, Any]:
     return {"type": "object", "properties": properties}
 
 
+def _nested(
+    levels: int, wrap: Callable[[dict[str, Any]], dict[str, Any]] = lambda inner: _object(x=inner)
+) -> dict[str, Any]:
+    """A schema ``levels`` schemas deep, each the only subschema of the one above it."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels - 1):
+        schema = wrap(schema)
+    return schema
+
+
 @pytest.mark.parametrize(
     ("tools", "message"),
     [
@@ -507,6 +520,17 @@ def _object(**properties: Any) -> dict[str, Any]:
             "tools[0].function.parameters.properties.x.items[0].$ref: 'http://example.com/a'",
         ),
         ([WEATHER, WEATHER], "named twice"),
+        # A hundred levels exhaust the recursion of the metaschema check.
+        (_with_parameters(_nested(100)), "tools[0].function.parameters nest deeper than 32 levels"),
+        (_with_parameters(_nested(33)), "tools[0].function.parameters nest deeper than 32 levels"),
+        (
+            _with_parameters(_object(x=_nested(32, lambda inner: {"anyOf": [True, inner]}))),
+            "tools[0].function.parameters nest deeper than 32 levels",
+        ),
+        (
+            _with_parameters(_nested(33, lambda inner: {"$defs": {"a": inner}})),
+            "tools[0].function.parameters nest deeper than 32 levels",
+        ),
     ],
 )
 def test_bad_tools_are_refused(tools: list[dict[str, Any]], message: str) -> None:
@@ -514,6 +538,18 @@ def test_bad_tools_are_refused(tools: list[dict[str, Any]], message: str) -> Non
     another); the message names the tool and the keyword."""
     with pytest.raises(ValueError, match=re.escape(message)):
         check_tools(tools)
+
+
+def test_a_check_that_runs_out_of_stack_is_a_refusal() -> None:
+    """Should the metaschema check recurse deeper than the stack allows within the levels that
+    pass, the parameters are refused as too deep rather than failing the request."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 100)
+    try:
+        with pytest.raises(ValueError, match="nest deeper than 32 levels"):
+            check_tools(_with_parameters(_nested(32)))
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_good_tools_pass() -> None:
@@ -540,6 +576,10 @@ def test_good_tools_pass() -> None:
         # A `$ref` inside a value (const, default, enum) is data, not a reference.
         _object(x={"const": {"$ref": "https://example.com/a"}}),
         {"$schema": "http://json-schema.org/draft-07/schema#", **_object(x={"items": [{}]})},
+        _nested(32),
+        _object(x=_nested(31, lambda inner: {"type": "array", "items": inner})),
+        # Data nests as deep as it likes: only schemas count.
+        _object(x={"const": json.loads("[" * 200 + "]" * 200)}),
     ],
 )
 def test_valid_parameters_pass(parameters: dict[str, Any]) -> None:
