@@ -17,10 +17,8 @@ from slm_runtime.thinking import (
     ReplyParser,
     ThinkingParser,
     markers_from_renderings,
+    thought_probe_conversations,
     without_thought,
-)
-from slm_runtime.thinking import (
-    probe_conversations as thought_conversations,
 )
 from slm_runtime.tools import (
     BARE_JSON,
@@ -210,7 +208,7 @@ class PromptBuilder:
         return ReplyParser(thinking, tools)
 
     def _probe_thinking(self) -> tuple[str, str] | None:
-        for conversation in thought_conversations():
+        for conversation in thought_probe_conversations():
             try:
                 with_thought = self.chat(conversation, think=True)
                 without = self.chat(without_thought(conversation), think=True)

@@ -48,7 +48,7 @@ def thinks(value: ThinkValue) -> bool:
     return value is True or (isinstance(value, str) and value in THINK_LEVELS)
 
 
-def probe_conversations() -> list[list[dict[str, Any]]]:
+def thought_probe_conversations() -> list[list[dict[str, Any]]]:
     """Conversations whose assistant turn carries the probe thought (under both names
     templates read: Ollama's ``thinking``, Hugging Face's ``reasoning_content``): the turn
     last, and followed by a user turn (a template may write thoughts of one of them only)."""
