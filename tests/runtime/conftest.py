@@ -121,6 +121,31 @@ def gemma_config(gguf: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def smollm2_config(gguf: Path, template: str | None = None, **parameters: Any) -> dict[str, Any]:
+    """A RuntimeConfig for SmolLM2-135M-Instruct with one slot: its own chat template, or the
+    Modelfile TEMPLATE given; ``parameters`` replace the default context, answer length and
+    threads."""
+    config: dict[str, Any] = {
+        "modelName": "smollm2",
+        "format": "gguf",
+        "modelPath": str(gguf),
+        "parallel": 1,
+        "parameters": {"contextLength": 2048, "numPredict": 40, "numThread": 2, **parameters},
+    }
+    if template is not None:
+        config["template"] = template
+    return config
+
+
+def serve(
+    tmp_path_factory: pytest.TempPathFactory, name: str, config: dict[str, Any]
+) -> Iterator[Server]:
+    """A server for a module or session fixture (``yield from``), killed at its end."""
+    server = start_server(tmp_path_factory.mktemp(name), config)
+    yield server
+    server.stop(signal.SIGKILL)
+
+
 def onnx_config(**overrides: Any) -> dict[str, Any]:
     """A RuntimeConfig for the tiny ONNX model (its own chat template)."""
     config: dict[str, Any] = {

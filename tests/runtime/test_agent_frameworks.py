@@ -15,7 +15,6 @@ the model.
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 
-from tests.runtime.conftest import Server, start_server
+from tests.runtime.conftest import Server, serve, smollm2_config
 
 pytestmark = pytest.mark.runtime
 
@@ -61,17 +60,8 @@ MAX_TURNS = 3
 @pytest.fixture(scope="module")
 def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE that renders tools, as in test_tools_api.py."""
-    config = {
-        "modelName": MODEL,
-        "format": "gguf",
-        "modelPath": str(smollm2_gguf),
-        "parallel": 1,
-        "parameters": {"contextLength": 2048, "numPredict": 40, "numThread": 2},
-        "template": (TEMPLATE / "chatml-bare-json.gotmpl").read_text(encoding="utf-8"),
-    }
-    started = start_server(tmp_path_factory.mktemp("frameworks"), config)
-    yield started
-    started.stop(signal.SIGKILL)
+    template = (TEMPLATE / "chatml-bare-json.gotmpl").read_text(encoding="utf-8")
+    yield from serve(tmp_path_factory, "frameworks", smollm2_config(smollm2_gguf, template))
 
 
 @dataclass

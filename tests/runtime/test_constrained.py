@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from slm_runtime.constrained import (
 )
 from slm_runtime.prompt import PromptBuilder
 
-from tests.runtime.conftest import Server, start_server
+from tests.runtime.conftest import Server, serve, smollm2_config
 
 pytestmark = pytest.mark.runtime
 
@@ -151,14 +150,8 @@ def test_templates_whose_calls_are_not_json_objects_have_no_shape() -> None:
 
 
 def _config(gguf: Path, template: str) -> dict[str, Any]:
-    return {
-        "modelName": MODEL,
-        "format": "gguf",
-        "modelPath": str(gguf),
-        "parallel": 1,
-        "template": (TEMPLATES / template).read_text(encoding="utf-8"),
-        "parameters": {"contextLength": 2048, "numPredict": 400, "numThread": 2},
-    }
+    """SmolLM2 under a tool template, with room for sampled calls."""
+    return smollm2_config(gguf, (TEMPLATES / template).read_text(encoding="utf-8"), numPredict=400)
 
 
 @pytest.fixture(
@@ -169,11 +162,7 @@ def server(
     request: pytest.FixtureRequest, smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """SmolLM2 under a template that renders tools: bare JSON, a JSON list, Qwen's tags."""
-    started = start_server(
-        tmp_path_factory.mktemp("constrained"), _config(smollm2_gguf, request.param)
-    )
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "constrained", _config(smollm2_gguf, request.param))
 
 
 def _client(server: Server) -> openai.OpenAI:
@@ -385,11 +374,7 @@ def test_integer_rules_keep_enum_const_unions_references_and_draft_4_bounds(
 @pytest.fixture(scope="module")
 def open_calls(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 under Phi-4-mini's Ollama template, whose call objects cannot be constrained."""
-    started = start_server(
-        tmp_path_factory.mktemp("open-calls"), _config(smollm2_gguf, "phi4-mini.gotmpl")
-    )
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "open-calls", _config(smollm2_gguf, "phi4-mini.gotmpl"))
 
 
 def test_required_is_read_as_auto_where_calls_cannot_be_constrained(open_calls: Server) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from slm_runtime.thinking import (
 )
 from slm_runtime.tools import ToolParser
 
-from tests.runtime.conftest import Server, start_server
+from tests.runtime.conftest import Server, serve, smollm2_config
 
 pytestmark = pytest.mark.runtime
 
@@ -204,33 +203,18 @@ def test_reasoning_effort_maps_as_ollamas_openai_compatibility() -> None:
 # --- the routes, with the real model -----------------------------------------------------------
 
 
-def _config(gguf: Path, template: str | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "modelName": MODEL,
-        "format": "gguf",
-        "modelPath": str(gguf),
-        "parallel": 1,
-        "parameters": {"contextLength": 2048, "numPredict": 60, "numThread": 2},
-    }
-    if template is not None:
-        config["template"] = template
-    return config
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE that renders thoughts."""
-    started = start_server(tmp_path_factory.mktemp("thinking"), _config(smollm2_gguf, TEMPLATE))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(
+        tmp_path_factory, "thinking", smollm2_config(smollm2_gguf, TEMPLATE, numPredict=60)
+    )
 
 
 @pytest.fixture(scope="module")
 def plain(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with its own chat template, which renders no thoughts."""
-    started = start_server(tmp_path_factory.mktemp("plain"), _config(smollm2_gguf, None))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "plain", smollm2_config(smollm2_gguf, numPredict=60))
 
 
 def _openai(server: Server) -> openai.OpenAI:

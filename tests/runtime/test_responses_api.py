@@ -4,7 +4,6 @@ SmolLM2-135M-Instruct (a GGUF with its own chat template)."""
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.runtime.conftest import Server, start_server
+from tests.runtime.conftest import Server, serve, smollm2_config
 from tests.runtime.test_tools_api import CALL_SCHEMA, TIME, TWO_CALLS, WEATHER
 from tests.runtime.test_tools_api import TEMPLATE as TOOL_TEMPLATES
-from tests.runtime.test_tools_api import _config as tools_config
 
 pytestmark = pytest.mark.runtime
 
@@ -35,21 +33,13 @@ def smollm2_gguf() -> Path:
 
 
 def _config(gguf: Path) -> dict[str, Any]:
-    return {
-        "modelName": MODEL,
-        "format": "gguf",
-        "modelPath": str(gguf),
-        "parallel": 1,
-        "parameters": {"contextLength": 1024, "numPredict": 48, "numThread": 2},
-    }
+    return smollm2_config(gguf, contextLength=1024, numPredict=48)
 
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One SmolLM2 server shared by this module."""
-    started = start_server(tmp_path_factory.mktemp("smollm2"), _config(smollm2_gguf))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "smollm2", _config(smollm2_gguf))
 
 
 def _client(server: Server, api_key: str = "unused") -> openai.OpenAI:
@@ -372,11 +362,7 @@ WEATHER_QUESTION = "What is the weather in Paris?"
 def tools_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE that renders tools."""
     template = (TOOL_TEMPLATES / "chatml-bare-json.gotmpl").read_text(encoding="utf-8")
-    started = start_server(
-        tmp_path_factory.mktemp("responses-tools"), tools_config(smollm2_gguf, template)
-    )
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "responses-tools", smollm2_config(smollm2_gguf, template))
 
 
 def test_a_call_is_a_function_call_output_item(tools_server: Server) -> None:
@@ -662,11 +648,7 @@ def test_streamed_text_with_tools_is_one_message_item(tools_server: Server) -> N
 def listing(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE whose calls are a bare JSON list (so several fit in one answer)."""
     template = (TOOL_TEMPLATES / "chatml-json-list.gotmpl").read_text(encoding="utf-8")
-    started = start_server(
-        tmp_path_factory.mktemp("responses-list"), tools_config(smollm2_gguf, template)
-    )
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "responses-list", smollm2_config(smollm2_gguf, template))
 
 
 @pytest.mark.parametrize(

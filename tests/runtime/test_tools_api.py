@@ -12,7 +12,6 @@ tests that need no call use the model's free greedy output.
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import ollama
 import openai
 import pytest
 
-from tests.runtime.conftest import Server, start_server
+from tests.runtime.conftest import Server, serve, smollm2_config
 
 pytestmark = pytest.mark.runtime
 
@@ -65,34 +64,17 @@ QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7}
 
 
-def _config(gguf: Path, template: str | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "modelName": MODEL,
-        "format": "gguf",
-        "modelPath": str(gguf),
-        "parallel": 1,
-        "parameters": {"contextLength": 2048, "numPredict": 40, "numThread": 2},
-    }
-    if template is not None:
-        config["template"] = template
-    return config
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE that renders tools."""
     template = (TEMPLATE / "chatml-bare-json.gotmpl").read_text(encoding="utf-8")
-    started = start_server(tmp_path_factory.mktemp("tools"), _config(smollm2_gguf, template))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "tools", smollm2_config(smollm2_gguf, template))
 
 
 @pytest.fixture(scope="module")
 def plain(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with its own chat template, which renders no tools."""
-    started = start_server(tmp_path_factory.mktemp("plain"), _config(smollm2_gguf, None))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "plain", smollm2_config(smollm2_gguf))
 
 
 def _openai(server: Server) -> openai.OpenAI:
@@ -386,9 +368,7 @@ def test_ollama_show_lists_tools_when_the_template_renders_them(
 def listing(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """SmolLM2 with a TEMPLATE whose calls are a bare JSON list (so several fit in one answer)."""
     template = (TEMPLATE / "chatml-json-list.gotmpl").read_text(encoding="utf-8")
-    started = start_server(tmp_path_factory.mktemp("list"), _config(smollm2_gguf, template))
-    yield started
-    started.stop(signal.SIGKILL)
+    yield from serve(tmp_path_factory, "list", smollm2_config(smollm2_gguf, template))
 
 
 TWO_CITIES = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
