@@ -7,13 +7,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, BuiltinRule, SchemaConverter
 
-from slm_runtime.tools import BARE_JSON, PROBE_ID, PROBE_NAME, probe_conversations
+from slm_runtime.tools import BARE_JSON, PROBE_ID, PROBE_NAME, JsonScan, probe_conversations
 
 # The argument the sample call carries (tools.probe_tools), as the template renders its key.
 _PROBE_KEY = '"probe_arg"'
@@ -54,26 +53,10 @@ def two_call_conversation() -> list[dict[str, Any]]:
     return [with_call[0], assistant, with_call[2], result]
 
 
-def _structure(text: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str]]:
-    """The positions and characters of ``text[start:stop]`` outside JSON strings (the quotes
-    themselves left out)."""
-    in_string = escaped = False
-    for pos in range(start, len(text) if stop is None else stop):
-        char = text[pos]
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = in_string
-        elif char == '"':
-            in_string = not in_string
-        elif not in_string:
-            yield pos, char
-
-
 def _enclosing(text: str, at: int) -> int:
     """Where the innermost JSON object holding position ``at`` opens; -1 when none does."""
     stack: list[int] = []
-    for pos, char in _structure(text, 0, at):
+    for pos, char in JsonScan().structure(text, at):
         if char == "{":
             stack.append(pos)
         elif char == "}" and stack:
@@ -84,7 +67,7 @@ def _enclosing(text: str, at: int) -> int:
 def _closing(text: str, start: int) -> int:
     """Where the JSON object that opens at ``start`` ends (one past its ``}``); -1 if never."""
     depth = 0
-    for pos, char in _structure(text, start):
+    for pos, char in JsonScan(start).structure(text):
         if char == "{":
             depth += 1
         elif char == "}":
@@ -112,7 +95,7 @@ def _unclosed(text: str) -> list[str]:
     """The brackets ``text`` opens and leaves open, outside JSON strings, innermost last."""
     stack: list[str] = []
     pairs = {"]": "[", "}": "{"}
-    for _, char in _structure(text):
+    for _, char in JsonScan().structure(text):
         if char in "[{":
             stack.append(char)
         elif char in pairs and stack and stack[-1] == pairs[char]:

@@ -8,8 +8,8 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
@@ -127,6 +127,33 @@ def quote_from_renderings(with_call: str, with_texts: list[str]) -> str:
     return "" if between in ("", '"') else between
 
 
+@dataclass
+class JsonScan:
+    """A scan of JSON text that can stop and go on: the next position, and whether it stands in
+    a string or after a backslash in one."""
+
+    pos: int = 0
+    in_string: bool = False
+    escaped: bool = False
+
+    def structure(self, text: str, stop: int | None = None) -> Iterator[tuple[int, str]]:
+        """The positions and characters of ``text`` from ``pos`` to ``stop`` outside strings
+        (the quotes themselves left out); ``pos`` moves past each character read, so a caller
+        that stops early goes on from there."""
+        end = len(text) if stop is None else stop
+        while self.pos < end:
+            pos, char = self.pos, text[self.pos]
+            self.pos += 1
+            if self.escaped:
+                self.escaped = False
+            elif char == "\\":
+                self.escaped = self.in_string
+            elif char == '"':
+                self.in_string = not self.in_string
+            elif not self.in_string:
+                yield pos, char
+
+
 class NoToolsError(Exception):
     """The model's template renders no tools, so the model cannot be offered any."""
 
@@ -194,10 +221,8 @@ class ToolParser:
     _arg_start: int = -1
     _arg_end: int = -1
     _arg_sent: int = 0
-    _arg_pos: int = 0
+    _arg_scan: JsonScan = field(default_factory=JsonScan)
     _arg_depth: int = 0
-    _arg_in_string: bool = False
-    _arg_escaped: bool = False
 
     def argument_piece(self) -> tuple[int, str, str] | None:
         """The index and name of the call being written and the part of its arguments written
@@ -211,7 +236,8 @@ class ToolParser:
             found = _ARGUMENTS_KEY.search(self._buffer, self._start)
             if found is None:
                 return None
-            self._arg_start = self._arg_sent = self._arg_pos = found.start(1)
+            self._arg_start = self._arg_sent = found.start(1)
+            self._arg_scan = JsonScan(found.start(1))
         self._scan_arguments()
         end = self._arg_end if self._arg_end >= 0 else len(self._buffer)
         piece = self._buffer[self._arg_sent : end]
@@ -222,29 +248,18 @@ class ToolParser:
 
     def _scan_arguments(self) -> None:
         """Moves the scan of the arguments object to the end of the buffer or of the object."""
-        buffer = self._buffer
-        pos, depth = self._arg_pos, self._arg_depth
-        in_string, escaped = self._arg_in_string, self._arg_escaped
-        while pos < len(buffer) and self._arg_end < 0:
-            char = buffer[pos]
-            pos += 1
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = in_string
-            elif char == '"':
-                in_string = not in_string
-            elif in_string:
-                continue
-            elif char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    self._arg_end = pos
-        self._scanned += pos - self._arg_pos
-        self._arg_pos, self._arg_depth = pos, depth
-        self._arg_in_string, self._arg_escaped = in_string, escaped
+        scan = self._arg_scan
+        before = scan.pos
+        if self._arg_end < 0:
+            for pos, char in scan.structure(self._buffer):
+                if char == "{":
+                    self._arg_depth += 1
+                elif char == "}":
+                    self._arg_depth -= 1
+                    if self._arg_depth == 0:
+                        self._arg_end = pos + 1
+                        break
+        self._scanned += scan.pos - before
 
     def add(self, text: str) -> tuple[list[ToolCall], str]:
         """The calls completed and the content released by this piece of output."""
@@ -317,8 +332,8 @@ class ToolParser:
         call = ToolCall(name, arguments if arguments is not None else {}, self._count, raw, sent)
         self._count += 1
         self._arg_start = self._arg_end = -1
-        self._arg_sent = self._arg_pos = self._arg_depth = 0
-        self._arg_in_string = self._arg_escaped = False
+        self._arg_sent = self._arg_depth = 0
+        self._arg_scan = JsonScan()
         self._buffer = self._buffer[max(end, at) :]
         self._tool, self._searched = None, 0
         self._pos, self._start, self._depth = 0, -1, 0
