@@ -2,7 +2,7 @@
 # Builds the test cluster's binaries from the Go module proxy into a cache outside the
 # checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>,
 # beside <name>-<version>.gosum, the hash of the wrapper module's go.sum it was built from. A
-# binary already in the cache is not rebuilt unless that go.sum has changed. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|crds ...]
+# binary already in the cache is not rebuilt unless that go.sum has changed. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|containerd|coredns|pause|crds ...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -62,8 +62,9 @@ k8s_build() {
   log "built ${names[*]} ${v} in $((SECONDS - start))s"
 }
 
+# The control plane and the real node's kubelet and kube-proxy, in one go build.
 build_k8s() {
-  k8s_build kube-apiserver kube-controller-manager kube-scheduler
+  k8s_build kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
 }
 
 # The kubectl that matches the control plane (setup links it into .venv/bin).
@@ -89,6 +90,29 @@ build_etcd() {
 
 build_kwok() {
   build_tool kwok kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok
+}
+
+# The real node's container runtime: containerd, its runc shim and ctr (runc itself is
+# Debian's). btrfs, devmapper and zfs snapshotters need cgo; overlayfs does not.
+build_containerd() {
+  local name pkg
+  for name in containerd containerd-shim-runc-v2 ctr; do
+    pkg="github.com/containerd/containerd/v2/cmd/${name}"
+    GOFLAGS="${GOFLAGS} -tags=no_btrfs,no_devmapper,no_zfs" \
+      build_tool containerd "${name}" "${CONTAINERD_VERSION}" "${pkg}" \
+      "-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+  done
+}
+
+# The real node's sandbox process; up.sh wraps it into the pause image.
+build_pause() {
+  build_tool pause pause "${PAUSE_VERSION}" slm.dev/hack/cluster/pause
+}
+
+# The cluster DNS of the real node's pods.
+build_coredns() {
+  build_tool coredns coredns "${COREDNS_VERSION}" github.com/coredns/coredns \
+    "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
 }
 
 # Stamped so `helm template` without --kube-version assumes the cluster's Kubernetes.
@@ -125,7 +149,7 @@ build_crds() {
 }
 
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s kubectl)
+[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s kubectl containerd coredns pause)
 for t in "${targets[@]}"; do
   "build_${t}"
 done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stops the test cluster and removes everything it left: processes, the host-0 pods'
-# network namespaces and mounts, the pod bridge, hostPath PVs and the state folder.
+# Stops the test cluster and removes everything it left: node-0's pods, mounts, network,
+# iptables chains, cgroups and sysctl changes (node.sh), the processes, hostPath PVs and the
+# state folder.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -36,13 +37,14 @@ stop() {
   [ $((SECONDS - start)) -lt 3 ] || log "$1 took $((SECONDS - start))s to stop"
 }
 
+# The real node first: its pods' processes, mounts and networks go before containerd does.
+# shellcheck source=node.sh
+source "${here}/node.sh"
+node_stop
 for ((i = ${#SLM_COMPONENTS[@]} - 1; i >= 0; i--)); do
   stop "${SLM_COMPONENTS[i]}"
 done
 
-# What the host-0 agent cleans on SIGTERM, again, in case it was killed: pod processes
-# (each in its own session, recorded by the agent), network namespaces, the bridge, mounts.
-"${here}/hostnode/cleanup.sh" "${state}/host-0"
 ip route del unreachable "${SLM_KWOK_POD_CIDR}" 2>/dev/null || true
 if [ -d /tmp/hostpath_pv ]; then
   rm -rf /tmp/hostpath_pv

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Starts the test cluster on 127.0.0.1: etcd, kube-apiserver (PodSecurity admission on,
-# audit log), kube-controller-manager, kube-scheduler, kwok for the fake nodes and the
-# host-0 node agent. A no-op when the cluster already runs. Binaries come from build.sh's
-# cache; run `bash hack/cluster/build.sh` (or `make setup`) first.
+# Starts the test cluster: etcd, kube-apiserver (PodSecurity admission on, audit log),
+# kube-controller-manager, kube-scheduler, the volume provisioner, kwok for the fake nodes,
+# and node-0, a real node (containerd, kubelet, kube-proxy, CoreDNS; node.sh) running the
+# project's images from Docker. A no-op when the cluster already runs. Binaries come from
+# build.sh's cache; run `bash hack/cluster/build.sh` (or `make setup`) first.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "${here}/../.." && pwd)"
 # shellcheck source=env.sh
 source "${here}/env.sh"
+# shellcheck source=../images/env.sh
+source "${here}/../images/env.sh"
 
 # One cluster operation at a time (concurrent test sessions share the cluster).
 mkdir -p "${SLM_CACHE_DIR}"
@@ -75,12 +78,21 @@ stages="${SLM_BIN_DIR}/kwok-stages-${KWOK_VERSION}"
 servicemonitor_crd="${SLM_BIN_DIR}/servicemonitor-crd-${PROM_OPERATOR_VERSION}.yaml"
 [ -d "${stages}" ] && [ -s "${servicemonitor_crd}" ] || die "kwok stages or the ServiceMonitor CRD are missing: run 'bash hack/cluster/build.sh crds'"
 command -v kubectl >/dev/null || die "kubectl is not on PATH"
-[ "$(id -u)" = 0 ] || die "the host-0 node agent needs root (network and mount namespaces)"
+[ "$(id -u)" = 0 ] || die "the real node needs root (containerd, the kubelet, iptables)"
 [ -x "${python}" ] || die "${python} is missing: run 'make venv'"
+
+"${DOCKER}" info >/dev/null 2>&1 || die "the real node takes its images from Docker: start dockerd (make setup does)"
+for tool in runc iptables curl; do
+  command -v "${tool}" >/dev/null || die "${tool} is missing: run 'make setup'"
+done
+[ -x /usr/lib/cni/bridge ] || die "the CNI plugins are missing: run 'make setup'"
+# shellcheck source=node.sh
+source "${here}/node.sh"
 
 started=$SECONDS
 mkdir -p "${state}"/{pids,logs,pki,etcd}
 chmod 700 "${state}"
+node_network
 
 # PKI: one CA; a serving cert for the API server; one admin client cert (system:masters)
 # that every component uses; an ECDSA key pair for service-account tokens.
@@ -95,7 +107,7 @@ gen_cert() {
 openssl ecparam -name prime256v1 -genkey -noout -out "${pki}/ca.key" 2>/dev/null
 openssl req -x509 -new -key "${pki}/ca.key" -subj "/CN=slm-test-ca" -days 30 -out "${pki}/ca.crt" 2>/dev/null
 gen_cert apiserver "/CN=kube-apiserver" \
-  "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+  "subjectAltName=IP:127.0.0.1,IP:${SLM_NODE_IP},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
 gen_cert admin "/O=system:masters/CN=kubernetes-admin" "extendedKeyUsage=clientAuth"
 openssl ecparam -name prime256v1 -genkey -noout -out "${pki}/sa.key" 2>/dev/null
@@ -119,10 +131,11 @@ start etcd "${etcd}" --name=node0 --data-dir="${state}/etcd" --unsafe-no-fsync \
   --initial-cluster="node0=http://127.0.0.1:${SLM_ETCD_PEER_PORT}" \
   --auto-compaction-retention=1 --log-level=warn
 
-log "starting kube-apiserver ${K8S_VERSION} on 127.0.0.1:${SLM_API_PORT}"
+# On every address: pods reach it at the node's (the kubernetes Service's endpoint).
+log "starting kube-apiserver ${K8S_VERSION} on 127.0.0.1:${SLM_API_PORT} and ${SLM_NODE_IP}:${SLM_API_PORT}"
 start kube-apiserver "${apiserver}" \
   --etcd-servers="http://127.0.0.1:${SLM_ETCD_PORT}" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="${SLM_API_PORT}" \
+  --bind-address=0.0.0.0 --advertise-address="${SLM_NODE_IP}" --secure-port="${SLM_API_PORT}" \
   --endpoint-reconciler-type=none \
   --tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key" \
   --client-ca-file="${pki}/ca.crt" \
@@ -142,12 +155,12 @@ start kube-controller-manager "${kcm}" --kubeconfig="${SLM_KUBECONFIG}" --secure
   --leader-elect=false --root-ca-file="${pki}/ca.crt" \
   --service-account-private-key-file="${pki}/sa.key" --use-service-account-credentials=false \
   --cluster-signing-cert-file="${pki}/ca.crt" --cluster-signing-key-file="${pki}/ca.key" \
-  --enable-hostpath-provisioner=true --kube-api-qps=200 --kube-api-burst=400 \
+  --kube-api-qps=200 --kube-api-burst=400 \
   --node-monitor-grace-period=40s --terminated-pod-gc-threshold=100
 start kube-scheduler "${scheduler}" --kubeconfig="${SLM_KUBECONFIG}" --secure-port=0 \
   --leader-elect=false
 
-log "starting kwok ${KWOK_VERSION} (fake nodes only) and the host-0 agent"
+log "starting kwok ${KWOK_VERSION} (fake nodes only)"
 stage_args=()
 for f in "${stages}"/*.yaml; do stage_args+=("--config=${f}"); done
 ip route replace unreachable "${SLM_KWOK_POD_CIDR}"
@@ -155,17 +168,17 @@ start kwok "${kwok}" --kubeconfig="${SLM_KUBECONFIG}" "${stage_args[@]}" --cidr=
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds=40 --server-address="127.0.0.1:${SLM_KWOK_PORT}" \
   --tls-cert-file="${pki}/admin.crt" --tls-private-key-file="${pki}/admin.key"
-start host-0 env PYTHONPATH="${here}" "${python}" -m hostnode \
-  --kubeconfig="${SLM_KUBECONFIG}" --state-dir="${state}/host-0" --node-name=host-0 \
-  --kubelet-version="${K8S_VERSION}" \
-  --tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key" \
-  --client-ca-file="${pki}/ca.crt" --share="${root}" \
-  --container-path="${root}/.venv/bin:/usr/local/bin:/usr/bin:/bin"
+log "starting the volume provisioner (hostPath folders under /tmp/hostpath_pv)"
+start provisioner "${python}" "${here}/provisioner.py" --kubeconfig="${SLM_KUBECONFIG}" \
+  --root=/tmp/hostpath_pv
+
+node_start
 
 # The default ServiceAccount and RBAC bootstrap come from the controller manager and the
 # API server; wait for them before handing the cluster over.
 wait_for "default service account" 60 kubectl get serviceaccount default -n default -o name
 kubectl apply --server-side -f "${here}/manifests/cluster.yaml" -f "${servicemonitor_crd}" >/dev/null
+node_services
 kubectl create -f "${SLM_NODES_FILE}" >/dev/null
 # Node status (capacity, allocatable) is only writable through the status subresource.
 kubectl create --dry-run=client -o json -f "${SLM_NODES_FILE}" | python3 -c '
@@ -179,7 +192,8 @@ while text[pos:].strip():
   kubectl patch node "${name}" --subresource=status --type=merge -p "${patch}" >/dev/null
 done
 wait_for "nodes Ready" 60 bash -c \
-  "[ \"\$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq \"\$(kubectl get nodes -o name | wc -l)\" ] && kubectl get node host-0 -o name >/dev/null 2>&1"
+  "[ \"\$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq \"\$(kubectl get nodes -o name | wc -l)\" ]"
+wait_for "${SLM_NODE_NAME}, its CoreDNS and kube-proxy" 120 node_ready
 # (kubectl wait --for=condition=Established fails at once while status.conditions is unset)
 wait_for "the ServiceMonitor CRD Established" 60 bash -c \
   "[ \"\$(kubectl get crd servicemonitors.monitoring.coreos.com -o jsonpath='{.status.conditions[?(@.type==\"Established\")].status}')\" = True ]"

@@ -6,6 +6,11 @@ K8S_BUILD_DATE=2026-01-01T00:00:00Z
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
+# The real node's container runtime and cluster DNS.
+CONTAINERD_VERSION=v2.2.9
+COREDNS_VERSION=v1.15.0
+# hack/cluster/pause, named by its source.
+PAUSE_VERSION="$(sha256sum "$(dirname "${BASH_SOURCE[0]}")/pause/main.go" | cut -c1-12)"
 PROM_OPERATOR_VERSION=v0.85.0
 # syft writes the images' SBOMs (hack/images/sbom.sh).
 SYFT_VERSION=v1.57.2

@@ -3,10 +3,15 @@
 Fixtures:
     cluster     session-scoped `Cluster`: brings the cluster up with hack/cluster/up.sh, or
                 reuses a running one; the last test session using a cluster that tests
-                started tears it down and checks that no process or namespace is left.
+                started tears it down and checks that nothing it made is left on the host.
     namespace   a fresh namespace per test, deleted afterwards.
     kubectl     `kubectl(*args, input=..., check=True)` bound to the cluster and `namespace`.
-    host_node   the name of the node whose pods really run ("host-0").
+    crds        the project's CRDs, installed and Established.
+    operator    one operator process per module, under the chart's RBAC.
+    model_server, fixtures_claim    the Gemma GGUF over HTTP, the tiny ONNX model on a claim.
+
+Pods that run for real run on node-0 (kubelet, containerd, the project's images); the fake
+(kwok) nodes are tainted, and KWOK_SCHEDULING places a LocalModel there.
 
 A cluster that cannot start fails the tests; set SLM_SKIP_CLUSTER=1 to skip them instead.
 """
@@ -38,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack" / "cluster"
 CACHE = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "slm-operator"))
 STATE = Path(os.environ.get("SLM_CLUSTER_DIR", CACHE / "cluster"))
-HOST_NODE = "host-0"
-HOST_GATEWAY = "10.244.0.1"
-"""The host's address as seen from host-0 pods (serve test fixtures on it or 0.0.0.0)."""
-HOST_NODE_TOLERATION = {"key": "slm.dev/host-node", "operator": "Exists", "effect": "NoSchedule"}
-"""host-0 is tainted so that only pods meant for it land there."""
+REAL_NODE = "node-0"
+"""The node whose kubelet and containerd run pods from the project's images."""
+NODE_GATEWAY = "10.244.1.1"
+"""The host's address as seen from node-0 pods (serve test fixtures on it or 0.0.0.0)."""
+KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+"""The fake nodes are tainted so that only pods meant for them land there."""
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -64,8 +70,6 @@ class Cluster:
     state_dir: Path
     audit_log: Path
     """JSON lines, one per write (Metadata level); see docs/test-cluster.md."""
-    host_node: str = HOST_NODE
-    host_gateway: str = HOST_GATEWAY
 
     def kubectl(
         self,
@@ -127,11 +131,14 @@ class Cluster:
         """Create or update an object (client-side apply from JSON)."""
         self.kubectl("apply", "-f", "-", input=json.dumps(obj), namespace=namespace)
 
-    def host_log(self, namespace: str, pod: str, container: str) -> str:
-        """stdout and stderr of a host-0 container, read from the node's files."""
-        uid = str(self.get("pod", pod, namespace)["metadata"]["uid"])
-        path = self.state_dir / "host-0" / "pods" / uid / "containers" / container / "log"
-        return path.read_text(errors="replace")
+
+def container_pids(pod: dict[str, Any], container: str) -> list[int]:
+    """The host PIDs of a node-0 container's processes, from its cgroup (cgroupfs driver:
+    /sys/fs/cgroup/pids/kubepods/<qos>/pod<uid>/<container id>)."""
+    (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == container]
+    container_id = status["containerID"].split("://", 1)[1]
+    (procs,) = Path("/sys/fs/cgroup/pids/kubepods").glob(f"**/{container_id}/cgroup.procs")
+    return [int(pid) for pid in procs.read_text().split()]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -143,21 +150,90 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _leftovers() -> list[str]:
-    """Processes, network namespaces and mounts a stopped cluster must not leave."""
+    """Processes and mounts of the cluster's own that a stopped cluster must not leave."""
     found = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    found += [
-        f"netns {line.split()[0]}" for line in netns.stdout.splitlines() if line.startswith("slm-")
-    ]
     with open("/proc/self/mounts", encoding="utf-8") as f:
         found += [f"mount {line.split()[1]}" for line in f if str(STATE) in line]
     procs = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False)
-    names = "kube-apiserver|kube-controller-manager|kube-scheduler|etcd|kwok"
-    binaries = re.compile(rf"{re.escape(str(CACHE / 'bin'))}/({names})-v|-m hostnode ")
+    names = (
+        "kube-apiserver|kube-controller-manager|kube-scheduler|etcd|kwok|kubelet|kube-proxy"
+        "|containerd|coredns"
+    )
+    binaries = re.compile(
+        rf"{re.escape(str(CACHE / 'bin'))}/({names})-v"
+        r"|/node/bin/containerd-shim|/provisioner\.py "
+    )
     found += [
         f"process {line.strip()}" for line in procs.stdout.splitlines() if binaries.search(line)
     ]
     return found
+
+
+FOOTPRINT_SYSCTLS = (
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "vm.overcommit_memory",
+    "net.ipv4.conf.all.route_localnet",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.ipv4.ip_forward",
+)
+FOOTPRINT_PATHS = (
+    "/var/lib/kubelet",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/var/lib/cni",
+    "/etc/cni",
+    "/opt/cni",
+    "/var/run/netns",
+    "/tmp/hostpath_pv",
+)
+
+
+def _footprint() -> dict[str, set[str]]:
+    """What the cluster changes on the host: network interfaces, iptables chains, cgroups,
+    sysctls, mounts, folders. Compared before the cluster starts and after it stops."""
+
+    def lines(*cmd: str) -> list[str]:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+        return out.splitlines()
+
+    found: dict[str, set[str]] = {
+        "interface": {line.split(": ")[1].split("@")[0] for line in lines("ip", "-o", "link")},
+        "sysctl": {
+            f"{k}={v}"
+            for k, v in zip(
+                FOOTPRINT_SYSCTLS, lines("sysctl", "-n", *FOOTPRINT_SYSCTLS), strict=False
+            )
+        },
+        "path": {path for path in FOOTPRINT_PATHS if Path(path).exists()},
+        "cgroup": {
+            str(group)
+            for controller in Path("/sys/fs/cgroup").iterdir()
+            for group in (controller / "kubepods", controller / "k8s.io")
+            if group.exists()
+        },
+    }
+    for table in ("filter", "nat", "mangle", "raw"):
+        found[f"iptables {table} chain"] = {
+            line.split()[1]
+            for line in lines("iptables", "-t", table, "-S")
+            if line.startswith("-N ")
+        }
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        found["mount"] = {
+            line.split()[1]
+            for line in f
+            if not line.split()[1].startswith(("/var/lib/docker", "/run/docker"))
+        }
+    return found
+
+
+def _changed(before: dict[str, set[str]]) -> list[str]:
+    """What the host has now that it did not have before (for sysctls: a changed value)."""
+    after = _footprint()
+    return [
+        f"{kind} {item}" for kind, items in after.items() for item in sorted(items - before[kind])
+    ]
 
 
 @contextlib.contextmanager
@@ -185,6 +261,7 @@ def cluster() -> Iterator[Cluster]:
     if os.environ.get("SLM_SKIP_CLUSTER") == "1":
         pytest.skip("SLM_SKIP_CLUSTER=1")
     c = Cluster(STATE / "kubeconfig", STATE, STATE / "audit.log")
+    before = _footprint()
     with _users_lock() as users:
         result = subprocess.run(
             ["bash", str(HACK / "up.sh")], capture_output=True, text=True, timeout=300, check=False
@@ -212,6 +289,8 @@ def cluster() -> Iterator[Cluster]:
         )
     assert down.returncode == 0, down.stderr
     assert not _leftovers(), f"cluster-down left: {_leftovers()}"
+    changed = _changed(before)
+    assert not changed, f"cluster-down left on the host: {changed}"
 
 
 @pytest.fixture
@@ -243,12 +322,6 @@ def kubectl(cluster: Cluster, namespace: str) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def host_node(cluster: Cluster) -> str:
-    """The node whose pods really run."""
-    return cluster.host_node
-
-
-@pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> list[str]:
     """Install the project's CRDs from crds/ (server-side apply); return their names."""
     files = sorted((ROOT / "crds").glob("*.yaml"))
@@ -260,11 +333,13 @@ def crds(cluster: Cluster) -> list[str]:
     return [name.split("/", 1)[1] for name in out]
 
 
-HOST_NODE_SCHEDULING: dict[str, Any] = {
-    "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
-    "tolerations": [HOST_NODE_TOLERATION],
+REAL_NODE_SCHEDULING: dict[str, Any] = {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE}}
+"""spec.scheduling that pins a LocalModel to node-0, where its pods run from the images."""
+KWOK_SCHEDULING: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [KWOK_TOLERATION],
 }
-"""spec.scheduling that pins a LocalModel to host-0, where its pods really run."""
+"""spec.scheduling that keeps a LocalModel on the fake nodes (pods Ready, nothing runs)."""
 
 
 @pytest.fixture(scope="module")
@@ -295,13 +370,56 @@ def operator(
         yield op
 
 
+TINY_ONNX = ROOT / "tests" / "fixtures" / "tiny-onnx"
+"""A tiny ONNX Runtime GenAI model folder; pods read it through ``fixtures_claim``."""
+
+
+@pytest.fixture
+def fixtures_claim(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """A claim in ``namespace`` bound to a read-only hostPath volume of tests/fixtures, so a
+    LocalModel can name ``pvc://CLAIM/tiny-onnx`` (verified in place, never fetched) and run a
+    real ONNX model on node-0; yields the claim's name. The volume goes afterwards."""
+    volume, claim = f"fixtures-{namespace}", "fixtures"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(TINY_ONNX.parent), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+        namespace,
+    )
+    yield claim
+    cluster.kubectl("delete", "pv", volume, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
 def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
-    """A plain HTTP server on the host gateway serving the Gemma GGUF to host-0 pods."""
+    """A plain HTTP server on node-0's gateway serving the Gemma GGUF to pods."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
-    server = http.server.ThreadingHTTPServer((cluster.host_gateway, 0), handler)
+    server = http.server.ThreadingHTTPServer((NODE_GATEWAY, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://{cluster.host_gateway}:{server.server_address[1]}/{gemma_gguf.name}"
+    yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{gemma_gguf.name}"
     server.shutdown()
     server.server_close()

@@ -6,8 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from .conftest import Cluster, Kubectl
-from .hostpods import wait_until
+from .conftest import KWOK_TOLERATION, REAL_NODE, Cluster, Kubectl
+from .pods import wait_until
 
 
 def _deployment(name: str, replicas: int, **pod_spec: object) -> dict[str, object]:
@@ -20,7 +20,12 @@ def _deployment(name: str, replicas: int, **pod_spec: object) -> dict[str, objec
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "main", "image": "example/fake"}], **pod_spec},
+                "spec": {
+                    "containers": [{"name": "main", "image": "example/fake"}],
+                    "tolerations": [KWOK_TOLERATION],
+                    "nodeSelector": {"type": "kwok"},
+                    **pod_spec,
+                },
             },
         },
     }
@@ -34,7 +39,8 @@ def _pod(name: str, resources: dict[str, str]) -> dict[str, object]:
         "spec": {
             "containers": [
                 {"name": "main", "image": "example/fake", "resources": {"limits": resources}}
-            ]
+            ],
+            "tolerations": [KWOK_TOLERATION],
         },
     }
 
@@ -45,10 +51,17 @@ def test_server_reports_the_stamped_version(cluster: Cluster) -> None:
     assert version["minor"] == "36"
 
 
-def test_fake_nodes_and_host_node_are_ready(cluster: Cluster) -> None:
+def test_fake_nodes_and_real_nodes_are_ready(cluster: Cluster) -> None:
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     by_name = {n["metadata"]["name"]: n for n in nodes}
-    assert {"cpu-0", "cpu-1", "gpu-0", "npu-0", "host-0"} <= set(by_name)
+    assert {"cpu-0", "cpu-1", "gpu-0", "npu-0", REAL_NODE} <= set(by_name)
+    fake = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+    for name in ("cpu-0", "cpu-1", "gpu-0", "npu-0"):
+        assert by_name[name]["spec"]["taints"] == [fake], name
+    assert "taints" not in by_name[REAL_NODE]["spec"]
+    info = by_name[REAL_NODE]["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://2.")
+    assert info["kubeletVersion"] == "v1.36.3"
     for node in nodes:
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
         assert ready[0]["status"] == "True", node["metadata"]["name"]

@@ -2,8 +2,8 @@
 
 The operator is SIGKILLed in the middle of a batch of LocalModels and started again; the API
 server and etcd are each stopped and started again (same command line, same data) while a batch
-is being reconciled. Pods run on kwok nodes (PerPod cache, so no pull Jobs). Last, a real runtime
-on host-0 is SIGKILLed in the middle of a streamed answer.
+is being reconciled. Pods run on kwok nodes (PerPod cache, so no pull Jobs). Last, real runtimes
+on node-0: one is SIGKILLed in the middle of a streamed answer, one is deleted while it streams.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import HOST_NODE_SCHEDULING, Cluster
+from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, Cluster, container_pids
 from .operator_run import OperatorProcess, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -39,6 +40,7 @@ def batch(prefix: str, count: int) -> dict[str, Any]:
                 "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
                 "cache": {"mode": "PerPod"},
                 "hardware": {"preferred": "cpu", "fallback": []},
+                "scheduling": KWOK_SCHEDULING,
             },
         }
         for i in range(count)
@@ -149,6 +151,47 @@ def test_control_plane_restart_while_reconciling(
     assert operator.alive(), operator.log()[-3000:]
 
 
+def serving_gemma(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    source: str,
+    gguf: Path,
+    context: int,
+    num_predict: int,
+) -> dict[str, Any]:
+    """A Gemma LocalModel on node-0 (PerPod cache, one sequence at a time), once Ready; its one
+    runtime pod."""
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    cluster.apply(
+        {
+            "apiVersion": "slm.dev/v1alpha1",
+            "kind": "LocalModel",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {"source": source, "sha256": digest, "allowInsecure": True},
+                "cache": {"mode": "PerPod", "size": "1Gi"},
+                "hardware": {"preferred": "cpu", "fallback": []},
+                "parameters": {
+                    "contextLength": context,
+                    "numPredict": num_predict,
+                    "temperature": 0,
+                },
+                "serving": {"parallel": 1},
+                "scheduling": REAL_NODE_SCHEDULING,
+            },
+        },
+        namespace,
+    )
+    wait_for(lambda: phases(cluster, namespace) == {name: "Ready"}, timeout=300,
+             what=f"{name} Ready", interval=0.5)  # fmt: skip
+    selector = f"{INSTANCE}={name},{NAME_LABEL}=slm-runtime"
+    out = cluster.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace)
+    (pod,) = json.loads(out.stdout)["items"]
+    result: dict[str, Any] = pod
+    return result
+
+
 def test_runtime_killed_mid_stream_gives_a_clean_error_and_comes_back(
     cluster: Cluster,
     operator: OperatorProcess,
@@ -156,38 +199,9 @@ def test_runtime_killed_mid_stream_gives_a_clean_error_and_comes_back(
     model_server: str,
     gemma_gguf: Path,
 ) -> None:
-    digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
-    cluster.apply(
-        {
-            "apiVersion": "slm.dev/v1alpha1",
-            "kind": "LocalModel",
-            "metadata": {"name": "streamer"},
-            "spec": {
-                "model": {"source": model_server, "sha256": digest, "allowInsecure": True},
-                "cache": {"mode": "PerPod", "size": "1Gi"},
-                "hardware": {"preferred": "cpu", "fallback": []},
-                "parameters": {"contextLength": 512, "numPredict": 400, "temperature": 0},
-                "serving": {"parallel": 1},
-                "scheduling": HOST_NODE_SCHEDULING,
-            },
-        },
-        namespace,
-    )
-    wait_for(lambda: phases(cluster, namespace) == {"streamer": "Ready"}, timeout=300,
-             what="streamer Ready", interval=0.5)  # fmt: skip
-    pods = json.loads(
-        cluster.kubectl("get", "pods", "-l", f"{INSTANCE}=streamer", "-o", "json",
-                        namespace=namespace).stdout
-    )["items"]  # fmt: skip
-    (pod,) = [
-        p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/name") == "slm-runtime"
-    ]
+    pod = serving_gemma(cluster, namespace, "streamer", model_server, gemma_gguf, 512, 400)
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
-    started = re.findall(
-        rf"{re.escape(namespace)}/{re.escape(name)}/server: started pid (\d+)",
-        (cluster.state_dir / "logs" / "host-0.log").read_text(),
-    )
-    pid = int(started[-1])
+    (pid,) = container_pids(pod, "server")  # the runtime, its container's only process
 
     received: list[str] = []
 
@@ -205,7 +219,7 @@ def test_runtime_killed_mid_stream_gives_a_clean_error_and_comes_back(
     assert len(received) >= 3
     assert not any('"done": true' in line or '"done":true' in line for line in received)
 
-    # The kubelet (host-0) restarts the container; the model serves again.
+    # The kubelet restarts the container; the model serves again.
     wait_for(
         lambda: _restarted_and_ready(cluster, namespace, name), timeout=300,
         what="the runtime container restarted and Ready", interval=0.5,
@@ -225,3 +239,57 @@ def _restarted_and_ready(cluster: Cluster, namespace: str, name: str) -> bool:
     status = cluster.get("pod", name, namespace).get("status") or {}
     (server,) = [c for c in status.get("containerStatuses") or [] if c["name"] == "server"]
     return bool(server.get("restartCount", 0) >= 1 and server.get("ready"))
+
+
+def test_a_deleted_model_pod_finishes_the_answer_it_is_streaming(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    model_server: str,
+    gemma_gguf: Path,
+) -> None:
+    """Under the kubelet's own preStop hook and grace period: deleting a serving pod keeps it
+    serving through the preStop sleep, then SIGTERM starts the runtime's drain, and an answer
+    already streaming still finishes whole."""
+    pod = serving_gemma(cluster, namespace, "drainer", model_server, gemma_gguf, 1024, 1000)
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    # The container's log, followed until it exits, each line with the time it came.
+    logs = subprocess.Popen(
+        ["kubectl", f"--kubeconfig={cluster.kubeconfig}", "-n", namespace, "logs", "-f",
+         name, "-c", "server", "--since=1s"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log_lines: list[tuple[float, str]] = []
+
+    def follow() -> None:
+        assert logs.stdout is not None
+        for line in logs.stdout:
+            log_lines.append((time.monotonic(), line))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+
+    received: list[tuple[float, dict[str, Any]]] = []
+    body = {"model": "drainer", "prompt": "Once upon a time", "raw": True,
+            "options": {"num_predict": 1000}}  # fmt: skip
+    with httpx.stream("POST", f"http://{ip}:8080/api/generate", json=body, timeout=60) as reply:
+        for line in reply.iter_lines():
+            received.append((time.monotonic(), json.loads(line)))
+            if len(received) == 3:
+                cluster.kubectl("delete", "pod", name, "--wait=false", namespace=namespace)
+                deleted = time.monotonic()
+    logs.wait(timeout=120)
+    follower.join(timeout=10)
+
+    last = received[-1][1]
+    assert last["done"] is True, last
+    assert last["done_reason"] in ("stop", "length")
+    drained = [t for t, line in log_lines if "draining in-flight requests" in line]
+    assert drained, "".join(line for _, line in log_lines)[-3000:]
+    # SIGTERM came after the preStop sleep and while the answer was still streaming.
+    assert deleted < drained[0] < received[-1][0]
+    assert sum(1 for t, _ in received if t > drained[0]) > 1
+    wait_for(
+        lambda: cluster.kubectl("get", "pod", name, namespace=namespace, check=False).returncode,
+        timeout=120, what="the pod gone",
+    )  # fmt: skip

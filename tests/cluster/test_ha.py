@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Cluster
+from .conftest import KWOK_SCHEDULING, Cluster
 from .operator_run import (
     SYSTEM_NAMESPACE,
     OperatorProcess,
@@ -38,6 +38,7 @@ def localmodel(name: str) -> dict[str, Any]:
         "spec": {
             "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
             "hardware": {"preferred": "cpu", "fallback": []},
+            "scheduling": KWOK_SCHEDULING,
             "serving": {"replicas": 2},
         },
     }

@@ -1,37 +1,28 @@
-"""The three install paths on the real control plane: Helm chart, plain manifests, GitOps overlay.
+"""The three install paths on the real cluster: Helm chart, plain manifests, GitOps overlay.
 
-How the operator runs here: the operator image cannot be built on these machines (no container
-engine), and host-0 pods reach neither the API server (it listens on 127.0.0.1 only) nor
-Services (no kube-proxy, no DNS). So each install is applied as a user would, its operator
-Deployment lands on a kwok node (kwok marks the pod Ready but runs nothing), and the real
-operator runs as a host process that copies that pod: the Deployment's command, its
-environment, the catalog from the chart's ConfigMap, and a token of the chart's own
-ServiceAccount, so every API call goes through the RBAC the install path created. Only the
-metrics and health ports change (free host ports instead of the pod's). The `helm test` pod
-runs for real on host-0 (node selector and toleration from the chart's `tests.*` values) and
-GETs that operator's /healthz at the host's address (`tests.healthUrl`), since the Service
-name does not resolve here.
+Each install is applied as a user would and its operator runs in the cluster from the operator
+image, on node-0 (kubelet and containerd), under the RBAC that install path created; it reaches
+the API server through the kubernetes Service (kube-proxy). The models it reconciles here stay
+on the fake (kwok) nodes, where pods turn Ready without running; tests/cluster/test_operator.py
+runs real models. `helm test` runs its pod on node-0 too, and GETs the operator's /healthz
+through the operator's Service name (CoreDNS, kube-proxy).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from .conftest import HOST_GATEWAY, HOST_NODE_TOLERATION, ROOT, Cluster
-from .operator_run import free_port, wait_for
+from tests.images.conftest import docker_engine, image_names
+
+from .conftest import KWOK_SCHEDULING, REAL_NODE, ROOT, Cluster
+from .operator_run import wait_for
 
 CHART = ROOT / "charts" / "slm-operator"
 CRD_FILE = ROOT / "crds" / "slm.dev_localmodels.yaml"
@@ -51,6 +42,7 @@ def localmodel(name: str) -> dict[str, Any]:
             "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
             "cache": {"mode": "Volume", "size": "1Gi"},
             "hardware": {"preferred": "cpu", "fallback": []},
+            "scheduling": KWOK_SCHEDULING,
         },
     }
 
@@ -76,76 +68,33 @@ def model_pvcs(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [p.split("/", 1)[1] for p in out if p.startswith(f"persistentvolumeclaim/{name}-model-")]
 
 
-def token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates with a token of ``namespace/account``."""
-    token = cluster.kubectl(
-        "create", "token", account, "--duration=2h", namespace=namespace
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = dict(admin["clusters"][0]["cluster"])
-    if "certificate-authority" in server:
-        ca = Path(server.pop("certificate-authority")).read_bytes()
-        server["certificate-authority-data"] = base64.b64encode(ca).decode()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": server}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": account}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@contextmanager
-def operator_like_pod(
-    cluster: Cluster, namespace: str, deployment: str, workdir: Path, health_port: int
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the operator as the Deployment's pod would: its command, env, catalog and identity."""
-    pod = cluster.get("deployment", deployment, namespace)["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    catalog = workdir / "catalog.yaml"
-    for volume in pod["volumes"]:
-        if "configMap" in volume:
-            data = cluster.get("configmap", volume["configMap"]["name"], namespace)["data"]
-            catalog.write_text(data[Path(env["SLM_OPERATOR_CATALOG_FILE"]).name])
-    kubeconfig = token_kubeconfig(
-        cluster, namespace, pod["serviceAccountName"], workdir / "kubeconfig"
+def operator_pod(cluster: Cluster, namespace: str, release: str) -> dict[str, Any]:
+    """The install's one operator pod, after checking it runs on node-0 from the operator image
+    the build produced."""
+    selector = (
+        f"app.kubernetes.io/instance={release},app.kubernetes.io/name=slm-operator,"
+        "app.kubernetes.io/component!=test"  # not the `helm test` pod
     )
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    command = [shutil.which(container["command"][0], path=path) or "", *container["command"][1:]]
-    env |= {
-        "PATH": path,
-        "HOME": str(workdir),
-        "KUBECONFIG": str(kubeconfig),
-        "SLM_OPERATOR_CATALOG_FILE": str(catalog),
-        "SLM_OPERATOR_METRICS_PORT": str(free_port()),
-        "SLM_OPERATOR_HEALTH_PORT": str(health_port),
-    }
-    log_path = workdir / "operator.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"operator exited: {log_path.read_text(errors='replace')}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2).is_success
-        except httpx.HTTPError:
-            return False
+    def one_pod() -> list[dict[str, Any]] | None:
+        out = cluster.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace)
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return live if len(live) == 1 else None
 
-    try:
-        wait_for(healthy, timeout=60, what="the operator's /healthz")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # An upgrade replaces the pod (strategy Recreate): wait for the new one.
+    (pod,) = wait_for(one_pod, timeout=60, what=f"one {release} operator pod")
+    assert pod["spec"]["nodeName"] == REAL_NODE
+    (container,) = pod["status"]["containerStatuses"]
+    built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
+    assert container["imageID"] == built["Id"]
+    return pod
+
+
+def operator_log(cluster: Cluster, namespace: str, release: str) -> str:
+    """The install's operator's log, from the kubelet."""
+    pod = operator_pod(cluster, namespace, release)["metadata"]["name"]
+    return cluster.kubectl("logs", pod, namespace=namespace).stdout
 
 
 PROMETHEUS = {
@@ -217,40 +166,36 @@ def test_helm_install_test_upgrade_uninstall(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     restricted(cluster, namespace)
-    health_port = free_port()
-    test_values = [
-        "--set", f"tests.healthUrl=http://{HOST_GATEWAY}:{health_port}/healthz",
-        "--set", f"tests.nodeSelector.kubernetes\\.io/hostname={cluster.host_node}",
-        "--set-json", f"tests.tolerations=[{json.dumps(HOST_NODE_TOLERATION)}]",
-        "--namespace", namespace, "--wait", "--timeout", "120s",
-    ]  # fmt: skip
+    options = ["--namespace", namespace, "--wait", "--timeout", "180s"]
     # A CRD installed by another path (the suite's `crds` fixture) and the LocalModel user
     # roles a plain install left are adopted, as a user moving from `kubectl apply` to Helm
-    # would.
+    # would. Otherwise the chart's defaults.
     adopt = ["--take-ownership"]
     try:
-        installed = cluster.helm("install", RELEASE, str(CHART), *adopt, *test_values)
+        installed = cluster.helm("install", RELEASE, str(CHART), *adopt, *options)
         assert f"helm test {RELEASE} -n {namespace}" in installed.stdout  # NOTES.txt
         crd = cluster.get("crd", CRD_NAME)
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        with operator_like_pod(cluster, namespace, RELEASE, tmp_path, health_port):
-            cluster.apply(localmodel("gemma"), namespace)
-            wait_ready(cluster, namespace, "gemma")
-            assert model_pvcs(cluster, namespace, "gemma")
+        operator_pod(cluster, namespace, RELEASE)
+        cluster.apply(localmodel("gemma"), namespace)
+        wait_ready(cluster, namespace, "gemma")
+        assert model_pvcs(cluster, namespace, "gemma")
 
-            result = cluster.helm("test", RELEASE, "--namespace", namespace, check=False)
-            test_pod = cluster.get("pod", f"{RELEASE}-test-health", namespace)
-            assert result.returncode == 0, json.dumps(test_pod["status"].get("containerStatuses"))
-            assert "Phase:          Succeeded" in result.stdout
-            said = cluster.host_log(namespace, f"{RELEASE}-test-health", "health")
-            assert f"{HOST_GATEWAY}:{health_port}/healthz 200" in said
+        result = cluster.helm("test", RELEASE, "--namespace", namespace, "--logs", check=False)
+        test_pod = cluster.get("pod", f"{RELEASE}-test-health", namespace)
+        assert result.returncode == 0, json.dumps(test_pod["status"].get("containerStatuses"))
+        assert "Phase:          Succeeded" in result.stdout
+        assert test_pod["spec"]["nodeName"] == REAL_NODE
+        said = cluster.kubectl("logs", f"{RELEASE}-test-health", namespace=namespace).stdout
+        assert f"http://{RELEASE}.{namespace}.svc:8081/healthz 200" in said
 
-            upgraded = with_printer_column(CHART, tmp_path / "chart")
-            cluster.helm("upgrade", RELEASE, str(upgraded), *test_values)
-            header = cluster.kubectl("get", "lm", "gemma", namespace=namespace).stdout
-            assert header.split()[:5] == ["NAME", "MODEL", "BACKEND", "READY", "PHASE"]
-            assert "ENDPOINT" in header.splitlines()[0]
-            assert f"http://gemma.{namespace}.svc:8080" in header
+        upgraded = with_printer_column(CHART, tmp_path / "chart")
+        cluster.helm("upgrade", RELEASE, str(upgraded), *options)
+        header = cluster.kubectl("get", "lm", "gemma", namespace=namespace).stdout
+        assert header.split()[:5] == ["NAME", "MODEL", "BACKEND", "READY", "PHASE"]
+        assert "ENDPOINT" in header.splitlines()[0]
+        assert f"http://gemma.{namespace}.svc:8080" in header
+        assert "Forbidden" not in operator_log(cluster, namespace, RELEASE)
 
         pvcs = model_pvcs(cluster, namespace, "gemma")
         cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait")
@@ -290,41 +235,41 @@ def test_watched_namespace_install_runs_a_model_under_roles(
             "namespaces",
             "customresourcedefinitions",
         }
-        with operator_like_pod(cluster, namespace, release, tmp_path, free_port()) as process:
-            cluster.apply(localmodel("scoped"), namespace)
-            wait_ready(cluster, namespace, "scoped")
-            cluster.kubectl("delete", "lm", "scoped", namespace=namespace)
+        cluster.apply(localmodel("scoped"), namespace)
+        wait_ready(cluster, namespace, "scoped")
+        cluster.kubectl("delete", "lm", "scoped", namespace=namespace)
 
-            # The chart's metricsFrom reaches the NetworkPolicy of a model that turns one on.
-            fenced = localmodel("fenced")
-            fenced["spec"]["serving"] = {"networkPolicy": {"enabled": True}}
-            cluster.apply(fenced, namespace)
-            wait_for(
-                lambda: (
-                    network_policy_peers(cluster, namespace, "fenced")
-                    == [{"podSelector": {}}, PROMETHEUS]
-                ),
-                timeout=60,
-                what="the fenced model's NetworkPolicy to admit the namespace and Prometheus",
-            )
+        # The chart's metricsFrom reaches the NetworkPolicy of a model that turns one on.
+        fenced = localmodel("fenced")
+        fenced["spec"]["serving"] = {"networkPolicy": {"enabled": True}}
+        cluster.apply(fenced, namespace)
+        wait_for(
+            lambda: (
+                network_policy_peers(cluster, namespace, "fenced")
+                == [{"podSelector": {}}, PROMETHEUS]
+            ),
+            timeout=60,
+            what="the fenced model's NetworkPolicy to admit the namespace and Prometheus",
+        )
 
-            # An image outside the catalog is refused: the chart left allowCustomImages off.
-            custom = localmodel("custom")
-            custom["spec"]["runtime"] = {"image": "attacker.example/miner:1"}
-            cluster.apply(custom, namespace)
-            wait_for(
-                lambda: phase(cluster, namespace, "custom") == "Failed",
-                timeout=60,
-                what="the custom-image model Failed",
-            )
-            status = cluster.get("localmodel", "custom", namespace)["status"]
-            ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-            assert "runtime.allowCustomImages=true" in ready["message"]
-            assert "attacker.example/miner:1" in ready["message"]
-            gone = cluster.kubectl("get", "deployment", "custom", namespace=namespace, check=False)
-            assert gone.returncode != 0, "a refused model got a Deployment"
-            assert process.poll() is None
-        log = (tmp_path / "operator.log").read_text(errors="replace")
+        # An image outside the catalog is refused: the chart left allowCustomImages off.
+        custom = localmodel("custom")
+        custom["spec"]["runtime"] = {"image": "attacker.example/miner:1"}
+        cluster.apply(custom, namespace)
+        wait_for(
+            lambda: phase(cluster, namespace, "custom") == "Failed",
+            timeout=60,
+            what="the custom-image model Failed",
+        )
+        status = cluster.get("localmodel", "custom", namespace)["status"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert "runtime.allowCustomImages=true" in ready["message"]
+        assert "attacker.example/miner:1" in ready["message"]
+        gone = cluster.kubectl("get", "deployment", "custom", namespace=namespace, check=False)
+        assert gone.returncode != 0, "a refused model got a Deployment"
+        pod = operator_pod(cluster, namespace, release)
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        log = operator_log(cluster, namespace, release)
         assert "Forbidden" not in log, log[-2000:]
     finally:
         cluster.helm("uninstall", release, "--namespace", namespace, check=False)
@@ -369,18 +314,18 @@ def test_localmodel_roles_aggregate_into_edit_and_view(cluster: Cluster, namespa
 
 
 @pytest.fixture(scope="module")
-def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """deploy/ applied after crds/ (the documented two steps), its operator running; its log."""
+def plain_install(cluster: Cluster) -> Iterator[str]:
+    """deploy/ applied after crds/ (the documented two steps), its operator running; its
+    namespace."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     cluster.wait_established(CRD_NAME)
     cluster.kubectl("apply", "-f", str(DEPLOY))
     cluster.kubectl(
-        "rollout", "status", "deployment/slm-operator", "--timeout=60s", namespace="slm-system"
+        "rollout", "status", "deployment/slm-operator", "--timeout=180s", namespace="slm-system"
     )
-    workdir = tmp_path_factory.mktemp("plain")
     try:
-        with operator_like_pod(cluster, "slm-system", "slm-operator", workdir, free_port()):
-            yield workdir / "operator.log"
+        operator_pod(cluster, "slm-system", "slm-operator")
+        yield "slm-system"
     finally:
         # The Namespace, ServiceAccount and cluster RBAC stay: the other cluster tests use the
         # same names, and a namespace still terminating would fail them.
@@ -391,28 +336,49 @@ def plain_install(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
             )  # fmt: skip
 
 
-def test_plain_manifests_run_a_model(cluster: Cluster, plain_install: Path, namespace: str) -> None:
+def test_plain_manifests_run_a_model(cluster: Cluster, plain_install: str, namespace: str) -> None:
     restricted(cluster, namespace)
     labels = cluster.get("namespace", "slm-system")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     cluster.apply(localmodel("plain"), namespace)
     wait_ready(cluster, namespace, "plain")
     cluster.kubectl("delete", "lm", "plain", namespace=namespace)
-    log = plain_install.read_text(errors="replace")
+    log = operator_log(cluster, plain_install, "slm-operator")
     assert "Forbidden" not in log, log[-2000:]
 
 
+def kwok_overlay(tmp_path: Path) -> Path:
+    """A copy of the GitOps example whose production overlay also places the model on the
+    fake nodes (their toleration and label), as a cluster's own overlay would place it."""
+    copy = tmp_path / "gitops"
+    shutil.copytree(OVERLAY.parents[1], copy)
+    overlay = copy / OVERLAY.relative_to(OVERLAY.parents[1])
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    placement = [
+        {"op": "add", "path": "/spec/scheduling", "value": KWOK_SCHEDULING},
+    ]
+    kustomization["patches"].append(
+        {
+            "target": {"group": "slm.dev", "kind": "LocalModel", "name": "chat"},
+            "patch": yaml.safe_dump(placement),
+        }
+    )
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return overlay
+
+
 def test_gitops_overlay_applies_and_diffs_empty_with_an_hpa(
-    cluster: Cluster, plain_install: Path
+    cluster: Cluster, plain_install: str, tmp_path: Path
 ) -> None:
-    rendered = cluster.kubectl("kustomize", str(OVERLAY)).stdout
+    overlay = kwok_overlay(tmp_path)
+    rendered = cluster.kubectl("kustomize", str(overlay)).stdout
     namespace = next(
         d["metadata"]["name"]
         for d in yaml.safe_load_all(rendered)
         if d and d["kind"] == "Namespace"
     )
     try:
-        cluster.kubectl("apply", "--server-side", "-k", str(OVERLAY))
+        cluster.kubectl("apply", "--server-side", "-k", str(overlay))
         wait_for(
             lambda: (
                 cluster.kubectl("get", "hpa", "chat", namespace=namespace, check=False).returncode
@@ -422,7 +388,7 @@ def test_gitops_overlay_applies_and_diffs_empty_with_an_hpa(
             what="the operator's HPA",
         )
         wait_ready(cluster, namespace, "chat")
-        diff = cluster.kubectl("diff", "--server-side", "-k", str(OVERLAY), check=False)
+        diff = cluster.kubectl("diff", "--server-side", "-k", str(overlay), check=False)
         assert diff.returncode == 0, diff.stdout + diff.stderr
         assert diff.stdout == ""
         out = cluster.kubectl(

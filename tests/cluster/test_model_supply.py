@@ -1,17 +1,19 @@
-"""The model supply end to end on host-0, where pull Jobs, init containers and servers really run.
+"""The model supply end to end on node-0, where pull Jobs, init containers and servers run from
+the runtime image under a kubelet and containerd.
 
-The Gemma GGUF is served over plain HTTP from the host gateway; every pull verifies it against
-its sha256 pin. Volume mode (PVC + pull Job) and PerPod mode (init container) each reach Ready
-with the digest in status and the runtime answering; a wrong pin fails with the puller's
-message in either mode; models never share a volume, and a change that does not touch the
-model does not pull it again. Image mode mounts an OCI artifact pushed with oras to the CNCF
-distribution registry on loopback, which host-0 fetches by digest as CRI-O would.
+The Gemma GGUF is served over plain HTTP from the node's gateway address; every pull verifies it
+against its sha256 pin. Volume mode (PVC + pull Job) and PerPod mode (init container) each reach
+Ready with the digest in status and the runtime answering; a wrong pin fails with the puller's
+message in either mode; models never share a volume, and a change that does not touch the model
+does not pull it again. Image mode mounts an OCI image pushed with oras to the CNCF distribution
+registry on loopback, which node-0's containerd pulls by digest for the kubelet's image volume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import pytest
 from tests.conftest import GEMMA_TEMPLATE
 from tests.pull.conftest import OciRegistry, oci_registry  # noqa: F401 - the registry fixture
 
-from .conftest import HOST_NODE, HOST_NODE_SCHEDULING, Cluster
+from .conftest import REAL_NODE, REAL_NODE_SCHEDULING, Cluster
 from .operator_run import OperatorProcess, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -35,7 +37,7 @@ def gemma_digest(gemma_gguf: Path) -> str:
 
 
 def model(name: str, source: str, sha256: str, mode: str, **extra: Any) -> dict[str, Any]:
-    """A small Gemma LocalModel on host-0 in the given cache mode."""
+    """A small Gemma LocalModel on node-0 in the given cache mode."""
     spec: dict[str, Any] = {
         "model": {"source": source, "sha256": sha256, "allowInsecure": True},
         "cache": {"mode": mode, "size": "1Gi"},
@@ -43,9 +45,9 @@ def model(name: str, source: str, sha256: str, mode: str, **extra: Any) -> dict[
         "template": GEMMA_TEMPLATE,
         "parameters": {"contextLength": 512, "numPredict": 8, "temperature": 0},
         "serving": {"parallel": 1},
-        # host-0 has 2 cores: room for two models and a rolling update's extra pod.
+        # node-0 has 2 cores: room for two models and a rolling update's extra pod.
         "resources": {"requests": {"cpu": "250m"}},
-        "scheduling": HOST_NODE_SCHEDULING,
+        "scheduling": REAL_NODE_SCHEDULING,
         **extra,
     }
     return {
@@ -118,7 +120,7 @@ def test_per_pod_mode_pulls_in_the_init_container_and_serves(
     assert st["model"]["digest"] == f"sha256:{gemma_digest}"
     assert st["model"]["sizeBytes"] == gemma_gguf.stat().st_size
     (pod,) = runtime_pods(cluster, namespace, "perpod")
-    assert pod["spec"]["nodeName"] == HOST_NODE
+    assert pod["spec"]["nodeName"] == REAL_NODE
     (init,) = pod["status"]["initContainerStatuses"]
     assert init["name"] == "pull"
     assert init["state"]["terminated"]["exitCode"] == 0
@@ -194,20 +196,32 @@ def test_models_with_one_source_never_share_a_volume_and_pull_only_when_needed(
     assert generate(pod, "first").strip()
 
 
-def test_image_mode_mounts_the_model_artifact_by_digest(
+def test_image_mode_mounts_the_model_image_by_digest(
     cluster: Cluster,
     operator: OperatorProcess,
     namespace: str,
     oci_registry: OciRegistry,  # noqa: F811 - the imported fixture
     gemma_gguf: Path,
 ) -> None:
+    """containerd mounts image volumes from images whose layers are tar archives (it does not
+    unpack other OCI artifacts): an image of one layer holding /model.gguf, pushed with oras."""
     registry = oci_registry
     stage = registry.workdir / "image"
     stage.mkdir()
-    (stage / "model.gguf").symlink_to(gemma_gguf)  # where the puller would have put it
+    with tarfile.open(stage / "model.tar", "w") as layer:
+        layer.add(gemma_gguf, arcname="model.gguf")
+    diff_id = "sha256:" + hashlib.sha256((stage / "model.tar").read_bytes()).hexdigest()
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    (stage / "config.json").write_text(json.dumps(image_config))
     pushed = registry.oras(
-        "push", "--plain-http", "--format", "json", "--artifact-type", "application/vnd.slm.model",
-        f"{registry.host}/models/gemma-image:270m", "model.gguf:application/vnd.slm.model.gguf",
+        "push", "--plain-http", "--format", "json",
+        "--config", "config.json:application/vnd.oci.image.config.v1+json",
+        f"{registry.host}/models/gemma-image:270m",
+        "model.tar:application/vnd.oci.image.layer.v1.tar",
         cwd=stage,
     )  # fmt: skip
     manifest = json.loads(pushed)["digest"]
@@ -218,7 +232,7 @@ def test_image_mode_mounts_the_model_artifact_by_digest(
     cluster.apply(body, namespace)
     wait_phase(cluster, operator, namespace, "image", "Ready")
     (pod,) = runtime_pods(cluster, namespace, "image")
-    assert pod["spec"]["nodeName"] == HOST_NODE
+    assert pod["spec"]["nodeName"] == REAL_NODE
     (volume,) = [v for v in pod["spec"]["volumes"] if "image" in v]
     assert volume["image"]["reference"] == f"{registry.host}/models/gemma-image@{manifest}"
     assert names(cluster, namespace, "jobs") == []

@@ -23,8 +23,18 @@ import pytest
 import yaml
 
 from tests.conftest import GEMMA_TEMPLATE, ROOT
+from tests.images.conftest import docker_engine, image_names
 
-from .conftest import CACHE, HOST_NODE, HOST_NODE_SCHEDULING, Cluster
+from .conftest import (
+    CACHE,
+    KWOK_SCHEDULING,
+    KWOK_TOLERATION,
+    NODE_GATEWAY,
+    REAL_NODE,
+    REAL_NODE_SCHEDULING,
+    TINY_ONNX,
+    Cluster,
+)
 from .operator_run import OperatorProcess, wait_for, writes_by
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -34,7 +44,6 @@ SERVICE_MONITOR_CRD_FILE = next(
     (CACHE / "bin").glob("servicemonitor-crd-*.yaml"), CACHE / "bin" / "servicemonitor-crd.yaml"
 )
 INVALID_SPECS = ROOT / "tests" / "data" / "invalid-specs.yaml"
-TINY_ONNX = ROOT / "tests" / "fixtures" / "tiny-onnx"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -61,6 +70,7 @@ def localmodel(name: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
         "hardware": {"preferred": "cpu", "fallback": []},
+        "scheduling": KWOK_SCHEDULING,
     }
     for key, value in spec.items():
         body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
@@ -174,6 +184,7 @@ def test_full_gpu_steps_down_to_cpu_after_fallback_after(
             "metadata": {"name": "gpu-hog"},
             "spec": {
                 "nodeSelector": {"kubernetes.io/hostname": "gpu-0"},
+                "tolerations": [KWOK_TOLERATION],
                 "containers": [
                     {
                         "name": "hog",
@@ -335,8 +346,8 @@ def test_deletion_garbage_collects_children(
     )
 
 
-def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:
-    """The Gemma example, pinned to host-0 where its pods really run."""
+def on_real_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, Any]:
+    """The Gemma example, pinned to node-0 where its pods run from the runtime image."""
     base: dict[str, Any] = {
         "model": {"source": source, "sha256": sha256, "allowInsecure": True},
         "cache": {"size": "1Gi"},
@@ -348,14 +359,14 @@ def on_host_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, 
             "stop": ["<end_of_turn>"],
         },
         "serving": {"parallel": 1},
-        "scheduling": HOST_NODE_SCHEDULING,
+        "scheduling": REAL_NODE_SCHEDULING,
     }
     for key, value in spec.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return localmodel(name, **base)
 
 
-def test_gemma_on_the_host_node_pulls_serves_and_answers(
+def test_gemma_on_the_real_node_pulls_serves_and_answers(
     cluster: Cluster,
     operator: OperatorProcess,
     namespace: str,
@@ -363,7 +374,7 @@ def test_gemma_on_the_host_node_pulls_serves_and_answers(
     gemma_gguf: Path,
 ) -> None:
     digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
-    cluster.apply(on_host_node("gemma", model_server, digest), namespace)
+    cluster.apply(on_real_node("gemma", model_server, digest), namespace)
     phases = set()
 
     def ready() -> dict[str, Any] | None:
@@ -373,7 +384,7 @@ def test_gemma_on_the_host_node_pulls_serves_and_answers(
             raise AssertionError(f"Failed: {st}\n{operator.log()[-3000:]}")
         return st if st.get("phase") == "Ready" else None
 
-    st = wait_for(ready, timeout=300, what="the host-0 model to be Ready", interval=0.5)
+    st = wait_for(ready, timeout=300, what="the node-0 model to be Ready", interval=0.5)
     assert "Pulling" in phases or "Deploying" in phases
     assert st["model"]["digest"] == f"sha256:{digest}"
     assert st["model"]["sizeBytes"] == gemma_gguf.stat().st_size
@@ -384,7 +395,11 @@ def test_gemma_on_the_host_node_pulls_serves_and_answers(
         ).stdout
     )["items"]  # fmt: skip
     assert len(pods) == 1
-    assert pods[0]["spec"]["nodeName"] == HOST_NODE
+    assert pods[0]["spec"]["nodeName"] == REAL_NODE
+    (server,) = pods[0]["status"]["containerStatuses"]
+    assert server["imageID"] == docker_engine().inspect(image_names()["SLM_RUNTIME_IMAGE"])["Id"]
+    # The kubelet's own probes: the loading model was never restarted by its liveness probe.
+    assert server["restartCount"] == 0
     ip = pods[0]["status"]["podIP"]
     reply = httpx.post(
         f"http://{ip}:8080/v1/chat/completions",
@@ -458,8 +473,8 @@ def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
     """`kubectl wait --for=condition=Available` started while the first pull runs returns only
     once a replica serves: the Deployment held at zero replicas meanwhile is no scale to zero."""
     digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
-    with held_file_server(cluster.host_gateway, gemma_gguf) as (url, asked, release):
-        cluster.apply(on_host_node("waited", url, digest), namespace)
+    with held_file_server(NODE_GATEWAY, gemma_gguf) as (url, asked, release):
+        cluster.apply(on_real_node("waited", url, digest), namespace)
         wait_for(asked.is_set, timeout=120, what="the pull Job to ask for the model")
         st = wait_phase(cluster, namespace, "waited", "Pulling", timeout=60)
         deployment = cluster.get("deployment", "waited", namespace)
@@ -487,37 +502,42 @@ def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
 
 
 @pytest.fixture
-def npu_on_the_host_node(cluster: Cluster) -> Iterator[str]:
-    """host-0 advertises one fake intel.com/npu, by a node status patch (how any extended
-    resource is advertised); the patch is undone afterwards."""
+def npu_on_the_real_node(cluster: Cluster) -> Iterator[str]:
+    """node-0 advertises one fake intel.com/npu, by a node status patch (how any extended
+    resource is advertised; the kubelet keeps resources it does not manage); the patch is
+    undone afterwards."""
 
     def advertise(count: str | None) -> None:
         resources = {"intel.com/npu": count}
         patch = {"status": {"capacity": resources, "allocatable": resources}}
         cluster.kubectl(
-            "patch", "node", HOST_NODE, "--subresource=status", "--type=merge",
+            "patch", "node", REAL_NODE, "--subresource=status", "--type=merge",
             "-p", json.dumps(patch),
         )  # fmt: skip
 
     advertise("1")
     try:
-        yield HOST_NODE
+        yield REAL_NODE
     finally:
         advertise(None)
 
 
 def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, npu_on_the_host_node: str
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    npu_on_the_real_node: str,
+    fixtures_claim: str,
 ) -> None:
     """Placed on the NPU tier of a node that only advertises one, the runtime cannot open the
     NPU and serves on the CPU: status says both, and a Warning Event says why."""
     body = localmodel(
         "fallen",
-        model={"source": f"file://{TINY_ONNX}", "format": "onnx"},
+        model={"source": f"pvc://{fixtures_claim}/{TINY_ONNX.name}", "format": "onnx"},
         hardware={"preferred": "npu", "fallback": ["cpu"]},
         parameters={"numPredict": 4, "temperature": 0},
         serving={"parallel": 1},
-        scheduling=HOST_NODE_SCHEDULING,
+        scheduling=REAL_NODE_SCHEDULING,
     )
     cluster.apply(body, namespace)
 
@@ -534,7 +554,7 @@ def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
             "get", "pods", "-l", f"{INSTANCE}=fallen", "-o", "json", namespace=namespace
         ).stdout
     )["items"]  # fmt: skip
-    assert [p["spec"]["nodeName"] for p in pods] == [npu_on_the_host_node]
+    assert [p["spec"]["nodeName"] for p in pods] == [npu_on_the_real_node]
     limits = pods[0]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["intel.com/npu"] == "1"
     placed = condition(st, "Placed")
@@ -652,14 +672,16 @@ def test_a_child_the_api_server_refuses_fails_the_model_until_the_spec_is_fixed(
 ) -> None:
     # Tolerations pass through as written; this one the API server refuses in the Deployment.
     bad = {"key": "dedicated", "operator": "Sometimes", "effect": "NoSchedule"}
-    cluster.apply(localmodel("refused", scheduling={"tolerations": [bad]}), namespace)
+    tolerations = [bad, KWOK_TOLERATION]
+    cluster.apply(localmodel("refused", scheduling={"tolerations": tolerations}), namespace)
     st = wait_phase(cluster, namespace, "refused", "Failed", timeout=60)
     ready = condition(st, "Ready")
     assert ready["reason"] == "InvalidSpec"
     assert "the API server refused a child" in ready["message"]
     assert "tolerations" in ready["message"]
     fixed = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
-    cluster.apply(localmodel("refused", scheduling={"tolerations": [fixed]}), namespace)
+    tolerations = [fixed, KWOK_TOLERATION]
+    cluster.apply(localmodel("refused", scheduling={"tolerations": tolerations}), namespace)
     wait_phase(cluster, namespace, "refused", "Ready")
 
 
@@ -750,7 +772,7 @@ def test_missing_secret_fails_naming_it(
     cluster: Cluster, operator: OperatorProcess, namespace: str, model_server: str, gemma_gguf: Path
 ) -> None:
     digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
-    body = on_host_node("locked", model_server, digest, serving={"authSecret": "absent-token"})
+    body = on_real_node("locked", model_server, digest, serving={"authSecret": "absent-token"})
     cluster.apply(body, namespace)
     st = wait_phase(cluster, namespace, "locked", "Failed", timeout=240)
     ready = condition(st, "Ready")

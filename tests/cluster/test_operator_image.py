@@ -18,7 +18,7 @@ import pytest
 
 from tests.images.conftest import Docker, built, docker_engine, image_names
 
-from .conftest import Cluster
+from .conftest import KWOK_SCHEDULING, Cluster
 from .operator_run import free_port, install_rbac, service_account_kubeconfig, wait_for
 
 pytestmark = pytest.mark.image
@@ -91,6 +91,7 @@ def test_the_operator_image_reconciles_a_localmodel_under_the_charts_rbac(
             "spec": {
                 "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
                 "hardware": {"preferred": "cpu", "fallback": []},
+                "scheduling": KWOK_SCHEDULING,
             },
         },
         namespace,

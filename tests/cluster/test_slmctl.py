@@ -1,7 +1,8 @@
 """slmctl against the real API server with the operator running.
 
-`run`, `ls` and `status` use kwok nodes for the placement they show; `chat` streams a real answer
-from the Gemma runtime on host-0, reached through the API server's service proxy.
+`run`, `ls` and `status` run the tiny ONNX model on node-0 (and kwok nodes for the fallback they
+show); `chat` streams a real answer from the Gemma runtime on node-0, reached through the API
+server's service proxy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from slm_operator import cli
 
 from tests.conftest import GEMMA_TEMPLATE
 
-from .conftest import HOST_NODE_SCHEDULING, ROOT, Cluster
+from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, ROOT, TINY_ONNX, Cluster
 from .operator_run import OperatorProcess, wait_for
 
 MODELFILES = ROOT / "tests" / "data" / "modelfiles"
@@ -65,12 +66,13 @@ def test_imported_modelfiles_are_accepted_by_the_api_server(
 
 
 def test_run_ls_status_on_the_cluster(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str, fixtures_claim: str
 ) -> None:
-    source = "https://models.example/gemma-3-270m-q4_k_m.gguf"
+    # A real model that runs on node-0: the tiny ONNX model on a claim, verified in place.
+    source = f"pvc://{fixtures_claim}/{TINY_ONNX.name}"
     out = slmctl(
-        cluster, "run", "small", "--source", source, "--hardware", "cpu", "-n", namespace,
-        "--wait", "90",
+        cluster, "run", "small", "--source", source, "--format", "onnx", "--hardware", "cpu",
+        "-n", namespace, "--wait", "240",
     )  # fmt: skip
     assert f"applied in namespace {namespace}" in out.stdout
     phases = out.stderr.splitlines()
@@ -110,8 +112,8 @@ def test_run_ls_status_on_the_cluster(
 
     # Running again is an update through the same field manager, not a conflict.
     slmctl(
-        cluster, "run", "small", "--source", source, "--hardware", "cpu", "--replicas", "2",
-        "-n", namespace,
+        cluster, "run", "small", "--source", source, "--format", "onnx", "--hardware", "cpu",
+        "--replicas", "2", "-n", namespace,
     )  # fmt: skip
     assert cluster.get("localmodel", "small", namespace)["spec"]["serving"]["replicas"] == 2
     slmctl(cluster, "delete", "small", "-n", namespace)
@@ -123,10 +125,13 @@ def test_run_ls_status_on_the_cluster(
 def test_status_shows_the_fallback_reason(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    slmctl(
+    printed = slmctl(
         cluster, "run", "fallback", "--source", "https://models.example/m.gguf",
-        "--hardware", "npu,gpu,cpu", "-n", namespace,
-    )  # fmt: skip
+        "--hardware", "npu,gpu,cpu", "-n", namespace, "--dry-run", "-o", "json",
+    ).stdout  # fmt: skip
+    body = json.loads(printed)
+    body["spec"]["scheduling"] = KWOK_SCHEDULING  # gpu-0, a fake node, takes the model
+    cluster.apply(body, namespace)
     wait_for(
         lambda: lm_status(cluster, namespace, "fallback").get("backend"),
         timeout=60, what="a backend",
@@ -202,7 +207,7 @@ def gemma_modelfile(source: str) -> str:
     )
 
 
-def test_chat_streams_from_the_real_model_on_the_host_node(
+def test_chat_streams_from_the_real_model_on_the_real_node(
     cluster: Cluster,
     operator: OperatorProcess,
     namespace: str,
@@ -213,13 +218,13 @@ def test_chat_streams_from_the_real_model_on_the_host_node(
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(gemma_modelfile(model_server))
     body = yaml.safe_load(slmctl(cluster, "import", str(modelfile), "--name", "gemma").stdout)
-    # What `run` has no flags for: the pin, the insecure test source, host-0 placement.
+    # What `run` has no flags for: the pin, the insecure test source, node-0 placement.
     body["spec"]["model"]["sha256"] = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
     body["spec"]["model"]["allowInsecure"] = True
     body["spec"]["cache"] = {"size": "1Gi"}
     body["spec"]["hardware"] = {"preferred": "cpu", "fallback": []}
     body["spec"]["serving"] = {"parallel": 1}
-    body["spec"]["scheduling"] = HOST_NODE_SCHEDULING
+    body["spec"]["scheduling"] = REAL_NODE_SCHEDULING
     cluster.apply(body, namespace)
 
     def ready() -> bool:
@@ -227,7 +232,7 @@ def test_chat_streams_from_the_real_model_on_the_host_node(
         assert st.get("phase") != "Failed", slmctl(cluster, "status", "gemma", "-n", namespace)
         return st.get("phase") == "Ready"
 
-    wait_for(ready, timeout=300, what="gemma on host-0 to be Ready", interval=0.5)
+    wait_for(ready, timeout=300, what="gemma on node-0 to be Ready", interval=0.5)
 
     for api in ("ollama", "openai"):
         answer = slmctl(
