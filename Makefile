@@ -56,7 +56,7 @@ fmt: ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-demo: setup ## Gemma 3 270M from helm install to streamed answers: kind when Docker and kind are there, else the local control plane (KEEP=1 keeps the operator running)
+demo: setup ## Gemma 3 270M from helm install to streamed answers: kind when Docker and kind are there, else the local control plane (KEEP=1 keeps serving the model file)
 	@if docker info >/dev/null 2>&1 && command -v kind >/dev/null; then \
 	  HELM=$(HELM) bash hack/e2e-kind.sh; \
 	else \

