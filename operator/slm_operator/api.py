@@ -882,6 +882,7 @@ class Reason(StrEnum):
     AS_EXPECTED = "AsExpected"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     CRASH_LOOPING = "CrashLooping"
+    OUT_OF_MEMORY = "OutOfMemory"
     MODEL_CORRUPT = "ModelCorrupt"
     SERVICE_MONITOR_UNSUPPORTED = "ServiceMonitorUnsupported"
 
@@ -934,6 +935,7 @@ CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
             Reason.AS_EXPECTED,
             Reason.REPLICAS_UNAVAILABLE,
             Reason.CRASH_LOOPING,
+            Reason.OUT_OF_MEMORY,
             Reason.MODEL_CORRUPT,
             Reason.SERVICE_MONITOR_UNSUPPORTED,
             Reason.INVALID_SPEC,

@@ -129,6 +129,16 @@ def job_summary(obj: Obj, pods: Iterable[Obj]) -> JobSummary:
     )
 
 
+def _memory_limit(pod: Obj, container: str) -> str | None:
+    """A container's memory limit from the pod's spec (init containers included)."""
+    spec = pod.get("spec") or {}
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if c.get("name") == container:
+            limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+            return str(limit) if limit is not None else None
+    return None
+
+
 def pod_summary(obj: Obj) -> PodSummary:
     """A runtime pod's phase, readiness, waiting reason and scheduling state."""
     status = obj.get("status") or {}
@@ -147,7 +157,7 @@ def pod_summary(obj: Obj) -> PodSummary:
         ):
             unschedulable_since = _time(cond.get("lastTransitionTime"))
             scheduler_message = cond.get("message")
-    waiting_reason = waiting_message = container = None
+    waiting_reason = waiting_message = container = out_of_memory = None
     restarts = 0
     pulling = False
     last_message = None
@@ -168,6 +178,8 @@ def pod_summary(obj: Obj) -> PodSummary:
         terminated = (cs.get("lastState") or {}).get("terminated") or state.get("terminated")
         if terminated and terminated.get("exitCode") not in (0, None) and terminated.get("message"):
             last_message = terminated["message"].strip()
+        if terminated and terminated.get("reason") == "OOMKilled" and out_of_memory is None:
+            out_of_memory = cs.get("name")
     return PodSummary(
         name=meta["name"],
         phase=status.get("phase", "Pending"),
@@ -176,6 +188,8 @@ def pod_summary(obj: Obj) -> PodSummary:
         waiting_message=waiting_message,
         container=container,
         last_termination_message=last_message,
+        out_of_memory=out_of_memory,
+        memory_limit=_memory_limit(obj, out_of_memory) if out_of_memory else None,
         restart_count=restarts,
         unschedulable_since=unschedulable_since,
         scheduler_message=scheduler_message,

@@ -123,6 +123,11 @@ class PodSummary:
     container: str | None = None
     last_termination_message: str | None = None
     """The message of the last terminated state of a container that restarted or failed."""
+    out_of_memory: str | None = None
+    """A container the kernel killed for going over its memory limit (OOMKilled), last time it
+    ended."""
+    memory_limit: str | None = None
+    """That container's memory limit, as its pod spec has it (None: no limit)."""
     restart_count: int = 0
     unschedulable_since: datetime | None = None
     """lastTransitionTime of ``PodScheduled=False, reason=Unschedulable``."""
@@ -673,9 +678,14 @@ def _rollout(
         or deployment.updated_replicas < desired
     )
     corrupt = [p for p in crashing if MODEL_CORRUPT_MARKER in (p.last_termination_message or "")]
+    out_of_memory = [p for p in crashing if p.out_of_memory]
     if corrupt:
         problem = _pod_problem(corrupt[0])
         degraded = _Cond("True", Reason.MODEL_CORRUPT, _clip(f"{counts}; {problem}"))
+    elif out_of_memory:
+        degraded = _Cond(
+            "True", Reason.OUT_OF_MEMORY, _clip(f"{counts}; {_out_of_memory(out_of_memory[0])}")
+        )
     elif crashing:
         degraded = _Cond(
             "True", Reason.CRASH_LOOPING, _clip(f"{counts}; {_pod_problem(crashing[0])}")
@@ -756,6 +766,16 @@ def _pod_problem(pod: PodSummary) -> str:
     if pod.last_termination_message:
         details.append(f"last exit: {pod.last_termination_message}")
     return f"{where}: {', '.join(details)}" if details else where
+
+
+def _out_of_memory(pod: PodSummary) -> str:
+    limit = f"its memory limit of {pod.memory_limit}" if pod.memory_limit else "the node's memory"
+    restarts = f", restarted {pod.restart_count} times" if pod.restart_count else ""
+    return (
+        f"pod {pod.name} container {pod.out_of_memory} was OOMKilled: the model needs more than "
+        f"{limit}{restarts}; raise spec.resources.limits.memory (and requests.memory), or lower "
+        "parameters.contextLength or serving.parallel"
+    )
 
 
 def _unschedulable_note(live: list[PodSummary]) -> str:

@@ -575,6 +575,43 @@ def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
     assert "serves on cpu" in events[0]["message"]
 
 
+def test_a_model_over_its_memory_limit_says_it_was_oom_killed(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, fixtures_claim: str
+) -> None:
+    """node-0's kubelet enforces the memory limit: the runtime is OOMKilled, and the model's
+    status names the container, the limit and the fields to change."""
+    body = localmodel(
+        "cramped",
+        model={"source": f"pvc://{fixtures_claim}/{TINY_ONNX.name}", "format": "onnx"},
+        resources={"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}},
+        serving={"parallel": 1},
+        scheduling=REAL_NODE_SCHEDULING,
+    )
+    cluster.apply(body, namespace)
+    st = wait_for(
+        lambda: (
+            condition(s := status(cluster, namespace, "cramped"), "Degraded").get("reason")
+            == "OutOfMemory"
+            and s
+        ),
+        timeout=180,
+        what="Degraded=OutOfMemory",
+    )
+    assert st["phase"] == "Degraded"
+    message = condition(st, "Degraded")["message"]
+    assert "container server was OOMKilled" in message
+    assert "memory limit of 48Mi" in message
+    assert "raise spec.resources.limits.memory" in message
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-l", f"{INSTANCE}=cramped", "-o", "json",
+                        namespace=namespace).stdout
+    )["items"]  # fmt: skip
+    assert [p["spec"]["nodeName"] for p in pods] == [REAL_NODE]
+    (server,) = pods[0]["status"]["containerStatuses"]
+    killed = (server.get("lastState") or {}).get("terminated") or server["state"]["terminated"]
+    assert killed["reason"] == "OOMKilled"
+
+
 def test_service_monitor_follows_monitoring_setting(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:

@@ -216,3 +216,31 @@ def test_reported_devices_reach_the_pods_they_belong_to() -> None:
         ("gemma-a", RuntimeDevice(Device.CPU)),
         ("gemma-b", None),
     ]
+
+
+def test_an_oom_killed_container_is_named_with_its_memory_limit() -> None:
+    killed = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+    pod = _pod(
+        "p",
+        phase="Running",
+        containerStatuses=[
+            {
+                "name": "server",
+                "restartCount": 2,
+                "lastState": killed,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            }
+        ],
+    )
+    pod["spec"] = {
+        "initContainers": [{"name": "pull"}],
+        "containers": [{"name": "server", "resources": {"limits": {"memory": "64Mi"}}}],
+    }
+    summary = pod_summary(pod)
+    assert (summary.out_of_memory, summary.memory_limit) == ("server", "64Mi")
+    del pod["spec"]["containers"][0]["resources"]
+    assert pod_summary(pod).memory_limit is None
+    pod["status"]["containerStatuses"][0]["lastState"] = {
+        "terminated": {"reason": "Error", "exitCode": 1}
+    }
+    assert pod_summary(pod).out_of_memory is None

@@ -130,6 +130,14 @@ CRASHING = running(
     last_termination_message="failed to load model: out of memory",
 )
 
+OUT_OF_MEMORY = replace(
+    CRASHING,
+    container="server",
+    last_termination_message=None,
+    out_of_memory="server",
+    memory_limit="64Mi",
+)
+
 CORRUPT = replace(
     CRASHING,
     last_termination_message=(
@@ -258,6 +266,17 @@ CASES: list[Case] = [
             ConditionType.READY: ("False", Reason.NOT_READY),
         },
         id="model-corrupt-on-the-volume",
+    ),
+    Case(
+        localmodel(),
+        GPU,
+        Observation(deployment=deployment(0), pull_job=PULLED, pods=(OUT_OF_MEMORY,)),
+        Phase.DEGRADED,
+        {
+            ConditionType.DEGRADED: ("True", Reason.OUT_OF_MEMORY),
+            ConditionType.READY: ("False", Reason.NOT_READY),
+        },
+        id="oom-killed",
     ),
     Case(
         localmodel(status=READY_STATUS),
@@ -541,6 +560,22 @@ def test_no_capacity_names_every_skipped_tier() -> None:
     assert "nvidia.com/gpu" in message
     assert "4Gi memory" in message
     assert status.phase is not Phase.FAILED
+
+
+def test_an_oom_killed_server_names_its_limit_and_the_fields_to_change() -> None:
+    obs = Observation(deployment=deployment(0), pull_job=PULLED, pods=(OUT_OF_MEMORY,))
+    status = compute_status(localmodel(), GPU, obs, now=NOW)
+    message = _by_type(status)[ConditionType.DEGRADED].message
+    assert "container server was OOMKilled" in message
+    assert "memory limit of 64Mi" in message
+    assert "restarted 4 times" in message
+    assert "spec.resources.limits.memory" in message
+    unlimited = replace(OUT_OF_MEMORY, memory_limit=None)
+    obs = Observation(deployment=deployment(0), pull_job=PULLED, pods=(unlimited,))
+    message = _by_type(compute_status(localmodel(), GPU, obs, now=NOW))[
+        ConditionType.DEGRADED
+    ].message
+    assert "more than the node's memory" in message
 
 
 def test_failed_pull_carries_the_jobs_message() -> None:
