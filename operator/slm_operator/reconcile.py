@@ -53,7 +53,7 @@ from slm_operator.kube import (
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
 from slm_operator.readiness import DeviceReader
-from slm_operator.render import RenderOptions, endpoint, render, selector_string
+from slm_operator.render import SERVER_CONTAINER, RenderOptions, endpoint, render, selector_string
 from slm_operator.settings import (
     AcceleratorCatalog,
     OperatorSettings,
@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 TIER_ANNOTATION: Final = "slm.dev/tier"
 HARDWARE_ANNOTATION: Final = "slm.dev/hardware"
 RETRY_SECONDS: Final = 10.0
+ROLLOUT_WAIT_SECONDS: Final = 10.0
+"""How often a model waiting for a runtime image rollout slot looks again (a finished rollout
+also wakes it at once)."""
 PROGRESS_SECONDS: Final = 5.0
 
 Key = tuple[str, str]
@@ -316,6 +319,11 @@ class Reconciler:
         """Models whose last reconcile applied children and left its status to the next one."""
         self.devices = DeviceReader(self.enqueue)
         """What each ready runtime pod reported it serves on (its /readyz, read once)."""
+        self._rollouts: dict[Key, str] = {}
+        """Models this operator is moving to a new runtime image, and that image."""
+        self._waiting_rollout: set[Key] = set()
+        """Models kept on their old runtime image until a rollout slot frees."""
+        self._rollout_lock = threading.Lock()
 
     def enqueue(self, key: Key, cause: str) -> None:
         """Mark ``key`` for a reconcile by a worker; returns at once.
@@ -493,6 +501,7 @@ class Reconciler:
             self._fail(key, body, f"spec.hardware: {exc}", Reason.INVALID_SPEC, now)
             raise InvalidSpecError(str(exc)) from exc
         self._arm_fallback_timer(key, lm, placement, obs, now)
+        placement = self._within_rollout_budget(key, lm, placement, deployment)
 
         # Only a Volume cache is pulled before its pods start; sizing PerPod pods from what their
         # own init containers pulled would roll them, and so pull again.
@@ -584,6 +593,74 @@ class Reconciler:
                 )
         metrics.observe_model(key, status.phase, status.backend)
         return status
+
+    def _within_rollout_budget(
+        self,
+        key: Key,
+        lm: LocalModel,
+        placement: Placement,
+        deployment: Mapping[str, Any] | None,
+    ) -> Placement:
+        """The placement, or the same with the image the model's pods run now.
+
+        A new runtime image for every model (an operator upgrade, ``runtime.image``) restarts
+        at most ``max_image_rollouts`` models at a time; the others keep their image until a
+        slot frees, and a model whose rollout ends wakes them. A model that names its image
+        (``spec.runtime.image``) follows its spec, as does a new model.
+        """
+        live = _server_image(deployment)
+        wake: list[Key] = []
+        with self._rollout_lock:
+            for other, target in list(self._rollouts.items()):
+                if self._rollout_finished(other, target):
+                    del self._rollouts[other]
+                    wake.extend(self._waiting_rollout)
+            if lm.spec.runtime.image or live is None or live == placement.image:
+                self._waiting_rollout.discard(key)
+                held = False
+            elif self._rollouts.get(key) == placement.image or (
+                len(self._rollouts) < self.settings.max_image_rollouts
+            ):
+                self._rollouts[key] = placement.image
+                self._waiting_rollout.discard(key)
+                held = False
+            else:
+                self._waiting_rollout.add(key)
+                held = True
+        for other in wake:
+            if other != key:
+                self.enqueue(other, cause="a runtime image rollout ended")
+        if not held or live is None:
+            return placement
+        log.info(
+            "%s/%s keeps runtime image %s until one of %d rollouts to a new image ends",
+            *key, live, len(self._rollouts),
+        )  # fmt: skip
+        self.schedule(key, ROLLOUT_WAIT_SECONDS)
+        return replace(placement, image=live)
+
+    def _rollout_finished(self, key: Key, target: str) -> bool:
+        """Whether the model's Deployment has finished moving to ``target`` (or gone elsewhere):
+        every replica updated and available, no old pod left, or its progress deadline passed."""
+        deployment = next(
+            (c for c in self.caches.children_of(key) if c.get("kind") == DEPLOYMENT.kind), None
+        )
+        if deployment is None or _server_image(deployment) != target:
+            return True
+        spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+        meta = deployment.get("metadata") or {}
+        if any(
+            c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or []
+        ):
+            return True
+        wanted = spec.get("replicas", 1)
+        return bool(
+            status.get("observedGeneration", 0) >= meta.get("generation", 0)
+            and status.get("updatedReplicas", 0) >= wanted
+            and status.get("availableReplicas", 0) >= wanted
+            and status.get("replicas", 0) <= wanted
+        )
 
     def _desired(
         self, key: Key, version: str, lm: LocalModel, placement: Placement, options: RenderOptions
@@ -760,6 +837,16 @@ def _keep_step_down(
 
 def _deployment_ident(lm: LocalModel) -> Ident:
     return (DEPLOYMENT.api_version, DEPLOYMENT.kind, lm.metadata.name)
+
+
+def _server_image(deployment: Mapping[str, Any] | None) -> str | None:
+    """The image of a Deployment's runtime container, as its pod template has it."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    for container in (template.get("spec") or {}).get("containers") or []:
+        if container.get("name") == SERVER_CONTAINER:
+            image: str | None = container.get("image")
+            return image
+    return None
 
 
 def _is_puller(pod: Mapping[str, Any]) -> bool:

@@ -171,6 +171,12 @@ class OperatorSettings(BaseSettings):
     runtime_image: str | None = Field(
         default=None, description="Overrides every catalog option's runtime image."
     )
+    max_image_rollouts: int = Field(
+        default=2,
+        ge=1,
+        description="How many models restart at a time to move to a new runtime image (an "
+        "operator upgrade, runtime_image); the others keep theirs until one of those is done.",
+    )
     allow_custom_images: bool = Field(
         default=False,
         description="Let LocalModels run a spec.runtime.image outside the catalog; off, such a "

@@ -174,6 +174,7 @@ def test_settings_reach_the_operator_environment() -> None:
         "watchNamespaces={team-a,team-b}",
         "runtime.image=mirror.example/slm-runtime:1",
         "operator.resyncSeconds=120",
+        "runtime.maxImageRollouts=5",
         "image.digest=sha256:" + "a" * 64,
     )
     container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -181,6 +182,15 @@ def test_settings_reach_the_operator_environment() -> None:
     assert env["SLM_OPERATOR_NAMESPACES"] == "team-a,team-b"
     assert env["SLM_OPERATOR_RUNTIME_IMAGE"] == "mirror.example/slm-runtime:1"
     assert env["SLM_OPERATOR_RESYNC_SECONDS"] == "120"
+    assert env["SLM_OPERATOR_MAX_IMAGE_ROLLOUTS"] == "5"
+    settings = OperatorSettings.model_validate(
+        {
+            key.removeprefix("SLM_OPERATOR_").lower(): value
+            for key, value in env.items()
+            if key.startswith("SLM_OPERATOR_") and value is not None
+        }
+    )
+    assert settings.max_image_rollouts == 5
     assert container["image"] == "ghcr.io/slm-operator/slm-operator@sha256:" + "a" * 64
 
 
