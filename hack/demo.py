@@ -275,20 +275,20 @@ def port_forward(namespace: str, name: str) -> Iterator[str]:
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
     proc = subprocess.Popen(
         ["kubectl", "port-forward", "-n", namespace, f"svc/{name}", "--address=127.0.0.1", ":8080"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
-        line = (
-            proc.stdout.readline() if proc.stdout else ""
-        )  # "Forwarding from 127.0.0.1:PORT -> 8080"
+        # "Forwarding from 127.0.0.1:PORT -> 8080", or why not
+        line = proc.stdout.readline() if proc.stdout else ""
         found = re.search(r"127\.0\.0\.1:(\d+)", line)
         if not found:
-            said = proc.stderr.read() if proc.stderr else ""
-            sys.exit(f"demo failed: kubectl port-forward said {line!r} {said}")
+            sys.exit(f"demo failed: kubectl port-forward said {line!r}")
         print(line.rstrip(), flush=True)
+        if proc.stdout:  # kubectl writes a line per connection: keep reading its output
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield f"http://127.0.0.1:{found.group(1)}"
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=10)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops the test cluster and removes everything it left: node-0's pods, mounts, network,
-# iptables chains, cgroups and sysctl changes (node.sh), the processes, hostPath PVs and the
-# state folder.
+# iptables chains, cgroups and sysctl changes (node.sh), the processes and the state folder
+# (the volumes' folders with it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -46,9 +46,6 @@ for ((i = ${#SLM_COMPONENTS[@]} - 1; i >= 0; i--)); do
 done
 
 ip route del unreachable "${SLM_KWOK_POD_CIDR}" 2>/dev/null || true
-if [ -d /tmp/hostpath_pv ]; then
-  rm -rf /tmp/hostpath_pv
-fi
 if [ -d "${state}" ]; then
   if grep -q " ${state}" /proc/self/mounts; then
     log "error: mounts remain under ${state}:"

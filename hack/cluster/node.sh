@@ -6,10 +6,12 @@
 # - the bridge ${SLM_NODE_BRIDGE} (the node's and its pods' network): deleted;
 # - sysctls the kubelet and kube-proxy set (kernel.panic, vm.overcommit_memory, ...): the
 #   values before the start are kept in node/sysctls and written back;
-# - iptables chains (the kubelet's KUBE-FIREWALL and canaries, kube-proxy's, CNI portmap's,
-#   ours): every chain that was not there before is flushed and deleted;
-# - cgroups (kubepods under each v1 controller): the processes in them are killed and the
-#   groups removed;
+# - iptables and ip6tables chains named KUBE-*, CNI-* or SLM-NODE-* (the kubelet's
+#   KUBE-FIREWALL and canaries, kube-proxy's, CNI portmap's, ours) that were not there before:
+#   the rules that jump to them, then the chains, are deleted;
+# - containers: containerd deletes its tasks (so their shims exit and remove their sockets in
+#   /run/containerd/s) before it stops; what is left in the kubepods cgroups (under each v1
+#   controller) is killed and the groups removed;
 # - folders the kubelet and containerd create outside their own (/var/lib/kubelet,
 #   /var/log/containers, /var/lib/cni, ...): removed when they were not there before;
 # - mounts (container root filesystems, pod volumes, network namespaces) under the node's
@@ -17,38 +19,57 @@
 # shellcheck shell=bash
 
 node_dir="${state}/node"
-node_sysctls=(kernel.panic kernel.panic_on_oops vm.overcommit_memory
-  net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables net.ipv4.ip_forward)
+node_sysctls=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet
+  net.bridge.bridge-nf-call-iptables net.ipv4.ip_forward)
 # Folders the kubelet, containerd and the CNI plugins create whatever their configured roots.
 node_host_dirs=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run/containerd
   /etc/cni /opt/cni /var/run/netns)
 node_tables=(filter nat mangle raw)
+node_iptables=(iptables ip6tables)
+shim_sockets=/run/containerd/s
 
-# node_chains TABLE: the table's chain names, one per line.
-node_chains() { iptables -t "$1" -S 2>/dev/null | sed -n 's/^-N \(.*\)$/\1/p' | sort; }
+# node_chains TOOL TABLE: the table's chains that the node may make, one per line, sorted.
+node_chains() {
+  "$1" -t "$2" -S 2>/dev/null | sed -n 's/^-N \(\(KUBE-\|CNI-\|SLM-NODE-\).*\)$/\1/p' | LC_ALL=C sort
+}
+
+# node_forward_off: the forward rule and chain of ours, and the bridge, whatever is recorded.
+node_forward_off() {
+  while iptables -D FORWARD -j SLM-NODE-FORWARD 2>/dev/null; do :; done
+  iptables -F SLM-NODE-FORWARD 2>/dev/null || true
+  iptables -X SLM-NODE-FORWARD 2>/dev/null || true
+  ip link del "${SLM_NODE_BRIDGE}" 2>/dev/null || true
+}
 
 # node_network: what must exist before the API server starts (it advertises the node's
 # gateway address): the record of the host's state, then the bridge and the forward rule.
 node_network() {
-  local name table
+  local name table tool value
   mkdir -p "${node_dir}"/{containerd,cni/net.d,cni/ipam,kubelet,logs,pki,bin}
+  node_forward_off  # a leftover of a cluster that was not stopped
   for name in "${node_sysctls[@]}"; do
-    printf '%s=%s\n' "${name}" "$(sysctl -n "${name}")"
+    value="$(sysctl -n "${name}" 2>/dev/null)" || continue
+    printf '%s=%s\n' "${name}" "${value}"
   done >"${node_dir}/sysctls"
   for name in "${node_host_dirs[@]}"; do
     [ -e "${name}" ] && printf '%s\n' "${name}"
   done >"${node_dir}/host-dirs"
-  for table in "${node_tables[@]}"; do
-    node_chains "${table}" >"${node_dir}/chains-${table}"
+  ls -1 "${shim_sockets}" 2>/dev/null | LC_ALL=C sort >"${node_dir}/shim-sockets" || true
+  for tool in "${node_iptables[@]}"; do
+    for table in "${node_tables[@]}"; do
+      node_chains "${tool}" "${table}" >"${node_dir}/chains-${tool}-${table}"
+    done
   done
   ip link add "${SLM_NODE_BRIDGE}" type bridge
   ip addr add "${SLM_NODE_IP}/${SLM_NODE_POD_CIDR#*/}" dev "${SLM_NODE_BRIDGE}"
   ip link set "${SLM_NODE_BRIDGE}" up
-  # Pods reach each other and Services across the bridge; Docker's FORWARD policy drops
-  # what no rule accepts. Bridged traffic must pass iptables for Service NAT.
+  # Pods reach each other and Services across the bridge, and get answers; Docker's FORWARD
+  # policy drops what no rule accepts. Nothing else is forwarded to pods. Bridged traffic
+  # must pass iptables for Service NAT.
   iptables -N SLM-NODE-FORWARD
   iptables -A SLM-NODE-FORWARD -i "${SLM_NODE_BRIDGE}" -j ACCEPT
-  iptables -A SLM-NODE-FORWARD -o "${SLM_NODE_BRIDGE}" -j ACCEPT
+  iptables -A SLM-NODE-FORWARD -o "${SLM_NODE_BRIDGE}" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
   iptables -I FORWARD 1 -j SLM-NODE-FORWARD
   sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 }
@@ -57,7 +78,7 @@ node_network() {
 node_kubeconfig() {
   local name="$1" cert="$2" file="${node_dir}/$1.kubeconfig"
   KUBECONFIG="${file}" kubectl config set-cluster slm-test \
-    --server="https://127.0.0.1:${SLM_API_PORT}" --certificate-authority="${pki}/ca.crt" --embed-certs >/dev/null
+    --server="https://${SLM_NODE_IP}:${SLM_API_PORT}" --certificate-authority="${pki}/ca.crt" --embed-certs >/dev/null
   KUBECONFIG="${file}" kubectl config set-credentials "${name}" --client-certificate="${pki}/${cert}.crt" \
     --client-key="${pki}/${cert}.key" --embed-certs >/dev/null
   KUBECONFIG="${file}" kubectl config set-context default --cluster=slm-test --user="${name}" >/dev/null
@@ -65,21 +86,35 @@ node_kubeconfig() {
   chmod 600 "${file}"
 }
 
-# node_images: the pause image (the sandbox), then the project's images, from Docker into
-# the node's containerd.
-node_images() {
-  local pause_dir images=() image
-  pause_dir="$(mktemp -d)"
-  cp "$(bin pause "${PAUSE_VERSION}")" "${pause_dir}/pause"
-  tar -C "${pause_dir}" -c pause | "${DOCKER}" import \
-    --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' - "${SLM_PAUSE_IMAGE}" >/dev/null
-  rm -rf "${pause_dir}"
-  images=("${SLM_PAUSE_IMAGE}")
-  for image in "${SLM_OPERATOR_IMAGE}" "${SLM_RUNTIME_IMAGE}"; do
-    "${DOCKER}" image inspect "${image}" >/dev/null 2>&1 && images+=("${image}")
+# node_image_ids: "TAG ID" of the pause, operator and runtime images as Docker has them.
+node_image_ids() {
+  local image id
+  for image in "${SLM_PAUSE_IMAGE}" "${SLM_OPERATOR_IMAGE}" "${SLM_RUNTIME_IMAGE}"; do
+    id="$("${DOCKER}" image inspect -f '{{.Id}}' "${image}" 2>/dev/null)" || id=missing
+    printf '%s %s\n' "${image}" "${id}"
   done
-  [ "${#images[@]}" -eq 3 ] || log "warning: build the project's images (make images): only ${images[*]} are on the node"
-  "${DOCKER}" save "${images[@]}" | node_ctr images import --no-unpack - >/dev/null
+}
+
+# node_images: the pause image (the sandbox, made from the cached binary), then the project's
+# images, from Docker into the node's containerd; what was imported is kept in node/images.
+node_images() {
+  local pause_bin
+  pause_bin="$(bin pause "${PAUSE_VERSION}")"
+  ctr="$(bin ctr "${CONTAINERD_VERSION}")"
+  tar -C "$(dirname "${pause_bin}")" --transform="s|.*|pause|" -c "$(basename "${pause_bin}")" |
+    "${DOCKER}" import --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' - \
+      "${SLM_PAUSE_IMAGE}" >/dev/null
+  if node_image_ids | grep -q ' missing$'; then
+    die "the project's images are not built: run 'make images' (make setup does); missing: $(node_image_ids | sed -n 's/ missing$//p' | tr '\n' ' ')"
+  fi
+  "${DOCKER}" save "${SLM_PAUSE_IMAGE}" "${SLM_OPERATOR_IMAGE}" "${SLM_RUNTIME_IMAGE}" |
+    node_ctr images import --no-unpack - >/dev/null
+  node_image_ids >"${node_dir}/images"
+}
+
+# node_images_stale: whether Docker holds other images than node-0 got (make images since).
+node_images_stale() {
+  [ "$(node_image_ids)" != "$(cat "${node_dir}/images" 2>/dev/null)" ]
 }
 
 node_ctr() { "${ctr}" --address "${node_dir}/containerd/containerd.sock" -n k8s.io "$@"; }
@@ -128,6 +163,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.tracing.processor
     runtime_type = 'io.containerd.runc.v2'
     [${cri}.containerd.runtimes.runc.options]
       BinaryName = '$(command -v runc)'
+      Root = '${c}/runc'
       SystemdCgroup = false
   [${cri}.cni]
     bin_dirs = ['/usr/lib/cni']
@@ -272,14 +308,27 @@ node_ready() {
     && curl -sf "http://127.0.0.1:${SLM_KUBE_PROXY_HEALTHZ_PORT}/healthz" >/dev/null
 }
 
-# node_kill_pods: every process of the node's pods (their cgroups) and the shims that ran
-# them; the kubelet is stopped first so that nothing restarts them.
-node_kill_pods() {
-  local group pids i
+# node_remove_containers: containerd kills and deletes every task and container of the node,
+# so that each shim exits and removes its socket; then whatever is left of the node's pods
+# (processes in the kubepods cgroups, shims of this containerd) is killed and the cgroups
+# removed. The kubelet is stopped first, so that nothing starts them again.
+node_remove_containers() {
+  local id group pids i
+  ctr="${SLM_BIN_DIR}/ctr-${CONTAINERD_VERSION}"
+  if [ -S "${node_dir}/containerd/containerd.sock" ] && node_ctr version >/dev/null 2>&1; then
+    for id in $(node_ctr tasks ls -q 2>/dev/null); do
+      timeout 20 "${ctr}" --address "${node_dir}/containerd/containerd.sock" -n k8s.io \
+        tasks delete --force "${id}" >/dev/null 2>&1 || true
+    done
+    for id in $(node_ctr containers ls -q 2>/dev/null); do
+      timeout 20 "${ctr}" --address "${node_dir}/containerd/containerd.sock" -n k8s.io \
+        containers delete "${id}" >/dev/null 2>&1 || true
+    done
+  fi
   for i in 1 2 3; do
     pids="$(cat /sys/fs/cgroup/*/kubepods/tasks /sys/fs/cgroup/*/kubepods/*/tasks \
       /sys/fs/cgroup/*/kubepods/*/*/tasks /sys/fs/cgroup/*/kubepods/*/*/*/tasks 2>/dev/null | sort -u || true)"
-    pids+=" $(pgrep -f "^${node_dir}/bin/containerd-shim-runc-v2 " || true)"
+    pids+=" $(pgrep -f -- "-address ${node_dir}/containerd/containerd.sock" || true)"
     [ -n "${pids// /}" ] || break
     # shellcheck disable=SC2086
     kill -KILL ${pids} 2>/dev/null || true
@@ -287,6 +336,16 @@ node_kill_pods() {
   done
   for group in $(find /sys/fs/cgroup/*/kubepods -depth -type d 2>/dev/null); do
     rmdir "${group}" 2>/dev/null || true
+  done
+}
+
+# node_remove_sockets: shim sockets made while the node ran that nothing listens on any more.
+node_remove_sockets() {
+  local name listening
+  [ -d "${shim_sockets}" ] || return 0
+  listening="$(ss -xlH 2>/dev/null | awk '{print $5}')"
+  for name in $(ls -1 "${shim_sockets}" | LC_ALL=C sort | LC_ALL=C comm -13 "${node_dir}/shim-sockets" -); do
+    grep -qxF "${shim_sockets}/${name}" <<<"${listening}" || rm -f "${shim_sockets:?}/${name}"
   done
 }
 
@@ -298,36 +357,46 @@ node_unmount() {
   done
 }
 
+# node_remove_chains TOOL TABLE: the chains the node made in TABLE (see node_chains) that were
+# not there at its start: first the rules that jump to them (as -S quotes them: comments hold
+# spaces), then the chains.
+node_remove_chains() {
+  local tool="$1" table="$2" chain rule made
+  [ -e "${node_dir}/chains-${tool}-${table}" ] || return 0
+  made="$(node_chains "${tool}" "${table}" | LC_ALL=C comm -13 "${node_dir}/chains-${tool}-${table}" -)"
+  for chain in ${made}; do
+    { "${tool}" -t "${table}" -S | grep -E -- "-j ${chain}( |$)" || true; } | sed 's/^-A /-D /' |
+      while read -r rule; do
+        eval "${tool} -t ${table} ${rule}" 2>/dev/null || true
+      done
+  done
+  for chain in ${made}; do
+    "${tool}" -t "${table}" -F "${chain}" 2>/dev/null || true
+  done
+  for chain in ${made}; do
+    "${tool}" -t "${table}" -X "${chain}" 2>/dev/null || true
+  done
+}
+
 node_stop() {
   [ -d "${node_dir}" ] || return 0
-  local table chain name value real mnt
+  local table tool name value real mnt
   stop kube-proxy
   stop coredns
   stop kubelet
-  node_kill_pods
+  node_remove_containers
   stop containerd
+  node_remove_sockets
   node_unmount
-  ip link del "${SLM_NODE_BRIDGE}" 2>/dev/null || true
-  iptables -D FORWARD -j SLM-NODE-FORWARD 2>/dev/null || true
-  for table in "${node_tables[@]}"; do
-    [ -e "${node_dir}/chains-${table}" ] || continue
-    # Rules in the host's own chains that jump to the node's, then the node's chains.
-    for chain in $(comm -13 "${node_dir}/chains-${table}" <(node_chains "${table}")); do
-      { iptables -t "${table}" -S | grep -E -- "-j ${chain}( |$)" || true; } | sed 's/^-A /-D /' |
-        while read -r rule; do
-          # The rule as iptables -S quotes it (comments hold spaces).
-          eval "iptables -t ${table} ${rule}" 2>/dev/null || true
-        done
-    done
-    for chain in $(comm -13 "${node_dir}/chains-${table}" <(node_chains "${table}")); do
-      iptables -t "${table}" -F "${chain}" 2>/dev/null || true
-    done
-    for chain in $(comm -13 "${node_dir}/chains-${table}" <(node_chains "${table}")); do
-      iptables -t "${table}" -X "${chain}" 2>/dev/null || true
+  node_forward_off
+  for tool in "${node_iptables[@]}"; do
+    for table in "${node_tables[@]}"; do
+      node_remove_chains "${tool}" "${table}"
     done
   done
   if [ -s "${node_dir}/sysctls" ]; then
     while IFS='=' read -r name value; do
+      [ -n "${value}" ] || continue
       sysctl -q -w "${name}=${value}" || true
     done <"${node_dir}/sysctls"
   fi

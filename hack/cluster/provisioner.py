@@ -4,9 +4,10 @@ The StorageClass ``standard`` names this provisioner. For each pending claim of 
 creates ``ROOT/<namespace>-<claim>-<uid>`` (mode 0777, as kind's local-path provisioner does:
 hostPath volumes get no fsGroup ownership from the kubelet, so pods running as non-root must
 be able to write there) and a PersistentVolume bound to the claim. A released volume of its own
-with reclaim policy Delete loses its folder, then its PersistentVolume.
+with reclaim policy Delete loses its folder (only a folder directly under ROOT), then its
+PersistentVolume. ROOT lies in the cluster's state folder, which only root may enter.
 
-    python provisioner.py --kubeconfig PATH --root /tmp/hostpath_pv
+    python provisioner.py --kubeconfig PATH --root STATE/volumes
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class Provisioner:
             return
         if spec.persistent_volume_reclaim_policy != "Delete":
             return
-        path = Path(spec.host_path.path)
-        if self.root in path.parents:
+        path = Path(spec.host_path.path if spec.host_path else "")
+        if path.resolve().parent == self.root.resolve() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         try:
             self.api.delete_persistent_volume(meta.name)
@@ -96,13 +97,21 @@ class Provisioner:
                 raise
         log.info("deleted %s and %s", meta.name, path)
 
+    @staticmethod
+    def each(handle: Any, item: Any) -> None:
+        """One claim or volume; its failure is logged and does not stop the others."""
+        try:
+            handle(item)
+        except Exception:
+            log.exception("could not handle %s", item.metadata.name)
+
     def follow(self, list_call: Any, handle: Any) -> None:
         """List, then watch from the list's resourceVersion; again when the watch ends."""
         while True:
             try:
                 listed = list_call()
                 for item in listed.items:
-                    handle(item)
+                    self.each(handle, item)
                 stream = watch.Watch().stream(
                     list_call,
                     resource_version=listed.metadata.resource_version,
@@ -110,7 +119,7 @@ class Provisioner:
                 )
                 for event in stream:
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        handle(event["object"])
+                        self.each(handle, event["object"])
             except Exception:  # an expired watch, a restarting API server: list again
                 log.exception("watch failed; listing again")
                 threading.Event().wait(1)
@@ -123,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config.load_kube_config(config_file=args.kubeconfig)
-    args.root.mkdir(parents=True, exist_ok=True)
+    args.root.mkdir(mode=0o755, parents=True, exist_ok=True)
     provisioner = Provisioner(client.CoreV1Api(), args.root)
     api = provisioner.api
     threading.Thread(

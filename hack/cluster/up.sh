@@ -60,8 +60,15 @@ all_alive() {
   for c in "${SLM_COMPONENTS[@]}"; do alive "${c}" || return 1; done
 }
 
+# shellcheck source=node.sh
+source "${here}/node.sh"
+
 if [ -d "${state}/pids" ]; then
   if [ -e "${state}/up" ] && all_alive && ready; then
+    if node_images_stale; then
+      log "the images changed since ${SLM_NODE_NAME} got them: importing them again"
+      node_images
+    fi
     log "cluster already running (KUBECONFIG=${SLM_KUBECONFIG})"
     exit 0
   fi
@@ -86,8 +93,12 @@ for tool in runc iptables curl; do
   command -v "${tool}" >/dev/null || die "${tool} is missing: run 'make setup'"
 done
 [ -x /usr/lib/cni/bridge ] || die "the CNI plugins are missing: run 'make setup'"
-# shellcheck source=node.sh
-source "${here}/node.sh"
+# node-0 uses cgroup v1 with the cgroupfs driver, and down.sh removes every kubepods cgroup:
+# refuse a machine that is a Kubernetes node already.
+[ -d /sys/fs/cgroup/memory ] || die "node-0 needs cgroup v1 (this host has no /sys/fs/cgroup/memory)"
+if compgen -G "/sys/fs/cgroup/*/kubepods" >/dev/null; then
+  die "kubepods cgroups exist: another kubelet runs here (or a stopped one left them); stop it first"
+fi
 
 started=$SECONDS
 mkdir -p "${state}"/{pids,logs,pki,etcd}
@@ -114,7 +125,7 @@ openssl ecparam -name prime256v1 -genkey -noout -out "${pki}/sa.key" 2>/dev/null
 openssl ec -in "${pki}/sa.key" -pubout -out "${pki}/sa.pub" 2>/dev/null
 chmod 600 "${pki}"/*.key
 
-kubectl config set-cluster slm-test --server="https://127.0.0.1:${SLM_API_PORT}" \
+kubectl config set-cluster slm-test --server="https://${SLM_NODE_IP}:${SLM_API_PORT}" \
   --certificate-authority="${pki}/ca.crt" --embed-certs >/dev/null
 kubectl config set-credentials admin --client-certificate="${pki}/admin.crt" \
   --client-key="${pki}/admin.key" --embed-certs >/dev/null
@@ -131,11 +142,12 @@ start etcd "${etcd}" --name=node0 --data-dir="${state}/etcd" --unsafe-no-fsync \
   --initial-cluster="node0=http://127.0.0.1:${SLM_ETCD_PEER_PORT}" \
   --auto-compaction-retention=1 --log-level=warn
 
-# On every address: pods reach it at the node's (the kubernetes Service's endpoint).
-log "starting kube-apiserver ${K8S_VERSION} on 127.0.0.1:${SLM_API_PORT} and ${SLM_NODE_IP}:${SLM_API_PORT}"
+# On the node's address only: the host and pods reach it there (pods also through the
+# kubernetes Service), and no other interface of the machine exposes it.
+log "starting kube-apiserver ${K8S_VERSION} on ${SLM_NODE_IP}:${SLM_API_PORT}"
 start kube-apiserver "${apiserver}" \
   --etcd-servers="http://127.0.0.1:${SLM_ETCD_PORT}" \
-  --bind-address=0.0.0.0 --advertise-address="${SLM_NODE_IP}" --secure-port="${SLM_API_PORT}" \
+  --bind-address="${SLM_NODE_IP}" --advertise-address="${SLM_NODE_IP}" --secure-port="${SLM_API_PORT}" \
   --endpoint-reconciler-type=none \
   --tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key" \
   --client-ca-file="${pki}/ca.crt" \
@@ -168,9 +180,9 @@ start kwok "${kwok}" --kubeconfig="${SLM_KUBECONFIG}" "${stage_args[@]}" --cidr=
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds=40 --server-address="127.0.0.1:${SLM_KWOK_PORT}" \
   --tls-cert-file="${pki}/admin.crt" --tls-private-key-file="${pki}/admin.key"
-log "starting the volume provisioner (hostPath folders under /tmp/hostpath_pv)"
+log "starting the volume provisioner (hostPath folders under ${state}/volumes)"
 start provisioner "${python}" "${here}/provisioner.py" --kubeconfig="${SLM_KUBECONFIG}" \
-  --root=/tmp/hostpath_pv
+  --root="${state}/volumes"
 
 node_start
 

@@ -141,6 +141,21 @@ def container_pids(pod: dict[str, Any], container: str) -> list[int]:
     return [int(pid) for pid in procs.read_text().split()]
 
 
+def import_into_node(image: str) -> None:
+    """Put a Docker image on node-0 (its containerd's ``k8s.io`` namespace), as up.sh does."""
+    from tests.images.conftest import image_names  # the image suite's names and Docker CLI
+
+    ctr = CACHE / "bin" / f"ctr-{VERSIONS['CONTAINERD_VERSION']}"
+    socket = STATE / "node" / "containerd" / "containerd.sock"
+    save = subprocess.Popen([image_names()["DOCKER"], "save", image], stdout=subprocess.PIPE)
+    load = subprocess.run(
+        [str(ctr), "--address", str(socket), "-n", "k8s.io", "images", "import", "-"],
+        stdin=save.stdout, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert save.wait() == 0, f"docker save {image} failed"
+    assert load.returncode == 0, load.stderr
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test in this folder needs the cluster."""
     here = Path(__file__).parent
@@ -157,7 +172,7 @@ def _leftovers() -> list[str]:
     procs = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False)
     names = (
         "kube-apiserver|kube-controller-manager|kube-scheduler|etcd|kwok|kubelet|kube-proxy"
-        "|containerd|coredns"
+        "|containerd|containerd-shim-runc-v2|coredns"
     )
     binaries = re.compile(
         rf"{re.escape(str(CACHE / 'bin'))}/({names})-v"
@@ -173,6 +188,9 @@ FOOTPRINT_SYSCTLS = (
     "kernel.panic",
     "kernel.panic_on_oops",
     "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
     "net.ipv4.conf.all.route_localnet",
     "net.bridge.bridge-nf-call-iptables",
     "net.ipv4.ip_forward",
@@ -185,25 +203,31 @@ FOOTPRINT_PATHS = (
     "/etc/cni",
     "/opt/cni",
     "/var/run/netns",
-    "/tmp/hostpath_pv",
 )
+FOOTPRINT_FILE = CACHE / "cluster-footprint.json"
+"""The host's footprint before the running cluster started, kept by the session that started it
+for the one that stops it."""
 
 
 def _footprint() -> dict[str, set[str]]:
-    """What the cluster changes on the host: network interfaces, iptables chains, cgroups,
-    sysctls, mounts, folders. Compared before the cluster starts and after it stops."""
+    """What the cluster changes on the host: network interfaces, iptables and ip6tables
+    chains, cgroups, sysctls, mounts, folders, containerd shim sockets, the cluster's
+    processes. Compared before the cluster starts and after it stops."""
 
     def lines(*cmd: str) -> list[str]:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
         return out.splitlines()
 
+    def sysctl(name: str) -> str:
+        value = lines("sysctl", "-n", name)
+        return f"{name}={value[0] if value else '(unreadable)'}"
+
     found: dict[str, set[str]] = {
         "interface": {line.split(": ")[1].split("@")[0] for line in lines("ip", "-o", "link")},
-        "sysctl": {
-            f"{k}={v}"
-            for k, v in zip(
-                FOOTPRINT_SYSCTLS, lines("sysctl", "-n", *FOOTPRINT_SYSCTLS), strict=False
-            )
+        "sysctl": {sysctl(name) for name in FOOTPRINT_SYSCTLS},
+        "process": set(_leftovers()),
+        "shim socket": {
+            str(path) for path in Path("/run/containerd/s").glob("*") if path.is_socket()
         },
         "path": {path for path in FOOTPRINT_PATHS if Path(path).exists()},
         "cgroup": {
@@ -213,12 +237,11 @@ def _footprint() -> dict[str, set[str]]:
             if group.exists()
         },
     }
-    for table in ("filter", "nat", "mangle", "raw"):
-        found[f"iptables {table} chain"] = {
-            line.split()[1]
-            for line in lines("iptables", "-t", table, "-S")
-            if line.startswith("-N ")
-        }
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            found[f"{tool} {table} chain"] = {
+                line.split()[1] for line in lines(tool, "-t", table, "-S") if line.startswith("-N ")
+            }
     with open("/proc/self/mounts", encoding="utf-8") as f:
         found["mount"] = {
             line.split()[1]
@@ -229,10 +252,17 @@ def _footprint() -> dict[str, set[str]]:
 
 
 def _changed(before: dict[str, set[str]]) -> list[str]:
-    """What the host has now that it did not have before (for sysctls: a changed value)."""
+    """What the host has now that it did not have before, and what it had that is gone (for
+    sysctls: a changed value shows as both)."""
     after = _footprint()
     return [
-        f"{kind} {item}" for kind, items in after.items() for item in sorted(items - before[kind])
+        f"{sign} {kind} {item}"
+        for kind in sorted(after.keys() | before.keys())
+        for sign, items in (
+            ("left:", after.get(kind, set()) - before.get(kind, set())),
+            ("removed:", before.get(kind, set()) - after.get(kind, set())),
+        )
+        for item in sorted(items)
     ]
 
 
@@ -261,15 +291,22 @@ def cluster() -> Iterator[Cluster]:
     if os.environ.get("SLM_SKIP_CLUSTER") == "1":
         pytest.skip("SLM_SKIP_CLUSTER=1")
     c = Cluster(STATE / "kubeconfig", STATE, STATE / "audit.log")
-    before = _footprint()
     with _users_lock() as users:
+        before = _footprint()
         result = subprocess.run(
             ["bash", str(HACK / "up.sh")], capture_output=True, text=True, timeout=300, check=False
         )
         if result.returncode != 0:
-            pytest.fail(f"the test cluster did not start:\n{result.stderr}", pytrace=False)
+            down = subprocess.run(
+                ["bash", str(HACK / "down.sh")], capture_output=True, text=True, timeout=300
+            )
+            pytest.fail(
+                f"the test cluster did not start:\n{result.stderr}\ndown.sh:\n{down.stderr}",
+                pytrace=False,
+            )
         if "cluster already running" not in result.stderr:
             (STATE / "started-by-tests").touch()
+            FOOTPRINT_FILE.write_text(json.dumps({k: sorted(v) for k, v in before.items()}))
         users.mkdir(parents=True, exist_ok=True)  # up.sh may have reset the state
         (users / str(os.getpid())).touch()
     yield c
@@ -284,13 +321,16 @@ def cluster() -> Iterator[Cluster]:
             ["bash", str(HACK / "down.sh")],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=300,
             check=False,
         )
     assert down.returncode == 0, down.stderr
     assert not _leftovers(), f"cluster-down left: {_leftovers()}"
-    changed = _changed(before)
-    assert not changed, f"cluster-down left on the host: {changed}"
+    started = json.loads(FOOTPRINT_FILE.read_text()) if FOOTPRINT_FILE.exists() else None
+    FOOTPRINT_FILE.unlink(missing_ok=True)
+    assert started is not None, f"no footprint of the cluster's start in {FOOTPRINT_FILE}"
+    changed = _changed({k: set(v) for k, v in started.items()})
+    assert not changed, f"cluster-down changed the host: {changed}"
 
 
 @pytest.fixture
@@ -380,37 +420,39 @@ def fixtures_claim(cluster: Cluster, namespace: str) -> Iterator[str]:
     LocalModel can name ``pvc://CLAIM/tiny-onnx`` (verified in place, never fetched) and run a
     real ONNX model on node-0; yields the claim's name. The volume goes afterwards."""
     volume, claim = f"fixtures-{namespace}", "fixtures"
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(TINY_ONNX.parent), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim},
+    try:
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": str(TINY_ONNX.parent), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
             },
-        }
-    )
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-        namespace,
-    )
-    yield claim
-    cluster.kubectl("delete", "pv", volume, "--wait=false", check=False)
+            namespace,
+        )
+        yield claim
+    finally:
+        cluster.kubectl("delete", "pv", volume, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from slm_operator.render import PRESTOP_SLEEP_SECONDS
 
 from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, Cluster, container_pids
 from .operator_run import OperatorProcess, wait_for
@@ -251,8 +252,16 @@ def test_a_deleted_model_pod_finishes_the_answer_it_is_streaming(
     """Under the kubelet's own preStop hook and grace period: deleting a serving pod keeps it
     serving through the preStop sleep, then SIGTERM starts the runtime's drain, and an answer
     already streaming still finishes whole."""
-    pod = serving_gemma(cluster, namespace, "drainer", model_server, gemma_gguf, 1024, 1000)
+    pod = serving_gemma(cluster, namespace, "drainer", model_server, gemma_gguf, 2048, 1800)
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    url = f"http://{ip}:8080/api/generate"
+    # An answer that streams for about 15 s on this machine: longer than the preStop sleep,
+    # well within the drain timeout that follows it (25 s).
+    probe = {"model": "drainer", "prompt": "Once upon a time", "raw": True, "stream": False,
+             "options": {"num_predict": 32}}  # fmt: skip
+    timing = httpx.post(url, json=probe, timeout=120).json()
+    rate = timing["eval_count"] / (timing["eval_duration"] / 1e9)
+    num_predict = max(100, min(1800, int(rate * 15)))
     # The container's log, followed until it exits, each line with the time it came.
     logs = subprocess.Popen(
         ["kubectl", f"--kubeconfig={cluster.kubeconfig}", "-n", namespace, "logs", "-f",
@@ -268,26 +277,33 @@ def test_a_deleted_model_pod_finishes_the_answer_it_is_streaming(
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-
     received: list[tuple[float, dict[str, Any]]] = []
+    deleted = None
     body = {"model": "drainer", "prompt": "Once upon a time", "raw": True,
-            "options": {"num_predict": 1000}}  # fmt: skip
-    with httpx.stream("POST", f"http://{ip}:8080/api/generate", json=body, timeout=60) as reply:
-        for line in reply.iter_lines():
-            received.append((time.monotonic(), json.loads(line)))
-            if len(received) == 3:
-                cluster.kubectl("delete", "pod", name, "--wait=false", namespace=namespace)
-                deleted = time.monotonic()
-    logs.wait(timeout=120)
+            "options": {"num_predict": num_predict}}  # fmt: skip
+    try:
+        with httpx.stream("POST", url, json=body, timeout=60) as reply:
+            for line in reply.iter_lines():
+                received.append((time.monotonic(), json.loads(line)))
+                if len(received) == 3:
+                    cluster.kubectl("delete", "pod", name, "--wait=false", namespace=namespace)
+                    deleted = time.monotonic()
+        logs.wait(timeout=120)
+    finally:
+        logs.kill()
+        logs.wait(timeout=10)
     follower.join(timeout=10)
 
+    assert deleted is not None, received
     last = received[-1][1]
     assert last["done"] is True, last
     assert last["done_reason"] in ("stop", "length")
     drained = [t for t, line in log_lines if "draining in-flight requests" in line]
     assert drained, "".join(line for _, line in log_lines)[-3000:]
-    # SIGTERM came after the preStop sleep and while the answer was still streaming.
-    assert deleted < drained[0] < received[-1][0]
+    # SIGTERM came after the preStop sleep (it kept serving meanwhile) and while the answer
+    # was still streaming; the answer then finished whole.
+    assert drained[0] - deleted >= PRESTOP_SLEEP_SECONDS - 0.5, drained[0] - deleted
+    assert drained[0] < received[-1][0]
     assert sum(1 for t, _ in received if t > drained[0]) > 1
     wait_for(
         lambda: cluster.kubectl("get", "pod", name, namespace=namespace, check=False).returncode,

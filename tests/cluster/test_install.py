@@ -21,7 +21,15 @@ import yaml
 
 from tests.images.conftest import docker_engine, image_names
 
-from .conftest import KWOK_SCHEDULING, REAL_NODE, ROOT, Cluster
+from .conftest import (
+    KWOK_SCHEDULING,
+    REAL_NODE,
+    REAL_NODE_SCHEDULING,
+    ROOT,
+    TINY_ONNX,
+    Cluster,
+    import_into_node,
+)
 from .operator_run import wait_for
 
 CHART = ROOT / "charts" / "slm-operator"
@@ -189,6 +197,7 @@ def test_helm_install_test_upgrade_uninstall(
         said = cluster.kubectl("logs", f"{RELEASE}-test-health", namespace=namespace).stdout
         assert f"http://{RELEASE}.{namespace}.svc:8081/healthz 200" in said
 
+        assert "Forbidden" not in operator_log(cluster, namespace, RELEASE)
         upgraded = with_printer_column(CHART, tmp_path / "chart")
         cluster.helm("upgrade", RELEASE, str(upgraded), *options)
         header = cluster.kubectl("get", "lm", "gemma", namespace=namespace).stdout
@@ -273,6 +282,119 @@ def test_watched_namespace_install_runs_a_model_under_roles(
         assert "Forbidden" not in log, log[-2000:]
     finally:
         cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+
+
+def tiny_model(name: str, claim: str, image: str | None = None) -> dict[str, Any]:
+    """The tiny ONNX model from ``claim``, served for real on node-0 (small requests: several
+    fit its CPUs); ``image`` pins spec.runtime.image."""
+    spec: dict[str, Any] = {
+        "model": {"source": f"pvc://{claim}/{TINY_ONNX.name}", "format": "onnx"},
+        "hardware": {"preferred": "cpu", "fallback": []},
+        "parameters": {"numPredict": 4},
+        "serving": {"parallel": 1},
+        "resources": {"requests": {"cpu": "50m"}},
+        "scheduling": REAL_NODE_SCHEDULING,
+    }
+    if image:
+        spec["runtime"] = {"image": image}
+    return {"apiVersion": "slm.dev/v1alpha1", "kind": "LocalModel",
+            "metadata": {"name": name}, "spec": spec}  # fmt: skip
+
+
+def deployments(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    """The namespace's model Deployments by name."""
+    out = cluster.kubectl(
+        "get", "deployments", "-l", "app.kubernetes.io/name=slm-runtime", "-o", "json",
+        namespace=namespace,
+    ).stdout  # fmt: skip
+    return {d["metadata"]["name"]: d for d in json.loads(out)["items"]}
+
+
+def server_image(deployment: dict[str, Any]) -> str:
+    """The image of the runtime container in a Deployment's pod template."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    image: str = next(c["image"] for c in containers if c["name"] == "server")
+    return image
+
+
+def rolled_out(deployment: dict[str, Any]) -> bool:
+    """Every replica updated and available, and no old pod left."""
+    status, wanted = deployment.get("status") or {}, deployment["spec"]["replicas"]
+    return bool(
+        status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("availableReplicas", 0) == wanted
+        and status.get("replicas", 0) == wanted
+    )
+
+
+def test_helm_upgrade_to_a_new_runtime_image_restarts_models_a_few_at_a_time(
+    cluster: Cluster, namespace: str, fixtures_claim: str
+) -> None:
+    """Four models and one that pins its image run on node-0; `helm upgrade` to a new runtime
+    image with runtime.maxImageRollouts=1 moves the four one after another, each serving
+    throughout, and leaves the pinned one alone."""
+    restricted(cluster, namespace)
+    old = image_names()["SLM_RUNTIME_IMAGE"]
+    new = f"{old}-next"  # the same image under a new tag: a new runtime image to the cluster
+    docker_engine().run("tag", old, new)
+    import_into_node(new)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    release = "slm-operator-up"
+    values = [
+        "--namespace", namespace, "--wait", "--timeout", "180s",
+        "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}",
+        "--set", "rbac.aggregateToDefaultRoles=false", "--set", "runtime.allowCustomImages=true",
+        "--set", "runtime.maxImageRollouts=1",
+    ]  # fmt: skip
+    models = [f"model-{i}" for i in range(4)]
+    try:
+        cluster.helm("install", release, str(CHART), *values)
+        for name in models:
+            cluster.apply(tiny_model(name, fixtures_claim), namespace)
+        cluster.apply(tiny_model("pinned", fixtures_claim, image=old), namespace)
+        for name in [*models, "pinned"]:
+            wait_for(lambda name=name: phase(cluster, namespace, name) == "Ready", timeout=300,
+                     what=f"{name} Ready")  # fmt: skip
+        before = deployments(cluster, namespace)
+        assert {server_image(d) for d in before.values()} == {old}
+        pinned_pods = cluster.kubectl(
+            "get", "pods", "-l", "app.kubernetes.io/instance=pinned", "-o", "name",
+            namespace=namespace,
+        ).stdout  # fmt: skip
+
+        cluster.helm("upgrade", release, str(CHART), *values, "--set", f"runtime.image={new}")
+        most, seen = 0, []
+
+        def all_moved() -> bool:
+            nonlocal most
+            now = deployments(cluster, namespace)
+            moving = sorted(
+                n for n in models if server_image(now[n]) == new and not rolled_out(now[n])
+            )
+            most = max(most, len(moving))
+            if moving and moving not in seen:
+                seen.append(moving)
+            return all(server_image(now[n]) == new and rolled_out(now[n]) for n in models)
+
+        wait_for(all_moved, timeout=600, what="every model on the new image", interval=0.2)
+        assert most == 1, f"models restarting at once: {seen}"
+        assert len(seen) == len(models), seen  # one after another
+        after = deployments(cluster, namespace)
+        assert server_image(after["pinned"]) == old
+        assert (
+            after["pinned"]["metadata"]["generation"] == before["pinned"]["metadata"]["generation"]
+        )
+        assert cluster.kubectl(
+            "get", "pods", "-l", "app.kubernetes.io/instance=pinned", "-o", "name",
+            namespace=namespace,
+        ).stdout == pinned_pods  # fmt: skip
+        for name in [*models, "pinned"]:
+            assert phase(cluster, namespace, name) == "Ready"
+    finally:
+        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+        for name in [*models, "pinned"]:
+            cluster.kubectl("delete", "lm", name, "--wait=false", namespace=namespace, check=False)
 
 
 def test_localmodel_roles_aggregate_into_edit_and_view(cluster: Cluster, namespace: str) -> None:

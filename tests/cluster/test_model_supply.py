@@ -45,7 +45,7 @@ def model(name: str, source: str, sha256: str, mode: str, **extra: Any) -> dict[
         "template": GEMMA_TEMPLATE,
         "parameters": {"contextLength": 512, "numPredict": 8, "temperature": 0},
         "serving": {"parallel": 1},
-        # node-0 has 2 cores: room for two models and a rolling update's extra pod.
+        # Small requests: two models and a rolling update's extra pod fit a 2-core node-0.
         "resources": {"requests": {"cpu": "250m"}},
         "scheduling": REAL_NODE_SCHEDULING,
         **extra,

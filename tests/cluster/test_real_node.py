@@ -144,17 +144,19 @@ def port_forward(cluster: Cluster, namespace: str, target: str, port: int) -> It
             "port-forward", "--address=127.0.0.1", target, f":{port}",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 8080"
         found = re.search(r"127\.0\.0\.1:(\d+)", line)
-        assert found, f"port-forward said {line!r}: {proc.stderr.read() if proc.stderr else ''}"
+        assert found, f"port-forward said {line!r}"
+        # kubectl writes a line per connection: keep reading, or it blocks on a full pipe.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield int(found.group(1))
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=10)
 
 
