@@ -129,9 +129,8 @@ def job_summary(obj: Obj, pods: Iterable[Obj]) -> JobSummary:
     )
 
 
-def _memory_limit(pod: Obj, container: str) -> str | None:
-    """A container's memory limit from the pod's spec (init containers included)."""
-    spec = pod.get("spec") or {}
+def _memory_limit(spec: Obj, container: str) -> str | None:
+    """A container's memory limit from a pod spec (init containers included)."""
     for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         if c.get("name") == container:
             limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
@@ -139,7 +138,7 @@ def _memory_limit(pod: Obj, container: str) -> str | None:
     return None
 
 
-def pod_summary(obj: Obj) -> PodSummary:
+def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
     """A runtime pod's phase, readiness, waiting reason and scheduling state."""
     status = obj.get("status") or {}
     meta = obj["metadata"]
@@ -189,7 +188,10 @@ def pod_summary(obj: Obj) -> PodSummary:
         container=container,
         last_termination_message=last_message,
         out_of_memory=out_of_memory,
-        memory_limit=_memory_limit(obj, out_of_memory) if out_of_memory else None,
+        # The caches keep pods without their spec: the Deployment's pod template says the same.
+        memory_limit=_memory_limit(obj.get("spec") or template or {}, out_of_memory)
+        if out_of_memory
+        else None,
         restart_count=restarts,
         unschedulable_since=unschedulable_since,
         scheduler_message=scheduler_message,
@@ -215,10 +217,11 @@ def observation(
     """
     job_pods = list(job_pods)
     runtime_pods = list(runtime_pods)
+    template = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec")
     devices = devices or {}
     pods = tuple(
         replace(summary, device=devices.get(summary.name))
-        for summary in map(pod_summary, runtime_pods)
+        for summary in (pod_summary(p, template) for p in runtime_pods)
     )
     waiting = [pod_summary(p) for p in job_pods] + list(pods)
     missing = sorted(
