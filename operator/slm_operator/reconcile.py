@@ -615,12 +615,14 @@ class Reconciler:
                 if self._rollout_finished(other, target):
                     del self._rollouts[other]
                     wake.extend(self._waiting_rollout)
-            if lm.spec.runtime.image or live is None or live == placement.image:
+            if lm.spec.runtime.image or live is None:
+                self._rollouts.pop(key, None)
                 self._waiting_rollout.discard(key)
                 held = False
-            elif self._rollouts.get(key) == placement.image or (
-                len(self._rollouts) < self.settings.max_image_rollouts
-            ):
+            elif live == placement.image:
+                self._waiting_rollout.discard(key)
+                held = False
+            elif key in self._rollouts or len(self._rollouts) < self.settings.max_image_rollouts:
                 self._rollouts[key] = placement.image
                 self._waiting_rollout.discard(key)
                 held = False
@@ -640,13 +642,17 @@ class Reconciler:
         return replace(placement, image=live)
 
     def _rollout_finished(self, key: Key, target: str) -> bool:
-        """Whether the model's Deployment has finished moving to ``target`` (or gone elsewhere):
-        every replica updated and available, no old pod left, or its progress deadline passed."""
+        """Whether the model's Deployment has finished moving to ``target``: every replica
+        updated and available and no old pod left, or its progress deadline passed; or the
+        Deployment is gone. A Deployment that does not show ``target`` yet (its apply is on
+        the way) has not finished."""
         deployment = next(
-            (c for c in self.caches.children_of(key) if c.get("kind") == DEPLOYMENT.kind), None
+            (c for c in self.caches.children_now(key) if c.get("kind") == DEPLOYMENT.kind), None
         )
-        if deployment is None or _server_image(deployment) != target:
+        if deployment is None:
             return True
+        if _server_image(deployment) != target:
+            return False
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
         meta = deployment.get("metadata") or {}
         if any(

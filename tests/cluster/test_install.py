@@ -286,13 +286,15 @@ def test_watched_namespace_install_runs_a_model_under_roles(
 
 def tiny_model(name: str, claim: str, image: str | None = None) -> dict[str, Any]:
     """The tiny ONNX model from ``claim``, served for real on node-0 (small requests: several
-    fit its CPUs); ``image`` pins spec.runtime.image."""
+    fit it, with a rolling update's extra pod each); ``image`` pins spec.runtime.image."""
     spec: dict[str, Any] = {
         "model": {"source": f"pvc://{claim}/{TINY_ONNX.name}", "format": "onnx"},
         "hardware": {"preferred": "cpu", "fallback": []},
         "parameters": {"numPredict": 4},
         "serving": {"parallel": 1},
-        "resources": {"requests": {"cpu": "50m"}},
+        # Set, not estimated: an estimate made before the model's size is known is replaced
+        # once it is, and that would roll the pods before the upgrade does.
+        "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "scheduling": REAL_NODE_SCHEDULING,
     }
     if image:
