@@ -31,7 +31,8 @@ shim_sockets=/run/containerd/s
 
 # node_chains TOOL TABLE: the table's chains that the node may make, one per line, sorted.
 node_chains() {
-  "$1" -t "$2" -S 2>/dev/null | sed -n 's/^-N \(\(KUBE-\|CNI-\|SLM-NODE-\).*\)$/\1/p' | LC_ALL=C sort
+  { "$1" -t "$2" -S 2>/dev/null || true; } |
+    sed -n 's/^-N \(\(KUBE-\|CNI-\|SLM-NODE-\).*\)$/\1/p' | LC_ALL=C sort
 }
 
 # node_forward_off: the forward rule and chain of ours, and the bridge, whatever is recorded.
@@ -105,10 +106,11 @@ node_images() {
     "${DOCKER}" import --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' - \
       "${SLM_PAUSE_IMAGE}" >/dev/null
   if node_image_ids | grep -q ' missing$'; then
-    die "the project's images are not built: run 'make images' (make setup does); missing: $(node_image_ids | sed -n 's/ missing$//p' | tr '\n' ' ')"
+    log "error: the project's images are not built: run 'make images' (make setup does); missing: $(node_image_ids | sed -n 's/ missing$//p' | tr '\n' ' ')"
+    return 1
   fi
   "${DOCKER}" save "${SLM_PAUSE_IMAGE}" "${SLM_OPERATOR_IMAGE}" "${SLM_RUNTIME_IMAGE}" |
-    node_ctr images import --no-unpack - >/dev/null
+    node_ctr images import --no-unpack - >/dev/null || return 1
   node_image_ids >"${node_dir}/images"
 }
 
@@ -183,7 +185,7 @@ EOF
   start containerd env PATH="${node_dir}/bin:${PATH}" "${containerd}" --config "${c}/config.toml"
   wait_for containerd 60 node_ctr version
   local t0=$SECONDS
-  node_images
+  node_images || die "${SLM_NODE_NAME} has no images"
   log "images imported into ${SLM_NODE_NAME}'s containerd in $((SECONDS - t0))s"
 
   cat >"${node_dir}/kubelet.yaml" <<EOF
@@ -341,10 +343,12 @@ node_remove_containers() {
 
 # node_remove_sockets: shim sockets made while the node ran that nothing listens on any more.
 node_remove_sockets() {
-  local name listening
+  local name made listening
   [ -d "${shim_sockets}" ] || return 0
+  # The folder first, then what listens: a socket made in between is not taken for stale.
+  made="$(ls -1 "${shim_sockets}" | LC_ALL=C sort | LC_ALL=C comm -13 "${node_dir}/shim-sockets" -)"
   listening="$(ss -xlH 2>/dev/null | awk '{print $5}')"
-  for name in $(ls -1 "${shim_sockets}" | LC_ALL=C sort | LC_ALL=C comm -13 "${node_dir}/shim-sockets" -); do
+  for name in ${made}; do
     grep -qxF "${shim_sockets}/${name}" <<<"${listening}" || rm -f "${shim_sockets:?}/${name}"
   done
 }

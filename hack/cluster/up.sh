@@ -66,8 +66,9 @@ source "${here}/node.sh"
 if [ -d "${state}/pids" ]; then
   if [ -e "${state}/up" ] && all_alive && ready; then
     if node_images_stale; then
+      # Running pods keep their images until they restart.
       log "the images changed since ${SLM_NODE_NAME} got them: importing them again"
-      node_images
+      node_images || log "warning: ${SLM_NODE_NAME} keeps the images it had"
     fi
     log "cluster already running (KUBECONFIG=${SLM_KUBECONFIG})"
     exit 0

@@ -160,10 +160,8 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
     restarts = 0
     pulling = False
     last_message = None
-    statuses = [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
-    ]
+    containers = status.get("containerStatuses") or []
+    statuses = [*(status.get("initContainerStatuses") or []), *containers]
     for cs in statuses:
         restarts += cs.get("restartCount", 0)
         state = cs.get("state") or {}
@@ -177,7 +175,14 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
         terminated = (cs.get("lastState") or {}).get("terminated") or state.get("terminated")
         if terminated and terminated.get("exitCode") not in (0, None) and terminated.get("message"):
             last_message = terminated["message"].strip()
-        if terminated and terminated.get("reason") == "OOMKilled" and out_of_memory is None:
+        # The server's own kill: an init container's (the PerPod pull) stays in its lastState
+        # after it completed, and no spec field sizes it.
+        if (
+            cs in containers
+            and terminated
+            and terminated.get("reason") == "OOMKilled"
+            and out_of_memory is None
+        ):
             out_of_memory = cs.get("name")
     return PodSummary(
         name=meta["name"],

@@ -53,7 +53,14 @@ from slm_operator.kube import (
 from slm_operator.observe import PULL_CONTAINER, observation, pull_progress
 from slm_operator.place import NodeInfo, NoServableTier, Placement, place
 from slm_operator.readiness import DeviceReader
-from slm_operator.render import SERVER_CONTAINER, RenderOptions, endpoint, render, selector_string
+from slm_operator.render import (
+    SERVER_CONTAINER,
+    RenderOptions,
+    endpoint,
+    render,
+    selector_string,
+)
+from slm_operator.render import image as image_of
 from slm_operator.settings import (
     AcceleratorCatalog,
     OperatorSettings,
@@ -418,6 +425,7 @@ class Reconciler:
         self._deferred.discard(key)
         self.caches.forget(key)
         self.devices.forget(key)
+        self.release_rollout(key)
         metrics.forget_model(key)
 
     def resync_all(self) -> None:
@@ -604,48 +612,65 @@ class Reconciler:
         """The placement, or the same with the image the model's pods run now.
 
         A new runtime image for every model (an operator upgrade, ``runtime.image``) restarts
-        at most ``max_image_rollouts`` models at a time; the others keep their image until a
-        slot frees, and a model whose rollout ends wakes them. A model that names its image
-        (``spec.runtime.image``) follows its spec, as does a new model.
+        at most ``max_image_rollouts`` serving models at a time; the others keep their image
+        until a slot frees, and a model whose rollout ends wakes them. Only a new image on the
+        same tier waits: a model that names its image (``spec.runtime.image``), a new model, a
+        model that no replica serves yet and a model that moves to another tier (whose image
+        differs with it) take theirs at once.
         """
         live = _server_image(deployment)
+        wanted = image_of(lm, placement)
+        same_tier = _recorded_tier(lm, deployment) is placement.device
+        serving = bool(((deployment or {}).get("status") or {}).get("readyReplicas"))
         wake: list[Key] = []
+        held = first_hold = False
         with self._rollout_lock:
             for other, target in list(self._rollouts.items()):
                 if self._rollout_finished(other, target):
                     del self._rollouts[other]
                     wake.extend(self._waiting_rollout)
-            if lm.spec.runtime.image or live is None:
-                self._rollouts.pop(key, None)
-                self._waiting_rollout.discard(key)
-                held = False
-            elif live == placement.image:
-                self._waiting_rollout.discard(key)
-                held = False
+            budgeted = not lm.spec.runtime.image and live is not None and same_tier and serving
+            if not budgeted or live == wanted:
+                if not budgeted or self._rollouts.get(key) != wanted:
+                    self._release(key, wake)
             elif key in self._rollouts or len(self._rollouts) < self.settings.max_image_rollouts:
-                self._rollouts[key] = placement.image
+                self._rollouts[key] = wanted
                 self._waiting_rollout.discard(key)
-                held = False
             else:
+                held, first_hold = True, key not in self._waiting_rollout
                 self._waiting_rollout.add(key)
-                held = True
         for other in wake:
             if other != key:
                 self.enqueue(other, cause="a runtime image rollout ended")
         if not held or live is None:
             return placement
-        log.info(
-            "%s/%s keeps runtime image %s until one of %d rollouts to a new image ends",
-            *key, live, len(self._rollouts),
-        )  # fmt: skip
+        if first_hold:
+            log.info(
+                "%s/%s keeps runtime image %s until one of %d rollouts to %s ends",
+                *key, live, len(self._rollouts), wanted,
+            )  # fmt: skip
         self.schedule(key, ROLLOUT_WAIT_SECONDS)
         return replace(placement, image=live)
 
+    def _release(self, key: Key, wake: list[Key]) -> None:
+        """Give up the model's rollout slot (lock held), waking the models waiting for one."""
+        self._waiting_rollout.discard(key)
+        if self._rollouts.pop(key, None) is not None:
+            wake.extend(self._waiting_rollout)
+
+    def release_rollout(self, key: Key) -> None:
+        """The model failed or went away: its slot (if any) goes to a waiting model."""
+        wake: list[Key] = []
+        with self._rollout_lock:
+            self._release(key, wake)
+        for other in wake:
+            self.enqueue(other, cause="a runtime image rollout ended")
+
     def _rollout_finished(self, key: Key, target: str) -> bool:
         """Whether the model's Deployment has finished moving to ``target``: every replica
-        updated and available and no old pod left, or its progress deadline passed; or the
-        Deployment is gone. A Deployment that does not show ``target`` yet (its apply is on
-        the way) has not finished."""
+        updated and available and no old pod left, or (once the Deployment controller has seen
+        the new template) its progress deadline passed; or the Deployment is gone. A Deployment
+        that does not show ``target`` yet (its apply is on the way) has not finished."""
         deployment = next(
             (c for c in self.caches.children_now(key) if c.get("kind") == DEPLOYMENT.kind), None
         )
@@ -655,6 +680,8 @@ class Reconciler:
             return False
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
         meta = deployment.get("metadata") or {}
+        if status.get("observedGeneration", 0) < meta.get("generation", 0):
+            return False
         if any(
             c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
             for c in status.get("conditions") or []
@@ -662,8 +689,7 @@ class Reconciler:
             return True
         wanted = spec.get("replicas", 1)
         return bool(
-            status.get("observedGeneration", 0) >= meta.get("generation", 0)
-            and status.get("updatedReplicas", 0) >= wanted
+            status.get("updatedReplicas", 0) >= wanted
             and status.get("availableReplicas", 0) >= wanted
             and status.get("replicas", 0) <= wanted
         )
@@ -745,6 +771,7 @@ class Reconciler:
         self, key: Key, body: Mapping[str, Any], message: str, reason: Reason, now: datetime
     ) -> None:
         """Failed status for a spec that cannot work, built without a parsed model."""
+        self.release_rollout(key)
         try:
             previous = LocalModelStatus.model_validate(body.get("status") or {})
         except ValueError:

@@ -148,11 +148,15 @@ def import_into_node(image: str) -> None:
     ctr = CACHE / "bin" / f"ctr-{VERSIONS['CONTAINERD_VERSION']}"
     socket = STATE / "node" / "containerd" / "containerd.sock"
     save = subprocess.Popen([image_names()["DOCKER"], "save", image], stdout=subprocess.PIPE)
-    load = subprocess.run(
-        [str(ctr), "--address", str(socket), "-n", "k8s.io", "images", "import", "-"],
-        stdin=save.stdout, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert save.wait() == 0, f"docker save {image} failed"
+    assert save.stdout is not None
+    try:
+        load = subprocess.run(
+            [str(ctr), "--address", str(socket), "-n", "k8s.io", "images", "import", "-"],
+            stdin=save.stdout, capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        save.stdout.close()  # docker save ends, not blocks, when ctr stopped reading
+    assert save.wait(timeout=300) == 0, f"docker save {image} failed"
     assert load.returncode == 0, load.stderr
 
 
@@ -251,16 +255,26 @@ def _footprint() -> dict[str, set[str]]:
     return found
 
 
+GUARDED = ("sysctl", "path", "chain")
+"""Kinds whose items cluster-down must also not remove (it deletes chains, folders and sets
+sysctls); Docker may add and remove interfaces, mounts and sockets of its own meanwhile."""
+
+
 def _changed(before: dict[str, set[str]]) -> list[str]:
-    """What the host has now that it did not have before, and what it had that is gone (for
-    sysctls: a changed value shows as both)."""
+    """What the host has now that it did not have before, and, for the GUARDED kinds, what it
+    had that is gone (a changed sysctl shows as both)."""
     after = _footprint()
     return [
         f"{sign} {kind} {item}"
         for kind in sorted(after.keys() | before.keys())
         for sign, items in (
             ("left:", after.get(kind, set()) - before.get(kind, set())),
-            ("removed:", before.get(kind, set()) - after.get(kind, set())),
+            (
+                "removed:",
+                before.get(kind, set()) - after.get(kind, set())
+                if kind.split()[0] in GUARDED or kind.endswith(" chain")
+                else set(),
+            ),
         )
         for item in sorted(items)
     ]
@@ -292,18 +306,21 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip("SLM_SKIP_CLUSTER=1")
     c = Cluster(STATE / "kubeconfig", STATE, STATE / "audit.log")
     with _users_lock() as users:
+        if (STATE / "pids").exists() and not (STATE / "up").exists():
+            # A cluster that did not finish starting: gone before the host is recorded.
+            subprocess.run(["bash", str(HACK / "down.sh")], capture_output=True, timeout=300)
         before = _footprint()
         result = subprocess.run(
             ["bash", str(HACK / "up.sh")], capture_output=True, text=True, timeout=300, check=False
         )
         if result.returncode != 0:
-            down = subprocess.run(
-                ["bash", str(HACK / "down.sh")], capture_output=True, text=True, timeout=300
-            )
-            pytest.fail(
-                f"the test cluster did not start:\n{result.stderr}\ndown.sh:\n{down.stderr}",
-                pytrace=False,
-            )
+            said = result.stderr
+            if "starting etcd" in said:  # this session was starting it: undo what it made
+                down = subprocess.run(
+                    ["bash", str(HACK / "down.sh")], capture_output=True, text=True, timeout=300
+                )
+                said += f"\ndown.sh:\n{down.stderr}"
+            pytest.fail(f"the test cluster did not start:\n{said}", pytrace=False)
         if "cluster already running" not in result.stderr:
             (STATE / "started-by-tests").touch()
             FOOTPRINT_FILE.write_text(json.dumps({k: sorted(v) for k, v in before.items()}))

@@ -247,3 +247,8 @@ def test_an_oom_killed_container_is_named_with_its_memory_limit() -> None:
         "terminated": {"reason": "Error", "exitCode": 1}
     }
     assert pod_summary(pod).out_of_memory is None
+    # A PerPod pull init container killed once, then completed: not the server's limit.
+    pod["status"]["initContainerStatuses"] = [
+        {"name": "pull", "lastState": killed, "state": {"terminated": {"exitCode": 0}}}
+    ]
+    assert pod_summary(pod).out_of_memory is None
