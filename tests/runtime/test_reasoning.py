@@ -217,6 +217,12 @@ def plain(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield from serve(tmp_path_factory, "plain", smollm2_config(smollm2_gguf, numPredict=60))
 
 
+def _chat(server: Server, messages: list[Any], options: dict[str, Any], **fields: Any) -> Any:
+    """One non-streamed Ollama /api/chat answer, as JSON."""
+    body = {"model": MODEL, "messages": messages, "stream": False, "options": options, **fields}
+    return httpx.post(server.url + "/api/chat", json=body, timeout=120).json()
+
+
 def _openai(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
@@ -342,22 +348,8 @@ def test_responses_return_the_thought_as_a_reasoning_item(server: Server) -> Non
 
 
 def test_think_false_renders_the_no_think_prompt_and_returns_no_thinking(server: Server) -> None:
-    on = httpx.post(
-        server.url + "/api/chat",
-        json={"model": MODEL, "messages": QUESTION, "stream": False, "options": GREEDY},
-        timeout=120,
-    ).json()
-    off = httpx.post(
-        server.url + "/api/chat",
-        json={
-            "model": MODEL,
-            "messages": QUESTION,
-            "think": False,
-            "stream": False,
-            "options": GREEDY,
-        },
-        timeout=120,
-    ).json()
+    on = _chat(server, QUESTION, GREEDY)
+    off = _chat(server, QUESTION, GREEDY, think=False)
     assert "thinking" in on["message"]
     assert "thinking" not in off["message"]
     # The no-think prompt holds the empty thought: more prompt tokens than the thinking one.
@@ -377,28 +369,8 @@ def test_think_false_renders_the_no_think_prompt_and_returns_no_thinking(server:
 def test_json_output_turns_thinking_off(server: Server) -> None:
     """A JSON format holds the output to JSON from its first token, so the prompt is the
     no-think one and there is no thought to return (Ollama instead thinks unconstrained first)."""
-    reply = httpx.post(
-        server.url + "/api/chat",
-        json={
-            "model": MODEL,
-            "messages": QUESTION,
-            "format": "json",
-            "stream": False,
-            "options": {**GREEDY, "num_predict": 24},
-        },
-        timeout=120,
-    ).json()
-    off = httpx.post(
-        server.url + "/api/chat",
-        json={
-            "model": MODEL,
-            "messages": QUESTION,
-            "think": False,
-            "stream": False,
-            "options": {"num_predict": 1},
-        },
-        timeout=120,
-    ).json()
+    reply = _chat(server, QUESTION, {**GREEDY, "num_predict": 24}, format="json")
+    off = _chat(server, QUESTION, {"num_predict": 1}, think=False)
     assert "thinking" not in reply["message"]
     assert reply["message"]["content"].lstrip().startswith("{")
     assert reply["prompt_eval_count"] == off["prompt_eval_count"]
@@ -424,17 +396,7 @@ def test_an_earlier_thought_is_rendered_back(server: Server) -> None:
     without = [*QUESTION, {"role": "assistant", "content": "Paris."}, turn[-1]]
     counts = []
     for messages in (turn, without):
-        reply = httpx.post(
-            server.url + "/api/chat",
-            json={
-                "model": MODEL,
-                "messages": messages,
-                "stream": False,
-                "options": {"num_predict": 1},
-            },
-            timeout=120,
-        ).json()
-        counts.append(reply["prompt_eval_count"])
+        counts.append(_chat(server, messages, {"num_predict": 1})["prompt_eval_count"])
     openai_turn = [{**m} for m in turn]
     openai_turn[1] = {"role": "assistant", "content": "Paris.", "reasoning_content": "An easy one."}
     reply = _openai(server).chat.completions.create(

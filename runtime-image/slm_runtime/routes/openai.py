@@ -377,23 +377,33 @@ def _chat_think(body: ChatCompletionRequest, state: RuntimeState) -> bool | None
     ``reasoning_effort`` (``none`` off, any other effort on), else as vLLM and llama.cpp's
     server read ``chat_template_kwargs.enable_thinking``, and on by default for a model whose
     template renders thoughts; thinking asked of a model that does not think is a 400."""
-    try:
-        value = think_from_effort(body.reasoning_effort)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
     enable = (body.chat_template_kwargs or {}).get("enable_thinking")
     if enable is not None and not isinstance(enable, bool):
         raise APIError(400, "chat_template_kwargs.enable_thinking must be a boolean")
+    refusal = (
+        f"{body.model} does not support thinking (its template renders no thoughts); leave "
+        "reasoning_effort unset or send none"
+    )
+    return effort_think(body.reasoning_effort, enable, state, "reasoning_effort", refusal)
+
+
+def effort_think(
+    effort: str | None, default: bool | None, state: RuntimeState, field: str, refusal: str
+) -> bool | None:
+    """Whether the model thinks, from an OpenAI reasoning effort (``none`` off, any other
+    effort on), else ``default``, else on for a model whose template renders thoughts. A bad
+    effort is a 400 naming ``field``; thinking asked of a model that does not think is a 400
+    saying ``refusal``. Chat completions and the Responses API share it."""
+    try:
+        value = think_from_effort(effort)
+    except ValueError as exc:
+        raise APIError(400, str(exc).replace("reasoning_effort", field)) from None
     if value is None:
-        value = enable
+        value = default
     try:
         return request_think(value, state.prompts.thinking_markers() is not None)
     except NoThinkingError:
-        raise APIError(
-            400,
-            f"{body.model} does not support thinking (its template renders no thoughts); leave "
-            "reasoning_effort unset or send none",
-        ) from None
+        raise APIError(400, refusal) from None
 
 
 def _offered_tools(

@@ -24,15 +24,13 @@ from slm_runtime.routes.openai import (
     _chat_logprobs,
     _start,
     call_constraint,
+    effort_think,
     offer_tools,
 )
 from slm_runtime.state import Run, RuntimeState
 from slm_runtime.thinking import (
-    NoThinkingError,
     Piece,
     ReplyParser,
-    request_think,
-    think_from_effort,
     unconstrained,
 )
 from slm_runtime.tools import ToolCall, ToolParser, new_call_id
@@ -220,18 +218,11 @@ class ResponseRequest(TopLevelBody):
         """Whether the model thinks: ``reasoning.effort`` as chat's ``reasoning_effort``, on
         by default for a model whose template renders thoughts."""
         effort = self.reasoning.effort if self.reasoning else None
-        try:
-            value = think_from_effort(effort)
-        except ValueError as exc:
-            raise APIError(400, str(exc).replace("reasoning_effort", "reasoning.effort")) from None
-        try:
-            return request_think(value, state.prompts.thinking_markers() is not None)
-        except NoThinkingError:
-            raise APIError(
-                400,
-                f"reasoning.effort: {self.model} does not support thinking (its template renders "
-                "no thoughts); leave it unset or send none",
-            ) from None
+        refusal = (
+            f"reasoning.effort: {self.model} does not support thinking (its template renders "
+            "no thoughts); leave it unset or send none"
+        )
+        return effort_think(effort, None, state, "reasoning.effort", refusal)
 
     def tool_choice_parts(self) -> tuple[str | None, str | None]:
         """``tool_choice`` as a mode (none, auto, required) or the name of one function."""
