@@ -122,15 +122,39 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     count = 12
-    cluster.apply(batch("killed", count), namespace)
-    # Kill it once it has started on the batch but not finished it.
-    wait_for(
-        lambda: 0 < sum(p is not None for p in phases(cluster, namespace).values()) < count,
-        timeout=60, what="the batch to be partly reconciled", interval=0.05,
+    # The operator works on the batch's models side by side, so their statuses land within a
+    # few milliseconds of each other: a watch, not polling, sees the first one and kills the
+    # operator before it has finished the batch.
+    statuses = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "localmodels", "-n",
+         namespace, "-w", "-o", "jsonpath={.metadata.name}|{.status.phase}{\"\\n\"}"],
+        stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    first: list[str] = []
+
+    def kill_on_first_status() -> None:
+        assert statuses.stdout is not None
+        for line in statuses.stdout:
+            if line.strip().split("|")[-1]:
+                first.append(line.strip())
+                assert operator.process is not None
+                operator.process.kill()
+                return
+
+    killer = threading.Thread(target=kill_on_first_status, daemon=True)
+    killer.start()
+    try:
+        cluster.apply(batch("killed", count), namespace)
+        killer.join(timeout=120)
+    finally:
+        statuses.kill()
+        statuses.wait()
+    assert first, f"no LocalModel got a status in 120s:\n{operator.log()[-3000:]}"
     assert operator.process is not None
-    operator.process.kill()
     operator.process.wait()
+    # The premise: the operator died with part of the batch done and part not.
+    done = sum(phase is not None for phase in phases(cluster, namespace).values())
+    assert 0 < done < count, (done, first)
     operator.start()
     wait_for(lambda: all_ready(cluster, namespace, count), timeout=120, what="the batch Ready")
     assert_one_of_each_child(cluster, namespace, [f"killed-{i}" for i in range(count)])
