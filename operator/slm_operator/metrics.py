@@ -1,4 +1,5 @@
-"""The operator's Prometheus metrics: reconciles, errors, duration, writes, models by phase."""
+"""The operator's Prometheus metrics: reconciles, errors, duration, writes, models by phase, and
+each model's phase and Ready reason (what the chart's PrometheusRule alerts on)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import threading
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
-from slm_runtime.config import Device
 
-from slm_operator.api import Phase
+from slm_operator.api import ConditionType, LocalModelStatus
 
 RECONCILES: Final = Counter(
     "slm_operator_reconciles_total", "Reconciles run, by what caused them.", ["cause"]
@@ -30,26 +30,44 @@ FALLBACKS: Final = Counter(
 MODELS: Final = Gauge(
     "slm_operator_models", "Managed LocalModels by phase and backend.", ["phase", "backend"]
 )
+MODEL_STATUS: Final = Gauge(
+    "slm_operator_model_status",
+    "1 for each LocalModel, labelled with its phase and its Ready condition's reason.",
+    ["namespace", "localmodel", "phase", "reason"],
+)
 LEADER: Final = Gauge(
     "slm_operator_leader", "1 while this replica reconciles (the Lease holder, or standalone)."
 )
 
 _lock = threading.Lock()
 _models: dict[tuple[str, str], tuple[str, str]] = {}
+_statuses: dict[tuple[str, str], tuple[str, str]] = {}
 
 
-def observe_model(key: tuple[str, str], phase: Phase, backend: Device | None) -> None:
-    """Record a model's current phase and backend for the MODELS gauge."""
+def observe_model(key: tuple[str, str], status: LocalModelStatus) -> None:
+    """Record a model's current phase, backend and Ready reason."""
+    reason = next((c.reason.value for c in status.conditions if c.type is ConditionType.READY), "")
     with _lock:
-        _models[key] = (phase.value, backend.value if backend else "")
+        _models[key] = (status.phase.value, status.backend.value if status.backend else "")
         _refresh()
+        _set_status(key, (status.phase.value, reason))
 
 
 def forget_model(key: tuple[str, str]) -> None:
-    """Remove a deleted model from the MODELS gauge."""
+    """Remove a deleted model from the gauges."""
     with _lock:
         _models.pop(key, None)
         _refresh()
+        _set_status(key, None)
+
+
+def _set_status(key: tuple[str, str], value: tuple[str, str] | None) -> None:
+    previous = _statuses.pop(key, None)
+    if previous is not None and previous != value:
+        MODEL_STATUS.remove(*key, *previous)
+    if value is not None:
+        _statuses[key] = value
+        MODEL_STATUS.labels(*key, *value).set(1)
 
 
 def _refresh() -> None:

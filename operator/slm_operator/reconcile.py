@@ -29,7 +29,6 @@ from slm_operator.api import (
     InvalidSpecError,
     LocalModel,
     LocalModelStatus,
-    Phase,
     Reason,
     parse_duration,
     parse_localmodel,
@@ -599,7 +598,7 @@ class Reconciler:
                 self.kube.post_event(
                     body, reason=Reason.RUNTIME_FELL_BACK.value, message=fell_back, warning=True
                 )
-        metrics.observe_model(key, status.phase, status.backend)
+        metrics.observe_model(key, status)
         return status
 
     def _within_rollout_budget(
@@ -785,7 +784,7 @@ class Reconciler:
         )
         if self._write_status(key, previous, status):
             self.kube.post_event(body, reason=reason.value, message=message, warning=True)
-        metrics.observe_model(key, Phase.FAILED, None)
+        metrics.observe_model(key, status)
 
 
 def _observe(

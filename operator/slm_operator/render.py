@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -722,10 +723,13 @@ def service(lm: LocalModel) -> Object:
 
 
 def service_monitor(lm: LocalModel) -> Object:
-    """``<lm>``: Prometheus Operator scrape of /metrics on the Service."""
+    """``<lm>``: Prometheus Operator scrape of /metrics on the Service. Every series gets a
+    ``localmodel`` label (the LocalModel's name, from the Service's instance label), which the
+    chart's PrometheusRule and Grafana dashboard group by."""
     monitoring = lm.spec.monitoring
     metadata = _metadata(lm, lm.metadata.name)
     metadata["labels"] = {**monitoring.labels, **metadata["labels"]}
+    instance = "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", LABEL_INSTANCE)
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -733,7 +737,12 @@ def service_monitor(lm: LocalModel) -> Object:
         "spec": {
             "selector": {"matchLabels": selector_labels(lm)},
             "endpoints": [
-                {"port": PORT_NAME, "path": METRICS_PATH, "interval": monitoring.interval}
+                {
+                    "port": PORT_NAME,
+                    "path": METRICS_PATH,
+                    "interval": monitoring.interval,
+                    "relabelings": [{"sourceLabels": [instance], "targetLabel": "localmodel"}],
+                }
             ],
         },
     }

@@ -760,7 +760,14 @@ def _autoscaling(objects: list[dict[str, Any]]) -> None:
 def _monitoring_on(objects: list[dict[str, Any]]) -> None:
     monitor = by_kind(objects)["ServiceMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    # Every series gets the LocalModel's name as `localmodel` (its Service's instance label).
+    relabel = {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+        "targetLabel": "localmodel",
+    }
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "relabelings": [relabel]}
+    ]
 
 
 def _no_service_monitor(objects: list[dict[str, Any]]) -> None:
