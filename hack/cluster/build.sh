@@ -2,7 +2,8 @@
 # Builds the test cluster's binaries from the Go module proxy into a cache outside the
 # checkout, one file per name and version: ${SLM_CACHE_DIR:-~/.cache/slm-operator}/bin/<name>-<version>,
 # beside <name>-<version>.gosum, the hash of the wrapper module's go.sum it was built from. A
-# binary already in the cache is not rebuilt unless that go.sum has changed. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|containerd|coredns|pause|crds ...]
+# binary already in the cache is not rebuilt unless that go.sum has changed. Usage: build.sh [k8s|kubectl|etcd|kwok|helm|containerd|coredns|pause|prometheus|
+# prometheus_operator|crds ...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=env.sh
@@ -115,6 +116,28 @@ build_coredns() {
     "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
 }
 
+# Prometheus and promtool, with only the Kubernetes service discovery the Prometheus Operator
+# configures (and file and HTTP, always in); stamped with the release they are.
+build_prometheus() {
+  local name
+  for name in prometheus promtool; do
+    GOFLAGS="${GOFLAGS} -tags=remove_all_sd,enable_kubernetes_sd" \
+      build_tool prometheus "${name}" "${PROMETHEUS_VERSION}" \
+      "github.com/prometheus/prometheus/cmd/${name}" \
+      "-X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}"
+  done
+}
+
+# The Prometheus Operator and the config reloader it runs beside each Prometheus.
+build_prometheus_operator() {
+  local name
+  for name in operator prometheus-config-reloader; do
+    build_tool prometheus-operator "prometheus-${name#prometheus-}" "${PROM_OPERATOR_VERSION}" \
+      "github.com/prometheus-operator/prometheus-operator/cmd/${name}" \
+      "-X github.com/prometheus/common/version.Version=${PROM_OPERATOR_VERSION#v}"
+  done
+}
+
 # Stamped so `helm template` without --kube-version assumes the cluster's Kubernetes.
 build_helm() {
   local major minor
@@ -133,6 +156,18 @@ build_crds() {
     cp "${dir}/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "${dest}.tmp"
     mv -f "${dest}.tmp" "${dest}"
   fi
+  # Every CRD of the Prometheus Operator and the RBAC of its examples, for the tests that run
+  # it (tests/cluster/monitoring.py).
+  dest="${SLM_BIN_DIR}/prometheus-operator-examples-${PROM_OPERATOR_VERSION}"
+  if [ ! -d "${dest}" ]; then
+    dir="$(cd "${here}/prometheus-operator" && go mod download -json github.com/prometheus-operator/prometheus-operator | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [ -d "${dir}" ] || { echo "build.sh: no module folder for the Prometheus Operator" >&2; exit 1; }
+    rm -rf "${dest}.tmp" && mkdir -p "${dest}.tmp"
+    cp -r "${dir}/example/prometheus-operator-crd" "${dest}.tmp/crds"
+    cp -r "${dir}/example/rbac" "${dest}.tmp/rbac"
+    chmod -R u+w "${dest}.tmp"
+    mv "${dest}.tmp" "${dest}"
+  fi
   dest="${SLM_BIN_DIR}/kwok-stages-${KWOK_VERSION}"
   if [ ! -d "${dest}" ]; then
     # `go mod download` (not `go list -m`, which answers an empty Dir until something has
@@ -149,7 +184,7 @@ build_crds() {
 }
 
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s kubectl containerd coredns pause)
+[ "${#targets[@]}" -gt 0 ] || targets=(crds etcd kwok helm k8s kubectl containerd coredns pause prometheus prometheus_operator)
 for t in "${targets[@]}"; do
   "build_${t}"
 done

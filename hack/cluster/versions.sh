@@ -12,6 +12,9 @@ COREDNS_VERSION=v1.15.0
 # hack/cluster/pause, named by its source.
 PAUSE_VERSION="$(sha256sum "$(dirname "${BASH_SOURCE[0]}")/pause/main.go" | cut -c1-12)"
 PROM_OPERATOR_VERSION=v0.85.0
+# Prometheus v3.16.0 is the module version v0.316.0.
+PROMETHEUS_MODULE_VERSION=v0.316.0
+PROMETHEUS_VERSION=v3.16.0
 # syft writes the images' SBOMs (hack/images/sbom.sh).
 SYFT_VERSION=v1.57.2
 SLM_CACHE_DIR="${SLM_CACHE_DIR:-${HOME}/.cache/slm-operator}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test cluster's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, Helm; node-0's kubelet, kube-proxy, containerd and CoreDNS, and its
-# pause binary) and the ServiceMonitor CRD, built from the Go module proxy into
+# pause binary; Prometheus, promtool and the Prometheus Operator for the monitoring tests) and the
+# ServiceMonitor CRD, built from the Go module proxy into
 # ~/.cache/slm-operator/bin, and the Debian packages node-0 runs with (runc, the CNI plugins,
 # iptables). Cached binaries are reused: a warm run takes about a second.
 # The kubectl built with the control plane is linked into .venv/bin, which the Makefile puts
