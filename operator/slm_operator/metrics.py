@@ -8,7 +8,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from slm_operator.api import ConditionType, LocalModelStatus
+from slm_operator.api import ConditionType, LocalModelStatus, Reason
 
 RECONCILES: Final = Counter(
     "slm_operator_reconciles_total", "Reconciles run, by what caused them.", ["cause"]
@@ -45,8 +45,13 @@ _statuses: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def observe_model(key: tuple[str, str], status: LocalModelStatus) -> None:
-    """Record a model's current phase, backend and Ready reason."""
-    reason = next((c.reason.value for c in status.conditions if c.type is ConditionType.READY), "")
+    """Record a model's current phase, backend and Ready reason (``ScaledToZero`` for a model
+    scaled to zero on purpose, which is not Ready and not stuck either)."""
+    reasons = {c.type: c.reason for c in status.conditions}
+    if reasons.get(ConditionType.AVAILABLE) is Reason.SCALED_TO_ZERO:
+        reason = Reason.SCALED_TO_ZERO.value
+    else:
+        reason = reasons[ConditionType.READY].value if ConditionType.READY in reasons else ""
     with _lock:
         _models[key] = (status.phase.value, status.backend.value if status.backend else "")
         _refresh()
@@ -59,6 +64,16 @@ def forget_model(key: tuple[str, str]) -> None:
         _models.pop(key, None)
         _refresh()
         _set_status(key, None)
+
+
+def retain_models(keys: set[tuple[str, str]]) -> None:
+    """Forget every model but ``keys`` (the ones that exist): a reconcile that ended after its
+    model's deletion was handled may have recorded it again."""
+    with _lock:
+        for key in set(_models) - keys:
+            _models.pop(key, None)
+            _set_status(key, None)
+        _refresh()
 
 
 def _set_status(key: tuple[str, str], value: tuple[str, str] | None) -> None:

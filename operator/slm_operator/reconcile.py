@@ -429,7 +429,10 @@ class Reconciler:
 
     def resync_all(self) -> None:
         """Re-observe every LocalModel (the slow safety net behind the watches)."""
-        for key in self.caches.model_keys():
+        keys = set(self.caches.model_keys())
+        if self.caches.indexes.get("localmodels_idx") is not None:  # the index is filled
+            metrics.retain_models(keys)
+        for key in keys:
             self.enqueue(key, "resync")
 
     # --- the reconcile ------------------------------------------------------------------------
@@ -508,7 +511,7 @@ class Reconciler:
             self._fail(key, body, f"spec.hardware: {exc}", Reason.INVALID_SPEC, now)
             raise InvalidSpecError(str(exc)) from exc
         self._arm_fallback_timer(key, lm, placement, obs, now)
-        placement = self._within_rollout_budget(key, lm, placement, deployment)
+        placement, rollout_wait = self._within_rollout_budget(key, lm, placement, deployment)
 
         # Only a Volume cache is pulled before its pods start; sizing PerPod pods from what their
         # own init containers pulled would roll them, and so pull again.
@@ -572,6 +575,7 @@ class Reconciler:
             now=now,
             endpoint=endpoint(lm, self.settings.cluster_domain),
             selector=selector_string(lm),
+            rollout_wait=rollout_wait,
         )
         if stepped is not None:
             status.fallback_reason = stepped
@@ -607,8 +611,9 @@ class Reconciler:
         lm: LocalModel,
         placement: Placement,
         deployment: Mapping[str, Any] | None,
-    ) -> Placement:
-        """The placement, or the same with the image the model's pods run now.
+    ) -> tuple[Placement, str | None]:
+        """The placement, or the same with the image the model's pods run now and a line for
+        its status that says why.
 
         A new runtime image for every model (an operator upgrade, ``runtime.image``) restarts
         at most ``max_image_rollouts`` serving models at a time; the others keep their image
@@ -642,14 +647,18 @@ class Reconciler:
             if other != key:
                 self.enqueue(other, cause="a runtime image rollout ended")
         if not held or live is None:
-            return placement
+            return placement, None
         if first_hold:
             log.info(
                 "%s/%s keeps runtime image %s until one of %d rollouts to %s ends",
                 *key, live, len(self._rollouts), wanted,
             )  # fmt: skip
         self.schedule(key, ROLLOUT_WAIT_SECONDS)
-        return replace(placement, image=live)
+        wait = (
+            f"runtime image {wanted} waits for a rollout slot: {self.settings.max_image_rollouts} "
+            f"models move at a time (runtime.maxImageRollouts); serving on {live} meanwhile"
+        )
+        return replace(placement, image=live), wait
 
     def _release(self, key: Key, wake: list[Key]) -> None:
         """Give up the model's rollout slot (lock held), waking the models waiting for one."""

@@ -310,6 +310,7 @@ def compute_status(
     error_reason: Reason | None = None,
     endpoint: str | None = None,
     selector: str | None = None,
+    rollout_wait: str | None = None,
 ) -> LocalModelStatus:
     """The status to store for ``lm``; ``lm.status`` is the previous one.
 
@@ -317,7 +318,9 @@ def compute_status(
     phase Failed with that message. Otherwise the phase follows the observation. An
     ``observation`` of None means the children were not read: replica counts and the Available
     condition are carried over from the previous status. ``endpoint`` and ``selector`` default to
-    what ``render`` derives for the default cluster domain.
+    what ``render`` derives for the default cluster domain. ``rollout_wait`` says why the pods
+    keep an older runtime image for now (the image rollout budget): Progressing tells it while
+    nothing else is in progress.
     """
     old = lm.status
     obs = observation or Observation()
@@ -341,6 +344,12 @@ def compute_status(
     if observation is None and ConditionType.AVAILABLE in previous:
         conds[ConditionType.AVAILABLE] = _kept(previous[ConditionType.AVAILABLE])
     progress_cond, degraded_cond = _rollout(lm, placement, obs, live, desired, model)
+    if rollout_wait and progress_cond.reason is Reason.ROLLOUT_COMPLETE:
+        progress_cond = _Cond(
+            "True",
+            Reason.ROLLOUT_IN_PROGRESS,
+            _clip(f"{progress_cond.message}; {rollout_wait}"),
+        )
 
     if failure is not None:
         reason, message = failure

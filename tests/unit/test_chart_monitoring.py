@@ -85,18 +85,21 @@ def test_rules_pass_promtool_check_and_name_exported_metrics(tmp_path: Path) -> 
         assert used <= exported, (name, used - exported)
 
 
-NOT_READY_DESCRIPTION = (
-    "It has been Pulling (NotReady) for 20m. `kubectl describe localmodel -n team-a gemma` "
-    "shows the condition that says what to change."
-)
 PULL_DESCRIPTION = (
     "The pull failed (DigestMismatch): the Ready condition of `kubectl describe localmodel -n "
     "team-a qwen` names the source, the error and what to change."
 )
 
 
-def alert(name: str, severity: str, **labels: str) -> Obj:
-    return {"exp_labels": {"severity": severity, **labels}, "_name": name}
+def not_ready(model: str, now: str) -> Obj:
+    return {
+        "exp_labels": {"severity": "warning", "namespace": "team-a", "localmodel": model},
+        "exp_annotations": {
+            "summary": f"LocalModel team-a/{model} is not Ready.",
+            "description": f"It has been out of Ready for 20m; now {now}. `kubectl describe "
+            f"localmodel -n team-a {model}` shows the condition that says what to change.",
+        },
+    }
 
 
 def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
@@ -105,26 +108,40 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
     groups = rule_groups("prometheusRule.notReadyFor=20m")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(groups))
     status = "slm_operator_model_status"
+    requests = "slm_runtime_requests_total"
     series = [
-        # Operator: one model stuck Pulling, one whose digest did not match, one Ready.
+        # Operator: one model stuck Pulling, one whose digest did not match, one that moved
+        # from Pulling to Deploying without ever being Ready, one Ready, one scaled to zero.
         (f'{status}{{namespace="team-a",localmodel="gemma",phase="Pulling",reason="NotReady"}}',
          "1x40"),
         (f'{status}{{namespace="team-a",localmodel="qwen",phase="Failed",'
          'reason="DigestMismatch"}', "1x40"),
+        (f'{status}{{namespace="team-a",localmodel="moving",phase="Pulling",reason="NotReady"}}',
+         "1x11"),
+        (f'{status}{{namespace="team-a",localmodel="moving",phase="Deploying",'
+         'reason="NotReady"}', "_x12 1x28"),
         (f'{status}{{namespace="team-a",localmodel="smol",phase="Ready",reason="ModelServing"}}',
          "1x40"),
-        # Runtime: busy has two replicas with requests always waiting; calm's queue empties.
+        (f'{status}{{namespace="team-a",localmodel="idle",phase="Pending",'
+         'reason="ScaledToZero"}', "1x40"),
+        # Runtime: busy has two replicas with requests always waiting; calm's queue mostly
+        # empty.
         ('slm_runtime_requests_queued{namespace="team-b",localmodel="busy",pod="busy-1"}', "2x40"),
         ('slm_runtime_requests_queued{namespace="team-b",localmodel="busy",pod="busy-2"}', "1x40"),
         ('slm_runtime_requests_queued{namespace="team-b",localmodel="calm",pod="calm-1"}',
-         "3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0"),
-        # Runtime: broken answers one request in four with a 500; fine never does.
-        ('slm_runtime_requests_total{namespace="team-b",localmodel="broken",code="200"}',
+         "3 0 0 0 0 3 0 0 0 0 3 0 0 0 0 3 0 0 0 0 3 0 0 0 0"),
+        # Runtime: broken answers one chat in four with a 500, among many probes that pass;
+        # fine answers some requests with 501 (a feature the model lacks), a client's matter.
+        (f'{requests}{{namespace="team-b",localmodel="broken",route="/api/chat",code="200"}}',
          "0+30x40"),
-        ('slm_runtime_requests_total{namespace="team-b",localmodel="broken",code="500"}',
+        (f'{requests}{{namespace="team-b",localmodel="broken",route="/api/chat",code="500"}}',
          "0+10x40"),
-        ('slm_runtime_requests_total{namespace="team-b",localmodel="fine",code="200"}', "0+40x40"),
-        ('slm_runtime_requests_total{namespace="team-b",localmodel="fine",code="500"}', "0x40"),
+        (f'{requests}{{namespace="team-b",localmodel="broken",route="/readyz",code="200"}}',
+         "0+1000x40"),
+        (f'{requests}{{namespace="team-b",localmodel="fine",route="/api/chat",code="200"}}',
+         "0+40x40"),
+        (f'{requests}{{namespace="team-b",localmodel="fine",route="/api/embed",code="501"}}',
+         "0+10x40"),
     ]  # fmt: skip
     cases = [
         ("SLMModelNotReady", "10m", []),  # not for 20m yet
@@ -132,22 +149,9 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
             "SLMModelNotReady",
             "25m",
             [
-                {
-                    "exp_labels": {"severity": "warning", "namespace": "team-a",
-                                   "localmodel": "gemma", "phase": "Pulling", "reason": "NotReady"},
-                    "exp_annotations": {"summary": "LocalModel team-a/gemma is not Ready.",
-                                        "description": NOT_READY_DESCRIPTION},
-                },
-                {
-                    "exp_labels": {"severity": "warning", "namespace": "team-a",
-                                   "localmodel": "qwen", "phase": "Failed",
-                                   "reason": "DigestMismatch"},
-                    "exp_annotations": {
-                        "summary": "LocalModel team-a/qwen is not Ready.",
-                        "description": NOT_READY_DESCRIPTION.replace("Pulling (NotReady)",
-                            "Failed (DigestMismatch)").replace("gemma", "qwen"),
-                    },
-                },
+                not_ready("gemma", "Pulling (NotReady)"),
+                not_ready("moving", "Deploying (NotReady)"),
+                not_ready("qwen", "Failed (DigestMismatch)"),
             ],
         ),
         (
@@ -167,7 +171,7 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
         ("SLMModelQueueSaturated", "5m", []),  # not for 10m yet
         (
             "SLMModelQueueSaturated",
-            "15m",
+            "20m",
             [
                 {
                     "exp_labels": {"severity": "warning", "namespace": "team-b",
@@ -190,8 +194,9 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
                                    "localmodel": "broken"},
                     "exp_annotations": {
                         "summary": "LocalModel team-b/broken answers with server errors.",
-                        "description": "25% of its requests got a 5xx over the last 5 minutes. "
-                        "The runtime's log (`kubectl logs -n team-b deploy/broken`) says why.",
+                        "description": "25% of its API requests got a 5xx over the last 5 "
+                        "minutes. The runtime's log (`kubectl logs -n team-b deploy/broken`) "
+                        "says why.",
                     },
                 }
             ],
@@ -252,6 +257,9 @@ def test_the_dashboard_has_a_row_per_model_with_the_four_views() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["localmodel"]["multi"]
     assert variables["localmodel"]["includeAll"]
+    # One namespace at a time: a model's name is only unique within its namespace.
+    assert not variables["namespace"]["multi"]
+    assert not variables["namespace"]["includeAll"]
     rows = [p for p in board["panels"] if p["type"] == "row"]
     assert [r.get("repeat") for r in rows] == ["localmodel"]
     panels = [p for p in board["panels"] if p["type"] != "row"]
@@ -263,7 +271,7 @@ def test_the_dashboard_has_a_row_per_model_with_the_four_views() -> None:
             used = named_metrics(target["expr"])
             assert used, panel["title"]
             assert used <= exported, (panel["title"], used - exported)
-            assert 'localmodel="$localmodel"' in target["expr"], target["expr"]
+            assert 'namespace="$namespace", localmodel="$localmodel"' in target["expr"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
 

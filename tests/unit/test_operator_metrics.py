@@ -45,3 +45,37 @@ def test_a_model_has_one_status_series_that_follows_it() -> None:
     metrics.forget_model(other)
     assert series("slm_operator_model_status") == []
     assert series("slm_operator_models") == []
+
+
+def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
+    from slm_operator.api import Condition, ConditionType
+
+    def condition(kind: ConditionType, reason: Reason) -> Condition:
+        return Condition(
+            type=kind, status="False", reason=reason, last_transition_time="2026-01-01T00:00:00Z"
+        )
+
+    key = ("team-a", "idle")
+    idle = LocalModelStatus(
+        phase=Phase.PENDING,
+        conditions=[
+            condition(ConditionType.READY, Reason.NOT_READY),
+            condition(ConditionType.AVAILABLE, Reason.SCALED_TO_ZERO),
+        ],
+    )
+    metrics.observe_model(key, idle)
+    assert series("slm_operator_model_status") == [
+        'slm_operator_model_status{localmodel="idle",namespace="team-a",phase="Pending",'
+        'reason="ScaledToZero"} 1.0'
+    ]
+    metrics.forget_model(key)
+
+
+def test_models_that_no_longer_exist_are_dropped() -> None:
+    for name in ("kept", "gone"):
+        metrics.observe_model(("ns", name), LocalModelStatus(phase=Phase.READY))
+    metrics.retain_models({("ns", "kept")})
+    assert [line.split("localmodel=")[1].split(",")[0] for line in
+            series("slm_operator_model_status")] == ['"kept"']  # fmt: skip
+    metrics.retain_models(set())
+    assert series("slm_operator_model_status") == []

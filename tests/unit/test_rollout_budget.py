@@ -68,6 +68,7 @@ class Budget:
         )
         self.live: dict[Key, dict[str, Any]] = {}
         self.woken: list[Key] = []
+        self.waits: dict[str, str | None] = {}
         r = self.reconciler
         r.caches.children_now = lambda key: [self.live[key]] if key in self.live else []  # type: ignore[method-assign]
         r.enqueue = lambda key, cause: self.woken.append(key)  # type: ignore[method-assign]
@@ -76,7 +77,8 @@ class Budget:
     def image(self, lm: LocalModel, placement: Placement = CPU) -> str:
         """The image the model is rendered with now."""
         key = ("ns", lm.metadata.name)
-        got = self.reconciler._within_rollout_budget(key, lm, placement, self.live.get(key))
+        got, wait = self.reconciler._within_rollout_budget(key, lm, placement, self.live.get(key))
+        self.waits[lm.metadata.name] = wait
         return got.image
 
 
@@ -86,7 +88,12 @@ def test_a_new_image_reaches_one_model_at_a_time_and_a_finished_rollout_wakes_th
     for lm in (a, b, c):
         budget.live[("ns", lm.metadata.name)] = deployment(lm, OLD)
     assert budget.image(a) == NEW
-    assert budget.image(b) == OLD  # held while a rolls
+    assert budget.waits["a"] is None
+    assert budget.image(b) == OLD  # held while a rolls, and its status says so
+    assert budget.waits["b"] == (
+        f"runtime image {NEW} waits for a rollout slot: 1 models move at a time "
+        f"(runtime.maxImageRollouts); serving on {OLD} meanwhile"
+    )
     assert budget.image(c) == OLD
     # a's apply is on the way: the cache still shows the old image, which is not a finished
     # rollout.
@@ -95,6 +102,7 @@ def test_a_new_image_reaches_one_model_at_a_time_and_a_finished_rollout_wakes_th
     assert budget.image(b) == OLD
     budget.live[("ns", "a")] = deployment(a, NEW, done=True)
     assert budget.image(b) == NEW  # b noticed a's end and took the slot
+    assert budget.waits["b"] is None
     assert budget.woken == [("ns", "c")]  # c is woken, and waits for b now
     assert budget.image(c) == OLD
 

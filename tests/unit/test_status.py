@@ -466,6 +466,24 @@ def test_ready_status_fields() -> None:
     assert status.model.progress is None
 
 
+def test_a_model_held_at_its_image_says_so_and_stays_ready() -> None:
+    wait = "runtime image r:2 waits for a rollout slot: ...; serving on r:1 meanwhile"
+    observation = Observation(
+        deployment=deployment(2), pull_job=PULLED, pods=(running("a"), running("b"))
+    )
+    status = compute_status(localmodel(), GPU, observation, now=NOW, rollout_wait=wait)
+    conditions = _by_type(status)
+    assert status.phase is Phase.READY
+    assert conditions[ConditionType.READY].status == "True"
+    progressing = conditions[ConditionType.PROGRESSING]
+    assert (progressing.status, progressing.reason) == ("True", Reason.ROLLOUT_IN_PROGRESS)
+    assert progressing.message == f"2/2 replicas ready; {wait}"
+    # Something else in progress says that instead.
+    rolling = replace(observation, deployment=deployment(1))
+    status = compute_status(localmodel(), GPU, rolling, now=NOW, rollout_wait=wait)
+    assert wait not in _by_type(status)[ConditionType.PROGRESSING].message
+
+
 def test_endpoint_and_selector_can_be_given() -> None:
     status = compute_status(
         localmodel(), GPU, None, now=NOW, endpoint="http://x.y.svc:9000", selector="a=b"
