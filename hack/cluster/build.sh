@@ -116,10 +116,20 @@ build_coredns() {
     "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
 }
 
+# requires DIR MODULE VERSION: the wrapper module DIR pins MODULE at VERSION (versions.sh names
+# the binaries, the go.mod decides what is built: they must agree).
+requires() {
+  grep -qE "^[[:space:]]*(require[[:space:]]+)?$2 $3([[:space:]]|$)" "${here}/$1/go.mod" || {
+    echo "build.sh: hack/cluster/$1/go.mod does not require $2 $3 (versions.sh)" >&2
+    exit 1
+  }
+}
+
 # Prometheus and promtool, with only the Kubernetes service discovery the Prometheus Operator
 # configures (and file and HTTP, always in); stamped with the release they are.
 build_prometheus() {
   local name
+  requires prometheus github.com/prometheus/prometheus "${PROMETHEUS_MODULE_VERSION}"
   for name in prometheus promtool; do
     GOFLAGS="${GOFLAGS} -tags=remove_all_sd,enable_kubernetes_sd" \
       build_tool prometheus "${name}" "${PROMETHEUS_VERSION}" \
@@ -131,6 +141,8 @@ build_prometheus() {
 # The Prometheus Operator and the config reloader it runs beside each Prometheus.
 build_prometheus_operator() {
   local name
+  requires prometheus-operator github.com/prometheus-operator/prometheus-operator \
+    "${PROM_OPERATOR_VERSION}"
   for name in operator prometheus-config-reloader; do
     build_tool prometheus-operator "prometheus-${name#prometheus-}" "${PROM_OPERATOR_VERSION}" \
       "github.com/prometheus-operator/prometheus-operator/cmd/${name}" \

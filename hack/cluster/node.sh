@@ -304,11 +304,14 @@ ports:
 EOF
 }
 
-# Ready, and without the not-ready taints, which the node lifecycle controller removes only after
-# it has seen the node Ready: until then no pod without a toleration is scheduled there.
+# Ready, and without the not-ready and unreachable taints, which the node lifecycle controller
+# removes only after it has seen the node Ready: until then no pod without a toleration is
+# scheduled there.
 node_ready() {
+  local taints
+  taints="$(kubectl get node "${SLM_NODE_NAME}" -o jsonpath='{.spec.taints[*].key}')" || return 1
   [ "$(kubectl get node "${SLM_NODE_NAME}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ] \
-    && [ -z "$(kubectl get node "${SLM_NODE_NAME}" -o jsonpath='{.spec.taints}')" ] \
+    && [[ ! "${taints}" =~ node\.kubernetes\.io/(not-ready|unreachable) ]] \
     && curl -sf "http://127.0.0.1:${SLM_COREDNS_READY_PORT}/ready" >/dev/null \
     && curl -sf "http://127.0.0.1:${SLM_KUBE_PROXY_HEALTHZ_PORT}/healthz" >/dev/null
 }

@@ -7,7 +7,7 @@ Fixtures:
     namespace   a fresh namespace per test, deleted afterwards.
     kubectl     `kubectl(*args, input=..., check=True)` bound to the cluster and `namespace`.
     crds        the project's CRDs, installed and Established.
-    operator    one operator process per module, under the chart's RBAC.
+    operator    one operator per module, installed in the cluster by its chart.
     model_server, fixtures_claim    the Gemma GGUF over HTTP, the tiny ONNX model on a claim.
 
 Pods that run for real run on node-0 (kubelet, containerd, the project's images); the fake
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .operator_run import OperatorProcess
+    from .operator_run import InClusterOperator
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack" / "cluster"
@@ -400,19 +400,18 @@ KWOK_SCHEDULING: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def operator_env() -> dict[str, str]:
-    """Extra environment for the module's operator; a module overrides it to tune settings."""
-    return {}
+def operator_values() -> list[str]:
+    """Extra `helm install` arguments for the module's operator; a module overrides it to tune
+    settings (``["--set", "operator.resyncSeconds=60"]``)."""
+    return []
 
 
 @pytest.fixture(scope="module")
 def operator(
-    cluster: Cluster,
-    crds: list[str],
-    operator_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    """One operator for the module's tests, watching every namespace under its own RBAC."""
+    cluster: Cluster, crds: list[str], operator_values: list[str]
+) -> Iterator[InClusterOperator]:
+    """One operator for the module's tests, installed by its chart in the cluster (on node-0,
+    from the operator image), watching every namespace under the chart's RBAC."""
     cluster.apply(
         {
             "apiVersion": "node.k8s.io/v1",
@@ -421,9 +420,9 @@ def operator(
             "handler": "nvidia",
         }
     )
-    from .operator_run import run_operator  # operator_run itself imports this module
+    from .operator_run import in_cluster_operator  # operator_run itself imports this module
 
-    with run_operator(cluster, tmp_path_factory.mktemp("operator"), operator_env) as op:
+    with in_cluster_operator(cluster, operator_values) as op:
         yield op
 
 

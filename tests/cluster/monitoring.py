@@ -5,7 +5,7 @@ built from their Go modules); each is wrapped into an image ``FROM scratch`` and
 The operator runs from the RBAC of its own examples (in the namespace ``monitoring``, with our
 images); the Prometheus selects every ServiceMonitor and PrometheusRule in the cluster and
 evaluates every few seconds. Everything is removed afterwards, except the ServiceMonitor CRD,
-which cluster-up installs for the other tests.
+which cluster-up installs for the other tests, and the images (in Docker and on node-0).
 """
 
 from __future__ import annotations
@@ -215,10 +215,11 @@ def monitoring_stack(cluster: Cluster) -> Iterator[Monitoring]:
     names = [f"{path.stem.split('_', 1)[1]}.monitoring.coreos.com" for path in crds]
     added = [name for name in names if name != KEPT_CRD]
     try:
-        for path in crds:
-            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        for path, name in zip(crds, names, strict=True):
+            if name != KEPT_CRD:  # cluster-up's, at the same version
+                cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         cluster.wait_established(*added)
-        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         _apply_all(cluster, operator_objects())
         cluster.kubectl("rollout", "status", "deployment/prometheus-operator", "--timeout=120s",
                         namespace=NAMESPACE)  # fmt: skip

@@ -1,10 +1,12 @@
-"""Run the real operator as a subprocess under its own ServiceAccount and RBAC, not as admin."""
+"""Run the real operator: installed in the cluster by its chart (the `operator` fixture), or as a
+subprocess under its own ServiceAccount and RBAC (the leader-election test's two replicas)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -238,3 +240,150 @@ def run_operator(
         yield op
     finally:
         op.stop()
+
+
+SUITE_RELEASE = "slm-operator-suite"
+"""The chart release the `operator` fixture installs in SYSTEM_NAMESPACE (apart from `make
+demo`'s slm-system/slm-operator and from the host processes' ClusterRole)."""
+CHART = ROOT / "charts" / "slm-operator"
+
+
+class _Container:
+    """The in-cluster operator's container, killed as a crash would kill it: SIGKILL to its
+    processes on node-0 (found through its cgroup); the kubelet starts it again."""
+
+    def __init__(self, operator: InClusterOperator) -> None:
+        self.operator = operator
+        self.pids: list[int] = []
+
+    def kill(self) -> None:
+        """SIGKILL the processes start() found (no API call: a test kills at a chosen moment)."""
+        for pid in self.pids:
+            os.kill(pid, signal.SIGKILL)
+
+    def wait(self) -> None:
+        wait_for(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in self.pids),
+            timeout=30,
+            what="the operator's processes gone",
+        )
+
+
+class InClusterOperator:
+    """The operator as users run it: installed by its chart (the defaults, `--verbose`, and the
+    module's values) and running on node-0 from the operator image the build produced, under
+    the RBAC the chart makes. The same methods as OperatorProcess."""
+
+    def __init__(self, cluster: Cluster, values: list[str]) -> None:
+        self.cluster = cluster
+        self.values = values
+        self.username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SUITE_RELEASE}"
+        self.process = _Container(self)
+        self._seen: tuple[str, int] | None = None  # the pod and restart count start() saw
+
+    def install(self) -> None:
+        self.cluster.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+        self.cluster.kubectl(
+            "label", "namespace", SYSTEM_NAMESPACE, "--overwrite",
+            "pod-security.kubernetes.io/enforce=restricted",
+        )  # fmt: skip
+        # --take-ownership: the CRD (installed by the `crds` fixture) and the LocalModel roles
+        # another install left are adopted, as a user moving to the chart would.
+        self.cluster.helm(
+            "install", SUITE_RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE,
+            "--take-ownership", "--wait", "--timeout", "180s", "--set", "operator.verbose=true",
+            *self.values,
+        )  # fmt: skip
+        self.start()
+
+    def uninstall(self) -> None:
+        self.cluster.helm("uninstall", SUITE_RELEASE, "--namespace", SYSTEM_NAMESPACE,
+                          "--wait", check=False)  # fmt: skip
+
+    def _pods(self) -> list[dict[str, Any]]:
+        selector = (
+            f"app.kubernetes.io/instance={SUITE_RELEASE},app.kubernetes.io/name=slm-operator,"
+            "app.kubernetes.io/component!=test"
+        )
+        out = self.cluster.kubectl(
+            "get", "pods", "-l", selector, "-o", "json", namespace=SYSTEM_NAMESPACE
+        ).stdout
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+    def pod(self) -> dict[str, Any]:
+        """The one live operator pod."""
+        (pod,) = wait_for(
+            lambda: pods if len(pods := self._pods()) == 1 else None,
+            timeout=60,
+            what="one operator pod",
+        )
+        result: dict[str, Any] = pod
+        return result
+
+    @staticmethod
+    def _state(pod: dict[str, Any]) -> tuple[str, int, bool]:
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return (
+            pod["metadata"]["name"],
+            statuses[0].get("restartCount", 0),
+            bool(statuses[0].get("ready")),
+        )
+
+    def start(self) -> None:
+        """Wait until the operator runs again (a new pod, or its container restarted by the
+        kubelet) and is ready; check that it is node-0's, from the built image."""
+        from tests.images.conftest import docker_engine, image_names
+
+        from .conftest import REAL_NODE, container_pids
+
+        before = self._seen
+
+        def ready() -> dict[str, Any] | None:
+            pod = self.pod()
+            name, restarts, is_ready = self._state(pod)
+            fresh = before is None or (name, restarts) != before
+            return pod if fresh and is_ready else None
+
+        pod = wait_for(ready, timeout=180, what="the operator ready", interval=0.5)
+        name, restarts, _ = self._state(pod)
+        self._seen = (name, restarts)
+        self.process.pids = container_pids(pod, "operator")
+        assert pod["spec"]["nodeName"] == REAL_NODE
+        built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
+        assert pod["status"]["containerStatuses"][0]["imageID"] == built["Id"]
+
+    def restart(self) -> None:
+        """Delete the pod; the Deployment starts another (state comes from the cluster alone)."""
+        name = self.pod()["metadata"]["name"]
+        self.cluster.kubectl("delete", "pod", name, "--wait=false", namespace=SYSTEM_NAMESPACE)
+        self.start()
+
+    def alive(self) -> bool:
+        """Whether the pod start() saw still runs, ready, without a restart since."""
+        name, restarts, is_ready = self._state(self.pod())
+        return (name, restarts) == self._seen and is_ready
+
+    def log(self) -> str:
+        """What the operator printed: the previous container's output too after a restart."""
+        name = self.pod()["metadata"]["name"]
+        previous = self.cluster.kubectl(
+            "logs", name, "--previous", namespace=SYSTEM_NAMESPACE, check=False
+        ).stdout
+        return previous + self.cluster.kubectl("logs", name, namespace=SYSTEM_NAMESPACE).stdout
+
+    def metrics(self) -> str:
+        """The operator's /metrics text, from its pod's address."""
+        ip = self.pod()["status"]["podIP"]
+        return httpx.get(f"http://{ip}:9090/metrics", timeout=5).text
+
+
+@contextmanager
+def in_cluster_operator(cluster: Cluster, values: list[str]) -> Iterator[InClusterOperator]:
+    """Install the operator's chart for the module; uninstall it afterwards."""
+    op = InClusterOperator(cluster, values)
+    try:
+        op.install()
+        yield op
+    finally:
+        op.uninstall()

@@ -23,7 +23,7 @@ import pytest
 from slm_operator.render import PRESTOP_SLEEP_SECONDS
 
 from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, Cluster, container_pids
-from .operator_run import OperatorProcess, wait_for
+from .operator_run import InClusterOperator, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -41,6 +41,8 @@ def batch(prefix: str, count: int) -> dict[str, Any]:
                 "model": {"source": "https://models.example/gemma-3-270m-q4_k_m.gguf"},
                 "cache": {"mode": "PerPod"},
                 "hardware": {"preferred": "cpu", "fallback": []},
+                # Small: a batch larger than the operator's workers fits the fake nodes.
+                "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
                 "scheduling": KWOK_SCHEDULING,
             },
         }
@@ -119,12 +121,12 @@ def _gone(proc: Path) -> bool:
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
-    count = 12
-    # The operator works on the batch's models side by side, so their statuses land within a
-    # few milliseconds of each other: a watch, not polling, sees the first one and kills the
-    # operator before it has finished the batch.
+    # More models than the operator's workers (16): it cannot finish them all at once. Their
+    # statuses still land close together, so a watch, not polling, sees the first one, and
+    # the kill (SIGKILL to the processes found before) follows it at once.
+    count = 32
     statuses = subprocess.Popen(
         ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "localmodels", "-n",
          namespace, "-w", "-o", "jsonpath={.metadata.name}|{.status.phase}{\"\\n\"}"],
@@ -156,13 +158,13 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     done = sum(phase is not None for phase in phases(cluster, namespace).values())
     assert 0 < done < count, (done, first)
     operator.start()
-    wait_for(lambda: all_ready(cluster, namespace, count), timeout=120, what="the batch Ready")
+    wait_for(lambda: all_ready(cluster, namespace, count), timeout=180, what="the batch Ready")
     assert_one_of_each_child(cluster, namespace, [f"killed-{i}" for i in range(count)])
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
 def test_control_plane_restart_while_reconciling(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, component: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str, component: str
 ) -> None:
     count = 8
     cluster.apply(batch(component, count), namespace)
@@ -219,7 +221,7 @@ def serving_gemma(
 
 def test_runtime_killed_mid_stream_gives_a_clean_error_and_comes_back(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_gguf: Path,
@@ -268,7 +270,7 @@ def _restarted_and_ready(cluster: Cluster, namespace: str, name: str) -> bool:
 
 def test_a_deleted_model_pod_finishes_the_answer_it_is_streaming(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_gguf: Path,

@@ -24,7 +24,7 @@ from tests.conftest import GEMMA_TEMPLATE
 from tests.pull.conftest import OciRegistry, oci_registry  # noqa: F401 - the registry fixture
 
 from .conftest import REAL_NODE, REAL_NODE_SCHEDULING, Cluster
-from .operator_run import OperatorProcess, wait_for
+from .operator_run import InClusterOperator, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
 WRONG = "0" * 64
@@ -65,7 +65,7 @@ def lm_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 
 
 def wait_phase(
-    cluster: Cluster, op: OperatorProcess, namespace: str, name: str, phase: str
+    cluster: Cluster, op: InClusterOperator, namespace: str, name: str, phase: str
 ) -> dict[str, Any]:
     """Wait for a phase; fail early (with the operator's log) on an unexpected Failed."""
 
@@ -109,7 +109,7 @@ def generate(pod: dict[str, Any], name: str) -> str:
 
 def test_per_pod_mode_pulls_in_the_init_container_and_serves(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_digest: str,
@@ -133,7 +133,7 @@ def test_per_pod_mode_pulls_in_the_init_container_and_serves(
 @pytest.mark.parametrize("mode", ["Volume", "PerPod"])
 def test_a_wrong_digest_fails_with_the_pullers_message(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_digest: str,
@@ -156,7 +156,7 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 def test_models_with_one_source_never_share_a_volume_and_pull_only_when_needed(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_digest: str,
@@ -198,7 +198,7 @@ def test_models_with_one_source_never_share_a_volume_and_pull_only_when_needed(
 
 def test_image_mode_mounts_the_model_image_by_digest(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     oci_registry: OciRegistry,  # noqa: F811 - the imported fixture
     gemma_gguf: Path,
@@ -241,7 +241,7 @@ def test_image_mode_mounts_the_model_image_by_digest(
 
 def test_a_model_damaged_on_the_volume_is_refused_and_pulled_again(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_digest: str,

@@ -35,7 +35,7 @@ from .conftest import (
     TINY_ONNX,
     Cluster,
 )
-from .operator_run import OperatorProcess, wait_for, writes_by
+from .operator_run import InClusterOperator, wait_for, writes_by
 
 INSTANCE = "app.kubernetes.io/instance"
 LOCALMODELS = "localmodels.slm.dev"
@@ -60,9 +60,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def operator_env() -> dict[str, str]:
+def operator_values() -> list[str]:
     """The slowest resync allowed, so the at-rest audit window spans one."""
-    return {"SLM_OPERATOR_RESYNC_SECONDS": "60"}
+    return ["--set", "operator.resyncSeconds=60"]
 
 
 def localmodel(name: str, **spec: Any) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def exists(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:
 
 
 def test_model_on_kwok_nodes_reaches_ready(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("gemma"), namespace)
     st = wait_phase(cluster, namespace, "gemma", "Ready")
@@ -136,7 +136,7 @@ def test_model_on_kwok_nodes_reaches_ready(
 
 
 def test_spec_that_cannot_work_fails_with_a_message(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     # The API server accepts it; only the operator's catalog knows that no NPU runtime serves
     # GGUF, and the spec allows no other tier.
@@ -151,7 +151,7 @@ def test_spec_that_cannot_work_fails_with_a_message(
 
 
 def test_npu_preferred_gguf_falls_back_to_gpu_with_reason(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(
         localmodel("npu-first", hardware={"preferred": "npu", "fallback": ["gpu", "cpu"]}),
@@ -174,7 +174,7 @@ def test_npu_preferred_gguf_falls_back_to_gpu_with_reason(
 
 
 def test_full_gpu_steps_down_to_cpu_after_fallback_after(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     # Occupy the only GPU, then ask for one.
     cluster.apply(
@@ -235,7 +235,7 @@ def test_full_gpu_steps_down_to_cpu_after_fallback_after(
 
 
 def test_no_tier_with_capacity_is_progressing_not_failed(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(
         localmodel(
@@ -260,7 +260,7 @@ def test_no_tier_with_capacity_is_progressing_not_failed(
 
 
 def test_drift_is_repaired_from_watches(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("drift"), namespace)
     wait_phase(cluster, namespace, "drift", "Ready")
@@ -287,7 +287,7 @@ def test_drift_is_repaired_from_watches(
 
 
 def test_parameter_change_rolls_pods_and_scale_works(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("roll"), namespace)
     wait_phase(cluster, namespace, "roll", "Ready")
@@ -331,7 +331,7 @@ def test_parameter_change_rolls_pods_and_scale_works(
 
 
 def test_deletion_garbage_collects_children(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("gone"), namespace)
     wait_for(lambda: exists(cluster, namespace, "deployment", "gone"), timeout=60, what="children")
@@ -368,7 +368,7 @@ def on_real_node(name: str, source: str, sha256: str, **spec: Any) -> dict[str, 
 
 def test_gemma_on_the_real_node_pulls_serves_and_answers(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_gguf: Path,
@@ -468,7 +468,7 @@ def ready_pod_ips(cluster: Cluster, namespace: str, name: str) -> list[str]:
 
 
 def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, gemma_gguf: Path
+    cluster: Cluster, operator: InClusterOperator, namespace: str, gemma_gguf: Path
 ) -> None:
     """`kubectl wait --for=condition=Available` started while the first pull runs returns only
     once a replica serves: the Deployment held at zero replicas meanwhile is no scale to zero."""
@@ -524,7 +524,7 @@ def npu_on_the_real_node(cluster: Cluster) -> Iterator[str]:
 
 def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     npu_on_the_real_node: str,
     fixtures_claim: str,
@@ -576,7 +576,7 @@ def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(
 
 
 def test_a_model_over_its_memory_limit_says_it_was_oom_killed(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, fixtures_claim: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str, fixtures_claim: str
 ) -> None:
     """node-0's kubelet enforces the memory limit: the runtime is OOMKilled, and the model's
     status names the container, the limit and the fields to change."""
@@ -613,7 +613,7 @@ def test_a_model_over_its_memory_limit_says_it_was_oom_killed(
 
 
 def test_service_monitor_follows_monitoring_setting(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("scraped"), namespace)
     wait_for(
@@ -635,7 +635,7 @@ def test_service_monitor_follows_monitoring_setting(
 
 
 def test_without_the_service_monitor_crd_a_condition_says_so(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     crd_file = SERVICE_MONITOR_CRD_FILE
     cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com")
@@ -672,7 +672,7 @@ def test_without_the_service_monitor_crd_a_condition_says_so(
 
 
 def test_pods_are_admitted_under_restricted_pod_security(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.kubectl(
         "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
@@ -692,7 +692,7 @@ def test_pods_are_admitted_under_restricted_pod_security(
     ids=lambda c: c["name"],
 )
 def test_specs_only_the_operator_can_reject_fail_with_a_message(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, case: dict[str, Any]
+    cluster: Cluster, operator: InClusterOperator, namespace: str, case: dict[str, Any]
 ) -> None:
     table = yaml.safe_load(INVALID_SPECS.read_text())
     body = merge_patch(table["base"], case["patch"])
@@ -705,7 +705,7 @@ def test_specs_only_the_operator_can_reject_fail_with_a_message(
 
 
 def test_a_child_the_api_server_refuses_fails_the_model_until_the_spec_is_fixed(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     # Tolerations pass through as written; this one the API server refuses in the Deployment.
     bad = {"key": "dedicated", "operator": "Sometimes", "effect": "NoSchedule"}
@@ -723,7 +723,7 @@ def test_a_child_the_api_server_refuses_fails_the_model_until_the_spec_is_fixed(
 
 
 def test_at_rest_the_operator_writes_nothing(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     names = [f"idle-{i}" for i in range(10)]
     for name in names:
@@ -747,7 +747,7 @@ def test_at_rest_the_operator_writes_nothing(
 
 
 def test_autoscaling_hands_replicas_to_the_hpa(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(
         localmodel("scaled", autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 3}),
@@ -779,7 +779,7 @@ def test_autoscaling_hands_replicas_to_the_hpa(
 
 
 def test_retained_model_volume_outlives_its_localmodel(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     cluster.apply(localmodel("kept", cache={"reclaimPolicy": "Retain"}), namespace)
     wait_phase(cluster, namespace, "kept", "Ready")
@@ -793,7 +793,7 @@ def test_retained_model_volume_outlives_its_localmodel(
     assert exists(cluster, namespace, "pvc", names[0])
 
 
-def test_operator_metrics(operator: OperatorProcess) -> None:
+def test_operator_metrics(operator: InClusterOperator) -> None:
     text = operator.metrics()
     for family in (
         "slm_operator_reconciles_total",
@@ -806,7 +806,11 @@ def test_operator_metrics(operator: OperatorProcess) -> None:
 
 
 def test_missing_secret_fails_naming_it(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, model_server: str, gemma_gguf: Path
+    cluster: Cluster,
+    operator: InClusterOperator,
+    namespace: str,
+    model_server: str,
+    gemma_gguf: Path,
 ) -> None:
     digest = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
     body = on_real_node("locked", model_server, digest, serving={"authSecret": "absent-token"})
@@ -824,7 +828,7 @@ def test_missing_secret_fails_naming_it(
 
 
 def test_per_pod_and_image_cache_modes_reconcile(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     digest = "a" * 64
     cluster.apply(localmodel("perpod", cache={"mode": "PerPod"}), namespace)
@@ -854,7 +858,7 @@ def test_per_pod_and_image_cache_modes_reconcile(
 
 
 def test_a_new_models_status_is_written_from_its_children_not_before_them(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     """Status is computed from the API server's answers to the applies, not from caches read
     before them: no status says a child the operator has just created is missing, and the

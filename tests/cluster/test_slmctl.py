@@ -22,7 +22,7 @@ from slm_operator import cli
 from tests.conftest import GEMMA_TEMPLATE
 
 from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, ROOT, TINY_ONNX, Cluster
-from .operator_run import OperatorProcess, wait_for
+from .operator_run import InClusterOperator, wait_for
 
 MODELFILES = ROOT / "tests" / "data" / "modelfiles"
 
@@ -66,7 +66,7 @@ def test_imported_modelfiles_are_accepted_by_the_api_server(
 
 
 def test_run_ls_status_on_the_cluster(
-    cluster: Cluster, operator: OperatorProcess, namespace: str, fixtures_claim: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str, fixtures_claim: str
 ) -> None:
     # A real model that runs on node-0: the tiny ONNX model on a claim, verified in place.
     source = f"pvc://{fixtures_claim}/{TINY_ONNX.name}"
@@ -123,7 +123,7 @@ def test_run_ls_status_on_the_cluster(
 
 
 def test_status_shows_the_fallback_reason(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     printed = slmctl(
         cluster, "run", "fallback", "--source", "https://models.example/m.gguf",
@@ -144,7 +144,7 @@ def test_status_shows_the_fallback_reason(
 
 
 def test_failed_model_shows_its_message_and_chat_refuses(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     rejected = slmctl(cluster, "run", "broken", "--source", "hf://org/repo", "-n", namespace,
                       check=False)  # fmt: skip
@@ -209,7 +209,7 @@ def gemma_modelfile(source: str) -> str:
 
 def test_chat_streams_from_the_real_model_on_the_real_node(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     namespace: str,
     model_server: str,
     gemma_gguf: Path,
