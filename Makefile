@@ -86,7 +86,7 @@ cluster-up: ## start the test cluster on 127.0.0.1 (no-op when running); kubecon
 cluster-down: ## stop the test cluster and remove every process, namespace, mount and state
 	bash hack/cluster/down.sh
 
-test-cluster: ## the cluster suite only (reuses a running cluster)
+test-cluster: images ## the cluster suite only (reuses a running cluster; the operator runs from its image, so it is rebuilt first)
 	$(PY) -m pytest -m cluster
 
 bench-pull: ## pull throughput vs curl from local nginx, and the re-run time (writes docs/benchmarks.md)

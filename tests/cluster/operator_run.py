@@ -254,12 +254,21 @@ class _Container:
 
     def __init__(self, operator: InClusterOperator) -> None:
         self.operator = operator
+        self.container_id = ""
         self.pids: list[int] = []
 
     def kill(self) -> None:
-        """SIGKILL the processes start() found (no API call: a test kills at a chosen moment)."""
+        """SIGKILL the processes start() found, that are still that container's (no API call:
+        a test kills at a moment it chooses)."""
+        killed = []
         for pid in self.pids:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                if self.container_id in Path(f"/proc/{pid}/cgroup").read_text():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        assert killed, f"container {self.container_id} has none of {self.pids} left to kill"
 
     def wait(self) -> None:
         wait_for(
@@ -287,18 +296,20 @@ class InClusterOperator:
             "label", "namespace", SYSTEM_NAMESPACE, "--overwrite",
             "pod-security.kubernetes.io/enforce=restricted",
         )  # fmt: skip
-        # --take-ownership: the CRD (installed by the `crds` fixture) and the LocalModel roles
-        # another install left are adopted, as a user moving to the chart would.
+        self.uninstall()  # what an interrupted session left
+        # The CRD is the `crds` fixture's, and the aggregated LocalModel roles are left to the
+        # installs under test (test_install.py): the suite's release owns nothing shared.
         self.cluster.helm(
             "install", SUITE_RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE,
-            "--take-ownership", "--wait", "--timeout", "180s", "--set", "operator.verbose=true",
+            "--wait", "--timeout", "180s", "--set", "operator.verbose=true",
+            "--set", "crds.enabled=false", "--set", "rbac.aggregateToDefaultRoles=false",
             *self.values,
         )  # fmt: skip
         self.start()
 
     def uninstall(self) -> None:
         self.cluster.helm("uninstall", SUITE_RELEASE, "--namespace", SYSTEM_NAMESPACE,
-                          "--wait", check=False)  # fmt: skip
+                          "--ignore-not-found", "--wait")  # fmt: skip
 
     def _pods(self) -> list[dict[str, Any]]:
         selector = (
@@ -349,14 +360,26 @@ class InClusterOperator:
         name, restarts, _ = self._state(pod)
         self._seen = (name, restarts)
         self.process.pids = container_pids(pod, "operator")
+        self.process.container_id = pod["status"]["containerStatuses"][0]["containerID"].split(
+            "://", 1
+        )[1]
         assert pod["spec"]["nodeName"] == REAL_NODE
         built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
         assert pod["status"]["containerStatuses"][0]["imageID"] == built["Id"]
 
     def restart(self) -> None:
-        """Delete the pod; the Deployment starts another (state comes from the cluster alone)."""
-        name = self.pod()["metadata"]["name"]
-        self.cluster.kubectl("delete", "pod", name, "--wait=false", namespace=SYSTEM_NAMESPACE)
+        """Scale the Deployment to zero until its pod is gone, then back to one: a new operator
+        starts from the cluster's state alone, never beside the old one."""
+        deployment = f"deployment/{SUITE_RELEASE}"
+        self.cluster.kubectl("scale", deployment, "--replicas=0", namespace=SYSTEM_NAMESPACE)
+        wait_for(
+            lambda: not self.cluster.kubectl(
+                "get", "pods", "-l", f"app.kubernetes.io/instance={SUITE_RELEASE}", "-o", "name",
+                namespace=SYSTEM_NAMESPACE,
+            ).stdout.strip(),
+            timeout=60, what="the operator pod gone",
+        )  # fmt: skip
+        self.cluster.kubectl("scale", deployment, "--replicas=1", namespace=SYSTEM_NAMESPACE)
         self.start()
 
     def alive(self) -> bool:

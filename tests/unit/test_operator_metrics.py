@@ -68,6 +68,15 @@ def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
         'slm_operator_model_status{localmodel="idle",namespace="team-a",phase="Pending",'
         'reason="ScaledToZero"} 1.0'
     ]
+    # Scaled to zero and Failed: the failure is what counts.
+    failed = failed_status(
+        idle, generation=2, error="sha256 mismatch", now=NOW, error_reason=Reason.DIGEST_MISMATCH
+    )
+    metrics.observe_model(key, failed)
+    assert series("slm_operator_model_status") == [
+        'slm_operator_model_status{localmodel="idle",namespace="team-a",phase="Failed",'
+        'reason="DigestMismatch"} 1.0'
+    ]
     metrics.forget_model(key)
 
 
