@@ -169,7 +169,8 @@ def test_prometheus_scrapes_a_models_tokens_and_the_operator_and_loads_the_rules
     # Rules without the operator's ServiceMonitor: the install's notes say what is missing.
     dry = cluster.helm(
         "install", "unscraped", str(CHART), "--dry-run", "--namespace", namespace,
-        "--set", "crds.enabled=false", "--set", "prometheusRule.enabled=true",
+        "--set", "crds.enabled=false", "--set", "rbac.aggregateToDefaultRoles=false",
+        "--set", "prometheusRule.enabled=true",
     ).stdout  # fmt: skip
     assert "SLMModelNotReady and SLMModelPullFailed can never fire" in dry
     dashboard = cluster.get("configmap", f"{RELEASE}-slm-operator-dashboard", namespace)
