@@ -20,28 +20,27 @@ def series(name: str) -> list[str]:
     return sorted(line for line in text.splitlines() if line.startswith(f"{name}{{"))
 
 
+def status_line(namespace: str, model: str, phase: str, reason: str) -> str:
+    """A model's status series as the exposition format writes it."""
+    labels = f'localmodel="{model}",namespace="{namespace}",phase="{phase}",reason="{reason}"'
+    return f"slm_operator_model_status{{{labels}}} 1.0"
+
+
 def test_a_model_has_one_status_series_that_follows_it() -> None:
     key = ("team-a", "gemma")
     metrics.observe_model(key, LocalModelStatus(phase=Phase.PENDING))
-    assert series("slm_operator_model_status") == [
-        'slm_operator_model_status{localmodel="gemma",namespace="team-a",phase="Pending",'
-        'reason=""} 1.0'
-    ]
+    assert series("slm_operator_model_status") == [status_line("team-a", "gemma", "Pending", "")]
     failed = failed_status(
         None, generation=1, error="sha256 mismatch", now=NOW, error_reason=Reason.DIGEST_MISMATCH
     )
     metrics.observe_model(key, failed)
     assert series("slm_operator_model_status") == [
-        'slm_operator_model_status{localmodel="gemma",namespace="team-a",phase="Failed",'
-        'reason="DigestMismatch"} 1.0'
+        status_line("team-a", "gemma", "Failed", "DigestMismatch")
     ]
     other = ("team-b", "gemma")
     metrics.observe_model(other, LocalModelStatus(phase=Phase.PULLING))
     metrics.forget_model(key)
-    assert series("slm_operator_model_status") == [
-        'slm_operator_model_status{localmodel="gemma",namespace="team-b",phase="Pulling",'
-        'reason=""} 1.0'
-    ]
+    assert series("slm_operator_model_status") == [status_line("team-b", "gemma", "Pulling", "")]
     metrics.forget_model(other)
     assert series("slm_operator_model_status") == []
     assert series("slm_operator_models") == []
@@ -65,8 +64,7 @@ def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
     )
     metrics.observe_model(key, idle)
     assert series("slm_operator_model_status") == [
-        'slm_operator_model_status{localmodel="idle",namespace="team-a",phase="Pending",'
-        'reason="ScaledToZero"} 1.0'
+        status_line("team-a", "idle", "Pending", "ScaledToZero")
     ]
     # Scaled to zero and Failed: the failure is what counts.
     failed = failed_status(
@@ -74,8 +72,7 @@ def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
     )
     metrics.observe_model(key, failed)
     assert series("slm_operator_model_status") == [
-        'slm_operator_model_status{localmodel="idle",namespace="team-a",phase="Failed",'
-        'reason="DigestMismatch"} 1.0'
+        status_line("team-a", "idle", "Failed", "DigestMismatch")
     ]
     metrics.forget_model(key)
 
