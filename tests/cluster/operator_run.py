@@ -1,5 +1,6 @@
-"""Run the real operator: installed in the cluster by its chart (the `operator` fixture), or as a
-subprocess under its own ServiceAccount and RBAC (the leader-election test's two replicas)."""
+"""Run the real operator in the cluster, installed by its chart (the `operator` fixture and the
+leader-election test's two replicas), and the helpers the operator image's own test uses to run
+it under a ServiceAccount token from outside the cluster."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,11 +129,17 @@ def service_account_kubeconfig(
 
 
 def writes_by(
-    cluster: Cluster, username: str, since: float, namespace: str | None = None
+    cluster: Cluster,
+    username: str,
+    since: float,
+    namespace: str | None = None,
+    pod: str | None = None,
 ) -> list[dict[str, Any]]:
     """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s).
 
-    With ``namespace``, only requests for objects in it (other tests share the cluster).
+    With ``namespace``, only requests for objects in it (other tests share the cluster); with
+    ``pod``, only those made with the token the kubelet gave that pod (replicas of one
+    Deployment share a ServiceAccount).
     """
     found = []
     for line in Path(cluster.audit_log).read_text().splitlines():
@@ -148,6 +153,9 @@ def writes_by(
             continue
         if namespace and entry.get("objectRef", {}).get("namespace") != namespace:
             continue
+        extra = entry["user"].get("extra", {})
+        if pod and extra.get("authentication.kubernetes.io/pod-name") != [pod]:
+            continue
         stamp = entry.get("requestReceivedTimestamp", "")
         when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
         if when >= since:
@@ -155,110 +163,30 @@ def writes_by(
     return found
 
 
-class OperatorProcess:
-    """A running operator that can be stopped and started again."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, account: str = SERVICE_ACCOUNT) -> None:
-        self.username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}"
-        self.env = env
-        self.log_path = log_path
-        self.metrics_url = f"http://127.0.0.1:{env['SLM_OPERATOR_METRICS_PORT']}/metrics"
-        self.health_url = f"http://127.0.0.1:{env['SLM_OPERATOR_HEALTH_PORT']}/healthz"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the operator and wait for its liveness endpoint."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "slm_operator", "--verbose"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
-        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(self.health_url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        """Stop and start again (state must come back from the cluster alone)."""
-        self.stop()
-        self.start()
-
-    def alive(self) -> bool:
-        """Whether the process still runs and answers its liveness endpoint."""
-        return self.process is not None and self.process.poll() is None and self._healthy()
-
-    def log(self) -> str:
-        """Everything the operator printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def metrics(self) -> str:
-        """The operator's /metrics text."""
-        return httpx.get(self.metrics_url, timeout=5).text
-
-
-@contextmanager
-def run_operator(
-    cluster: Cluster,
-    workdir: Path,
-    extra_env: dict[str, str] | None = None,
-    account: str = SERVICE_ACCOUNT,
-) -> Iterator[OperatorProcess]:
-    """Start the operator under a ServiceAccount of its own; stop it afterwards."""
-    install_rbac(cluster, (account,))
-    kubeconfig = service_account_kubeconfig(cluster, workdir / f"{account}.kubeconfig", account)
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "SLM_OPERATOR_METRICS_PORT": str(free_port()),
-        "SLM_OPERATOR_HEALTH_PORT": str(free_port()),
-        **(extra_env or {}),
-    }
-    op = OperatorProcess(env, workdir / f"{account}.log", account)
-    try:
-        op.start()
-        yield op
-    finally:
-        op.stop()
-
-
 SUITE_RELEASE = "slm-operator-suite"
 """The chart release the `operator` fixture installs in SYSTEM_NAMESPACE (apart from `make
-demo`'s slm-system/slm-operator and from the host processes' ClusterRole)."""
+demo`'s slm-system/slm-operator and from install_rbac's ClusterRole)."""
 CHART = ROOT / "charts" / "slm-operator"
 
 
-class _Container:
-    """The in-cluster operator's container, killed as a crash would kill it: SIGKILL to its
-    processes on node-0 (found through its cgroup); the kubelet starts it again."""
+class Container:
+    """An operator container on node-0, killed as a crash would kill it: SIGKILL to its
+    processes (found through its cgroup); the kubelet starts it again."""
 
-    def __init__(self, operator: InClusterOperator) -> None:
-        self.operator = operator
+    def __init__(self) -> None:
         self.container_id = ""
         self.pids: list[int] = []
 
+    def attach(self, pod: dict[str, Any]) -> None:
+        """Follow the running operator container of ``pod``."""
+        from .conftest import container_pids  # operator_run is imported by conftest's fixtures
+
+        self.pids = container_pids(pod, "operator")
+        (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
+        self.container_id = status["containerID"].split("://", 1)[1]
+
     def kill(self) -> None:
-        """SIGKILL the processes start() found, that are still that container's (no API call:
+        """SIGKILL the processes attach() found, that are still that container's (no API call:
         a test kills at a moment it chooses)."""
         killed = []
         for pid in self.pids:
@@ -278,19 +206,34 @@ class _Container:
         )
 
 
+def assert_from_built_image(pod: dict[str, Any]) -> None:
+    """The operator pod runs on node-0, from the operator image the build produced."""
+    from tests.images.conftest import docker_engine, image_names
+
+    from .conftest import REAL_NODE
+
+    assert pod["spec"]["nodeName"] == REAL_NODE
+    built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
+    (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
+    assert status["imageID"] == built["Id"]
+
+
 class InClusterOperator:
     """The operator as users run it: installed by its chart (the defaults, `--verbose`, and the
     module's values) and running on node-0 from the operator image the build produced, under
-    the RBAC the chart makes. The same methods as OperatorProcess."""
+    the RBAC the chart makes."""
 
-    def __init__(self, cluster: Cluster, values: list[str]) -> None:
+    def __init__(self, cluster: Cluster, values: list[str], release: str = SUITE_RELEASE) -> None:
         self.cluster = cluster
         self.values = values
-        self.username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SUITE_RELEASE}"
-        self.process = _Container(self)
+        self.release = release  # also the Deployment's, ServiceAccount's and Lease's name
+        self.username = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{release}"
+        self.process = Container()
         self._seen: tuple[str, int] | None = None  # the pod and restart count start() saw
 
-    def install(self) -> None:
+    def install(self, *, start: bool = True) -> None:
+        """Install the release (all its replicas ready); then, with ``start``, follow its one
+        pod."""
         self.cluster.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
         self.cluster.kubectl(
             "label", "namespace", SYSTEM_NAMESPACE, "--overwrite",
@@ -300,20 +243,22 @@ class InClusterOperator:
         # The CRD is the `crds` fixture's, and the aggregated LocalModel roles are left to the
         # installs under test (test_install.py): the suite's release owns nothing shared.
         self.cluster.helm(
-            "install", SUITE_RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE,
+            "install", self.release, str(CHART), "--namespace", SYSTEM_NAMESPACE,
             "--wait", "--timeout", "180s", "--set", "operator.verbose=true",
             "--set", "crds.enabled=false", "--set", "rbac.aggregateToDefaultRoles=false",
             *self.values,
         )  # fmt: skip
-        self.start()
+        if start:
+            self.start()
 
     def uninstall(self) -> None:
-        self.cluster.helm("uninstall", SUITE_RELEASE, "--namespace", SYSTEM_NAMESPACE,
+        self.cluster.helm("uninstall", self.release, "--namespace", SYSTEM_NAMESPACE,
                           "--ignore-not-found", "--wait")  # fmt: skip
 
-    def _pods(self) -> list[dict[str, Any]]:
+    def pods(self) -> list[dict[str, Any]]:
+        """The release's operator pods that are not being deleted."""
         selector = (
-            f"app.kubernetes.io/instance={SUITE_RELEASE},app.kubernetes.io/name=slm-operator,"
+            f"app.kubernetes.io/instance={self.release},app.kubernetes.io/name=slm-operator,"
             "app.kubernetes.io/component!=test"
         )
         out = self.cluster.kubectl(
@@ -325,7 +270,7 @@ class InClusterOperator:
     def pod(self) -> dict[str, Any]:
         """The one live operator pod."""
         (pod,) = wait_for(
-            lambda: pods if len(pods := self._pods()) == 1 else None,
+            lambda: pods if len(pods := self.pods()) == 1 else None,
             timeout=60,
             what="one operator pod",
         )
@@ -344,10 +289,6 @@ class InClusterOperator:
     def start(self) -> None:
         """Wait until the operator runs again (a new pod, or its container restarted by the
         kubelet) and is ready; check that it is node-0's, from the built image."""
-        from tests.images.conftest import docker_engine, image_names
-
-        from .conftest import REAL_NODE, container_pids
-
         before = self._seen
 
         def ready() -> dict[str, Any] | None:
@@ -359,22 +300,17 @@ class InClusterOperator:
         pod = wait_for(ready, timeout=180, what="the operator ready", interval=0.5)
         name, restarts, _ = self._state(pod)
         self._seen = (name, restarts)
-        self.process.pids = container_pids(pod, "operator")
-        self.process.container_id = pod["status"]["containerStatuses"][0]["containerID"].split(
-            "://", 1
-        )[1]
-        assert pod["spec"]["nodeName"] == REAL_NODE
-        built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
-        assert pod["status"]["containerStatuses"][0]["imageID"] == built["Id"]
+        self.process.attach(pod)
+        assert_from_built_image(pod)
 
     def restart(self) -> None:
         """Scale the Deployment to zero until its pod is gone, then back to one: a new operator
         starts from the cluster's state alone, never beside the old one."""
-        deployment = f"deployment/{SUITE_RELEASE}"
+        deployment = f"deployment/{self.release}"
         self.cluster.kubectl("scale", deployment, "--replicas=0", namespace=SYSTEM_NAMESPACE)
         wait_for(
             lambda: not self.cluster.kubectl(
-                "get", "pods", "-l", f"app.kubernetes.io/instance={SUITE_RELEASE}", "-o", "name",
+                "get", "pods", "-l", f"app.kubernetes.io/instance={self.release}", "-o", "name",
                 namespace=SYSTEM_NAMESPACE,
             ).stdout.strip(),
             timeout=60, what="the operator pod gone",
@@ -387,17 +323,18 @@ class InClusterOperator:
         name, restarts, is_ready = self._state(self.pod())
         return (name, restarts) == self._seen and is_ready
 
-    def log(self) -> str:
-        """What the operator printed: the previous container's output too after a restart."""
-        name = self.pod()["metadata"]["name"]
+    def log(self, name: str | None = None) -> str:
+        """What the operator printed (the one pod's, or pod ``name``'s): the previous
+        container's output too after a restart."""
+        name = name or self.pod()["metadata"]["name"]
         previous = self.cluster.kubectl(
             "logs", name, "--previous", namespace=SYSTEM_NAMESPACE, check=False
         ).stdout
         return previous + self.cluster.kubectl("logs", name, namespace=SYSTEM_NAMESPACE).stdout
 
-    def metrics(self) -> str:
-        """The operator's /metrics text, from its pod's address."""
-        ip = self.pod()["status"]["podIP"]
+    def metrics(self, pod: dict[str, Any] | None = None) -> str:
+        """The operator's /metrics text, from its (or ``pod``'s) address."""
+        ip = (pod or self.pod())["status"]["podIP"]
         return httpx.get(f"http://{ip}:9090/metrics", timeout=5).text
 
 

@@ -1,16 +1,16 @@
-"""Two operator replicas over one Lease: exactly one reconciles, the other takes over.
+"""Two operator replicas from the chart (`replicaCount=2`, `leaderElection.enabled`): exactly
+one reconciles, and when its pod dies the other takes over.
 
-Each replica runs under a ServiceAccount of its own, so the audit log tells their requests
-apart. The Lease uses the chart's default duration (15 s).
+Both replicas run on node-0 from the operator image under the chart's ServiceAccount; the audit
+log tells their requests apart by the pod its token was bound to. The Lease uses the chart's
+default duration (15 s).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -18,14 +18,14 @@ import pytest
 from .conftest import KWOK_SCHEDULING, Cluster
 from .operator_run import (
     SYSTEM_NAMESPACE,
-    OperatorProcess,
-    install_rbac,
-    run_operator,
+    Container,
+    InClusterOperator,
+    assert_from_built_image,
     wait_for,
     writes_by,
 )
 
-ACTIVE, STANDBY = "slm-operator-a", "slm-operator-b"
+RELEASE = "slm-operator-ha"  # apart from the other modules' release; the Lease's name too
 INSTANCE = "app.kubernetes.io/instance"
 
 
@@ -44,10 +44,10 @@ def localmodel(name: str) -> dict[str, Any]:
     }
 
 
-def holder(cluster: Cluster, lease: str) -> str | None:
+def holder(cluster: Cluster) -> str | None:
     """The Lease's holder, or None when it does not exist yet."""
     out = cluster.kubectl(
-        "get", "lease", lease, "-o", "json", "--ignore-not-found", namespace=SYSTEM_NAMESPACE
+        "get", "lease", RELEASE, "-o", "json", "--ignore-not-found", namespace=SYSTEM_NAMESPACE
     ).stdout
     return json.loads(out)["spec"].get("holderIdentity") if out.strip() else None
 
@@ -66,64 +66,109 @@ def count(cluster: Cluster, namespace: str, kind: str, name: str) -> int:
     return len(out.split())
 
 
-@pytest.fixture
-def replicas(
-    cluster: Cluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[OperatorProcess, OperatorProcess, str]]:
-    """Replica a (started first, so it leads) and replica b, sharing a fresh Lease."""
-    install_rbac(cluster, (ACTIVE, STANDBY))
-    lease = f"ha-{uuid.uuid4().hex[:8]}"
-    env = {
-        "SLM_OPERATOR_LEADER_ELECTION": "true",
-        "SLM_OPERATOR_LEASE_NAMESPACE": SYSTEM_NAMESPACE,
-        "SLM_OPERATOR_LEASE_NAME": lease,
+def ready_pods(op: InClusterOperator) -> dict[str, dict[str, Any]]:
+    """The release's pods whose operator container is ready, by name."""
+    return {
+        pod["metadata"]["name"]: pod
+        for pod in op.pods()
+        if all(c.get("ready") for c in pod["status"].get("containerStatuses") or [{}])
     }
-    workdir = tmp_path_factory.mktemp("ha")
-    with ExitStack() as stack:
-        a = stack.enter_context(
-            run_operator(cluster, workdir, {**env, "SLM_OPERATOR_IDENTITY": "a"}, ACTIVE)
-        )
-        wait_for(lambda: holder(cluster, lease) == "a", timeout=30, what="replica a to lead")
-        b = stack.enter_context(
-            run_operator(cluster, workdir, {**env, "SLM_OPERATOR_IDENTITY": "b"}, STANDBY)
-        )
-        yield a, b, lease
 
 
-def test_one_replica_reconciles_and_the_standby_takes_over_after_sigkill(
-    cluster: Cluster,
-    namespace: str,
-    replicas: tuple[OperatorProcess, OperatorProcess, str],
+@pytest.fixture
+def replicas(cluster: Cluster, crds: list[str]) -> Iterator[InClusterOperator]:
+    """The chart installed with two replicas and leader election (both ready)."""
+    op = InClusterOperator(
+        cluster,
+        ["--set", "replicaCount=2", "--set", "leaderElection.enabled=true"],
+        release=RELEASE,
+    )
+    lease = ("lease", RELEASE, "--ignore-not-found")
+    try:
+        cluster.kubectl("delete", *lease, namespace=SYSTEM_NAMESPACE)  # an earlier run's
+        op.install(start=False)
+        yield op
+    finally:
+        op.uninstall()
+        cluster.kubectl("delete", *lease, namespace=SYSTEM_NAMESPACE)
+
+
+def test_one_replica_reconciles_and_the_other_takes_over_when_its_pod_dies(
+    cluster: Cluster, namespace: str, replicas: InClusterOperator
 ) -> None:
-    a, b, lease = replicas
+    op = replicas
     started = time.time() - 1
+    pods = wait_for(
+        lambda: found if len(found := ready_pods(op)) == 2 else None,
+        timeout=60,
+        what="two ready operator pods",
+    )
+    for pod in pods.values():
+        assert_from_built_image(pod)
+    leader = wait_for(
+        lambda: (now := holder(cluster)) in pods and now,
+        timeout=30,
+        what="one of them to take the Lease",
+    )
+    (standby,) = set(pods) - {leader}
+
     cluster.apply(localmodel("before"), namespace)
     wait_for(lambda: phase(cluster, namespace, "before") == "Ready", timeout=90, what="before")
-    assert "slm_operator_leader 1.0" in a.metrics()
-    assert "standby as b" in b.log()
-    assert holder(cluster, lease) == "a"
+    assert "slm_operator_leader 1.0" in op.metrics(pods[leader])
+    assert f"leading as {leader}" in op.log(leader)
+    assert f"standby as {standby}" in op.log(standby)
+    assert f"leading as {standby}" not in op.log(standby)
+    assert holder(cluster) == leader
     # The standby has only read the Lease so far (the audit log is written synchronously).
-    assert writes_by(cluster, b.username, started) == []
+    assert writes_by(cluster, op.username, started, pod=standby) == []
+    assert writes_by(cluster, op.username, started, namespace, pod=leader)
 
-    # SIGKILL: no chance to hand the Lease over; b waits for it to expire.
-    assert a.process is not None
-    a.process.kill()
-    a.process.wait()
+    # The leader's pod is lost: its processes SIGKILLed (no chance to hand the Lease over) and
+    # the pod removed at once, as when its node fails. The Lease passes when it expires.
+    container = Container()
+    container.attach(pods[leader])
+    container.kill()
     killed = time.time()
-    wait_for(lambda: holder(cluster, lease) == "b", timeout=30, what="replica b to take over")
+    cluster.kubectl(
+        "delete", "pod", leader, "--grace-period=0", "--force", "--wait=false",
+        namespace=SYSTEM_NAMESPACE,
+    )  # fmt: skip
+    successor = wait_for(
+        lambda: (now := holder(cluster)) != leader and now,
+        timeout=60,
+        what="another replica to take the Lease over",
+    )
     took_over = time.time()
-    wait_for(lambda: "leading as b" in b.log(), timeout=10, what="b to start its controller")
-
+    # The standby, or the Deployment's replacement pod if it asked first once the Lease expired.
+    assert successor != leader
+    wait_for(
+        lambda: f"leading as {successor}" in op.log(successor),
+        timeout=30,
+        what=f"{successor} to start its controller",
+    )
     # Its first write is the Lease it takes over.
-    first = writes_by(cluster, b.username, started)[0]
+    first = writes_by(cluster, op.username, started, pod=successor)[0]
     assert first["objectRef"]["resource"] == "leases"
 
-    # b reconciles: a new model comes up, the old one keeps exactly one set of children.
+    # The successor reconciles: a new model comes up, the old one keeps one set of children.
     cluster.apply(localmodel("after"), namespace)
     wait_for(lambda: phase(cluster, namespace, "after") == "Ready", timeout=90, what="after")
     for name in ("before", "after"):
         assert count(cluster, namespace, "deployments", name) == 1
         assert count(cluster, namespace, "services", name) == 1
         assert count(cluster, namespace, "poddisruptionbudgets", name) == 1
-    assert writes_by(cluster, b.username, took_over - 1, namespace)
-    print(f"takeover after SIGKILL: {took_over - killed:.1f}s")
+    assert writes_by(cluster, op.username, took_over - 1, namespace, pod=successor)
+
+    # The Deployment is back at two replicas, and the one that does not lead has written nothing.
+    pods = wait_for(
+        lambda: found if len(found := ready_pods(op)) == 2 and leader not in found else None,
+        timeout=90,
+        what="two ready operator pods again",
+    )
+    assert successor in pods
+    (waiting,) = set(pods) - {successor}
+    assert f"standby as {waiting}" in op.log(waiting)
+    assert writes_by(cluster, op.username, started, pod=waiting) == []
+    assert holder(cluster) == successor
+    by = "the standby" if successor == standby else "the replacement pod"
+    print(f"takeover by {by} after the leader's pod was lost: {took_over - killed:.1f}s")
