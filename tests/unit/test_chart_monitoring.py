@@ -85,10 +85,17 @@ def test_rules_pass_promtool_check_and_name_exported_metrics(tmp_path: Path) -> 
         assert used <= exported, (name, used - exported)
 
 
-PULL_DESCRIPTION = (
-    "The pull failed (DigestMismatch): the Ready condition of `kubectl describe localmodel -n "
-    "team-a qwen` names the source, the error and what to change."
-)
+def pull_failed(model: str, reason: str) -> Obj:
+    return {
+        "exp_labels": {"severity": "critical", "namespace": "team-a", "localmodel": model,
+                       "reason": reason},
+        "exp_annotations": {
+            "summary": f"LocalModel team-a/{model} could not get its model.",
+            "description": f"Its model could not be pulled or used ({reason}): the Ready "
+            f"condition of `kubectl describe localmodel -n team-a {model}` names the source, "
+            "the error and what to change.",
+        },
+    }  # fmt: skip
 
 
 def not_ready(model: str, now: str) -> Obj:
@@ -110,12 +117,15 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
     status = "slm_operator_model_status"
     requests = "slm_runtime_requests_total"
     series = [
-        # Operator: one model stuck Pulling, one whose digest did not match, one that moved
-        # from Pulling to Deploying without ever being Ready, one Ready, one scaled to zero.
+        # Operator: one model stuck Pulling, one whose digest did not match, one whose file
+        # does not load, one that moved from Pulling to Deploying without ever being Ready, one
+        # Ready, one scaled to zero.
         (f'{status}{{namespace="team-a",localmodel="gemma",phase="Pulling",reason="NotReady"}}',
          "1x40"),
         (f'{status}{{namespace="team-a",localmodel="qwen",phase="Failed",'
          'reason="DigestMismatch"}', "1x40"),
+        (f'{status}{{namespace="team-a",localmodel="broken",phase="Failed",'
+         'reason="ModelCorrupt"}', "1x40"),
         (f'{status}{{namespace="team-a",localmodel="moving",phase="Pulling",reason="NotReady"}}',
          "1x11"),
         (f'{status}{{namespace="team-a",localmodel="moving",phase="Deploying",'
@@ -149,6 +159,7 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
             "SLMModelNotReady",
             "25m",
             [
+                not_ready("broken", "Failed (ModelCorrupt)"),
                 not_ready("gemma", "Pulling (NotReady)"),
                 not_ready("moving", "Deploying (NotReady)"),
                 not_ready("qwen", "Failed (DigestMismatch)"),
@@ -157,16 +168,7 @@ def test_each_alert_fires_for_the_model_in_trouble_and_not_for_a_healthy_one(
         (
             "SLMModelPullFailed",
             "5m",
-            [
-                {
-                    "exp_labels": {"severity": "critical", "namespace": "team-a",
-                                   "localmodel": "qwen", "reason": "DigestMismatch"},
-                    "exp_annotations": {
-                        "summary": "LocalModel team-a/qwen could not get its model.",
-                        "description": PULL_DESCRIPTION,
-                    },
-                }
-            ],
+            [pull_failed("broken", "ModelCorrupt"), pull_failed("qwen", "DigestMismatch")],
         ),
         ("SLMModelQueueSaturated", "5m", []),  # not for 10m yet
         (
