@@ -12,7 +12,9 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import signal
 import threading
+from types import FrameType
 from typing import Any
 
 from kubernetes.leaderelection import electionconfig, leaderelection
@@ -66,11 +68,23 @@ def wait_for_leadership(settings: OperatorSettings) -> None:
         settings.lease_name,
     )
     threading.Thread(target=election.run, name="leader-election", daemon=True).start()
-    leading.wait()
+    # In a container the operator is PID 1, which the kernel spares from signals it has no
+    # handler for: without one a standby would ignore SIGTERM until the kubelet's SIGKILL.
+    # (kopf installs its own once the controller starts.)
+    previous = signal.signal(signal.SIGTERM, _stop_standby)
+    try:
+        leading.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     health.shutdown()
     health.server_close()
     metrics.LEADER.set(1)
     log.info("leading as %s: starting the controller", settings.identity)
+
+
+def _stop_standby(signum: int, frame: FrameType | None) -> None:
+    log.info("stopping: standby, nothing to hand over")
+    raise SystemExit(0)
 
 
 def _lost() -> None:

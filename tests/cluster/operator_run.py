@@ -134,12 +134,15 @@ def writes_by(
     since: float,
     namespace: str | None = None,
     pod: str | None = None,
+    *,
+    carried_out: bool = False,
 ) -> list[dict[str, Any]]:
     """Mutating requests the audit log recorded for ``username`` after ``since`` (epoch s).
 
     With ``namespace``, only requests for objects in it (other tests share the cluster); with
     ``pod``, only those made with the token the kubelet gave that pod (replicas of one
-    Deployment share a ServiceAccount).
+    Deployment share a ServiceAccount); with ``carried_out``, only those the API server did not
+    refuse (a Lease update that lost a race gets 409 and changes nothing).
     """
     found = []
     for line in Path(cluster.audit_log).read_text().splitlines():
@@ -150,6 +153,8 @@ def writes_by(
         if entry.get("user", {}).get("username") != username:
             continue
         if entry.get("verb") not in {"create", "update", "patch", "delete", "deletecollection"}:
+            continue
+        if carried_out and entry.get("responseStatus", {}).get("code", 0) >= 400:
             continue
         if namespace and entry.get("objectRef", {}).get("namespace") != namespace:
             continue
@@ -185,14 +190,14 @@ class Container:
         (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
         self.container_id = status["containerID"].split("://", 1)[1]
 
-    def kill(self) -> None:
-        """SIGKILL the processes attach() found, that are still that container's (no API call:
-        a test kills at a moment it chooses)."""
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the processes attach() found, that are still that container's (no
+        API call: a test kills at a moment it chooses)."""
         killed = []
         for pid in self.pids:
             try:
                 if self.container_id in Path(f"/proc/{pid}/cgroup").read_text():
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, sig)
                     killed.append(pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue
@@ -254,6 +259,12 @@ class InClusterOperator:
     def uninstall(self) -> None:
         self.cluster.helm("uninstall", self.release, "--namespace", SYSTEM_NAMESPACE,
                           "--ignore-not-found", "--wait")  # fmt: skip
+
+    def pod_status(self, name: str) -> dict[str, Any]:
+        """The operator container's status in pod ``name`` (empty before it has one)."""
+        pod = self.cluster.get("pod", name, SYSTEM_NAMESPACE)
+        statuses = pod.get("status", {}).get("containerStatuses") or []
+        return next((s for s in statuses if s["name"] == "operator"), {})
 
     def pods(self) -> list[dict[str, Any]]:
         """The release's operator pods that are not being deleted."""
