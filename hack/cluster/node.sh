@@ -135,9 +135,11 @@ node_start() {
     "subjectAltName=IP:${SLM_NODE_IP},DNS:${SLM_NODE_NAME}
 extendedKeyUsage=serverAuth"
   gen_cert kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
+  gen_cert coredns "/CN=system:coredns" "extendedKeyUsage=clientAuth"
   chmod 600 "${pki}"/*.key
   node_kubeconfig kubelet kubelet
   node_kubeconfig kube-proxy kube-proxy
+  node_kubeconfig coredns coredns
 
   local c="${node_dir}/containerd" cri="plugins.'io.containerd.cri.v1.runtime'"
   cat >"${c}/config.toml" <<EOF
@@ -242,13 +244,33 @@ EOF
   log "starting kube-proxy ${K8S_VERSION} (iptables)"
   start kube-proxy "${kube_proxy}" --config="${node_dir}/kube-proxy.yaml"
 
+  # CoreDNS reads what it answers from and nothing else (the rules of its own manifests).
+  kubectl apply --server-side -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
+EOF
   cat >"${node_dir}/Corefile" <<EOF
 .:53 {
   bind ${SLM_NODE_IP}
   errors
   ready 127.0.0.1:${SLM_COREDNS_READY_PORT}
   kubernetes cluster.local in-addr.arpa ip6.arpa {
-    kubeconfig ${SLM_KUBECONFIG} slm-test
+    kubeconfig ${node_dir}/coredns.kubeconfig default
     pods insecure
     fallthrough in-addr.arpa ip6.arpa
   }
