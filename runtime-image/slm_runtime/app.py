@@ -122,6 +122,8 @@ def create_app(
         load_seconds = time.monotonic() - started
         engine = result.engine
         metrics.load_seconds.set(load_seconds)
+        capacity = engine.context_length * config.parallel
+        metrics.kv_cache_usage.set_function(lambda: min(1.0, engine.kv_tokens() / capacity))
         metrics.device.info(
             {
                 "device": engine.device.value,

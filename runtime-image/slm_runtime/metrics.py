@@ -51,6 +51,12 @@ class Metrics:
         self.queued = Gauge(
             "slm_runtime_requests_queued", "Requests waiting for a sequence slot.", registry=r
         )
+        self.kv_cache_usage = Gauge(
+            "slm_runtime_kv_cache_usage_ratio",
+            "Fraction of the KV cache (context length x parallel sequences) that running requests "
+            "hold, from 0 to 1; prefixes kept for reuse by later requests count as free.",
+            registry=r,
+        )
         self.load_seconds = Gauge(
             "slm_runtime_model_load_seconds", "Seconds the model took to load.", registry=r
         )

@@ -407,3 +407,67 @@ def test_a_shared_prompt_prefix_is_reused_and_changes_no_output(
     cold = server_factory(config)
     cold_client = openai.OpenAI(base_url=cold.url + "/v1", api_key="unused")
     assert complete(second, cold_client) == (continued, second_tokens, 0)
+
+
+KV_USAGE = "slm_runtime_kv_cache_usage_ratio"
+
+
+def test_model_server_protocol_gauges_follow_a_running_request(
+    gemma_gguf: Path, server_factory: Factory
+) -> None:
+    """The gauges a Gateway API Inference Extension endpoint picker reads: requests waiting,
+    requests running, and the share of the KV cache the running ones hold."""
+    server = server_factory(
+        gemma_config(gemma_gguf, parallel=2, parameters={"contextLength": 512, "numPredict": -1})
+    )
+    assert server.metric(KV_USAGE) == 0
+    client, stream = _open_stream(server, "/api/generate", prose(-1))
+    try:
+        lines = stream.iter_lines()
+        next(lines)
+        assert server.metric("slm_runtime_requests_in_flight") == 1
+        assert server.metric("slm_runtime_requests_queued") == 0
+        first = server.metric(KV_USAGE)
+        # The prompt and what was generated so far, in one of two 512-token sequences.
+        assert 0 < first <= 0.5
+        for _ in range(16):
+            next(lines)
+        wait_until(lambda: server.metric(KV_USAGE) > first, 30, "the running request to grow")
+        assert server.metric(KV_USAGE) <= 0.5
+    finally:
+        stream.close()
+        client.close()
+    wait_until(lambda: server.metric("slm_runtime_requests_in_flight") == 0, 30, "the slot free")
+    # The finished sequence's tokens stay cached for reuse, but no running request holds them.
+    assert server.metric(KV_USAGE) == 0
+
+
+def test_onnx_engine_counts_the_kv_its_running_generators_hold() -> None:
+    engine = OnnxGenaiEngine(str(TINY_ONNX), Device.CPU, context_length=None, threads=1)
+    held: list[int] = []
+
+    async def run() -> list[Event]:
+        params = SamplingParams(max_tokens=400, temperature=0.0)
+        generation = engine.generate("hello", params, asyncio.get_running_loop())
+        events: list[Event] = []
+
+        async def consume() -> None:
+            events.extend([event async for event in generation.events()])
+
+        consumer = asyncio.create_task(consume())
+        while not consumer.done():
+            held.append(engine.kv_tokens())
+            await asyncio.sleep(0)
+        return events
+
+    try:
+        assert engine.kv_tokens() == 0
+        events = asyncio.run(run())
+        after = engine.kv_tokens()
+    finally:
+        engine.close()
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert max(held) > 0, "never saw the generator running"
+    assert max(held) <= finished.prompt_tokens + finished.completion_tokens
+    assert after == 0

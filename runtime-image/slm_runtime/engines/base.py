@@ -236,6 +236,11 @@ class Engine(Protocol):
         """Number of tokens ``text`` encodes to, as the engine would feed it."""
         ...
 
+    def kv_tokens(self) -> int:
+        """Tokens the KV cache holds for running generations (any thread); prefixes kept only
+        for reuse by later requests are not counted."""
+        ...
+
     def generate(
         self, prompt: str, params: SamplingParams, loop: asyncio.AbstractEventLoop
     ) -> Generation:

@@ -268,6 +268,7 @@ class LlamaCppEngine:
 
         self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
         self._free: list[_Slot] = [_Slot(i) for i in range(parallel)]
+        self._active: list[_Sequence] = []  # the decode thread's; others only copy it
         self._admitted = 0
         self._outbox = Outbox()
         self._closed = False
@@ -437,8 +438,12 @@ class LlamaCppEngine:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
+    def kv_tokens(self) -> int:
+        """Positions the running sequences hold in the context's KV cache."""
+        return sum(seq.n_past for seq in list(self._active))
+
     def _run(self) -> None:
-        active: list[_Sequence] = []
+        active = self._active
         while True:
             self._admit(active, block=not active)
             if self._closed:

@@ -98,6 +98,8 @@ class OnnxGenaiEngine:
         self.device = device
         self.threads = threads
         self._tokenizer = og.Tokenizer(self._model)
+        self._held: dict[Generation, int] = {}  # each running generator's sequence length
+        self._held_lock = threading.Lock()
         genai = json.loads((root / "genai_config.json").read_text(encoding="utf-8"))
         model_cfg = genai.get("model", {})
         trained = int(model_cfg.get("context_length", 2048))
@@ -132,6 +134,18 @@ class OnnxGenaiEngine:
     def count_tokens(self, text: str) -> int:
         """Number of tokens the prompt takes."""
         return len(self.tokenize(text))
+
+    def kv_tokens(self) -> int:
+        """Tokens the running generators' KV caches hold."""
+        with self._held_lock:
+            return sum(self._held.values())
+
+    def _hold(self, generation: Generation, length: int | None) -> None:
+        with self._held_lock:
+            if length is None:
+                self._held.pop(generation, None)
+            else:
+                self._held[generation] = length
 
     def generate(
         self, prompt: str, params: SamplingParams, loop: asyncio.AbstractEventLoop
@@ -179,6 +193,7 @@ class OnnxGenaiEngine:
             gen_params.set_search_options(**options)
             generator = og.Generator(self._model, gen_params)
             generator.append_tokens(tokens)
+            self._hold(generation, len(tokens))
             stream = self._tokenizer.create_stream()
             stop = StopMatcher(params.stop)
             while True:
@@ -192,6 +207,7 @@ class OnnxGenaiEngine:
                     reason = "stop"
                     break
                 produced += 1
+                self._hold(generation, len(tokens) + produced)
                 text, stopped = stop.feed(stream.decode(token))
                 if text:
                     generation.push(Delta(text))
@@ -208,6 +224,8 @@ class OnnxGenaiEngine:
             log.exception("onnxruntime-genai generation failed")
             generation.push(GenerationFailedError("generation failed"))
             return
+        finally:
+            self._hold(generation, None)
         end = time.monotonic()
         first = first or end
         generation.push(Finished(reason, len(tokens), produced, first - started, end - first))
