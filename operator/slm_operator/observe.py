@@ -156,7 +156,7 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
         ):
             unschedulable_since = _time(cond.get("lastTransitionTime"))
             scheduler_message = cond.get("message")
-    waiting_reason = waiting_message = container = out_of_memory = None
+    waiting_reason = waiting_message = container = out_of_memory = reported_limit = None
     restarts = 0
     pulling = False
     last_message = None
@@ -184,6 +184,9 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
             and out_of_memory is None
         ):
             out_of_memory = cs.get("name")
+            # What the kubelet applied to this container (status.containerStatuses[].resources),
+            # which a later template change does not rewrite.
+            reported_limit = ((cs.get("resources") or {}).get("limits") or {}).get("memory")
     return PodSummary(
         name=meta["name"],
         phase=status.get("phase", "Pending"),
@@ -193,8 +196,13 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
         container=container,
         last_termination_message=last_message,
         out_of_memory=out_of_memory,
-        # The caches keep pods without their spec: the Deployment's pod template says the same.
-        memory_limit=_memory_limit(obj.get("spec") or template or {}, out_of_memory)
+        # The caches keep pods without their spec: the Deployment's pod template says the same,
+        # unless it changed since the pod started.
+        memory_limit=(
+            str(reported_limit)
+            if reported_limit is not None
+            else _memory_limit(obj.get("spec") or template or {}, out_of_memory)
+        )
         if out_of_memory
         else None,
         restart_count=restarts,

@@ -241,6 +241,11 @@ def test_an_oom_killed_container_is_named_with_its_memory_limit() -> None:
     # The operator's caches keep pods without their spec: the Deployment's template has it.
     template = pod.pop("spec")
     assert pod_summary(pod, template).memory_limit == "64Mi"
+    # The kubelet reports the limit it applied: it wins over a template changed since.
+    applied = {"limits": {"memory": "48Mi"}, "requests": {"memory": "48Mi"}}
+    pod["status"]["containerStatuses"][0]["resources"] = applied
+    assert pod_summary(pod, template).memory_limit == "48Mi"
+    del pod["status"]["containerStatuses"][0]["resources"]
     del template["containers"][0]["resources"]
     assert pod_summary(pod, template).memory_limit is None
     pod["status"]["containerStatuses"][0]["lastState"] = {
