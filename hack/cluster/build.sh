@@ -159,7 +159,8 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${major} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}"
 }
 
-# The ServiceMonitor CRD and kwok's stage definitions, copied out of the module cache.
+# The ServiceMonitor and InferencePool CRDs and kwok's stage definitions, copied out of the
+# module cache.
 build_crds() {
   local dest="${SLM_BIN_DIR}/servicemonitor-crd-${PROM_OPERATOR_VERSION}.yaml" dir
   if [ ! -s "${dest}" ]; then
@@ -179,6 +180,16 @@ build_crds() {
     cp -r "${dir}/example/rbac" "${dest}.tmp/rbac"
     chmod -R u+w "${dest}.tmp"
     mv "${dest}.tmp" "${dest}"
+  fi
+  # The Gateway API Inference Extension's InferencePool CRD, for the tests of the pools the
+  # operator renders (it ships no endpoint picker, and neither do the tests).
+  dest="${SLM_BIN_DIR}/inferencepool-crd-${INFERENCE_EXTENSION_VERSION}.yaml"
+  if [ ! -s "${dest}" ]; then
+    dir="$(cd / && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api-inference-extension@${INFERENCE_EXTENSION_VERSION}" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [ -d "${dir}" ] || { echo "build.sh: no module folder for the Gateway API Inference Extension" >&2; exit 1; }
+    cp "${dir}/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "${dest}.tmp"
+    chmod u+w "${dest}.tmp"
+    mv -f "${dest}.tmp" "${dest}"
   fi
   dest="${SLM_BIN_DIR}/kwok-stages-${KWOK_VERSION}"
   if [ ! -d "${dest}" ]; then

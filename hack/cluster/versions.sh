@@ -15,6 +15,8 @@ PROM_OPERATOR_VERSION=v0.85.0
 # Prometheus v3.16.0 is the module version v0.316.0.
 PROMETHEUS_MODULE_VERSION=v0.316.0
 PROMETHEUS_VERSION=v3.16.0
+# The InferencePool CRD (inference.networking.k8s.io/v1) for the operator's pools.
+INFERENCE_EXTENSION_VERSION=v1.6.0
 # syft writes the images' SBOMs (hack/images/sbom.sh).
 SYFT_VERSION=v1.57.2
 SLM_CACHE_DIR="${SLM_CACHE_DIR:-${HOME}/.cache/slm-operator}"

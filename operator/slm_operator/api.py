@@ -570,6 +570,64 @@ class NetworkPolicySpec(_Spec):
     )
 
 
+class FailureMode(StrEnum):
+    """What a gateway does with a request when the endpoint picker does not answer."""
+
+    FAIL_CLOSE = "FailClose"
+    FAIL_OPEN = "FailOpen"
+
+
+class EndpointPickerRef(_Spec):
+    """The endpoint picker a gateway asks which pod of the pool takes each request."""
+
+    name: str = Field(
+        pattern=DNS1035_PATTERN,
+        max_length=63,
+        description="Service of the endpoint picker, in the LocalModel's namespace (deployed by "
+        "you; the operator ships none).",
+    )
+    port: int = Field(default=9002, ge=1, le=65535, description="Its ext-proc (gRPC) port.")
+    failure_mode: FailureMode = Field(
+        default=FailureMode.FAIL_CLOSE,
+        description="FailClose refuses a request the picker does not place; FailOpen sends it "
+        "to any pod of the pool.",
+    )
+
+
+class InferencePoolSpec(_Spec):
+    """An InferencePool (Gateway API Inference Extension) over the model's pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.enabled) || !self.enabled || has(self.endpointPickerRef)",
+                    "spec.serving.inferencePool.enabled needs endpointPickerRef: name the "
+                    "Service of the endpoint picker your gateway uses",
+                    ".endpointPickerRef",
+                )
+            ]
+        }
+    )
+
+    enabled: bool = Field(
+        default=False,
+        description="Create an InferencePool (inference.networking.k8s.io/v1) when its CRD exists.",
+    )
+    endpoint_picker_ref: EndpointPickerRef | None = Field(
+        default=None, description="The pool's endpoint picker; required when enabled."
+    )
+
+    @model_validator(mode="after")
+    def _enabled_needs_picker(self) -> InferencePoolSpec:
+        if self.enabled and self.endpoint_picker_ref is None:
+            raise ValueError(
+                "inferencePool.enabled needs endpointPickerRef: name the Service of the "
+                "endpoint picker your gateway uses"
+            )
+        return self
+
+
 class ServingSpec(_Spec):
     """How the model is served."""
 
@@ -591,6 +649,7 @@ class ServingSpec(_Spec):
         "<token>` get 401. Health and metrics stay open.",
     )
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    inference_pool: InferencePoolSpec = Field(default_factory=InferencePoolSpec)
 
     @field_validator("apis")
     @classmethod
@@ -885,6 +944,7 @@ class Reason(StrEnum):
     OUT_OF_MEMORY = "OutOfMemory"
     MODEL_CORRUPT = "ModelCorrupt"
     SERVICE_MONITOR_UNSUPPORTED = "ServiceMonitorUnsupported"
+    INFERENCE_POOL_UNSUPPORTED = "InferencePoolUnsupported"
 
 
 CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
@@ -938,6 +998,7 @@ CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
             Reason.OUT_OF_MEMORY,
             Reason.MODEL_CORRUPT,
             Reason.SERVICE_MONITOR_UNSUPPORTED,
+            Reason.INFERENCE_POOL_UNSUPPORTED,
             Reason.INVALID_SPEC,
             Reason.SECRET_NOT_FOUND,
             Reason.PULL_FAILED,

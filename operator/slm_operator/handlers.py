@@ -32,7 +32,8 @@ from slm_operator.watches import KindWatch, start_watches
 
 log = logging.getLogger(__name__)
 
-SERVICE_MONITOR_CRD: Final = "servicemonitors.monitoring.coreos.com"
+OPTIONAL_CRDS: Final = {kind.crd: kind for kind in OPTIONAL_KINDS}
+"""The CRDs of the optional child kinds (ServiceMonitor, InferencePool), by name."""
 RECONCILE_WORKERS: Final = 16
 """Threads that reconcile queued models; event handlers only queue them. A reconcile mostly
 waits on the API server's answers, so a burst of new models needs many in flight."""
@@ -128,7 +129,7 @@ async def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     "v1",
     "customresourcedefinitions",
     id="crds_idx",
-    when=lambda name, **_: name == SERVICE_MONITOR_CRD,
+    when=lambda name, **_: name in OPTIONAL_CRDS,
 )
 async def crds_idx(*, name: str, **_: Any) -> Any:
     """The optional CRDs the operator adapts to."""
@@ -139,17 +140,17 @@ async def crds_idx(*, name: str, **_: Any) -> Any:
     "apiextensions.k8s.io",
     "v1",
     "customresourcedefinitions",
-    when=lambda name, **_: name == SERVICE_MONITOR_CRD,
+    when=lambda name, **_: name in OPTIONAL_CRDS,
 )
-async def monitoring_crd_changed(*, type: str | None, **kwargs: Any) -> None:
-    """Create or prune ServiceMonitors when their CRD comes or goes."""
+async def optional_crd_changed(*, name: str, type: str | None, **kwargs: Any) -> None:
+    """Create or prune ServiceMonitors or InferencePools when their CRD comes or goes."""
     rec = reconciler()
     rec.caches.bind(kwargs)
+    kind = OPTIONAL_CRDS[name]
     if type == "DELETED":
-        for kind in OPTIONAL_KINDS:
-            rec.caches.drop_kind(kind)
+        rec.caches.drop_kind(kind)
     for watch in _watches:
-        if watch.kind in OPTIONAL_KINDS:
+        if watch.kind == kind:
             watch.crd_changed()
     if type is not None:
         rec.resync_all()

@@ -33,6 +33,11 @@ class Kind:
     plural: str
     namespaced: bool = True
 
+    @property
+    def crd(self) -> str:
+        """The name of the CustomResourceDefinition that would define this kind."""
+        return f"{self.plural}.{self.api_version.split('/')[0]}"
+
     def path(self, namespace: str | None = None, name: str | None = None) -> str:
         """The collection or item path."""
         group_version = self.api_version
@@ -58,6 +63,7 @@ PDB: Final = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 HPA: Final = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 NETWORK_POLICY: Final = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 SERVICE_MONITOR: Final = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+INFERENCE_POOL: Final = Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools")
 LOCAL_MODEL: Final = Kind(f"{GROUP}/{VERSION}", "LocalModel", PLURAL)
 CRD: Final = Kind(
     "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False
@@ -70,13 +76,14 @@ CHILD_KINDS: Final = (
     DEPLOYMENT,
     SERVICE,
     SERVICE_MONITOR,
+    INFERENCE_POOL,
     PDB,
     HPA,
     NETWORK_POLICY,
 )
 """Every kind render.py may produce, in apply order (config and storage before workloads)."""
 
-OPTIONAL_KINDS: Final = (SERVICE_MONITOR,)
+OPTIONAL_KINDS: Final = (SERVICE_MONITOR, INFERENCE_POOL)
 """Child kinds whose CRD may be absent, or come and go while the operator runs."""
 
 KINDS_BY_KEY: Final = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, POD, NODE, EVENT)}

@@ -220,6 +220,7 @@ def observation(
     job_pods: Iterable[Obj],
     runtime_pods: Iterable[Obj],
     service_monitor_crd: bool,
+    inference_pool_crd: bool,
     devices: Mapping[str, RuntimeDevice] | None = None,
 ) -> Observation:
     """Everything status needs about one LocalModel's children.
@@ -252,6 +253,7 @@ def observation(
         pull_job=job,
         pods=pods,
         service_monitor_crd=service_monitor_crd,
+        inference_pool_crd=inference_pool_crd,
         missing_secrets=tuple(missing),
         model=model_info(pulled) if pulled else None,
     )

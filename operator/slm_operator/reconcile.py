@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -42,8 +42,10 @@ from slm_operator.apply import (
 from slm_operator.kube import (
     CHILD_KINDS,
     DEPLOYMENT,
+    INFERENCE_POOL,
     JOB,
     POD,
+    SERVICE_MONITOR,
     Kind,
     Kube,
     Object,
@@ -474,13 +476,16 @@ class Reconciler:
 
         children = self.caches.children_now(key)
         deployment = next((c for c in children if ident(c) == _deployment_ident(lm)), None)
-        monitoring_crd = self.caches.crd_installed("servicemonitors.monitoring.coreos.com")
+        crds = InstalledCrds(
+            service_monitor=self.caches.crd_installed(SERVICE_MONITOR.crd),
+            inference_pool=self.caches.crd_installed(INFERENCE_POOL.crd),
+        )
         devices = self.devices.devices(
             key,
             (c for c in children if c["kind"] == POD.kind and not _is_puller(c)),
             lm.spec.serving.port,
         )
-        obs = _observe(children, deployment, None, monitoring_crd, devices)
+        obs = _observe(children, deployment, None, crds, devices)
 
         nodes = self.caches.nodes()
         requests = pod_resources(lm.spec, lm.status.model.size_bytes)
@@ -517,7 +522,8 @@ class Reconciler:
         # own init containers pulled would roll them, and so pull again.
         sized_by_pull = lm.spec.cache.mode is CacheMode.VOLUME
         options = RenderOptions(
-            service_monitor_supported=monitoring_crd,
+            service_monitor_supported=crds.service_monitor,
+            inference_pool_supported=crds.inference_pool,
             cluster_domain=self.settings.cluster_domain,
             model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
             metrics_from=tuple(self.settings.metrics_from),
@@ -525,7 +531,7 @@ class Reconciler:
         )
         desired = self._desired(key, version, lm, placement, options)
         job_name = next((o["metadata"]["name"] for o in desired if o["kind"] == JOB.kind), None)
-        obs = _observe(children, deployment, job_name, monitoring_crd, devices)
+        obs = _observe(children, deployment, job_name, crds, devices)
         obs = self._with_progress(key, obs, children, job_name)
         # The pulled size sizes the pods from their first start (no rollout once status has it),
         # and no server starts (and crash-loops) before its model volume is filled.
@@ -564,9 +570,7 @@ class Reconciler:
             # a Deployment just released from its hold already asks for its replicas.
             children = [c for c in children if ident(c) not in answers] + list(answers.values())
             deployment = answers.get(_deployment_ident(lm), deployment)
-            obs = _with_pull_progress(
-                _observe(children, deployment, job_name, monitoring_crd, devices), obs
-            )
+            obs = _with_pull_progress(_observe(children, deployment, job_name, crds, devices), obs)
 
         status = compute_status(
             lm,
@@ -796,11 +800,19 @@ class Reconciler:
         metrics.observe_model(key, status)
 
 
+@dataclass(frozen=True)
+class InstalledCrds:
+    """Which optional child kinds the cluster serves."""
+
+    service_monitor: bool
+    inference_pool: bool
+
+
 def _observe(
     children: list[Object],
     deployment: Object | None,
     job_name: str | None,
-    monitoring_crd: bool,
+    crds: InstalledCrds,
     devices: Mapping[str, RuntimeDevice],
 ) -> Observation:
     """The observation status reads; the pull Job is the one currently rendered, if any."""
@@ -819,7 +831,8 @@ def _observe(
             and (c["metadata"].get("labels") or {}).get("job-name") == job_name
         ],
         runtime_pods=[c for c in children if c["kind"] == POD.kind and not _is_puller(c)],
-        service_monitor_crd=monitoring_crd,
+        service_monitor_crd=crds.service_monitor,
+        inference_pool_crd=crds.inference_pool,
     )
 
 

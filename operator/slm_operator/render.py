@@ -83,6 +83,7 @@ from slm_operator.api import (
     LABEL_NAME,
     MANAGER_NAME,
     CacheMode,
+    EndpointPickerRef,
     LocalModel,
     ReclaimPolicy,
 )
@@ -149,6 +150,8 @@ class RenderOptions:
 
     service_monitor_supported: bool = True
     """Whether the monitoring.coreos.com ServiceMonitor CRD is installed."""
+    inference_pool_supported: bool = True
+    """Whether the inference.networking.k8s.io InferencePool CRD is installed."""
     cluster_domain: str = "cluster.local"
     model_size_bytes: int | None = None
     """The pulled model's size from status, for derived memory requests."""
@@ -748,6 +751,27 @@ def service_monitor(lm: LocalModel) -> Object:
     }
 
 
+def inference_pool(lm: LocalModel, picker: EndpointPickerRef) -> Object:
+    """``<lm>``: the model's pods as a Gateway API Inference Extension pool. A conformant gateway
+    sends the requests of an HTTPRoute that names the pool to the pod its endpoint picker
+    chooses; the picker reads the runtime's queue, running and KV-cache gauges on /metrics."""
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": _metadata(lm, lm.metadata.name),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(lm)},
+            "targetPorts": [{"number": lm.spec.serving.port}],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": picker.name,
+                "port": {"number": picker.port},
+                "failureMode": picker.failure_mode.value,
+            },
+        },
+    }
+
+
 def pod_disruption_budget(lm: LocalModel) -> Object:
     """``<lm>``: at most one server down at a time during voluntary disruptions."""
     return {
@@ -843,6 +867,9 @@ def render(lm: LocalModel, placement: Placement, options: RenderOptions) -> list
     objects += [deployment(lm, placement, options, config), service(lm)]
     if spec.monitoring.service_monitor and options.service_monitor_supported:
         objects.append(service_monitor(lm))
+    pool = spec.serving.inference_pool
+    if pool.enabled and pool.endpoint_picker_ref and options.inference_pool_supported:
+        objects.append(inference_pool(lm, pool.endpoint_picker_ref))
     if _wants_pdb(lm) and not options.hold_replicas:
         objects.append(pod_disruption_budget(lm))
     if spec.autoscaling.enabled and not options.hold_replicas:

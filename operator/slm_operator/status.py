@@ -156,6 +156,8 @@ class Observation:
     pods: tuple[PodSummary, ...] = ()
     service_monitor_crd: bool = True
     """Whether the monitoring.coreos.com ServiceMonitor CRD is installed."""
+    inference_pool_crd: bool = True
+    """Whether the inference.networking.k8s.io InferencePool CRD is installed."""
     missing_secrets: tuple[str, ...] = ()
     """Names of referenced Secrets that do not exist in the namespace."""
     model: ModelInfo | None = None
@@ -363,7 +365,7 @@ def compute_status(
         conds[ConditionType.DEGRADED] = degraded_cond
         conds[ConditionType.READY] = _ready(phase, model, deployment, desired, progress_cond)
     if conds[ConditionType.DEGRADED].status == "False":
-        conds[ConditionType.DEGRADED] = _monitoring_note(spec, obs, conds[ConditionType.DEGRADED])
+        conds[ConditionType.DEGRADED] = _missing_crd_note(spec, obs, conds[ConditionType.DEGRADED])
 
     generation = lm.metadata.generation
     seen = observation is not None
@@ -827,15 +829,29 @@ def _ready(
     return _Cond("False", Reason.NOT_READY, progressing.message)
 
 
-def _monitoring_note(spec: LocalModelSpec, obs: Observation, degraded: _Cond) -> _Cond:
+def _missing_crd_note(spec: LocalModelSpec, obs: Observation, degraded: _Cond) -> _Cond:
+    """A note on a healthy model: a child the spec asks for is not made, its CRD is missing."""
+    notes: list[tuple[Reason, str]] = []
     if spec.monitoring.service_monitor and not obs.service_monitor_crd:
-        return _Cond(
-            "False",
-            Reason.SERVICE_MONITOR_UNSUPPORTED,
-            "no ServiceMonitor created: the monitoring.coreos.com CRD is not installed; install "
-            "the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false",
+        notes.append(
+            (
+                Reason.SERVICE_MONITOR_UNSUPPORTED,
+                "no ServiceMonitor created: the monitoring.coreos.com CRD is not installed; "
+                "install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false",
+            )
         )
-    return degraded
+    if spec.serving.inference_pool.enabled and not obs.inference_pool_crd:
+        notes.append(
+            (
+                Reason.INFERENCE_POOL_UNSUPPORTED,
+                "no InferencePool created: the inference.networking.k8s.io CRD is not installed; "
+                "install the Gateway API Inference Extension CRDs or set "
+                "spec.serving.inferencePool.enabled: false",
+            )
+        )
+    if not notes:
+        return degraded
+    return _Cond("False", notes[0][0], "; ".join(message for _, message in notes))
 
 
 def _fit(kind: ConditionType, reason: Reason) -> Reason:

@@ -9,7 +9,8 @@ reasons. A model's children and pods change a dozen times while it starts (1000 
 some 15000 events), and each event costs kopf far more than a dict decode and a queue
 append. And a watch request that meets a CRD deleted or not yet served (404) stops kopf's
 whole operator, whereas here the thread waits for the CRD to change (``crd_changed``) or for
-its back-off to pass, so the ServiceMonitor CRD may come and go while the operator runs.
+its back-off to pass, so the ServiceMonitor and InferencePool CRDs may come and go while the
+operator runs.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from .conftest import (
     REAL_NODE,
     REAL_NODE_SCHEDULING,
     TINY_ONNX,
+    VERSIONS,
     Cluster,
 )
 from .operator_run import InClusterOperator, wait_for, writes_by
@@ -43,6 +44,10 @@ LOCALMODELS = "localmodels.slm.dev"
 SERVICE_MONITOR_CRD_FILE = next(
     (CACHE / "bin").glob("servicemonitor-crd-*.yaml"), CACHE / "bin" / "servicemonitor-crd.yaml"
 )
+INFERENCE_POOL_CRD_FILE = (
+    CACHE / "bin" / f"inferencepool-crd-{VERSIONS['INFERENCE_EXTENSION_VERSION']}.yaml"
+)
+INFERENCE_POOL_CRD = "inferencepools.inference.networking.k8s.io"
 INVALID_SPECS = ROOT / "tests" / "data" / "invalid-specs.yaml"
 
 
@@ -106,10 +111,23 @@ def wait_phase(
     return result
 
 
+def _get_name(cluster: Cluster, namespace: str, kind: str, name: str) -> str | None:
+    """``kind/name`` when the object exists, "" when kubectl says it does not, None when
+    kubectl cannot tell (an error, such as a kind whose CRD was installed a moment ago)."""
+    result = cluster.kubectl(
+        "get", kind, name, "-o", "name", "--ignore-not-found", namespace=namespace, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def exists(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:
     """Whether an object exists."""
-    result = cluster.kubectl("get", kind, name, "-o", "name", namespace=namespace, check=False)
-    return result.returncode == 0
+    return bool(_get_name(cluster, namespace, kind, name))
+
+
+def gone(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:
+    """Whether kubectl answers that the object does not exist."""
+    return _get_name(cluster, namespace, kind, name) == ""
 
 
 def test_model_on_kwok_nodes_reaches_ready(
@@ -147,7 +165,7 @@ def test_spec_that_cannot_work_fails_with_a_message(
     assert ready["reason"] == "InvalidSpec"
     assert "spec.hardware" in ready["message"]
     assert "gguf" in ready["message"]
-    assert not exists(cluster, namespace, "deployment", "npu-only")
+    assert gone(cluster, namespace, "deployment", "npu-only")
 
 
 def test_npu_preferred_gguf_falls_back_to_gpu_with_reason(
@@ -226,7 +244,7 @@ def test_full_gpu_steps_down_to_cpu_after_fallback_after(
     assert "nvidia.com/gpu" not in limits
     # The GPU frees up and the operator restarts: the model stays where the timer put it.
     cluster.kubectl("delete", "pod", "gpu-hog", "--grace-period=0", "--force", namespace=namespace)
-    wait_for(lambda: not exists(cluster, namespace, "pod", "gpu-hog"), timeout=30, what="GPU freed")
+    wait_for(lambda: gone(cluster, namespace, "pod", "gpu-hog"), timeout=30, what="GPU freed")
     operator.restart()
     st = wait_phase(cluster, namespace, "gpu-first", "Ready")
     assert st["backend"] == "cpu"
@@ -327,7 +345,7 @@ def test_parameter_change_rolls_pods_and_scale_works(
         "app.kubernetes.io/instance=roll" in st["selector"]
     )
     cluster.kubectl("scale", "localmodel", "roll", "--replicas=1", namespace=namespace)
-    wait_for(lambda: not exists(cluster, namespace, "pdb", "roll"), timeout=20, what="PDB pruned")
+    wait_for(lambda: gone(cluster, namespace, "pdb", "roll"), timeout=20, what="PDB pruned")
 
 
 def test_deletion_garbage_collects_children(
@@ -338,8 +356,8 @@ def test_deletion_garbage_collects_children(
     cluster.kubectl("delete", "localmodel", "gone", namespace=namespace)
     wait_for(
         lambda: (
-            not exists(cluster, namespace, "deployment", "gone")
-            and not exists(cluster, namespace, "configmap", "gone-config")
+            gone(cluster, namespace, "deployment", "gone")
+            and gone(cluster, namespace, "configmap", "gone-config")
         ),
         timeout=60,
         what="garbage collection",
@@ -628,7 +646,7 @@ def test_service_monitor_follows_monitoring_setting(
         "-p", json.dumps({"spec": {"monitoring": {"serviceMonitor": False}}}), namespace=namespace,
     )  # fmt: skip
     wait_for(
-        lambda: not exists(cluster, namespace, "servicemonitor", "scraped"),
+        lambda: gone(cluster, namespace, "servicemonitor", "scraped"),
         timeout=30,
         what="the ServiceMonitor to be pruned",
     )
@@ -668,6 +686,70 @@ def test_without_the_service_monitor_crd_a_condition_says_so(
             timeout=30,
             what=f"the {kind} restored after a hand delete",
         )
+    assert operator.alive(), operator.log()[-4000:]
+
+
+def test_an_inference_pool_follows_its_crd_and_the_spec(
+    cluster: Cluster, operator: InClusterOperator, namespace: str
+) -> None:
+    """The Gateway API Inference Extension's InferencePool (its CRD from the extension's Go
+    module; no gateway or endpoint picker runs here): made once the CRD exists, over the model's
+    own pods, and pruned when the spec no longer asks for it."""
+    picker = {"name": "pooled-epp", "failureMode": "FailOpen"}
+    pooled = localmodel(
+        "pooled", serving={"inferencePool": {"enabled": True, "endpointPickerRef": picker}}
+    )
+    cluster.kubectl("delete", "crd", INFERENCE_POOL_CRD, "--ignore-not-found")
+    try:
+        cluster.apply(pooled, namespace)
+        degraded = condition(wait_phase(cluster, namespace, "pooled", "Ready"), "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("False", "InferencePoolUnsupported")
+        assert "spec.serving.inferencePool.enabled" in degraded["message"]
+
+        cluster.kubectl("apply", "--server-side", "-f", str(INFERENCE_POOL_CRD_FILE))
+        cluster.wait_established(INFERENCE_POOL_CRD)
+        # The CRD is there: the pool follows without any change to the LocalModel.
+        wait_for(
+            lambda: exists(cluster, namespace, "inferencepool", "pooled"),
+            timeout=60,
+            what="the InferencePool once its CRD exists",
+        )
+        pool = cluster.get("inferencepool", "pooled", namespace)["spec"]
+        assert pool["targetPorts"] == [{"number": 8080}]
+        assert pool["endpointPickerRef"] == {
+            "group": "", "kind": "Service", "name": "pooled-epp", "port": {"number": 9002},
+            "failureMode": "FailOpen",
+        }  # fmt: skip
+        selector = ",".join(f"{k}={v}" for k, v in pool["selector"]["matchLabels"].items())
+        members = cluster.kubectl(
+            "get", "pods", "-l", selector, "-o", "jsonpath={.items[*].metadata.name}",
+            namespace=namespace,
+        ).stdout.split()  # fmt: skip
+        served = cluster.get("deployment", "pooled", namespace)["spec"]["selector"]["matchLabels"]
+        assert pool["selector"]["matchLabels"] == served
+        assert members, "the pool selects no pod"
+        assert not [name for name in members if "-pull-" in name], "the pool holds pull pods"
+        wait_for(
+            lambda: (
+                condition(status(cluster, namespace, "pooled"), "Degraded").get("reason")
+                == "AsExpected"
+            ),
+            timeout=30,
+            what="the note to go",
+        )
+
+        cluster.kubectl(
+            "patch", "localmodel", "pooled", "--type=merge",
+            "-p", json.dumps({"spec": {"serving": {"inferencePool": {"enabled": False}}}}),
+            namespace=namespace,
+        )  # fmt: skip
+        wait_for(
+            lambda: gone(cluster, namespace, "inferencepool", "pooled"),
+            timeout=30,
+            what="the InferencePool to be pruned",
+        )
+    finally:
+        cluster.kubectl("delete", "crd", INFERENCE_POOL_CRD, "--ignore-not-found")
     assert operator.alive(), operator.log()[-4000:]
 
 
@@ -789,7 +871,7 @@ def test_retained_model_volume_outlives_its_localmodel(
     assert names[0].startswith("kept-model-")
     assert not pvcs["items"][0]["metadata"].get("ownerReferences")
     cluster.kubectl("delete", "localmodel", "kept", namespace=namespace)
-    wait_for(lambda: not exists(cluster, namespace, "deployment", "kept"), timeout=60, what="GC")
+    wait_for(lambda: gone(cluster, namespace, "deployment", "kept"), timeout=60, what="GC")
     assert exists(cluster, namespace, "pvc", names[0])
 
 
@@ -846,7 +928,7 @@ def test_per_pod_and_image_cache_modes_reconcile(
     wait_phase(cluster, namespace, "perpod", "Ready")
     pod_spec = cluster.get("deployment", "perpod", namespace)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod_spec["initContainers"]] == ["pull"]
-    assert not exists(cluster, namespace, "jobs", "perpod")
+    assert gone(cluster, namespace, "jobs", "perpod")
     pvcs = cluster.kubectl("get", "pvc", "-o", "name", namespace=namespace).stdout
     assert "perpod" not in pvcs
 

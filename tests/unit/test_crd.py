@@ -241,6 +241,7 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
         ("spec.model", ".format"),
         ("spec.hardware", ".fallback"),
         ("spec.autoscaling", ".minReplicas"),
+        ("spec.serving.inferencePool", ".endpointPickerRef"),
         ("spec.resources", ".requests.cpu"),
         ("spec.resources", ".requests.memory"),
         ("spec.resources", ".requests['ephemeral-storage']"),

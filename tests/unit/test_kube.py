@@ -6,7 +6,7 @@ import json
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from slm_operator.kube import rejection
+from slm_operator.kube import OPTIONAL_KINDS, rejection
 
 pytestmark = pytest.mark.unit
 
@@ -25,3 +25,11 @@ def test_other_failures_are_not_refusals() -> None:
 def test_a_refusal_without_a_json_body_keeps_the_reason() -> None:
     refused = ApiException(status=422, reason="Unprocessable Entity", body="not json")
     assert rejection(refused) == "Unprocessable Entity"
+
+
+def test_optional_kinds_name_the_crds_that_define_them() -> None:
+    """The CRD names the operator watches for (kopf filters CustomResourceDefinitions by them)."""
+    assert {kind.crd for kind in OPTIONAL_KINDS} == {
+        "servicemonitors.monitoring.coreos.com",
+        "inferencepools.inference.networking.k8s.io",
+    }

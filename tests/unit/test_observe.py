@@ -54,7 +54,12 @@ def test_missing_secret_is_read_from_the_kubelet_error() -> None:
         "p", phase="Pending", containerStatuses=[{"name": "server", "state": {"waiting": waiting}}]
     )
     obs = observation(
-        deployment=None, pull_job=None, job_pods=[], runtime_pods=[pod], service_monitor_crd=True
+        deployment=None,
+        pull_job=None,
+        job_pods=[],
+        runtime_pods=[pod],
+        service_monitor_crd=True,
+        inference_pool_crd=True,
     )
     assert obs.missing_secrets == ("hf-token",)
 
@@ -76,7 +81,12 @@ def test_pull_result_comes_from_the_termination_message() -> None:
         ],
     )
     obs = observation(
-        deployment=None, pull_job=job, job_pods=[pod], runtime_pods=[], service_monitor_crd=True
+        deployment=None,
+        pull_job=job,
+        job_pods=[pod],
+        runtime_pods=[],
+        service_monitor_crd=True,
+        inference_pool_crd=True,
     )
     assert obs.pull_job is not None
     assert obs.pull_job.finished == "Complete"
@@ -95,7 +105,12 @@ def test_per_pod_pull_result_comes_from_the_init_container() -> None:
         containerStatuses=[{"name": "server", "state": {"running": {}}}],
     )
     obs = observation(
-        deployment=None, pull_job=None, job_pods=[], runtime_pods=[pod], service_monitor_crd=True
+        deployment=None,
+        pull_job=None,
+        job_pods=[],
+        runtime_pods=[pod],
+        service_monitor_crd=True,
+        inference_pool_crd=True,
     )
     assert obs.model is not None
     assert (obs.model.digest, obs.model.size_bytes) == (result["digest"], 34)
@@ -114,7 +129,12 @@ def test_failed_pull_keeps_the_pullers_message() -> None:
         ],
     )
     obs = observation(
-        deployment=None, pull_job=job, job_pods=[pod], runtime_pods=[], service_monitor_crd=True
+        deployment=None,
+        pull_job=job,
+        job_pods=[pod],
+        runtime_pods=[],
+        service_monitor_crd=True,
+        inference_pool_crd=True,
     )
     assert obs.pull_job is not None
     assert obs.pull_job.failure_message == message
@@ -210,6 +230,7 @@ def test_reported_devices_reach_the_pods_they_belong_to() -> None:
         job_pods=[],
         runtime_pods=[ready, _pod("gemma-b", phase="Pending")],
         service_monitor_crd=True,
+        inference_pool_crd=True,
         devices={"gemma-a": RuntimeDevice(Device.CPU)},
     )
     assert [(p.name, p.device) for p in obs.pods] == [

@@ -50,8 +50,9 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 KUBERNETES_VERSION = "1.36.0"
 """The schemas ``kubernetes-validate`` ships for the Kubernetes release the project targets."""
-UNVALIDATED_KINDS = frozenset({"ServiceMonitor"})
-"""Kinds outside Kubernetes itself (Prometheus Operator CRDs): no schema to check them against."""
+UNVALIDATED_KINDS = frozenset({"ServiceMonitor", "InferencePool"})
+"""Kinds outside Kubernetes itself (Prometheus Operator and Gateway API Inference Extension
+CRDs): no schema to check them against here (the cluster tests apply them)."""
 
 UID = "3f1c2a9e-7b4d-4e8a-9c6f-0d2b5e7a1c34"
 
@@ -774,6 +775,32 @@ def _no_service_monitor(objects: list[dict[str, Any]]) -> None:
     assert "ServiceMonitor" not in _kinds(objects)
 
 
+PICKER = {"name": "gemma-epp"}
+
+
+def _inference_pool(objects: list[dict[str, Any]]) -> None:
+    found = by_kind(objects)
+    pool = found["InferencePool"]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["metadata"]["name"] == "gemma3-270m"
+    # The pool is the model server pods, the ones the Service sends to (not the pull Job's).
+    assert pool["spec"]["selector"]["matchLabels"] == found["Service"]["spec"]["selector"]
+    # Asking for a pool leaves the pods as they are: turning it on or off restarts nothing.
+    plain = by_kind(render_variant("gemma"))["Deployment"]
+    assert found["Deployment"]["spec"]["template"] == plain["spec"]["template"]
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "kind": "Service",
+        "name": "gemma-epp",
+        "port": {"number": 9002},
+        "failureMode": "FailClose",
+    }
+
+
+def _no_inference_pool(objects: list[dict[str, Any]]) -> None:
+    assert "InferencePool" not in _kinds(objects)
+
+
 def _single_replica(objects: list[dict[str, Any]]) -> None:
     assert "PodDisruptionBudget" not in _kinds(objects)
     assert by_kind(objects)["Deployment"]["spec"]["replicas"] == 1
@@ -909,6 +936,23 @@ CASES: list[tuple[str, str, dict[str, Any], Placement, RenderOptions, Check]] = 
         _autoscaling,
     ),
     ("monitoring on", "gemma3-270m", {}, CPU, RenderOptions(), _monitoring_on),
+    ("no inference pool by default", "gemma3-270m", {}, CPU, RenderOptions(), _no_inference_pool),
+    (
+        "inference pool on",
+        "gemma3-270m",
+        {"serving": {"inferencePool": {"enabled": True, "endpointPickerRef": PICKER}}},
+        CPU,
+        RenderOptions(),
+        _inference_pool,
+    ),
+    (
+        "InferencePool CRD absent",
+        "gemma3-270m",
+        {"serving": {"inferencePool": {"enabled": True, "endpointPickerRef": PICKER}}},
+        CPU,
+        RenderOptions(inference_pool_supported=False),
+        _no_inference_pool,
+    ),
     (
         "monitoring off",
         "gemma3-270m",

@@ -748,6 +748,28 @@ def test_service_monitor_crd_absent_is_a_note_not_a_problem() -> None:
     )
 
 
+def test_inference_pool_crd_absent_is_a_note_and_both_missing_crds_are_named() -> None:
+    pool = {"inferencePool": {"enabled": True, "endpointPickerRef": {"name": "epp"}}}
+    lm = localmodel(serving={"replicas": 2, **pool})
+    observation = Observation(deployment=deployment(2), pull_job=PULLED, inference_pool_crd=False)
+    status = compute_status(lm, GPU, observation, now=NOW)
+    assert status.phase is Phase.READY
+    degraded = _by_type(status)[ConditionType.DEGRADED]
+    assert (degraded.status, degraded.reason) == ("False", Reason.INFERENCE_POOL_UNSUPPORTED)
+    assert "spec.serving.inferencePool.enabled" in degraded.message
+    assert "ServiceMonitor" not in degraded.message
+    neither = replace(observation, service_monitor_crd=False)
+    both = _by_type(compute_status(lm, GPU, neither, now=NOW))[ConditionType.DEGRADED]
+    assert both.reason is Reason.SERVICE_MONITOR_UNSUPPORTED
+    assert "no ServiceMonitor created" in both.message
+    assert "no InferencePool created" in both.message
+    off = localmodel(serving={"replicas": 2})
+    assert (
+        _by_type(compute_status(off, GPU, observation, now=NOW))[ConditionType.DEGRADED].reason
+        is Reason.AS_EXPECTED
+    )
+
+
 def test_autoscaling_desired_replicas_come_from_the_deployment() -> None:
     lm = localmodel(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 4})
     observation = Observation(deployment=deployment(3, desired=3), pull_job=PULLED)

@@ -250,6 +250,10 @@ def _written_messages() -> list[str]:
         service_monitor_crd=False,
     )
     found.append(_messages(lm, cpu, obs)["ServiceMonitorUnsupported"])
+    pool = {"inferencePool": {"enabled": True, "endpointPickerRef": {"name": "epp"}}}
+    pooled = _lm(serving={"replicas": 2, **pool})
+    obs = replace(obs, service_monitor_crd=True, inference_pool_crd=False)
+    found.append(_messages(pooled, cpu, obs)["InferencePoolUnsupported"])
     gpu = Placement(device=Device.GPU, option="nvidia-gpu", placed=True, reason=Reason.PLACED)
     stuck = PodSummary(
         name="p",
