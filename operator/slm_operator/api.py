@@ -281,6 +281,58 @@ RawObject = Annotated[
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
 
+_SPREAD_REQUIRED: Final = ("maxSkew", "topologyKey", "whenUnsatisfiable")
+_WHEN_UNSATISFIABLE: Final = ("DoNotSchedule", "ScheduleAnyway")
+
+
+def _check_spread_constraint(value: dict[str, Any]) -> dict[str, Any]:
+    """The fields Kubernetes requires of a TopologySpreadConstraint (the rest passes as is)."""
+    missing = [key for key in _SPREAD_REQUIRED if key not in value]
+    if missing:
+        raise ValueError(f"a topology spread constraint needs {', '.join(missing)}")
+    skew = value["maxSkew"]
+    if not isinstance(skew, int) or isinstance(skew, bool) or not 1 <= skew <= 2**31 - 1:
+        raise ValueError(f"maxSkew must be a whole number of at least 1, not {skew!r}")
+    if not isinstance(value["topologyKey"], str) or not value["topologyKey"]:
+        raise ValueError("topologyKey must name a node label, such as kubernetes.io/hostname")
+    if value["whenUnsatisfiable"] not in _WHEN_UNSATISFIABLE:
+        raise ValueError(f"whenUnsatisfiable must be one of {', '.join(_WHEN_UNSATISFIABLE)}")
+    return value
+
+
+SpreadConstraint = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_spread_constraint),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "required": list(_SPREAD_REQUIRED),
+            "properties": {
+                "maxSkew": {
+                    "type": "integer",
+                    "format": "int32",
+                    "minimum": 1,
+                    "description": "Most the pod counts of two topology domains may differ by.",
+                },
+                "topologyKey": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "Node label whose values are the domains, e.g. "
+                    "topology.kubernetes.io/zone.",
+                },
+                "whenUnsatisfiable": {
+                    "type": "string",
+                    "enum": list(_WHEN_UNSATISFIABLE),
+                    "description": "DoNotSchedule holds a pod back; ScheduleAnyway only "
+                    "prefers the spread.",
+                },
+            },
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    ),
+]
+"""A Kubernetes TopologySpreadConstraint: its required fields checked, the others as is."""
+
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -734,7 +786,7 @@ class SchedulingSpec(_Spec):
         description="Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity) for the "
         "pods, as is.",
     )
-    topology_spread_constraints: list[RawObject] = Field(
+    topology_spread_constraints: list[SpreadConstraint] = Field(
         default_factory=list,
         max_length=16,
         description="Kubernetes TopologySpreadConstraint list for the model server pods, as is.",
