@@ -49,22 +49,16 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
-def install_rbac(cluster: Cluster, accounts: tuple[str, ...] = (SERVICE_ACCOUNT,)) -> None:
-    """ServiceAccounts, the ClusterRole from the single RBAC source, and the Lease Role."""
-    subjects = [
-        {"kind": "ServiceAccount", "name": account, "namespace": SYSTEM_NAMESPACE}
-        for account in accounts
-    ]
+def install_rbac(cluster: Cluster) -> None:
+    """The ServiceAccount, the ClusterRole from the single RBAC source, and the Lease Role."""
+    subject = {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": account, "namespace": SYSTEM_NAMESPACE},
-            }
-            for account in accounts
-        ),
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE},
+        },
     ]
     for kind, rules, namespace in (
         ("Cluster", RBAC_RULES, None),
@@ -80,31 +74,26 @@ def install_rbac(cluster: Cluster, accounts: tuple[str, ...] = (SERVICE_ACCOUNT,
                 "metadata": meta,
                 "rules": yaml.safe_load(rules.read_text()),
             },
-            # One binding per account, so installing one account never unbinds another.
-            *(
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": f"{kind}RoleBinding",
-                    "metadata": {**meta, "name": f"{CLUSTER_ROLE}-{subject['name']}"},
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": f"{kind}Role",
-                        "name": CLUSTER_ROLE,
-                    },
-                    "subjects": [subject],
-                }
-                for subject in subjects
-            ),
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": f"{kind}RoleBinding",
+                "metadata": {**meta, "name": f"{CLUSTER_ROLE}-{SERVICE_ACCOUNT}"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": f"{kind}Role",
+                    "name": CLUSTER_ROLE,
+                },
+                "subjects": [subject],
+            },
         ]
     cluster.kubectl(
         "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
     )
 
 
-def service_account_kubeconfig(
-    cluster: Cluster, path: Path, account: str = SERVICE_ACCOUNT
-) -> Path:
-    """A kubeconfig that authenticates as one of the operator's ServiceAccounts."""
+def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount."""
+    account = SERVICE_ACCOUNT
     token = cluster.kubectl(
         "create", "token", account, "-n", SYSTEM_NAMESPACE, "--duration=4h"
     ).stdout.strip()
@@ -174,6 +163,12 @@ demo`'s slm-system/slm-operator and from install_rbac's ClusterRole)."""
 CHART = ROOT / "charts" / "slm-operator"
 
 
+def operator_status(pod: dict[str, Any]) -> dict[str, Any]:
+    """The operator container's status in ``pod`` (empty before the kubelet reports one)."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return next((s for s in statuses if s["name"] == "operator"), {})
+
+
 class Container:
     """An operator container on node-0, killed as a crash would kill it: SIGKILL to its
     processes (found through its cgroup); the kubelet starts it again."""
@@ -187,8 +182,7 @@ class Container:
         from .conftest import container_pids  # operator_run is imported by conftest's fixtures
 
         self.pids = container_pids(pod, "operator")
-        (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
-        self.container_id = status["containerID"].split("://", 1)[1]
+        self.container_id = operator_status(pod)["containerID"].split("://", 1)[1]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the processes attach() found, that are still that container's (no
@@ -219,8 +213,7 @@ def assert_from_built_image(pod: dict[str, Any]) -> None:
 
     assert pod["spec"]["nodeName"] == REAL_NODE
     built = docker_engine().inspect(image_names()["SLM_OPERATOR_IMAGE"])
-    (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
-    assert status["imageID"] == built["Id"]
+    assert operator_status(pod)["imageID"] == built["Id"]
 
 
 class InClusterOperator:
@@ -262,9 +255,7 @@ class InClusterOperator:
 
     def pod_status(self, name: str) -> dict[str, Any]:
         """The operator container's status in pod ``name`` (empty before it has one)."""
-        pod = self.cluster.get("pod", name, SYSTEM_NAMESPACE)
-        statuses = pod.get("status", {}).get("containerStatuses") or []
-        return next((s for s in statuses if s["name"] == "operator"), {})
+        return operator_status(self.cluster.get("pod", name, SYSTEM_NAMESPACE))
 
     def pods(self) -> list[dict[str, Any]]:
         """The release's operator pods that are not being deleted."""
@@ -290,12 +281,8 @@ class InClusterOperator:
 
     @staticmethod
     def _state(pod: dict[str, Any]) -> tuple[str, int, bool]:
-        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
-        return (
-            pod["metadata"]["name"],
-            statuses[0].get("restartCount", 0),
-            bool(statuses[0].get("ready")),
-        )
+        status = operator_status(pod)
+        return pod["metadata"]["name"], status.get("restartCount", 0), bool(status.get("ready"))
 
     def start(self) -> None:
         """Wait until the operator runs again (a new pod, or its container restarted by the
