@@ -9,10 +9,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "${here}/../.." && pwd)"
-use_local_base=1
-[ -n "${SLM_BASE_IMAGE:-}" ] && use_local_base=0
 # shellcheck source=env.sh
 source "${here}/env.sh"
+# The local base unless SLM_BASE_IMAGE names another (make setup has sourced and exported
+# env.sh before it runs this, so the name alone does not tell).
+use_local_base=0
+[ "${SLM_BASE_IMAGE}" = "${SLM_LOCAL_BASE_IMAGE}" ] && use_local_base=1
 cd "${root}"
 
 "${DOCKER}" info >/dev/null 2>&1 || { echo "images: no Docker engine answers (${DOCKER} info); make setup starts one" >&2; exit 1; }

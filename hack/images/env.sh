@@ -10,8 +10,11 @@ if [ -z "${DOCKER:-}" ]; then
 fi
 SLM_VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "${images_here}/../../pyproject.toml")"
 SLM_REGISTRY="${SLM_REGISTRY:-ghcr.io/slm-operator}"
-SLM_BASE_IMAGE="${SLM_BASE_IMAGE:-slm-local/debian-python:bookworm-$(sha256sum "${images_here}/base.sh" | cut -c1-12)}"
+# The local stand-in base that base.sh builds (its tag carries a digest of base.sh), used
+# unless SLM_BASE_IMAGE names another.
+SLM_LOCAL_BASE_IMAGE="slm-local/debian-python:bookworm-$(sha256sum "${images_here}/base.sh" | cut -c1-12)"
+SLM_BASE_IMAGE="${SLM_BASE_IMAGE:-${SLM_LOCAL_BASE_IMAGE}}"
 SLM_OPERATOR_IMAGE="${SLM_REGISTRY}/slm-operator:${SLM_VERSION}"
 SLM_RUNTIME_IMAGE="${SLM_REGISTRY}/slm-runtime:${SLM_VERSION}"
 SLM_RUNTIME_CUDA_IMAGE="${SLM_REGISTRY}/slm-runtime:${SLM_VERSION}-cuda"
-export DOCKER SLM_VERSION SLM_REGISTRY SLM_BASE_IMAGE SLM_OPERATOR_IMAGE SLM_RUNTIME_IMAGE SLM_RUNTIME_CUDA_IMAGE
+export DOCKER SLM_VERSION SLM_REGISTRY SLM_LOCAL_BASE_IMAGE SLM_BASE_IMAGE SLM_OPERATOR_IMAGE SLM_RUNTIME_IMAGE SLM_RUNTIME_CUDA_IMAGE
