@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup venv lock images image-cuda sbom lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo bench-operator bench-soak bench-image
+.PHONY: help setup venv lock images image-cuda sbom lint fmt test test-unit crds reference bench-runtime cluster-up cluster-down cluster-binaries test-cluster demo bench-operator bench-soak bench-image bench-gateway
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ bench-operator: ## 100, 500 and 1000 LocalModels on the test cluster: time to Re
 
 bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else PATH, else built once into ~/.cache/slm-operator)
 	$(PY) bench/runtime_bench.py
+
+bench-gateway: ## slm-gateway: added latency and tokens/s against direct, prefix-affinity TTFT; CLUSTER=1 adds the cold start from zero on the test cluster (writes docs/benchmarks.md)
+	$(PY) bench/gateway_bench.py $(if $(CLUSTER),--cluster)
 
 bench-image: ## image sizes and the runtime image's tokens/s against the virtualenv's (after make images; writes docs/benchmarks.md)
 	$(PY) bench/image_bench.py

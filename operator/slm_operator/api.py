@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
-from slm_runtime.config import Api, Device, ModelFormat, ModelParameters
+from slm_runtime.config import DURATION_PATTERN, Api, Device, ModelFormat, ModelParameters
 from slm_runtime.sources import infer_format, parse_source
 
 # --- names ------------------------------------------------------------------------------------
@@ -61,7 +61,6 @@ DNS1035_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 SOURCE_SCHEMES: Final = ("hf", "ollama", "oci", "https", "http", "pvc", "file")
 SOURCE_PATTERN: Final = r"^(hf|ollama|oci|https|http|pvc|file)://.+$"
-DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 QUANTITY_PATTERN: Final = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 K8S_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -332,16 +331,6 @@ SpreadConstraint = Annotated[
     ),
 ]
 """A Kubernetes TopologySpreadConstraint: its required fields checked, the others as is."""
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration (``1m30s`` -> 90.0)."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"{text!r} is not a duration such as 90s, 2m or 1h30m")
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 class _Spec(BaseModel):
@@ -823,14 +812,31 @@ class AutoscalingSpec(_Spec):
                     "self.minReplicas <= self.maxReplicas",
                     "spec.autoscaling.minReplicas must be <= maxReplicas",
                     ".minReplicas",
-                )
+                ),
+                cel(
+                    "!has(self.minReplicas) || self.minReplicas > 0 || "
+                    "(has(self.enabled) && self.enabled)",
+                    "spec.autoscaling.minReplicas 0 (scale to zero) needs "
+                    "spec.autoscaling.enabled: true",
+                    ".minReplicas",
+                ),
             ]
         }
     )
 
     enabled: bool = Field(default=False, description="Create an HPA for the Deployment.")
     min_replicas: int = Field(
-        default=1, ge=1, le=1000, description="Fewest replicas the HPA keeps; at most maxReplicas."
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas; at most maxReplicas. 0 lets the model go to zero replicas "
+        "after scaleToZeroAfter without a request through the gateway, which holds the next "
+        "request while it scales the model back to 1 (the HPA keeps at least 1 while it runs).",
+    )
+    scale_to_zero_after: Duration = Field(
+        default="15m",
+        description="With minReplicas 0: how long a model may go without a request before the "
+        "gateway scales it to zero.",
     )
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas the HPA adds.")
     target_cpu_utilization: int | None = Field(
@@ -854,7 +860,17 @@ class AutoscalingSpec(_Spec):
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
             )
+        if self.min_replicas == 0 and not self.enabled:
+            raise ValueError(
+                "spec.autoscaling.minReplicas 0 (scale to zero) needs spec.autoscaling.enabled: "
+                "true"
+            )
         return self
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether the gateway may take the model to zero replicas."""
+        return self.enabled and self.min_replicas == 0
 
 
 class LocalObjectReference(_Spec):
@@ -946,6 +962,7 @@ class Phase(StrEnum):
     DEPLOYING = "Deploying"
     READY = "Ready"
     DEGRADED = "Degraded"
+    SCALED_TO_ZERO = "ScaledToZero"
     FAILED = "Failed"
 
 
@@ -1004,6 +1021,7 @@ CONDITION_REASONS: Final[Mapping[ConditionType, frozenset[Reason]]] = {
         {
             Reason.MODEL_SERVING,
             Reason.NOT_READY,
+            Reason.SCALED_TO_ZERO,
             Reason.INVALID_SPEC,
             Reason.SECRET_NOT_FOUND,
             Reason.PULL_FAILED,

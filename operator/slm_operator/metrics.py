@@ -8,7 +8,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from slm_operator.api import ConditionType, LocalModelStatus, Phase, Reason
+from slm_operator.api import ConditionType, LocalModelStatus
 
 RECONCILES: Final = Counter(
     "slm_operator_reconciles_total", "Reconciles run, by what caused them.", ["cause"]
@@ -48,13 +48,7 @@ def observe_model(key: tuple[str, str], status: LocalModelStatus) -> None:
     """Record a model's current phase, backend and Ready reason (``ScaledToZero`` for a model
     scaled to zero on purpose, which is not Ready and not stuck either)."""
     reasons = {c.type: c.reason for c in status.conditions}
-    if (
-        status.phase is Phase.PENDING
-        and reasons.get(ConditionType.AVAILABLE) is Reason.SCALED_TO_ZERO
-    ):
-        reason = Reason.SCALED_TO_ZERO.value
-    else:
-        reason = reasons[ConditionType.READY].value if ConditionType.READY in reasons else ""
+    reason = reasons[ConditionType.READY].value if ConditionType.READY in reasons else ""
     with _lock:
         _models[key] = (status.phase.value, status.backend.value if status.backend else "")
         _refresh()

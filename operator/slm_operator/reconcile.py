@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from kubernetes.client.exceptions import ApiException
-from slm_runtime.config import Device
+from slm_runtime.config import Device, parse_duration
 
 from slm_operator import metrics
 from slm_operator.api import (
@@ -30,7 +30,6 @@ from slm_operator.api import (
     LocalModel,
     LocalModelStatus,
     Reason,
-    parse_duration,
     parse_localmodel,
 )
 from slm_operator.apply import (
@@ -536,10 +535,12 @@ class Reconciler:
         # The pulled size sizes the pods from their first start (no rollout once status has it),
         # and no server starts (and crash-loops) before its model volume is filled.
         size = obs.model.size_bytes if obs.model and sized_by_pull else None
+        hold = _first_pull_running(obs, job_name)
         final = replace(
             options,
             model_size_bytes=size or options.model_size_bytes,
-            hold_replicas=_first_pull_running(obs, job_name),
+            hold_replicas=hold,
+            wake_replicas=not hold and _left_at_zero(lm, obs),
         )
         if final != options:
             desired = self._desired(key, version, lm, placement, final)
@@ -866,6 +867,18 @@ def _first_pull_running(obs: Observation, job_name: str | None) -> bool:
     done = obs.pull_job is not None and obs.pull_job.finished == "Complete"
     serving = obs.deployment is not None and obs.deployment.ready_replicas > 0
     return not done and not serving
+
+
+def _left_at_zero(lm: LocalModel, obs: Observation) -> bool:
+    """An autoscaled Deployment at zero replicas whose LocalModel may not go to zero (any more):
+    nobody else would scale it up."""
+    autoscaling = lm.spec.autoscaling
+    return (
+        autoscaling.enabled
+        and not autoscaling.scales_to_zero
+        and obs.deployment is not None
+        and obs.deployment.spec_replicas == 0
+    )
 
 
 def _keep_step_down(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from slm_runtime.config import DURATION_PATTERN
+
 from slm_operator import api, crdgen
 
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
@@ -30,7 +32,7 @@ Schema = dict[str, Any]
 PATTERN_NAMES: Final[Mapping[str, str]] = {
     api.SHA256_PATTERN: "64 lowercase hex characters",
     api.SOURCE_PATTERN: "scheme `hf`, `ollama`, `oci`, `https`, `http`, `pvc` or `file`",
-    api.DURATION_PATTERN: "duration such as `90s`, `2m`, `1h30m`",
+    DURATION_PATTERN: "duration such as `90s`, `2m`, `1h30m`",
     api.QUANTITY_PATTERN: "Kubernetes quantity such as `500m`, `2Gi`, `4`",
     api.K8S_NAME_PATTERN: "DNS-1123 subdomain (lowercase letters, digits, `-`, `.`)",
     api.LABEL_VALUE_PATTERN: "label value (letters, digits, `-`, `_`, `.`, starting and ending "
@@ -54,13 +56,16 @@ CONDITION_MEANINGS: Final[Mapping[api.ConditionType, str]] = {
 }
 
 PHASE_MEANINGS: Final[Mapping[api.Phase, str]] = {
-    api.Phase.PENDING: "No Deployment yet, or scaled to zero replicas.",
+    api.Phase.PENDING: "No Deployment yet.",
     api.Phase.PULLING: "The pull Job (or the PerPod init container) is fetching and verifying "
     "the model.",
     api.Phase.DEPLOYING: "Pods are being scheduled, loading the model or rolling out.",
     api.Phase.READY: "Every desired replica is ready and the model is available.",
     api.Phase.DEGRADED: "Pods crash-loop or cannot start, or replicas went missing after the "
     "model was Ready.",
+    api.Phase.SCALED_TO_ZERO: "Zero replicas because the spec asks for them "
+    "(`serving.replicas: 0`) or the gateway took an idle model with `autoscaling.minReplicas: 0` "
+    "there; the model stays pulled.",
     api.Phase.FAILED: "The spec can never work as written; the Ready condition says what to "
     "change.",
 }

@@ -132,9 +132,14 @@ PULL_BACKOFF_LIMIT: Final = 4
 PULL_BAD_INPUT_EXIT_CODE: Final = 2
 """``slm-runtime pull`` exits 2 on input it can never accept: the Job fails at once."""
 
-STARTUP_PERIOD_SECONDS: Final = 10
-STARTUP_FAILURE_THRESHOLD: Final = 90
-"""Up to 15 minutes for the model to load before the kubelet restarts the container."""
+STARTUP_PERIOD_SECONDS: Final = 1
+STARTUP_FAILURE_THRESHOLD: Final = 900
+"""Up to 15 minutes for the model to load before the kubelet restarts the container, looked at
+every second, so a model that loads in one turns Ready about a second later (a cold start from
+zero replicas waits on it)."""
+READINESS_PERIOD_SECONDS: Final = 2
+READINESS_FAILURE_THRESHOLD: Final = 3
+"""A replica that stops answering /readyz leaves the Service's endpoints within 6 seconds."""
 PRESTOP_SLEEP_SECONDS: Final = 5
 """Keeps serving while endpoints drop the pod, before SIGTERM starts the runtime's drain."""
 REVISION_HISTORY_LIMIT: Final = 3
@@ -164,6 +169,10 @@ class RenderOptions:
     hold_replicas: bool = False
     """Render the Deployment with zero replicas and no HPA or PDB, e.g. while the first pull Job
     fills the model volume, so no server starts (and crash-loops) without its model."""
+    wake_replicas: bool = False
+    """Render an autoscaled Deployment with one replica: it is at zero (the gateway took it there)
+    but its spec no longer lets it be (minReplicas went from 0 to 1 or more), and an HPA does not
+    act on a Deployment at zero."""
 
 
 # --- small pieces -----------------------------------------------------------------------------
@@ -633,7 +642,9 @@ def deployment(
         "env": env,
         "resources": _server_resources(lm, placement, options),
         "startupProbe": _probe(READYZ_PATH, STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
-        "readinessProbe": _probe(READYZ_PATH, 10, 3),
+        "readinessProbe": _probe(
+            READYZ_PATH, READINESS_PERIOD_SECONDS, READINESS_FAILURE_THRESHOLD
+        ),
         "livenessProbe": _probe(HEALTHZ_PATH, 20, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": _container_security_context(),
@@ -680,6 +691,8 @@ def deployment(
         deployment_spec["replicas"] = 0
     elif not spec.autoscaling.enabled:
         deployment_spec["replicas"] = spec.serving.replicas
+    elif options.wake_replicas:
+        deployment_spec["replicas"] = 1
     deployment_spec.update(
         {
             "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
@@ -814,7 +827,7 @@ def horizontal_pod_autoscaler(lm: LocalModel) -> Object:
         )
     spec: Object = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": lm.metadata.name},
-        "minReplicas": autoscaling.min_replicas,
+        "minReplicas": max(1, autoscaling.min_replicas),  # 0 <-> 1 is the gateway's
         "maxReplicas": autoscaling.max_replicas,
     }
     _set_if(spec, "metrics", metrics)

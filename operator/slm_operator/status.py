@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel
-from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult
+from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult, parse_duration
 
 from slm_operator.api import (
     CONDITION_REASONS,
@@ -42,7 +42,6 @@ from slm_operator.api import (
     ModelStatus,
     Phase,
     Reason,
-    parse_duration,
 )
 from slm_operator.place import Placement
 from slm_operator.render import endpoint as service_endpoint
@@ -219,16 +218,20 @@ def _live(observation: Observation) -> list[PodSummary]:
 
 
 def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None) -> int:
-    """Replicas the user asked for: the spec's, or the HPA's while autoscaling.
+    """Replicas the user asked for: the spec's, or the HPA's (or the gateway's) while
+    autoscaling.
 
-    Never a Deployment's zero: the operator holds the Deployment at zero replicas while the first
-    pull runs, and that is not a scale to zero. The HPA never scales below ``minReplicas`` (at
-    least 1), so a zero on an autoscaled Deployment is that hold too.
+    Never a Deployment's zero otherwise: the operator holds the Deployment at zero replicas while
+    the first pull runs, and that is not a scale to zero. The HPA never scales below 1, so a zero
+    on an autoscaled Deployment is that hold, or, with ``minReplicas: 0``, the gateway's scale to
+    zero.
     """
     if not spec.autoscaling.enabled:
         return spec.serving.replicas
     if deployment is not None and deployment.spec_replicas:
         return deployment.spec_replicas
+    if spec.autoscaling.scales_to_zero:
+        return 0 if deployment is not None and deployment.spec_replicas == 0 else 1
     return spec.autoscaling.min_replicas
 
 
@@ -335,6 +338,8 @@ def compute_status(
 
     failure = _failure(lm, obs, error, error_reason)
     model = _model_state(lm, obs, live, ready)
+    if desired == 0 and spec.autoscaling.enabled and model.state == "pulling":
+        desired = 1  # the hold while the pull runs, not the gateway's zero
     if failure is None and model.state == "failed":
         failure = (model.reason, model.message)
 
@@ -363,7 +368,7 @@ def compute_status(
         phase = _phase(model, deployment, desired, degraded_cond)
         conds[ConditionType.PROGRESSING] = progress_cond
         conds[ConditionType.DEGRADED] = degraded_cond
-        conds[ConditionType.READY] = _ready(phase, model, deployment, desired, progress_cond)
+        conds[ConditionType.READY] = _ready(spec, phase, model, deployment, desired, progress_cond)
     if conds[ConditionType.DEGRADED].status == "False":
         conds[ConditionType.DEGRADED] = _missing_crd_note(spec, obs, conds[ConditionType.DEGRADED])
 
@@ -803,6 +808,10 @@ def _phase(
     ready = deployment.ready_replicas if deployment else 0
     if model.state == "pulling":
         return Phase.PULLING
+    if deployment is not None and desired == 0:
+        # Zero by choice (the spec's, or the gateway's for minReplicas 0). A PerPod or Image
+        # model's pull happens in its next pod, so it need not be pulled to be at rest.
+        return Phase.SCALED_TO_ZERO
     if deployment is None or desired == 0:
         return Phase.PENDING
     if degraded.status == "True":
@@ -813,6 +822,7 @@ def _phase(
 
 
 def _ready(
+    spec: LocalModelSpec,
     phase: Phase,
     model: _Model,
     deployment: DeploymentSummary | None,
@@ -822,11 +832,22 @@ def _ready(
     if phase is Phase.READY:
         ready = deployment.ready_replicas if deployment else 0
         return _Cond("True", Reason.MODEL_SERVING, f"{ready}/{desired} replicas ready")
+    if phase is Phase.SCALED_TO_ZERO:
+        return _Cond("False", Reason.SCALED_TO_ZERO, _zero_message(spec))
     if deployment is not None and desired == 0:
         return _Cond("False", Reason.NOT_READY, "scaled to zero replicas")
     if phase is Phase.PENDING and model.state != "available":
         return _Cond("False", Reason.NOT_READY, model.message)
     return _Cond("False", Reason.NOT_READY, progressing.message)
+
+
+def _zero_message(spec: LocalModelSpec) -> str:
+    if spec.autoscaling.scales_to_zero:
+        return (
+            f"scaled to zero replicas after {spec.autoscaling.scale_to_zero_after} without "
+            "requests; the gateway scales it to 1 on the next request it receives"
+        )
+    return "scaled to zero replicas: spec.serving.replicas is 0; set it (or kubectl scale lm) to 1"
 
 
 def _missing_crd_note(spec: LocalModelSpec, obs: Observation, degraded: _Cond) -> _Cond:

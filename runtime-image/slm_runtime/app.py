@@ -15,7 +15,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slm_runtime.admission import Admission
-from slm_runtime.config import MODEL_METADATA_FILE, Api, RuntimeConfig
+from slm_runtime.config import (
+    HEALTHZ_PATH,
+    METRICS_PATH,
+    MODEL_METADATA_FILE,
+    READYZ_PATH,
+    Api,
+    RuntimeConfig,
+)
 from slm_runtime.engines import EngineError, LoadResult, load_engine
 from slm_runtime.errors import error_response, install_handlers
 from slm_runtime.integrity import model_problem
@@ -41,6 +48,10 @@ def _model_digest(model_path: str) -> str:
                 return ""
             return digest if isinstance(digest, str) else ""
     return ""
+
+
+_NOT_USE = frozenset({HEALTHZ_PATH, READYZ_PATH, METRICS_PATH, "/", "unmatched"})
+"""Routes whose requests do not keep a model from being idle: probes, scrapes, stray paths."""
 
 
 class _Observe:
@@ -94,6 +105,8 @@ class _Observe:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
+            if label not in _NOT_USE:
+                self.metrics.last_request.set_to_current_time()
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(time.monotonic() - started)
 

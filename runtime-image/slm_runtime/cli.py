@@ -13,6 +13,10 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "serve": ("slm_runtime.server", "Serve the Ollama and OpenAI APIs for one model."),
     "pull": ("slm_runtime.pull", "Fetch and verify a model into a directory."),
+    "gateway": (
+        "slm_runtime.gateway.server",
+        "Serve every LocalModel of the cluster behind one OpenAI and Ollama endpoint.",
+    ),
 }
 
 

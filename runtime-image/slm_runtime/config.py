@@ -7,6 +7,7 @@ beyond ``load_config``'s file read.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Final
@@ -71,6 +72,21 @@ PORT_NAME: Final = "http"
 HEALTHZ_PATH: Final = "/healthz"
 READYZ_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"
+
+# --- durations --------------------------------------------------------------------------------
+
+DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+"""A Go-style duration such as ``90s``, ``2m`` or ``1h30m`` (the CRD's pattern)."""
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``1m30s`` -> 90.0)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 2m or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
 
 # --- commands ---------------------------------------------------------------------------------
 

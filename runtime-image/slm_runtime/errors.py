@@ -93,6 +93,19 @@ def error_response(
     return JSONResponse(error_body(request, status, message, code), status, headers=headers)
 
 
+def busy_response(request: Request, message: str) -> JSONResponse:
+    """Too much waiting already: 429 for OpenAI (which its clients retry), 503 for Ollama, with
+    Retry-After."""
+    status = 429 if is_openai(request) else 503
+    return error_response(
+        request,
+        status,
+        message,
+        code="rate_limit_exceeded" if status == 429 else None,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -130,13 +143,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OverloadedError)
     async def _overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
-        status = 429 if is_openai(request) else 503
-        return error_response(
+        return busy_response(
             request,
-            status,
             "the server is busy: every sequence slot is taken and the queue is full; retry later",
-            code="rate_limit_exceeded" if status == 429 else None,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
 
     @app.exception_handler(DrainingError)

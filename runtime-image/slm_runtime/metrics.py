@@ -48,6 +48,13 @@ class Metrics:
         self.in_flight = Gauge(
             "slm_runtime_requests_in_flight", "Requests holding a sequence slot.", registry=r
         )
+        self.last_request = Gauge(
+            "slm_runtime_last_request_timestamp_seconds",
+            "Unix time at which the last API request ended (the server's start until one has); "
+            "the gateway reads it to tell how long a model has been idle.",
+            registry=r,
+        )
+        self.last_request.set_to_current_time()
         self.queued = Gauge(
             "slm_runtime_requests_queued", "Requests waiting for a sequence slot.", registry=r
         )

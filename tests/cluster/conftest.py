@@ -471,13 +471,22 @@ def fixtures_claim(cluster: Cluster, namespace: str) -> Iterator[str]:
         cluster.kubectl("delete", "pv", volume, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="module")
-def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
-    """A plain HTTP server on node-0's gateway serving the Gemma GGUF to pods."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=gemma_gguf.parent)
+@contextlib.contextmanager
+def file_server(path: Path) -> Iterator[str]:
+    """A plain HTTP server on node-0's gateway serving ``path`` to pods; yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=path.parent)
     server = http.server.ThreadingHTTPServer((NODE_GATEWAY, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{gemma_gguf.name}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{path.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
+    """A plain HTTP server on node-0's gateway serving the Gemma GGUF to pods."""
+    with file_server(gemma_gguf) as url:
+        yield url

@@ -261,7 +261,7 @@ class InClusterOperator:
         """The release's operator pods that are not being deleted."""
         selector = (
             f"app.kubernetes.io/instance={self.release},app.kubernetes.io/name=slm-operator,"
-            "app.kubernetes.io/component!=test"
+            "app.kubernetes.io/component=controller"
         )
         out = self.cluster.kubectl(
             "get", "pods", "-l", selector, "-o", "json", namespace=SYSTEM_NAMESPACE
@@ -308,7 +308,9 @@ class InClusterOperator:
         self.cluster.kubectl("scale", deployment, "--replicas=0", namespace=SYSTEM_NAMESPACE)
         wait_for(
             lambda: not self.cluster.kubectl(
-                "get", "pods", "-l", f"app.kubernetes.io/instance={self.release}", "-o", "name",
+                "get", "pods", "-l",
+                f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=controller",
+                "-o", "name",
                 namespace=SYSTEM_NAMESPACE,
             ).stdout.strip(),
             timeout=60, what="the operator pod gone",

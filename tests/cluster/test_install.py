@@ -81,7 +81,7 @@ def operator_pod(cluster: Cluster, namespace: str, release: str) -> dict[str, An
     the build produced."""
     selector = (
         f"app.kubernetes.io/instance={release},app.kubernetes.io/name=slm-operator,"
-        "app.kubernetes.io/component!=test"  # not the `helm test` pod
+        "app.kubernetes.io/component=controller"  # not the gateway's or the `helm test` pod
     )
 
     def one_pod() -> list[dict[str, Any]] | None:

@@ -67,12 +67,23 @@ def set_flag(value: str) -> str:
     return "--set-json" if '={"' in value or "=[" in value else "--set"
 
 
-def one(objects: list[Obj], kind: str, namespace: str | None = None) -> Obj:
-    """The single object of ``kind`` (in ``namespace`` when given)."""
+def is_gateway(obj: Obj) -> bool:
+    """Whether ``obj`` is one of the gateway's objects."""
+    labels = obj["metadata"].get("labels") or {}
+    return bool(labels.get("app.kubernetes.io/component") == "gateway")
+
+
+def one(
+    objects: list[Obj], kind: str, namespace: str | None = None, *, gateway: bool = False
+) -> Obj:
+    """The single object of ``kind`` (in ``namespace`` when given) of the operator, or with
+    ``gateway`` of the gateway."""
     found = [
         o
         for o in objects
-        if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+        if o["kind"] == kind
+        and (namespace is None or o["metadata"].get("namespace") == namespace)
+        and is_gateway(o) == gateway
     ]
     assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
     return found[0]
@@ -108,15 +119,22 @@ def test_default_objects() -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in render())
     assert kinds == [
         ("ClusterRole", "rel-slm-operator"),
+        ("ClusterRole", "rel-slm-operator-gateway"),
         ("ClusterRole", "slm-localmodel-edit"),
         ("ClusterRole", "slm-localmodel-view"),
         ("ClusterRoleBinding", "rel-slm-operator"),
+        ("ClusterRoleBinding", "rel-slm-operator-gateway"),
         ("ConfigMap", "rel-slm-operator-catalog"),
         ("CustomResourceDefinition", "localmodels.slm.dev"),
         ("Deployment", "rel-slm-operator"),
+        ("Deployment", "rel-slm-operator-gateway"),
         ("Service", "rel-slm-operator"),
+        ("Service", "rel-slm-operator-gateway"),
         ("ServiceAccount", "rel-slm-operator"),
+        ("ServiceAccount", "rel-slm-operator-gateway"),
     ]
+    without = {o["metadata"]["name"] for o in render("gateway.enabled=false")}
+    assert not {n for n in without if n.endswith("-gateway")}
 
 
 def test_deployment_is_restricted_probed_and_single() -> None:
@@ -548,3 +566,77 @@ def test_trusted_token_services_reach_the_operator(
     settings = _settings_of(objects, tmp_path, monkeypatch)
     assert settings.token_realm_hosts == ["auth.docker.io", "auth.example.com"]
     assert "SLM_OPERATOR_TOKEN_REALM_HOSTS" not in operator_env(render())
+
+
+GATEWAY_RULES = CHART / "files" / "gateway-rbac-rules.yaml"
+
+
+def test_the_gateway_is_restricted_probed_and_configured_from_values() -> None:
+    objects = render(
+        "gateway.balance=PrefixAffinity", "gateway.holdQueue=8", "watchNamespaces={team-a}"
+    )
+    deployment = one(objects, "Deployment", gateway=True)
+    spec = deployment["spec"]
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "rel-slm-operator-gateway"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/slm-operator/slm-runtime:0.1.0"
+    assert container["command"] == ["slm-runtime", "gateway"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SLM_GATEWAY_BALANCE"] == "PrefixAffinity"
+    assert env["SLM_GATEWAY_HOLD_QUEUE"] == "8"
+    assert env["SLM_GATEWAY_NAMESPACES"] == "team-a"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 75
+
+    service = one(objects, "Service", gateway=True)
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    operator_pod = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= operator_pod.items()
+    assert not one(objects, "Service")["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+
+
+def test_the_gateway_rules_are_the_single_source_in_either_scope() -> None:
+    source = yaml.safe_load(GATEWAY_RULES.read_text())
+    cluster = one(render(), "ClusterRole", gateway=True)
+    assert sorted(map(rule_key, cluster["rules"])) == sorted(map(rule_key, source))
+    binding = one(render(), "ClusterRoleBinding", gateway=True)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-slm-operator-gateway", "namespace": "ops"}
+    ]
+    scoped = render("watchNamespaces={team-a,team-b}")
+    assert not [o for o in scoped if o["kind"] == "ClusterRole" and is_gateway(o)]
+    for ns in ("team-a", "team-b"):
+        role = one(scoped, "Role", ns, gateway=True)
+        assert sorted(map(rule_key, role["rules"])) == sorted(map(rule_key, source))
+        assert (
+            one(scoped, "RoleBinding", ns, gateway=True)["roleRef"]["name"]
+            == (role["metadata"]["name"])
+        )
+
+
+def test_the_gateway_gets_secrets_and_writes_only_the_scale_subresource() -> None:
+    """What docs/gateway.md and docs/security.md say of the gateway's permissions."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in yaml.safe_load(GATEWAY_RULES.read_text()):
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    assert grants == {
+        ("slm.dev", "localmodels"): {"get", "list", "watch"},
+        ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
+        ("", "secrets"): {"get"},
+        ("apps", "deployments/scale"): {"get", "patch"},
+    }

@@ -56,15 +56,15 @@ def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
 
     key = ("team-a", "idle")
     idle = LocalModelStatus(
-        phase=Phase.PENDING,
+        phase=Phase.SCALED_TO_ZERO,
         conditions=[
-            condition(ConditionType.READY, Reason.NOT_READY),
+            condition(ConditionType.READY, Reason.SCALED_TO_ZERO),
             condition(ConditionType.AVAILABLE, Reason.SCALED_TO_ZERO),
         ],
     )
     metrics.observe_model(key, idle)
     assert series("slm_operator_model_status") == [
-        status_line("team-a", "idle", "Pending", "ScaledToZero")
+        status_line("team-a", "idle", "ScaledToZero", "ScaledToZero")
     ]
     # Scaled to zero and Failed: the failure is what counts.
     failed = failed_status(

@@ -813,6 +813,19 @@ def _held(objects: list[dict[str, Any]]) -> None:
     assert "Job" in _kinds(objects)
 
 
+def _to_zero(objects: list[dict[str, Any]]) -> None:
+    """minReplicas 0: the replicas are the gateway's (0 <-> 1) and the HPA's (above); the HPA
+    keeps at least one while it runs, and no PDB blocks a scale to zero."""
+    assert "replicas" not in by_kind(objects)["Deployment"]["spec"]
+    assert by_kind(objects)["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 1
+    assert "PodDisruptionBudget" not in _kinds(objects)
+
+
+def _woken(objects: list[dict[str, Any]]) -> None:
+    assert by_kind(objects)["Deployment"]["spec"]["replicas"] == 1
+    assert by_kind(objects)["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 2
+
+
 def _pdb(objects: list[dict[str, Any]]) -> None:
     pdb = by_kind(objects)["PodDisruptionBudget"]["spec"]
     assert pdb["maxUnavailable"] == 1
@@ -985,6 +998,22 @@ CASES: list[tuple[str, str, dict[str, Any], Placement, RenderOptions, Check]] = 
         CPU,
         RenderOptions(hold_replicas=True),
         _held,
+    ),
+    (
+        "scale to zero",
+        "gemma3-270m",
+        {"autoscaling": {"enabled": True, "minReplicas": 0, "scaleToZeroAfter": "5m"}},
+        CPU,
+        RenderOptions(),
+        _to_zero,
+    ),
+    (
+        "woken from zero after minReplicas rose",
+        "gemma3-270m",
+        {"autoscaling": {"enabled": True, "minReplicas": 2}},
+        CPU,
+        RenderOptions(wake_replicas=True),
+        _woken,
     ),
     (
         "autoscaling from two",

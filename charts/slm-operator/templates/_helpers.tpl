@@ -97,3 +97,28 @@ A rule naming a cluster-scoped resource can only be granted by a ClusterRole.
 {{- end }}
 {{- dict "cluster" $cluster "namespaced" $namespaced | toJson }}
 {{- end }}
+
+{{/* The gateway Deployment's selector (immutable: never change it). */}}
+{{- define "slm-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "slm-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* Labels on the gateway's objects. */}}
+{{- define "slm-operator.gatewayLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "slm-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: slm-operator
+{{- end }}
+
+{{/* The gateway image (the runtime image); a digest wins over the tag. */}}
+{{- define "slm-operator.gatewayImage" -}}
+{{- if .Values.gateway.image.digest }}
+{{- printf "%s@%s" .Values.gateway.image.repository .Values.gateway.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""`slm-gateway`: one OpenAI and Ollama endpoint in front of every LocalModel."""

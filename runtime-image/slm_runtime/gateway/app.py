@@ -1,0 +1,670 @@
+"""The gateway's HTTP app: one endpoint for every LocalModel the installation watches.
+
+A request names its model (``model`` in the body, as both API families do); the gateway finds
+that LocalModel's ready replicas, checks the caller's token against the model's, picks a
+replica (least in-flight requests, or prefix affinity) and relays the answer as it comes. A
+model with no ready replica holds the request (bounded, with a timeout); a model scaled to
+zero is asked for one replica first. Errors answer in the API family's own shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Receive, Scope, Send
+
+from slm_runtime.config import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
+from slm_runtime.errors import APIError, busy_response, install_handlers, is_openai
+from slm_runtime.gateway.core import (
+    Balance,
+    Holds,
+    Model,
+    Ring,
+    choose,
+    idle_for,
+    prompt_prefix,
+    wants_scale_down,
+    wants_scale_up,
+)
+from slm_runtime.gateway.directory import AmbiguousModelError, Directory
+from slm_runtime.gateway.kube import SecretUnavailableError
+from slm_runtime.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("slm_gateway")
+
+FORWARDED: Final = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
+)
+"""POST routes relayed to the model the body names."""
+
+MANAGED: Final = (
+    ("/api/pull", "POST"),
+    ("/api/push", "POST"),
+    ("/api/create", "POST"),
+    ("/api/copy", "POST"),
+    ("/api/delete", "DELETE"),
+)
+
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_STREAMS: Final = ("text/event-stream", "application/x-ndjson")
+AVOID_SECONDS: Final = 5.0
+"""How long a replica that refused a connection is passed over while others remain."""
+
+TokenDigest = Callable[[str, str], Awaitable[bytes | None]]
+"""(namespace, Secret name) -> sha256 of the Secret's token, or None when unreadable."""
+Scale = Callable[[str, str, int, int], Awaitable[bool]]
+"""(namespace, Deployment, when, to) -> whether the replicas were written."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the gateway balances, holds and scales."""
+
+    balance: Balance = Balance.LEAST_LOAD
+    prefix_length: int = 256
+    load_factor: float = 1.25
+    hold_queue: int = 64
+    hold_timeout: float = 300.0
+    idle_check_seconds: float = 5.0
+    max_body: int = 16 * 1024 * 1024
+
+
+class _HoldQueueFullError(Exception):
+    """The model's hold queue is full."""
+
+
+class _ClientGoneError(Exception):
+    """The client of a held request went away."""
+
+
+class Gateway:
+    """The state behind the routes: the directory, in-flight counts, holds and scaling."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        *,
+        token_digest: TokenDigest | None = None,
+        scale: Scale | None = None,
+    ) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.metrics = metrics
+        self.token_digest = token_digest
+        self.scale = scale
+        self.started = time.monotonic()
+        self.synced = False
+        self.draining = False
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=None, write=60.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self.holds = Holds(settings.hold_queue)
+        self._pod_in_flight: dict[str, int] = {}
+        self._model_in_flight: dict[str, int] = {}
+        self._last_request: dict[str, float] = {}
+        self._avoid: dict[str, float] = {}
+        self._rings: dict[str, Ring] = {}
+        self._turn = itertools.count()
+        self._scaling: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+        self._upstream_series: set[tuple[str, str, str]] = set()
+
+    def changed(self) -> None:
+        """The directory changed: wake every held request to look again, and drop the series of
+        replicas that are gone."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+        live = {(m.namespace, m.name, pod) for m in self.directory.models() for pod in m.endpoints}
+        for labels in self._upstream_series - live:
+            self.metrics.upstream.remove(*labels)
+        self._upstream_series &= live
+
+    # --- per request --------------------------------------------------------------------------
+
+    def resolve(self, requested: Any) -> Model:
+        if not isinstance(requested, str) or not requested:
+            raise APIError(400, "model is required: name the LocalModel to use")
+        try:
+            model = self.directory.resolve(requested)
+        except AmbiguousModelError as exc:
+            raise APIError(400, str(exc), code="model_ambiguous") from exc
+        if model is None:
+            self.metrics.errors.labels("", "", "not_found").inc()
+            raise APIError(
+                404,
+                f'model "{requested}" not found; GET /v1/models or /api/tags lists the models '
+                "you may use",
+                code="model_not_found",
+            )
+        return model
+
+    async def allowed(self, request: Request, model: Model) -> bool:
+        """Whether the caller's bearer token opens the model (any caller, for a model without
+        ``serving.authSecret``)."""
+        if model.auth_secret is None:
+            return True
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or self.token_digest is None:
+            return False
+        try:
+            expected = await self.token_digest(model.namespace, model.auth_secret)
+        except SecretUnavailableError as exc:
+            log.warning("%s", exc)
+            raise APIError(
+                503, f'the token of model "{model.name}" cannot be checked right now; retry'
+            ) from exc
+        # The replica compares the header with its token as given, so does this.
+        actual = hashlib.sha256(given.removeprefix("Bearer ").encode()).digest()
+        return expected is not None and hmac.compare_digest(actual, expected)
+
+    async def authorize(self, request: Request, model: Model) -> None:
+        if not await self.allowed(request, model):
+            self.metrics.errors.labels(model.namespace, model.name, "unauthorized").inc()
+            raise APIError(
+                401,
+                f'missing or invalid API token for model "{model.name}": send Authorization: '
+                "Bearer <token> with the token of its serving.authSecret",
+                code="invalid_api_key",
+            )
+
+    def _failed(self, model: Model) -> APIError:
+        self.metrics.errors.labels(model.namespace, model.name, "unavailable").inc()
+        return APIError(
+            503,
+            f'model "{model.name}" is Failed; kubectl describe localmodel -n '
+            f"{model.namespace} {model.name} says what to change",
+        )
+
+    async def ready(self, model: Model, request: Request) -> Model:
+        """The model with a ready replica: at once, or after holding the request until one is
+        Ready (asking for a replica when the model is scaled to zero). A held request whose
+        client goes away gives its place back."""
+        if model.endpoints:
+            return model
+        if model.phase == "Failed":
+            raise self._failed(model)
+        if not self.holds.admit(model.key):
+            self.metrics.errors.labels(model.namespace, model.name, "queue_full").inc()
+            raise _HoldQueueFullError
+        labels = (model.namespace, model.name)
+        self.metrics.held.labels(*labels).inc()
+        started = time.monotonic()
+        deadline = started + self.settings.hold_timeout
+        try:
+            current: Model | None = model
+            while True:
+                changed = self._changed
+                current = self.directory.get(model.key)
+                if current is None:
+                    raise APIError(
+                        404, f'model "{model.name}" was deleted while the request waited'
+                    )
+                if current.endpoints:
+                    return current
+                if current.phase == "Failed":
+                    raise self._failed(current)
+                if await request.is_disconnected():
+                    raise _ClientGoneError
+                if wants_scale_up(current):
+                    self._scale_up(current)
+                self._last_request[model.key] = time.monotonic()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.metrics.errors.labels(*labels, "hold_timeout").inc()
+                    raise APIError(
+                        503,
+                        f'model "{model.name}" has no ready replica after '
+                        f"{self.settings.hold_timeout:g}s (phase {current.phase or 'unknown'}); "
+                        "retry later, or see kubectl describe localmodel -n "
+                        f"{model.namespace} {model.name}",
+                    )
+                with contextlib.suppress(TimeoutError):  # look at the client every second
+                    await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
+        finally:
+            self.holds.release(model.key)
+            self.metrics.held.labels(*labels).dec()
+            self.metrics.hold_seconds.labels(*labels).observe(time.monotonic() - started)
+
+    def _scale_up(self, model: Model) -> None:
+        task = self._scaling.get(model.key)
+        if self.scale is None or (task is not None and not task.done()):
+            return
+        self._scaling[model.key] = asyncio.get_running_loop().create_task(
+            self._write_scale(model, 0, 1)
+        )
+
+    async def _write_scale(self, model: Model, when: int, to: int) -> None:
+        if self.scale is None:
+            return
+        try:
+            if await self.scale(model.namespace, model.name, when, to):
+                direction = "up" if to > when else "down"
+                self.metrics.scale_writes.labels(model.namespace, model.name, direction).inc()
+                log.info(
+                    "scaled %s from %d to %d replicas",
+                    model.key,
+                    when,
+                    to,
+                    extra={"localmodel": model.key},
+                )
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            log.warning("cannot scale %s from %d to %d: %s", model.key, when, to, exc)
+
+    def _pick(self, model: Model, prefix: str, tried: set[str]) -> str | None:
+        now = time.monotonic()
+        left = [p for p in model.endpoints if p not in tried]
+        fresh = [p for p in left if self._avoid.get(model.endpoints[p], 0.0) <= now]
+        candidates = sorted(fresh or left)
+        if not candidates:
+            return None
+        ring = None
+        if self.settings.balance is Balance.PREFIX_AFFINITY:
+            ring_key = f"{model.key}|{','.join(candidates)}"
+            ring = self._rings.get(ring_key)
+            if ring is None:
+                if len(self._rings) > 1024:
+                    self._rings.clear()
+                ring = self._rings[ring_key] = Ring(candidates)
+        in_flight = {p: self._pod_in_flight.get(model.endpoints[p], 0) for p in candidates}
+        return choose(
+            self.settings.balance,
+            candidates,
+            in_flight,
+            prefix,
+            turn=next(self._turn),
+            ring=ring,
+            load_factor=self.settings.load_factor,
+        )
+
+    def _begin(self, model: Model, url: str) -> None:
+        self._pod_in_flight[url] = self._pod_in_flight.get(url, 0) + 1
+        self._model_in_flight[model.key] = self._model_in_flight.get(model.key, 0) + 1
+        self.metrics.in_flight.labels(model.namespace, model.name).inc()
+
+    def _end(self, model: Model, url: str) -> None:
+        self._pod_in_flight[url] -= 1
+        if not self._pod_in_flight[url]:
+            del self._pod_in_flight[url]
+        self._model_in_flight[model.key] -= 1
+        self.metrics.in_flight.labels(model.namespace, model.name).dec()
+        self._last_request[model.key] = time.monotonic()
+
+    async def forward(self, request: Request, model: Model, body: bytes, prefix: str) -> Response:
+        """Send the request to one ready replica and relay its answer; a replica that refuses
+        the connection is passed over for another (nothing was sent yet)."""
+        tried: set[str] = set()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        while True:
+            pod = self._pick(model, prefix, tried)
+            if pod is None:
+                self.metrics.errors.labels(model.namespace, model.name, "upstream_connect").inc()
+                raise APIError(
+                    503, f'no replica of model "{model.name}" accepted the connection; retry'
+                )
+            base = model.endpoints[pod]
+            url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            upstream = self.client.build_request(request.method, url, headers=headers, content=body)
+            self._begin(model, base)
+            try:
+                response = await self.client.send(upstream, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self._end(model, base)
+                tried.add(pod)
+                self._avoid[base] = time.monotonic() + AVOID_SECONDS
+                log.warning("replica %s of %s refused the connection: %s", pod, model.key, exc)
+                continue
+            except httpx.HTTPError as exc:
+                self._end(model, base)
+                self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
+                raise APIError(502, f'replica {pod} of model "{model.name}" failed: {exc}') from exc
+            except BaseException:  # cancelled (shutdown): nothing is in flight any more
+                self._end(model, base)
+                raise
+            self.metrics.upstream.labels(model.namespace, model.name, pod).inc()
+            self._upstream_series.add((model.namespace, model.name, pod))
+            return await self._relay(request, model, base, pod, response)
+
+    async def _relay(
+        self, request: Request, model: Model, base: str, pod: str, response: httpx.Response
+    ) -> Response:
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
+        media = response.headers.get("content-type", "")
+        if not media.startswith(_STREAMS):
+            try:
+                content = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.HTTPError as exc:
+                self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
+                raise APIError(
+                    502, f'replica {pod} of model "{model.name}" broke off its answer: {exc}'
+                ) from exc
+            finally:
+                await response.aclose()
+                self._end(model, base)
+            return Response(content, response.status_code, headers=headers)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError as exc:
+                self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
+                log.warning("replica %s of %s broke off a stream: %s", pod, model.key, exc)
+                message = f'replica {pod} of model "{model.name}" failed mid-answer; retry'
+                yield _stream_error(request, media, message)
+
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                await response.aclose()
+                self._end(model, base)
+
+        return _Relayed(relay(), response.status_code, headers=headers, on_close=close)
+
+    # --- scale to zero ------------------------------------------------------------------------
+
+    async def replicas_idle(self, model: Model) -> float | None:
+        """Seconds since any replica last answered an API request (their own record, so
+        callers that bypass this gateway count too); 0 while one has work; None when a replica
+        cannot tell."""
+        newest = 0.0
+        for base in model.endpoints.values():
+            try:
+                got = await self.client.get(base + METRICS_PATH, timeout=5.0)
+                got.raise_for_status()
+            except httpx.HTTPError:
+                return None
+            try:
+                busy, last = _idle_signals(got.text)
+            except ValueError:
+                return None
+            if busy or last is None:
+                return 0.0 if busy else None
+            newest = max(newest, last)
+        return time.time() - newest if newest else None
+
+    async def scale_down_idle(self) -> None:
+        """One look at every model that may go to zero."""
+        now = time.monotonic()
+        for model in self.directory.models():
+            if model.scale_to_zero_after is None:
+                continue
+            if not wants_scale_down(model, *self._activity(model, now)):
+                continue
+            theirs = await self.replicas_idle(model)
+            if theirs is None:
+                continue
+            # Look again: a request may have come while the replicas were asked.
+            current = self.directory.get(model.key)
+            in_flight, held, mine = self._activity(model, time.monotonic())
+            if current is not None and wants_scale_down(
+                current, in_flight, held, min(mine, theirs)
+            ):
+                await self._write_scale(current, 1, 0)
+
+    def _activity(self, model: Model, now: float) -> tuple[int, int, float]:
+        """(requests in flight, requests held, idle seconds) of a model through this gateway."""
+        return (
+            self._model_in_flight.get(model.key, 0),
+            self.holds.held(model.key),
+            idle_for(self._last_request.get(model.key), self.started, now),
+        )
+
+    async def scale_down_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.idle_check_seconds)
+            if self.scale is not None:
+                try:
+                    await self.scale_down_idle()
+                except Exception:  # one failed look must not end the loop
+                    log.exception("scale-to-zero check failed")
+
+
+class _Relayed(StreamingResponse):
+    """A relayed stream whose upstream is closed (and in-flight count released) however the
+    response ends: finished, failed, or the client gone (Starlette runs no background task
+    then)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        status_code: int,
+        *,
+        headers: dict[str, str],
+        on_close: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(content, status_code, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes before more is read."""
+    too_large = APIError(413, f"the request body exceeds {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _idle_signals(text: str) -> tuple[bool, float | None]:
+    """(whether requests are running or queued, the last request's Unix time) from a runtime's
+    metrics."""
+    busy, last = False, None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("slm_runtime_requests_in_flight", "slm_runtime_requests_queued"):
+                busy = busy or sample.value > 0
+            elif sample.name == "slm_runtime_last_request_timestamp_seconds":
+                last = sample.value
+    return busy, last
+
+
+def _stream_error(request: Request, media: str, message: str) -> bytes:
+    """A last event that clients read as an error, in the stream's own framing."""
+    if media.startswith("text/event-stream"):
+        body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        return f"data: {json.dumps(body)}\n\n".encode()
+    return (json.dumps({"error": message}) + "\n").encode()
+
+
+def _model_card(name: str, model: Model) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": model.namespace}
+
+
+def _tag(name: str, model: Model) -> dict[str, Any]:
+    tag = name if ":" in name else f"{name}:latest"
+    return {
+        "name": tag,
+        "model": tag,
+        "modified_at": "1970-01-01T00:00:00Z",
+        "size": model.size_bytes,
+        "digest": model.digest.removeprefix("sha256:"),
+        "details": {"format": "", "family": "", "parameter_size": "", "quantization_level": ""},
+    }
+
+
+def create_gateway_app(
+    gateway: Gateway, background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+) -> FastAPI:
+    """The app; the ``background`` coroutines (the watches, the scale-to-zero loop) run while
+    it serves."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(start()) for start in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await gateway.client.aclose()
+
+    app = FastAPI(title="slm-gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.gateway = gateway
+    install_handlers(app)
+
+    @app.exception_handler(_HoldQueueFullError)
+    async def _busy(request: Request, exc: _HoldQueueFullError) -> JSONResponse:
+        return busy_response(
+            request, "too many requests are waiting for this model to start; retry later"
+        )
+
+    async def relay(request: Request) -> Response:
+        raw = await _body(request, gateway.settings.max_body)
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        model = gateway.resolve(body.get("model") or body.get("name"))
+        labels = (model.namespace, model.name)
+        status = 500
+        try:
+            await gateway.authorize(request, model)
+            requested = str(body.get("model") or body.get("name"))
+            if "/" in requested:  # namespace/name: the replica knows its model by name
+                body["model" if "model" in body else "name"] = model.name
+                raw = json.dumps(body).encode()
+            try:
+                model = await gateway.ready(model, request)
+            except _HoldQueueFullError:
+                status = 429 if is_openai(request) else 503
+                raise
+            except _ClientGoneError:
+                status = 499  # nginx's "client closed request": nobody reads this answer
+                return Response(status_code=status)
+            prefix = prompt_prefix(body, gateway.settings.prefix_length)
+            response = await gateway.forward(request, model, raw, prefix)
+            status = response.status_code
+            return response
+        except APIError as exc:
+            status = exc.status
+            raise
+        finally:
+            gateway.metrics.requests.labels(*labels, str(status)).inc()
+
+    for path in FORWARDED:
+        app.add_api_route(path, relay, methods=["POST"], include_in_schema=False)
+
+    async def managed(request: Request) -> Response:
+        raise APIError(
+            403,
+            f"{request.method} {request.url.path} is refused: models are managed by LocalModel "
+            "objects; create, change or delete a LocalModel instead",
+        )
+
+    for path, method in MANAGED:
+        app.add_api_route(path, managed, methods=[method], include_in_schema=False)
+
+    async def visible(request: Request) -> list[tuple[str, Model]]:
+        found = []
+        for model in gateway.directory.models():
+            if await gateway.allowed(request, model):
+                found.append((gateway.directory.public_name(model), model))
+        return found
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        return {"object": "list", "data": [_model_card(n, m) for n, m in await visible(request)]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str, request: Request) -> Any:
+        model = gateway.resolve(name)
+        await gateway.authorize(request, model)
+        return _model_card(gateway.directory.public_name(model), model)
+
+    @app.get("/api/tags")
+    async def tags(request: Request) -> Any:
+        return {"models": [_tag(n, m) for n, m in await visible(request)]}
+
+    @app.get("/api/ps")
+    async def running(request: Request) -> Any:
+        return {"models": [_tag(n, m) for n, m in await visible(request) if m.endpoints]}
+
+    @app.get("/api/version")
+    async def api_version() -> Any:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"version": version("slm-operator")}
+        except PackageNotFoundError:
+            return {"version": "0.0.0"}
+
+    @app.get(HEALTHZ_PATH)
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.get(READYZ_PATH)
+    async def readyz() -> JSONResponse:
+        if gateway.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not gateway.synced:
+            return JSONResponse({"status": "syncing"}, status_code=503)
+        return JSONResponse({"status": "ready", "models": len(gateway.directory.models())})
+
+    @app.get(METRICS_PATH, response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=PlainTextResponse)
+    @app.head("/", response_class=PlainTextResponse)
+    async def root() -> str:
+        return "Ollama is running"
+
+    return app
