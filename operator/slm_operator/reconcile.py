@@ -41,6 +41,7 @@ from slm_operator.apply import (
 from slm_operator.kube import (
     CHILD_KINDS,
     DEPLOYMENT,
+    HPA,
     INFERENCE_POOL,
     JOB,
     POD,
@@ -540,7 +541,7 @@ class Reconciler:
             options,
             model_size_bytes=size or options.model_size_bytes,
             hold_replicas=hold,
-            wake_replicas=not hold and _left_at_zero(lm, obs),
+            wake_replicas=not hold and _left_at_zero(lm, obs, children),
         )
         if final != options:
             desired = self._desired(key, version, lm, placement, final)
@@ -869,15 +870,17 @@ def _first_pull_running(obs: Observation, job_name: str | None) -> bool:
     return not done and not serving
 
 
-def _left_at_zero(lm: LocalModel, obs: Observation) -> bool:
-    """An autoscaled Deployment at zero replicas whose LocalModel may not go to zero (any more):
-    nobody else would scale it up."""
+def _left_at_zero(lm: LocalModel, obs: Observation, children: list[Object]) -> bool:
+    """An autoscaled Deployment that the gateway took to zero (its HPA is still there: the
+    operator's own hold during a first pull removes it) whose LocalModel may not be at zero any
+    more: nobody else would scale it up."""
     autoscaling = lm.spec.autoscaling
     return (
         autoscaling.enabled
         and not autoscaling.scales_to_zero
         and obs.deployment is not None
         and obs.deployment.spec_replicas == 0
+        and any(child["kind"] == HPA.kind for child in children)
     )
 
 

@@ -10,8 +10,10 @@ Phases, first match wins:
 - Failed: the spec can never work as written (an error from parsing or placement, a missing
   Secret, a failed pull Job, a digest mismatch); the Ready condition says what to change.
 - Pulling: the pull Job (or the PerPod init container, before any pod is ready) is pulling.
-- Pending: no Deployment yet, or the spec asks for zero replicas (a Deployment the operator holds
-  at zero while the first pull runs is not a scale to zero).
+- Pending: no Deployment yet.
+- ScaledToZero: zero replicas by choice (``serving.replicas: 0``, or the gateway's scale to zero
+  with ``autoscaling.minReplicas: 0``); a Deployment the operator holds at zero while the first
+  pull runs is not one.
 - Degraded: pods crash-loop or cannot start (image pull, admission, progress deadline), or
   replicas went missing after the model was Ready (a rollout of a new template is Deploying).
 - Ready: readyReplicas >= desired replicas and the model is available.
@@ -338,8 +340,13 @@ def compute_status(
 
     failure = _failure(lm, obs, error, error_reason)
     model = _model_state(lm, obs, live, ready)
-    if desired == 0 and spec.autoscaling.enabled and model.state == "pulling":
-        desired = 1  # the hold while the pull runs, not the gateway's zero
+    if (
+        desired == 0
+        and spec.autoscaling.scales_to_zero
+        and spec.cache.mode is CacheMode.VOLUME
+        and model.state != "available"
+    ):
+        desired = 1  # the hold until the volume is filled, not the gateway's zero
     if failure is None and model.state == "failed":
         failure = (model.reason, model.message)
 

@@ -258,10 +258,8 @@ def _balancing(
     # with its own): a second request while a stream runs goes to the other replica.
     url = gateway_url(cluster)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-    stream = client.chat.completions.create(
-        model=f"{namespace}/pair",
-        messages=[{"role": "user", "content": "Tell a long story."}],
-        stream=True,
+    stream = client.completions.create(
+        model=f"{namespace}/pair", prompt="Once upon a time", max_tokens=900, stream=True
     )
     chunks = iter(stream)
     next(chunks)
@@ -276,6 +274,7 @@ def _balancing(
 
     # The busy replica is lost mid-stream: that client gets an error, later requests are served.
     (busy_pod,) = [by_name[n] for n in busy]
+    assert pod_metric(busy_pod, "slm_runtime_requests_in_flight") == 1, "the stream still runs"
     for pid in container_pids(busy_pod, "server"):
         os.kill(pid, signal.SIGKILL)
     with pytest.raises(openai.APIError):

@@ -393,7 +393,7 @@ def test_a_model_at_zero_holds_its_requests_until_a_replica_is_ready(
 
 
 def test_a_full_hold_queue_and_a_hold_timeout_answer_in_the_api_shape() -> None:
-    settings = Settings(hold_queue=1, hold_timeout=1.5)
+    settings = Settings(hold_queue=1, hold_timeout=6)
     pending = localmodel("slow", status={"phase": "Deploying"})
     with running_gateway(settings) as gw:
         gw.models(pending)
@@ -422,7 +422,7 @@ def test_a_full_hold_queue_and_a_hold_timeout_answer_in_the_api_shape() -> None:
         waiter.join()
         (timed_out,) = results
         assert timed_out.status_code == 503
-        assert "no ready replica after 1.5s (phase Deploying)" in timed_out.json()["error"]
+        assert "no ready replica after 6s (phase Deploying)" in timed_out.json()["error"]
         failed = localmodel("broken", status={"phase": "Failed"})
         gw.models(pending, failed)
         refused = httpx.post(
@@ -510,14 +510,16 @@ def test_the_gateway_process_serves_upstreams_and_drains_on_sigterm(
         ]
         client = httpx.Client(base_url=url, timeout=120)
         body = {"model": "gemma", "prompt": "Once upon a time", "stream": True,
-                "options": {"num_predict": 16}}  # fmt: skip
+                "options": {"num_predict": 400}}  # fmt: skip
         with client.stream("POST", "/api/generate", json=body) as stream:
             lines = stream.iter_lines()
             first = next(lines)
+            assert gemma_server.metric("slm_runtime_requests_in_flight") == 1, "still generating"
             proc.send_signal(signal.SIGTERM)
             rest = list(lines)
         parts = [json.loads(line) for line in [first, *rest] if line]
         assert parts[-1]["done"] is True
+        assert len(parts) > 20, "the stream went on after SIGTERM"
         # uvicorn re-raises the signal once it has drained, so the exit status is SIGTERM's.
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in (tmp_path / "gateway.log").read_text()
@@ -539,6 +541,42 @@ def test_a_held_request_whose_client_left_gives_its_place_back() -> None:
             "the held place given back",
         )
         assert gw.metric("slm_gateway_requests_total", localmodel="slow", code="499") == 1
+
+
+def test_a_namespace_token_closes_the_models_there_that_have_none_of_their_own(
+    gemma_server: Server,
+) -> None:
+    team = hashlib.sha256(b"team-token-value").digest()
+
+    async def digest(namespace: str, name: str) -> bytes | None:
+        if name != "team-token":
+            return None
+        # "team" has the Secret, "blank" has it without a token (which opens nothing).
+        return {"team": team, "blank": b""}.get(namespace)
+
+    settings = Settings(namespace_token_secret="team-token")
+    with running_gateway(settings, token_digest=digest) as gw:
+        gw.models(
+            localmodel("gemma", "team"), localmodel("open", "other"), localmodel("shut", "blank")
+        )
+        gw.slices(
+            *endpoints("gemma", gemma_server, namespace="team"),
+            *endpoints("open", gemma_server, namespace="other"),
+            *endpoints("shut", gemma_server, namespace="blank"),
+        )
+        assert [m.id for m in gw.openai().models.list()] == ["open"]
+        assert sorted(m.id for m in gw.openai(api_key="team-token-value").models.list()) == [
+            "gemma",
+            "open",
+        ]
+        with pytest.raises(openai.AuthenticationError):
+            gw.openai(api_key="any").completions.create(model="shut", prompt="Hi", max_tokens=1)
+        with pytest.raises(openai.AuthenticationError):
+            gw.openai().completions.create(model="gemma", prompt="Hi", max_tokens=1)
+        reply = gw.openai(api_key="team-token-value").completions.create(
+            model="gemma", prompt="Hi", max_tokens=1
+        )
+        assert reply.choices
 
 
 def test_a_token_secret_that_cannot_be_read_is_a_503_not_a_401() -> None:

@@ -471,3 +471,29 @@ def test_onnx_engine_counts_the_kv_its_running_generators_hold() -> None:
     assert max(held) > 0, "never saw the generator running"
     assert max(held) <= finished.prompt_tokens + finished.completion_tokens
     assert after == 0
+
+
+def test_a_few_shared_tokens_do_not_evict_another_prompts_cache(
+    gemma_gguf: Path, server_factory: Factory
+) -> None:
+    """Two prompts that share only their first words, asked in turn on two slots: each keeps its
+    own slot's cache (a slot is reused for a prompt only when they share at least half of it)."""
+    parameters = {"contextLength": 512, "temperature": 0, "numThread": 2}
+    server = server_factory(gemma_config(gemma_gguf, parallel=2, parameters=parameters))
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    prompts = [
+        "Notes on rivers. " + " ".join(f"River {i} flows past town {i * 3}." for i in range(20)),
+        "Notes on castles. " + " ".join(f"Castle {i} guards hill {i * 5}." for i in range(20)),
+    ]
+    cached = []
+    for _ in range(2):
+        for prompt in prompts:
+            usage = client.completions.create(model="gemma", prompt=prompt, max_tokens=1).usage
+            assert usage is not None
+            assert usage.prompt_tokens_details is not None
+            cached.append((usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens))
+    first, second, again_first, again_second = cached
+    assert first[1] == 0
+    assert second[1] < 5, "the second prompt did not take the first one's slot"
+    assert again_first[1] == again_first[0] - 1
+    assert again_second[1] == again_second[0] - 1

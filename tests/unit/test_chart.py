@@ -573,7 +573,10 @@ GATEWAY_RULES = CHART / "files" / "gateway-rbac-rules.yaml"
 
 def test_the_gateway_is_restricted_probed_and_configured_from_values() -> None:
     objects = render(
-        "gateway.balance=PrefixAffinity", "gateway.holdQueue=8", "watchNamespaces={team-a}"
+        "gateway.balance=PrefixAffinity",
+        "gateway.holdQueue=8",
+        "watchNamespaces={team-a}",
+        "gateway.namespaceTokenSecret=team-token",
     )
     deployment = one(objects, "Deployment", gateway=True)
     spec = deployment["spec"]
@@ -591,6 +594,7 @@ def test_the_gateway_is_restricted_probed_and_configured_from_values() -> None:
     assert env["SLM_GATEWAY_BALANCE"] == "PrefixAffinity"
     assert env["SLM_GATEWAY_HOLD_QUEUE"] == "8"
     assert env["SLM_GATEWAY_NAMESPACES"] == "team-a"
+    assert env["SLM_GATEWAY_NAMESPACE_TOKEN_SECRET"] == "team-token"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}

@@ -507,10 +507,17 @@ class LlamaCppEngine:
             active.append(seq)
 
     def _claim(self, prompt: list[int]) -> tuple[_Slot, int]:
-        """The free slot whose cache shares the longest prefix with ``prompt`` (else the least
-        recently used one), trimmed to that prefix; returns it and the tokens it saves."""
+        """The free slot whose cache shares the longest prefix with ``prompt``, when that prefix
+        is at least half the prompt; otherwise an empty slot, else the least recently used one,
+        so that a few shared tokens (BOS, a greeting) do not evict another prompt's cache.
+        The slot is trimmed to its shared prefix; returns it and the tokens it saves."""
         shared = [_common_prefix(slot.cached, prompt) for slot in self._free]
         best = max(range(len(self._free)), key=lambda i: (shared[i], -self._free[i].last_used))
+        if shared[best] * 2 < len(prompt):
+            best = min(
+                range(len(self._free)),
+                key=lambda i: (bool(self._free[i].cached), self._free[i].last_used),
+            )
         slot = self._free.pop(best)
         self._admitted += 1
         slot.last_used = self._admitted

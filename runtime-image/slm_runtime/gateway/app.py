@@ -87,7 +87,8 @@ AVOID_SECONDS: Final = 5.0
 """How long a replica that refused a connection is passed over while others remain."""
 
 TokenDigest = Callable[[str, str], Awaitable[bytes | None]]
-"""(namespace, Secret name) -> sha256 of the Secret's token, or None when unreadable."""
+"""(namespace, Secret name) -> sha256 of the Secret's token; None when there is no such Secret,
+``b""`` when it holds no token; raises SecretUnavailableError when it cannot be read now."""
 Scale = Callable[[str, str, int, int], Awaitable[bool]]
 """(namespace, Deployment, when, to) -> whether the replicas were written."""
 
@@ -103,6 +104,9 @@ class Settings:
     hold_timeout: float = 300.0
     idle_check_seconds: float = 5.0
     max_body: int = 16 * 1024 * 1024
+    namespace_token_secret: str | None = None
+    """A Secret of this name in a namespace (key ``token``) is the token of every model there
+    that has no ``serving.authSecret`` of its own."""
 
 
 class _HoldQueueFullError(Exception):
@@ -178,23 +182,36 @@ class Gateway:
         return model
 
     async def allowed(self, request: Request, model: Model) -> bool:
-        """Whether the caller's bearer token opens the model (any caller, for a model without
-        ``serving.authSecret``)."""
-        if model.auth_secret is None:
+        """Whether the caller's bearer token opens the model: the token of its
+        ``serving.authSecret`` (which its replicas check too); for a model without one, the
+        token of its namespace's token Secret where that exists; otherwise any caller."""
+        secret = model.auth_secret or self.settings.namespace_token_secret
+        if secret is None:
             return True
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or self.token_digest is None:
+        expected = await self._digest(model, secret)
+        if expected is None and model.auth_secret is None:
+            return True  # the namespace has no token Secret: the model is open
+        if not expected:  # its Secret is missing or holds no token: closed
+            if model.phase == "Failed":  # the operator says why (SecretNotFound)
+                raise self._failed(model)
             return False
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer "):
+            return False
+        # The replica compares the header with its token as given, so does this.
+        actual = hashlib.sha256(given.removeprefix("Bearer ").encode()).digest()
+        return hmac.compare_digest(actual, expected)
+
+    async def _digest(self, model: Model, secret: str) -> bytes | None:
+        if self.token_digest is None:
+            return None
         try:
-            expected = await self.token_digest(model.namespace, model.auth_secret)
+            return await self.token_digest(model.namespace, secret)
         except SecretUnavailableError as exc:
             log.warning("%s", exc)
             raise APIError(
                 503, f'the token of model "{model.name}" cannot be checked right now; retry'
             ) from exc
-        # The replica compares the header with its token as given, so does this.
-        actual = hashlib.sha256(given.removeprefix("Bearer ").encode()).digest()
-        return expected is not None and hmac.compare_digest(actual, expected)
 
     async def authorize(self, request: Request, model: Model) -> None:
         if not await self.allowed(request, model):
@@ -202,7 +219,7 @@ class Gateway:
             raise APIError(
                 401,
                 f'missing or invalid API token for model "{model.name}": send Authorization: '
-                "Bearer <token> with the token of its serving.authSecret",
+                "Bearer <token> with the token of its serving.authSecret or of its namespace",
                 code="invalid_api_key",
             )
 
@@ -615,7 +632,11 @@ def create_gateway_app(
     async def visible(request: Request) -> list[tuple[str, Model]]:
         found = []
         for model in gateway.directory.models():
-            if await gateway.allowed(request, model):
+            try:
+                opens = await gateway.allowed(request, model)
+            except APIError:  # a token that cannot be checked now, or a Failed model
+                continue
+            if opens:
                 found.append((gateway.directory.public_name(model), model))
         return found
 

@@ -130,9 +130,10 @@ class Kube:
                 backoff = min(backoff * 2, 10.0)
 
     async def token_digest(self, namespace: str, secret: str) -> bytes | None:
-        """sha256 of the Secret's ``token``, cached briefly; None when the Secret or its key is
-        missing or empty. The token itself is not kept. SecretUnavailableError when it cannot
-        be read now (a transient failure is not cached, and not taken for a wrong token)."""
+        """sha256 of the Secret's ``token``, cached briefly; None when there is no such Secret,
+        ``b""`` when it has no (or an empty) ``token``, which opens nothing. The token itself is
+        not kept. SecretUnavailableError when it cannot be read now (a transient failure is not
+        cached, and not taken for a wrong token)."""
         now = time.monotonic()
         cached = self._secrets.get((namespace, secret))
         if cached and now - cached[0] < SECRET_TTL_SECONDS:
@@ -151,7 +152,7 @@ class Kube:
                 value = base64.b64decode((got.json().get("data") or {}).get(SECRET_KEY_TOKEN, ""))
             except ValueError as exc:
                 raise SecretUnavailableError(f"Secret {namespace}/{secret}: {exc}") from exc
-            digest = hashlib.sha256(value).digest() if value else None
+            digest = hashlib.sha256(value).digest() if value else b""
         self._secrets[(namespace, secret)] = (now, digest)
         return digest
 

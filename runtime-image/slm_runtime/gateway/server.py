@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve MODEL from these runtime URLs instead of watching the cluster (repeatable; "
         "no tokens, no scale to zero): for running outside Kubernetes and for benchmarks",
     )
+    parser.add_argument(
+        "--namespace-token-secret",
+        default=_env("NAMESPACE_TOKEN_SECRET", ""),
+        help="name of a Secret (key token) that, where a namespace has it, is the token of "
+        "every model there without a serving.authSecret of its own; empty: none",
+    )
     parser.add_argument("--drain-timeout", type=int, default=int(_env("DRAIN_TIMEOUT", "60")))
     parser.add_argument(
         "--log-level",
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         hold_queue=args.hold_queue,
         hold_timeout=args.hold_timeout,
         idle_check_seconds=args.idle_check,
+        namespace_token_secret=args.namespace_token_secret or None,
     )
     directory = Directory()
     if args.upstream:
