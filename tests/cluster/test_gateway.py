@@ -35,6 +35,7 @@ from .operator_run import (
     wait_for,
     writes_by,
 )
+from .test_install import phase
 from .test_operator import localmodel, on_real_node
 
 pytestmark = pytest.mark.cluster
@@ -55,10 +56,6 @@ def smollm2_server(smollm2_gguf: Path) -> Iterator[str]:
 def gateway_url(cluster: Cluster) -> str:
     spec = cluster.get("service", GATEWAY, SYSTEM_NAMESPACE)["spec"]
     return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}"
-
-
-def phase(cluster: Cluster, namespace: str, name: str) -> str:
-    return str((cluster.get("localmodel", name, namespace).get("status") or {}).get("phase"))
 
 
 def server_pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:

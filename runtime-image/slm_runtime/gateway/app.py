@@ -28,7 +28,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Receive, Scope, Send
 
 from slm_runtime.config import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
-from slm_runtime.errors import APIError, busy_response, install_handlers, is_openai
+from slm_runtime.errors import (
+    APIError,
+    busy_response,
+    error_body,
+    install_handlers,
+    is_openai,
+)
 from slm_runtime.gateway.core import (
     Balance,
     Holds,
@@ -530,11 +536,12 @@ def _idle_signals(text: str) -> tuple[bool, float | None]:
 
 
 def _stream_error(request: Request, media: str, message: str) -> bytes:
-    """A last event that clients read as an error, in the stream's own framing."""
+    """A last event that clients read as an error: the API family's error body, in the
+    stream's own framing."""
+    body = json.dumps(error_body(request, 500, message))
     if media.startswith("text/event-stream"):
-        body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-        return f"data: {json.dumps(body)}\n\n".encode()
-    return (json.dumps({"error": message}) + "\n").encode()
+        return f"data: {body}\n\n".encode()
+    return (body + "\n").encode()
 
 
 def _model_card(name: str, model: Model) -> dict[str, Any]:
