@@ -109,7 +109,7 @@ bench-operator: ## 100, 500 and 1000 LocalModels on the test cluster: time to Re
 bench-runtime: ## runtime vs llama.cpp's llama-server (LLAMA_SERVER=path, else PATH, else built once into ~/.cache/slm-operator)
 	$(PY) bench/runtime_bench.py
 
-bench-gateway: ## slm-gateway: added latency and tokens/s against direct, prefix-affinity TTFT; CLUSTER=1 adds the cold start from zero on the test cluster (writes docs/benchmarks.md)
+bench-gateway: ## slm-gateway: added latency and tokens/s against direct, prefix-affinity TTFT (best with the test cluster down); CLUSTER=1: the cold start from zero on the test cluster instead (writes docs/benchmarks.md)
 	$(PY) bench/gateway_bench.py $(if $(CLUSTER),--cluster)
 
 bench-image: ## image sizes and the runtime image's tokens/s against the virtualenv's (after make images; writes docs/benchmarks.md)

@@ -6,19 +6,23 @@ process (`slm-runtime gateway --upstream ...`), all on this machine.
 
 - Added latency: the same 1-token completions straight to a runtime and through the gateway in
   front of that runtime, alternating in rounds so both see the same machine; p50 and p99 at 1
-  and 32 concurrent clients, and aggregate tokens/s at 8 clients (32-token completions).
+  and 32 concurrent clients, and aggregate tokens/s at 8 clients (32-token completions). The
+  runtime has CPUs of its own (the upper half), the gateway and the client share the others, as
+  the gateway's own pod would not run on the model's CPUs; the gateway's CPU time per request
+  is measured from /proc.
 - Prefix affinity: 9 distinct ~1,300-token prompts asked in turn, 3 rounds, over 2 replicas with
   6 slots each; time to first token with LeastLoad against PrefixAffinity (a fresh pair of
   replicas for each mode).
 
-Cluster part (`--cluster`, after `make cluster-up` and `make images`): installs the chart,
-serves Gemma on node-0 with `autoscaling.minReplicas: 0`, lets it go to zero, and times one
-request through the gateway Service from the request to the first token, split by the
-timestamps the cluster records (the gateway's scale write in the audit log, the pod's
-creation, scheduling, container start and Ready).
+Cluster part (`--cluster`, after `make cluster-up` and `make images`; on its own, so that the
+local part runs without a control plane beside it): installs the chart, serves Gemma on node-0
+with `autoscaling.minReplicas: 0`, lets it go to zero, and times one request through the
+gateway Service from the request to the first token, split by the timestamps the cluster
+records (the gateway's scale write in the audit log, the pod's creation, scheduling, container
+start and Ready).
 
-    make bench-gateway            # local part
-    make bench-gateway CLUSTER=1  # both
+    make bench-gateway            # local part, best with the test cluster down
+    make bench-gateway CLUSTER=1  # cold start on the test cluster
 """
 
 from __future__ import annotations
@@ -38,14 +42,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import yaml
 from benchdoc import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- gateway-bench:start -->", "<!-- gateway-bench:end -->"
+COLD_START, COLD_END = "<!-- gateway-cold:start -->", "<!-- gateway-cold:end -->"
 SHORT_PROMPT = "The history of the printing press begins"
 PREFIX_PROMPTS, PREFIX_ROUNDS, PREFIX_SLOTS = 9, 3, 6
+PAIRS = 100
+"""Requests per round at 1 client, each way."""
+CLIENTS, PER_CLIENT = 32, 8
 
 
 def _free_port() -> int:
@@ -64,14 +73,37 @@ def _progress(what: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
+def _split_cpus() -> tuple[set[int], set[int]]:
+    """(the runtime's CPUs, the gateway's and client's): the upper half of this process's CPUs
+    and the rest; both all of them on a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    half = len(cpus) // 2
+    return set(cpus[half:]), set(cpus[:half])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Process:
-    """A runtime or gateway process on a loopback port."""
+    """A runtime or gateway process on a loopback port, optionally held to some CPUs."""
 
     command: list[str]
     port: int
     ready_path: str
+    cpus: set[int] | None = None
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.command} is not started")
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -79,8 +111,13 @@ class Process:
 
     def start(self) -> Process:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
+        cpus = self.cpus
         self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -104,7 +141,9 @@ class Process:
                 self.proc.wait()
 
 
-def runtime(tmp: Path, *, parallel: int, context: int, threads: int) -> Process:
+def runtime(
+    tmp: Path, *, parallel: int, context: int, threads: int, cpus: set[int] | None = None
+) -> Process:
     port = _free_port()
     config = {
         "modelName": "gemma",
@@ -123,16 +162,18 @@ def runtime(tmp: Path, *, parallel: int, context: int, threads: int) -> Process:
     path = tmp / f"runtime-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "slm_runtime.cli", "serve", "--config", str(path)]
-    return Process(command, port, "/readyz")
+    return Process(command, port, "/readyz", cpus)
 
 
-def gateway(upstreams: list[Process], balance: str = "LeastLoad") -> Process:
+def gateway(
+    upstreams: list[Process], balance: str = "LeastLoad", cpus: set[int] | None = None
+) -> Process:
     port = _free_port()
     urls = ",".join(u.url for u in upstreams)
     command = [sys.executable, "-m", "slm_runtime.cli", "gateway", "--port", str(port),
                "--upstream", f"gemma={urls}", "--balance", balance, "--prefix-length", "512",
                "--log-level", "warning"]  # fmt: skip
-    return Process(command, port, "/readyz")
+    return Process(command, port, "/readyz", cpus)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -140,24 +181,64 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _one(client: httpx.AsyncClient, tokens: int) -> float:
-    body = {"model": "gemma", "prompt": SHORT_PROMPT, "max_tokens": tokens, "temperature": 0}
+@dataclass(frozen=True)
+class Sample:
+    """One request: the client's milliseconds, and the replica's share that the gateway reports
+    in Server-Timing (None straight to a runtime)."""
+
+    ms: float
+    upstream: float | None
+
+
+def _upstream_ms(header: str | None) -> float | None:
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name == "upstream":
+            return float(dur)
+    return None
+
+
+def _session() -> aiohttp.ClientSession:
+    # aiohttp rather than httpx: a cheaper client leaves the CPUs it shares with the gateway to
+    # the gateway.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)
+    )
+
+
+async def _one(session: aiohttp.ClientSession, url: str) -> Sample:
+    body = {"model": "gemma", "prompt": SHORT_PROMPT, "max_tokens": 1, "temperature": 0}
     started = time.perf_counter()
-    response = await client.post("/v1/completions", json=body)
-    response.raise_for_status()
-    return (time.perf_counter() - started) * 1000
+    async with session.post(url + "/v1/completions", json=body) as response:
+        text = await response.text()
+        if response.status != 200:
+            raise SystemExit(f"{url}: HTTP {response.status}: {text}")
+        timing = response.headers.get("server-timing")
+    return Sample((time.perf_counter() - started) * 1000, _upstream_ms(timing))
 
 
-async def _latencies(url: str, clients: int, per_client: int) -> list[float]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        await _one(client, 1)  # warm the connection
+async def _paired(direct: str, through: str, pairs: int) -> tuple[list[Sample], list[Sample]]:
+    """One client whose requests alternate between the runtime and the gateway (each pair in
+    turn first), so both see the same machine."""
+    got: dict[str, list[Sample]] = {direct: [], through: []}
+    async with _session() as session:
+        for url in got:
+            await _one(session, url)  # open the connections
+        for i in range(pairs):
+            for url in (direct, through) if i % 2 == 0 else (through, direct):
+                got[url].append(await _one(session, url))
+    return got[direct], got[through]
 
-        async def worker() -> list[float]:
-            return [await _one(client, 1) for _ in range(per_client)]
+
+async def _latencies(url: str, clients: int, per_client: int) -> list[Sample]:
+    async with _session() as session:
+        await _one(session, url)
+
+        async def worker() -> list[Sample]:
+            return [await _one(session, url) for _ in range(per_client)]
 
         done = await asyncio.gather(*(worker() for _ in range(clients)))
-    return [ms for batch in done for ms in batch]
+    return [sample for batch in done for sample in batch]
 
 
 async def _throughput(url: str, clients: int, tokens: int, per_client: int) -> float:
@@ -183,26 +264,61 @@ async def _throughput(url: str, clients: int, tokens: int, per_client: int) -> f
 class Added:
     direct: dict[int, list[float]] = field(default_factory=dict)
     through: dict[int, list[float]] = field(default_factory=dict)
+    own: dict[int, list[float]] = field(default_factory=dict)
+    """Clients -> per request through the gateway, the client's time less the replica's."""
+    rounds: dict[int, list[float]] = field(default_factory=dict)
+    """Clients -> the added p50 of each round."""
     tps_direct: list[float] = field(default_factory=list)
     tps_through: list[float] = field(default_factory=list)
+    gateway_cpu: dict[int, float] = field(default_factory=dict)
+    """Clients -> the gateway's CPU milliseconds per request."""
+    cpus: tuple[set[int], set[int]] = (set(), set())
 
 
 def added_latency(tmp: Path, rounds: int) -> Added:
-    server = runtime(tmp, parallel=8, context=512, threads=2).start()
-    front = gateway([server]).start()
-    result = Added()
+    model_cpus, front_cpus = _split_cpus()
+    result = Added(cpus=(model_cpus, front_cpus))
+    server = runtime(tmp, parallel=8, context=512, threads=len(model_cpus), cpus=model_cpus)
+    server.start()
+    front = gateway([server], cpus=front_cpus).start()
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, front_cpus)  # the client too
+    cpu: dict[int, list[float]] = {}
+
+    def record(clients: int, direct: list[Sample], through: list[Sample], spent: float) -> None:
+        result.rounds.setdefault(clients, []).append(
+            _pct([s.ms for s in through], 0.5) - _pct([s.ms for s in direct], 0.5)
+        )
+        result.direct.setdefault(clients, []).extend(s.ms for s in direct)
+        result.through.setdefault(clients, []).extend(s.ms for s in through)
+        result.own.setdefault(clients, []).extend(
+            s.ms - s.upstream for s in through if s.upstream is not None
+        )
+        cpu.setdefault(clients, []).append(spent * 1000 / len(through))
+
     try:
         for r in range(rounds):
             _progress(f"latency round {r + 1}/{rounds}")
-            for clients, per_client in ((1, 40), (32, 4)):
-                for name, url in (("direct", server.url), ("through", front.url)):
-                    got = asyncio.run(_latencies(url, clients, per_client))
-                    getattr(result, name).setdefault(clients, []).extend(got)
-            result.tps_direct.append(asyncio.run(_throughput(server.url, 8, 32, 2)))
-            result.tps_through.append(asyncio.run(_throughput(front.url, 8, 32, 2)))
+            before = _cpu_seconds(front.pid)
+            direct, through = asyncio.run(_paired(server.url, front.url, PAIRS))
+            record(1, direct, through, _cpu_seconds(front.pid) - before)
+            # 32 clients: a run straight to the runtime and one through the gateway, the first
+            # in turn.
+            runs: dict[str, tuple[list[Sample], float]] = {}
+            order = [server.url, front.url]
+            for url in order if r % 2 == 0 else order[::-1]:
+                before = _cpu_seconds(front.pid)
+                got = asyncio.run(_latencies(url, CLIENTS, PER_CLIENT))
+                runs[url] = got, _cpu_seconds(front.pid) - before
+            record(CLIENTS, runs[server.url][0], *runs[front.url])
+            for url in order if r % 2 == 0 else order[::-1]:
+                tps = asyncio.run(_throughput(url, 8, 32, 2))
+                (result.tps_direct if url == server.url else result.tps_through).append(tps)
     finally:
+        os.sched_setaffinity(0, mine)
         front.stop()
         server.stop()
+    result.gateway_cpu = {clients: statistics.median(ms) for clients, ms in cpu.items()}
     return result
 
 
@@ -291,40 +407,73 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
 
 
+def _placement(cpus: tuple[set[int], set[int]]) -> str:
+    model, front = cpus
+    if model == front:
+        return "The runtime, the gateway and the client share the one CPU."
+    threads = f"{len(model)} thread{'s' if len(model) > 1 else ''}"
+    return (
+        f"The runtime runs on {_span(model)} with {threads}, the gateway and the client on "
+        f"{_span(front)} (sched_setaffinity), as the gateway's own pod would not take the "
+        "model's CPUs."
+    )
+
+
+def _span(cpus: set[int]) -> str:
+    return ("CPU " if len(cpus) == 1 else "CPUs ") + ",".join(map(str, sorted(cpus)))
+
+
 def report(
     added: Added,
     prefix: dict[str, list[tuple[float, int, int]]],
     spread: dict[str, list[int]],
-    cold: str | None,
 ) -> str:
     lines = [
         START,
-        "## Gateway: added latency, prefix affinity, cold start",
+        "## Gateway: added latency and prefix affinity",
         "",
-        f"`make bench-gateway{' CLUSTER=1' if cold else ''}` (bench/gateway_bench.py) on "
-        f"{_machine()}, {time.strftime('%Y-%m-%d')}. Gemma 3 270M Q4_K_M; the runtime and the "
-        "gateway are processes on this machine, the client too.",
+        f"`make bench-gateway` (bench/gateway_bench.py) on {_machine()}, "
+        f"{time.strftime('%Y-%m-%d')}, with the test cluster down. Gemma 3 270M Q4_K_M; the "
+        "runtime and the gateway are processes on this machine, the client too.",
         "",
         "Added latency: 1-token completions straight to a runtime (8 slots) and through the "
-        "gateway in front of it, in alternating rounds.",
+        f"gateway in front of it, over {len(added.rounds.get(1, []))} rounds. At 1 client the "
+        f"client's requests alternate between the two ({PAIRS} each way per round); at "
+        f"{CLIENTS} clients each round has a run of {CLIENTS} x {PER_CLIENT} requests straight "
+        "to the runtime and one through the gateway, in turn first. Added: the gateway's "
+        "percentile less the direct one over all rounds, with the range of the rounds' p50s. "
+        "Own time: per request through the gateway, the client's time less the replica's (the "
+        "Server-Timing `upstream` the gateway reports, from sending to the answer's last byte). "
+        f"{_placement(added.cpus)} Gateway CPU: its user and system time over a run, per "
+        "request relayed. At 32 clients the runtime's queue moves a round's p50 by tens of ms "
+        "from one run to the next, more than the gateway adds; the own time is the closer "
+        "measure there, and it includes each burst of answers queueing on the CPU that the "
+        "gateway shares with the client.",
         "",
-        "| clients | direct p50 (ms) | gateway p50 (ms) | added p50 (ms) | direct p99 (ms) "
-        "| gateway p99 (ms) | added p99 (ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | direct p50 (ms) | gateway p50 (ms) | added p50 (ms) | added p50 by round "
+        "(ms) | direct p99 (ms) | gateway p99 (ms) | added p99 (ms) | own time p50 / p99 (ms) "
+        "| gateway CPU per request (ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for clients in sorted(added.direct):
-        d, t = added.direct[clients], added.through[clients]
+        d, t, own = added.direct[clients], added.through[clients], added.own.get(clients, [0.0])
         d50, t50, d99, t99 = _pct(d, 0.5), _pct(t, 0.5), _pct(d, 0.99), _pct(t, 0.99)
+        by_round = added.rounds.get(clients, [0.0])
         lines.append(
-            f"| {clients} | {d50:.1f} | {t50:.1f} | {t50 - d50:+.1f} | {d99:.1f} | {t99:.1f} "
-            f"| {t99 - d99:+.1f} |"
+            f"| {clients} | {d50:.1f} | {t50:.1f} | {t50 - d50:+.1f} "
+            f"| {min(by_round):+.1f} .. {max(by_round):+.1f} | {d99:.1f} | {t99:.1f} "
+            f"| {t99 - d99:+.1f} | {_pct(own, 0.5):.2f} / {_pct(own, 0.99):.2f} "
+            f"| {added.gateway_cpu.get(clients, 0.0):.2f} |"
         )
     direct, through = statistics.median(added.tps_direct), statistics.median(added.tps_through)
+    ratios = [t / d for d, t in zip(added.tps_direct, added.tps_through, strict=True)]
     tokens = int(statistics.median(t for got in prefix.values() for _, _, t in got))
     lines += [
         "",
         f"Aggregate generation at 8 clients (32-token completions): {direct:.1f} tokens/s "
-        f"direct, {through:.1f} through the gateway ({through / direct:.3f}x).",
+        f"direct, {through:.1f} through the gateway (medians of {len(ratios)} rounds, the first "
+        f"run in turn); through the gateway / direct, median of the rounds' ratios: "
+        f"{statistics.median(ratios):.3f}x (rounds {min(ratios):.3f}x .. {max(ratios):.3f}x).",
         "",
         f"Prefix affinity: {PREFIX_PROMPTS} distinct prompts of about {tokens} tokens, asked in "
         f"turn for {PREFIX_ROUNDS} rounds, over 2 replicas with {PREFIX_SLOTS} slots (prompt "
@@ -343,8 +492,6 @@ def report(
             f"| {mode} | {statistics.median(ttfts):.0f} | {statistics.mean(ttfts):.0f} "
             f"| {hits}/{len(got)} | {' / '.join(map(str, spread.get(mode, [])))} |"
         )
-    if cold:
-        lines += ["", cold]
     lines.append(END)
     return "\n".join(lines)
 
@@ -353,19 +500,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--cluster", action="store_true", help="also the cold start on the test cluster"
+        "--cluster", action="store_true", help="the cold start on the test cluster instead"
     )
     args = parser.parse_args()
-    cold = None
     if args.cluster:
         from gateway_cold import cold_start  # the cluster part, with the test suite's helpers
 
-        cold = cold_start()
+        section = "\n".join(
+            [
+                COLD_START,
+                "## Gateway: cold start from zero",
+                "",
+                f"`make bench-gateway CLUSTER=1` (bench/gateway_bench.py --cluster) on "
+                f"{_machine()}, {time.strftime('%Y-%m-%d')}. Gemma 3 270M Q4_K_M.",
+                "",
+                cold_start(),
+                COLD_END,
+            ]
+        )
+        print(section)
+        write_section(COLD_START, COLD_END, section)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         added = added_latency(Path(tmp), args.rounds)
         spread: dict[str, list[int]] = {}
         prefix = prefix_affinity(Path(tmp), PREFIX_ROUNDS, PREFIX_PROMPTS, spread)
-    section = report(added, prefix, spread, cold)
+    section = report(added, prefix, spread)
     print(section)
     write_section(START, END, section)
     return 0

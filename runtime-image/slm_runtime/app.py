@@ -88,10 +88,12 @@ class _Observe:
             await send(message)
 
         headers = dict(scope.get("headers", ()))
-        if scope["method"] == "POST" and headers.get(b"content-type", b"").startswith(
-            b"application/x-www-form-urlencoded"
+        declared_type = headers.get(b"content-type", b"")
+        if scope["method"] == "POST" and (
+            not declared_type or declared_type.startswith(b"application/x-www-form-urlencoded")
         ):
-            # `curl -d` sends this by default; the APIs only take JSON, as Ollama does.
+            # `curl -d` sends the form type by default, and some clients send none; the APIs
+            # take only JSON, and read it either way, as Ollama does.
             headers[b"content-type"] = b"application/json"
             scope = {**scope, "headers": list(headers.items())}
         declared = headers.get(b"content-length")

@@ -379,3 +379,19 @@ def test_chunked_body_over_the_limit(gemma_server: Server) -> None:
     )
     assert response.status_code == 413
     assert "exceeds 65536 bytes" in _message("/v1/", response.json())
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/x-www-form-urlencoded"], ids=["none", "curl -d"]
+)
+def test_a_json_body_is_read_whatever_its_content_type_says(
+    gemma_server: Server, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = json.dumps({"model": "gemma", "prompt": "The sky is", "stream": False,
+                       "options": {"num_predict": 2}})  # fmt: skip
+    answer = httpx.post(
+        f"{gemma_server.url}/api/generate", content=body, headers=headers, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] is True

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -244,6 +245,40 @@ def test_one_url_serves_two_models_through_both_clients(
         refused = httpx.post(f"{gw.url}/api/pull", json={"model": "x"}, timeout=10)
         assert refused.status_code == 403
         assert "LocalModel" in refused.json()["error"]
+
+
+def _server_timing(response: httpx.Response) -> dict[str, float]:
+    timings = {}
+    for part in response.headers["server-timing"].split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        timings[name] = float(dur)
+    return timings
+
+
+def test_an_answer_says_how_long_the_replica_took(gemma_server: Server) -> None:
+    with running_gateway() as gw:
+        gw.models(localmodel("gemma"))
+        gw.slices(*endpoints("gemma", gemma_server))
+        body = {"model": "gemma", "prompt": "The sky is", "max_tokens": 4}
+        started = time.perf_counter()
+        whole = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60)
+        elapsed = (time.perf_counter() - started) * 1000
+        assert whole.status_code == 200
+        upstream = _server_timing(whole)["upstream"]
+        assert 0 < upstream <= elapsed
+
+        # Headers go on as the caller sent them: none is added, Content-Type included.
+        bare = httpx.post(f"{gw.url}/v1/completions", content=json.dumps(body), timeout=60)
+        direct = httpx.post(
+            f"{gemma_server.url}/v1/completions", content=json.dumps(body), timeout=60
+        )
+        assert (bare.status_code, direct.status_code) == (200, 200), (bare.text, direct.text)
+
+        streamed = {**body, "stream": True}
+        with httpx.stream("POST", f"{gw.url}/v1/completions", json=streamed, timeout=60) as got:
+            assert got.status_code == 200
+            assert _server_timing(got)["upstream-start"] > 0
+            assert "[DONE]" in got.read().decode()
 
 
 def test_least_load_sends_a_concurrent_request_to_the_idle_replica(

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -91,6 +92,9 @@ _HOP_BY_HOP: Final = frozenset(
 _STREAMS: Final = ("text/event-stream", "application/x-ndjson")
 AVOID_SECONDS: Final = 5.0
 """How long a replica that refused a connection is passed over while others remain."""
+KEEPALIVE_SECONDS: Final = 4.0
+"""How long an idle upstream connection is kept: below the runtime's 5 s (uvicorn's default), so
+the gateway, not the replica, closes it, and a request never goes out on a closing connection."""
 
 TokenDigest = Callable[[str, str], Awaitable[bytes | None]]
 """(namespace, Secret name) -> sha256 of the Secret's token; None when there is no such Secret,
@@ -143,10 +147,7 @@ class Gateway:
         self.started = time.monotonic()
         self.synced = False
         self.draining = False
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None, write=60.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._client: aiohttp.ClientSession | None = None
         self.holds = Holds(settings.hold_queue)
         self._pod_in_flight: dict[str, int] = {}
         self._model_in_flight: dict[str, int] = {}
@@ -157,6 +158,27 @@ class Gateway:
         self._scaling: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._upstream_series: set[tuple[str, str, str]] = set()
+
+    async def open(self) -> None:
+        """Open the upstream connection pool (in the serving loop)."""
+        self._client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
+            auto_decompress=False,  # bodies pass through as the replica encoded them
+            # The caller's headers go on as they came, with none added.
+            skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            raise RuntimeError("the gateway's upstream pool is not open")
+        return self._client
 
     def changed(self) -> None:
         """The directory changed: wake every held request to look again, and drop the series of
@@ -365,17 +387,19 @@ class Gateway:
                 )
             base = model.endpoints[pod]
             url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            upstream = self.client.build_request(request.method, url, headers=headers, content=body)
             self._begin(model, base)
+            started = time.perf_counter()
             try:
-                response = await self.client.send(upstream, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                response = await self.client.request(
+                    request.method, url, headers=headers, data=body, allow_redirects=False
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 self._end(model, base)
                 tried.add(pod)
                 self._avoid[base] = time.monotonic() + AVOID_SECONDS
                 log.warning("replica %s of %s refused the connection: %s", pod, model.key, exc)
                 continue
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 self._end(model, base)
                 self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
                 raise APIError(502, f'replica {pod} of model "{model.name}" failed: {exc}') from exc
@@ -384,31 +408,39 @@ class Gateway:
                 raise
             self.metrics.upstream.labels(model.namespace, model.name, pod).inc()
             self._upstream_series.add((model.namespace, model.name, pod))
-            return await self._relay(request, model, base, pod, response)
+            return await self._relay(request, model, base, pod, response, started)
 
     async def _relay(
-        self, request: Request, model: Model, base: str, pod: str, response: httpx.Response
+        self,
+        request: Request,
+        model: Model,
+        base: str,
+        pod: str,
+        response: aiohttp.ClientResponse,
+        started: float,
     ) -> Response:
         headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
         media = response.headers.get("content-type", "")
         if not media.startswith(_STREAMS):
             try:
-                content = b"".join([chunk async for chunk in response.aiter_raw()])
-            except httpx.HTTPError as exc:
+                content = await response.read()
+            except aiohttp.ClientError as exc:
                 self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
                 raise APIError(
                     502, f'replica {pod} of model "{model.name}" broke off its answer: {exc}'
                 ) from exc
             finally:
-                await response.aclose()
+                response.release()
                 self._end(model, base)
-            return Response(content, response.status_code, headers=headers)
+            _server_timing(headers, "upstream", started)
+            return Response(content, response.status, headers=headers)
+        _server_timing(headers, "upstream-start", started)
 
         async def relay() -> AsyncIterator[bytes]:
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():
                     yield chunk
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
                 log.warning("replica %s of %s broke off a stream: %s", pod, model.key, exc)
                 message = f'replica {pod} of model "{model.name}" failed mid-answer; retry'
@@ -420,10 +452,10 @@ class Gateway:
             nonlocal closed
             if not closed:
                 closed = True
-                await response.aclose()
+                response.release()  # kept for reuse when read to its end, else closed
                 self._end(model, base)
 
-        return _Relayed(relay(), response.status_code, headers=headers, on_close=close)
+        return _Relayed(relay(), response.status, headers=headers, on_close=close)
 
     # --- scale to zero ------------------------------------------------------------------------
 
@@ -434,12 +466,15 @@ class Gateway:
         newest = 0.0
         for base in model.endpoints.values():
             try:
-                got = await self.client.get(base + METRICS_PATH, timeout=5.0)
-                got.raise_for_status()
-            except httpx.HTTPError:
+                async with self.client.get(
+                    base + METRICS_PATH, timeout=aiohttp.ClientTimeout(total=5.0)
+                ) as got:
+                    got.raise_for_status()
+                    text = await got.text()
+            except (aiohttp.ClientError, TimeoutError):
                 return None
             try:
-                busy, last = _idle_signals(got.text)
+                busy, last = _idle_signals(text)
             except ValueError:
                 return None
             if busy or last is None:
@@ -522,6 +557,15 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _server_timing(headers: dict[str, str], name: str, started: float) -> None:
+    """Add the replica's time to the answer's Server-Timing header (W3C Server Timing), so a
+    caller can tell the model's time from the gateway's: ``upstream`` for a whole answer,
+    ``upstream-start`` until a stream's first byte."""
+    metric = f"{name};dur={(time.perf_counter() - started) * 1000:.3f}"
+    current = headers.pop("server-timing", None)
+    headers["server-timing"] = f"{current}, {metric}" if current else metric
+
+
 def _idle_signals(text: str) -> tuple[bool, float | None]:
     """(whether requests are running or queued, the last request's Unix time) from a runtime's
     metrics."""
@@ -569,6 +613,7 @@ def create_gateway_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        await gateway.open()
         tasks = [loop.create_task(start()) for start in background]
         try:
             yield
@@ -576,7 +621,7 @@ def create_gateway_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await gateway.client.aclose()
+            await gateway.close()
 
     app = FastAPI(title="slm-gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.gateway = gateway
@@ -613,7 +658,11 @@ def create_gateway_app(
             except _ClientGoneError:
                 status = 499  # nginx's "client closed request": nobody reads this answer
                 return Response(status_code=status)
-            prefix = prompt_prefix(body, gateway.settings.prefix_length)
+            prefix = (  # only prefix affinity reads the prompt
+                prompt_prefix(body, gateway.settings.prefix_length)
+                if gateway.settings.balance is Balance.PREFIX_AFFINITY
+                else ""
+            )
             response = await gateway.forward(request, model, raw, prefix)
             status = response.status_code
             return response
@@ -624,7 +673,7 @@ def create_gateway_app(
             gateway.metrics.requests.labels(*labels, str(status)).inc()
 
     for path in FORWARDED:
-        app.add_api_route(path, relay, methods=["POST"], include_in_schema=False)
+        app.add_route(path, relay, methods=["POST"], include_in_schema=False)
 
     async def managed(request: Request) -> Response:
         raise APIError(
