@@ -284,6 +284,7 @@ def added_latency(tmp: Path, rounds: int) -> Added:
     mine = os.sched_getaffinity(0)
     os.sched_setaffinity(0, front_cpus)  # the client too
     cpu: dict[int, list[float]] = {}
+    relayed: dict[int, int] = {}
 
     def record(clients: int, direct: list[Sample], through: list[Sample], spent: float) -> None:
         result.rounds.setdefault(clients, []).append(
@@ -294,7 +295,8 @@ def added_latency(tmp: Path, rounds: int) -> Added:
         result.own.setdefault(clients, []).extend(
             s.ms - s.upstream for s in through if s.upstream is not None
         )
-        cpu.setdefault(clients, []).append(spent * 1000 / len(through))
+        cpu.setdefault(clients, []).append(spent)
+        relayed[clients] = relayed.get(clients, 0) + len(through) + 1  # and the warm-up
 
     try:
         for r in range(rounds):
@@ -318,7 +320,8 @@ def added_latency(tmp: Path, rounds: int) -> Added:
         os.sched_setaffinity(0, mine)
         front.stop()
         server.stop()
-    result.gateway_cpu = {clients: statistics.median(ms) for clients, ms in cpu.items()}
+    # /proc counts CPU in clock ticks (10 ms): summed over every round, not per round.
+    result.gateway_cpu = {c: sum(spent) * 1000 / relayed[c] for c, spent in cpu.items()}
     return result
 
 
@@ -404,7 +407,7 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+    return f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), Python {platform.python_version()}"
 
 
 def _placement(cpus: tuple[set[int], set[int]]) -> str:
@@ -444,9 +447,10 @@ def report(
         "percentile less the direct one over all rounds, with the range of the rounds' p50s. "
         "Own time: per request through the gateway, the client's time less the replica's (the "
         "Server-Timing `upstream` the gateway reports, from sending to the answer's last byte). "
-        f"{_placement(added.cpus)} Gateway CPU: its user and system time over a run, per "
-        "request relayed. At 32 clients the runtime's queue moves a round's p50 by tens of ms "
-        "from one run to the next, more than the gateway adds; the own time is the closer "
+        f"{_placement(added.cpus)} Gateway CPU: its user and system time over all rounds, per "
+        "request relayed, warm-up requests included. At 32 clients the runtime's queue moves a "
+        "round's p50 by tens of ms from one run to the next, more than the gateway adds; the own "
+        "time is the closer "
         "measure there, and it includes each burst of answers queueing on the CPU that the "
         "gateway shares with the client.",
         "",

@@ -266,6 +266,7 @@ def test_an_answer_says_how_long_the_replica_took(gemma_server: Server) -> None:
         assert whole.status_code == 200
         upstream = _server_timing(whole)["upstream"]
         assert 0 < upstream <= elapsed
+        assert len(whole.headers.get_list("date")) == 1, "the gateway's Date, not two"
 
         # Headers go on as the caller sent them: none is added, Content-Type included.
         bare = httpx.post(f"{gw.url}/v1/completions", content=json.dumps(body), timeout=60)

@@ -89,12 +89,15 @@ _HOP_BY_HOP: Final = frozenset(
         "content-length",
     }
 )
+_NOT_RELAYED: Final = _HOP_BY_HOP | {"date", "server"}
+"""Answer headers not relayed: the hop-by-hop ones, and those the gateway's own server sets
+(uvicorn writes its Date)."""
 _STREAMS: Final = ("text/event-stream", "application/x-ndjson")
 AVOID_SECONDS: Final = 5.0
 """How long a replica that refused a connection is passed over while others remain."""
 KEEPALIVE_SECONDS: Final = 4.0
-"""How long an idle upstream connection is kept: below the runtime's 5 s (uvicorn's default), so
-the gateway, not the replica, closes it, and a request never goes out on a closing connection."""
+"""An upstream connection idle longer than this is not used again: below the runtime's 5 s
+(uvicorn's default), so no request goes out on a connection the replica may be closing."""
 
 TokenDigest = Callable[[str, str], Awaitable[bytes | None]]
 """(namespace, Secret name) -> sha256 of the Secret's token; None when there is no such Secret,
@@ -166,7 +169,8 @@ class Gateway:
             timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
             auto_decompress=False,  # bodies pass through as the replica encoded them
             # The caller's headers go on as they came, with none added.
-            skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
+            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a replica's cookies are not every caller's
         )
 
     async def close(self) -> None:
@@ -419,22 +423,30 @@ class Gateway:
         response: aiohttp.ClientResponse,
         started: float,
     ) -> Response:
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
         media = response.headers.get("content-type", "")
-        if not media.startswith(_STREAMS):
-            try:
-                content = await response.read()
-            except aiohttp.ClientError as exc:
-                self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
-                raise APIError(
-                    502, f'replica {pod} of model "{model.name}" broke off its answer: {exc}'
-                ) from exc
-            finally:
-                response.release()
-                self._end(model, base)
-            _server_timing(headers, "upstream", started)
-            return Response(content, response.status, headers=headers)
-        _server_timing(headers, "upstream-start", started)
+        streamed = media.startswith(_STREAMS)
+        try:
+            content = b""
+            if not streamed:
+                try:
+                    content = await response.read()
+                except aiohttp.ClientError as exc:
+                    self.metrics.errors.labels(model.namespace, model.name, "upstream_broken").inc()
+                    raise APIError(
+                        502, f'replica {pod} of model "{model.name}" broke off its answer: {exc}'
+                    ) from exc
+            timing = "upstream-start" if streamed else "upstream"
+            headers = _answer_headers(response, timing, started)
+        except BaseException:
+            response.release()
+            self._end(model, base)
+            raise
+        if not streamed:
+            response.release()
+            self._end(model, base)
+            answer = Response(content, response.status)
+            answer.raw_headers.extend(headers)
+            return answer
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -455,7 +467,9 @@ class Gateway:
                 response.release()  # kept for reuse when read to its end, else closed
                 self._end(model, base)
 
-        return _Relayed(relay(), response.status, headers=headers, on_close=close)
+        relayed = _Relayed(relay(), response.status, on_close=close)
+        relayed.raw_headers.extend(headers)
+        return relayed
 
     # --- scale to zero ------------------------------------------------------------------------
 
@@ -529,10 +543,9 @@ class _Relayed(StreamingResponse):
         content: AsyncIterator[bytes],
         status_code: int,
         *,
-        headers: dict[str, str],
         on_close: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(content, status_code, headers=headers)
+        super().__init__(content, status_code)
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -557,13 +570,21 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _server_timing(headers: dict[str, str], name: str, started: float) -> None:
-    """Add the replica's time to the answer's Server-Timing header (W3C Server Timing), so a
-    caller can tell the model's time from the gateway's: ``upstream`` for a whole answer,
-    ``upstream-start`` until a stream's first byte."""
-    metric = f"{name};dur={(time.perf_counter() - started) * 1000:.3f}"
-    current = headers.pop("server-timing", None)
-    headers["server-timing"] = f"{current}, {metric}" if current else metric
+def _answer_headers(
+    response: aiohttp.ClientResponse, timing: str, started: float
+) -> list[tuple[bytes, bytes]]:
+    """The replica's headers as it sent them (repeats kept), less the hop-by-hop ones, and a
+    Server-Timing entry (W3C Server Timing) with the replica's share, so a caller can tell the
+    model's time from the gateway's: ``upstream`` for a whole answer, ``upstream-start`` until a
+    stream's first byte."""
+    headers = [
+        (name.lower(), value)
+        for name, value in response.raw_headers
+        if name.lower().decode("latin-1") not in _NOT_RELAYED
+    ]
+    duration = (time.perf_counter() - started) * 1000
+    headers.append((b"server-timing", f"{timing};dur={duration:.3f}".encode()))
+    return headers
 
 
 def _idle_signals(text: str) -> tuple[bool, float | None]:
