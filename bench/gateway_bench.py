@@ -307,13 +307,13 @@ def added_latency(tmp: Path, rounds: int) -> Added:
             # 32 clients: a run straight to the runtime and one through the gateway, the first
             # in turn.
             runs: dict[str, tuple[list[Sample], float]] = {}
-            order = [server.url, front.url]
-            for url in order if r % 2 == 0 else order[::-1]:
+            order = [server.url, front.url] if r % 2 == 0 else [front.url, server.url]
+            for url in order:
                 before = _cpu_seconds(front.pid)
                 got = asyncio.run(_latencies(url, CLIENTS, PER_CLIENT))
                 runs[url] = got, _cpu_seconds(front.pid) - before
             record(CLIENTS, runs[server.url][0], *runs[front.url])
-            for url in order if r % 2 == 0 else order[::-1]:
+            for url in order:
                 tps = asyncio.run(_throughput(url, 8, 32, 2))
                 (result.tps_direct if url == server.url else result.tps_through).append(tps)
     finally:

@@ -76,10 +76,10 @@ def stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def helm(*args: str) -> None:
+def helm(*args: str, check: bool = True) -> None:
     binary = CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"
     subprocess.run(
-        [str(binary), "--kubeconfig", str(KUBECONFIG), *args], check=True, capture_output=True
+        [str(binary), "--kubeconfig", str(KUBECONFIG), *args], check=check, capture_output=True
     )
 
 
@@ -179,11 +179,7 @@ def cold_start() -> str:
                 print(f"  cold start {i + 1}/{SAMPLES}", file=sys.stderr, flush=True)
                 samples.append(_sample(url))
     finally:
-        subprocess.run(
-            [str(CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}"), "--kubeconfig",
-             str(KUBECONFIG), "uninstall", RELEASE, "-n", NAMESPACE, "--wait"],
-            capture_output=True, check=False,
-        )  # fmt: skip
+        helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
         subprocess.run(["kubectl", "--kubeconfig", str(KUBECONFIG), "delete", "namespace",
                         NAMESPACE, "--wait=false"], capture_output=True, check=False)  # fmt: skip
     lines = [

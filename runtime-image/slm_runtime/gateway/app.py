@@ -89,7 +89,7 @@ _HOP_BY_HOP: Final = frozenset(
         "content-length",
     }
 )
-_NOT_RELAYED: Final = _HOP_BY_HOP | {"date", "server"}
+_NOT_RELAYED: Final = frozenset(name.encode() for name in (*_HOP_BY_HOP, "date", "server"))
 """Answer headers not relayed: the hop-by-hop ones, and those the gateway's own server sets
 (uvicorn writes its Date)."""
 _STREAMS: Final = ("text/event-stream", "application/x-ndjson")
@@ -578,9 +578,9 @@ def _answer_headers(
     model's time from the gateway's: ``upstream`` for a whole answer, ``upstream-start`` until a
     stream's first byte."""
     headers = [
-        (name.lower(), value)
+        (lowered, value)
         for name, value in response.raw_headers
-        if name.lower().decode("latin-1") not in _NOT_RELAYED
+        if (lowered := name.lower()) not in _NOT_RELAYED
     ]
     duration = (time.perf_counter() - started) * 1000
     headers.append((b"server-timing", f"{timing};dur={duration:.3f}".encode()))
