@@ -344,14 +344,14 @@ def test_helm_upgrade_to_a_new_runtime_image_restarts_models_a_few_at_a_time(
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     release = "slm-operator-up"
     values = [
-        "--namespace", namespace, "--wait", "--timeout", "180s",
+        "--namespace", namespace,
         "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}",
         "--set", "rbac.aggregateToDefaultRoles=false", "--set", "runtime.allowCustomImages=true",
         "--set", "runtime.maxImageRollouts=1",
     ]  # fmt: skip
     models = [f"model-{i}" for i in range(4)]
     try:
-        cluster.helm("install", release, str(CHART), *values)
+        cluster.helm("install", release, str(CHART), *values, "--wait", "--timeout", "180s")
         for name in models:
             cluster.apply(tiny_model(name, fixtures_claim), namespace)
         cluster.apply(tiny_model("pinned", fixtures_claim, image=old), namespace)
@@ -365,6 +365,8 @@ def test_helm_upgrade_to_a_new_runtime_image_restarts_models_a_few_at_a_time(
             namespace=namespace,
         ).stdout  # fmt: skip
 
+        # No --wait: the watch below starts before the new operator does, so it sees the first
+        # model move too (with --wait, that one could finish while helm was still waiting).
         cluster.helm("upgrade", release, str(CHART), *values, "--set", f"runtime.image={new}")
         most, seen = 0, []
 
