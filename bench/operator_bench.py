@@ -43,10 +43,11 @@ import yaml
 from benchdoc import write_section
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
-from slm_operator.api import Reason, parse_localmodel
+from slm_operator.api import parse_localmodel
+from slm_operator.catalog import DEFAULT_IMAGE
+from slm_operator.conditions import Reason
 from slm_operator.place import Placement
 from slm_operator.render import RenderOptions, render
-from slm_operator.settings import DEFAULT_IMAGE
 from slm_runtime.config import Device
 
 ROOT = Path(__file__).resolve().parent.parent

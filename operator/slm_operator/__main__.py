@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import kopf
 
 from slm_operator import metrics
-from slm_operator.kube import Kube
+from slm_operator.controller.kube import Kube
 from slm_operator.settings import OperatorSettings
 
 
@@ -28,12 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-format", choices=["plain", "full", "json"], default="full", help="log line format"
     )
-    parser.add_argument(
-        "--peering",
-        default=None,
-        help="kopf peering object name for HA (default: standalone, one active replica)",
-    )
-    parser.add_argument("--priority", type=int, default=0, help="peering priority (HA)")
     args = parser.parse_args(argv)
 
     settings = OperatorSettings()
@@ -51,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # watch event. The operator logs what it does itself (slm_operator.* loggers).
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.leader_election:
-        from slm_operator.leader import wait_for_leadership
+        from slm_operator.controller.lease import wait_for_leadership
 
         Kube.from_environment()  # the Lease client uses the default configuration
         wait_for_leadership(settings)
@@ -63,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
-            standalone=args.peering is None,
-            peering_name=args.peering,
-            priority=args.priority,
+            standalone=True,  # the Lease (controller/lease.py) decides which replica runs
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
             memo=kopf.Memo(namespaces=list(namespaces)),
         )

@@ -21,10 +21,12 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from slm_runtime.config import PORT_NAME, Device, ModelFormat
+from slm_runtime.sources import FORMS
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from slm_operator import modelfile
-from slm_operator.api import (
+from slm_operator.api import InvalidSpecError, parse_localmodel
+from slm_operator.names import (
     API_VERSION,
     DNS1035_PATTERN,
     GROUP,
@@ -32,8 +34,6 @@ from slm_operator.api import (
     NAME_MAX_LENGTH,
     PLURAL,
     VERSION,
-    InvalidSpecError,
-    parse_localmodel,
 )
 
 FIELD_MANAGER: Final = "slmctl"
@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--source",
         required=True,
-        help="hf://ORG/REPO/FILE, ollama://MODEL:TAG, oci://..., https://..., pvc://..., file://...",
+        help=f"the model: {FORMS}",
     )
     run.add_argument("--hardware", type=_tiers, help="tiers in order, e.g. npu,gpu,cpu or cpu")
     run.add_argument("--format", choices=[f.value for f in ModelFormat], help="model format")

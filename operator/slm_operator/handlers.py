@@ -17,18 +17,13 @@ from typing import Any, Final
 import kopf
 from prometheus_client import start_http_server
 
-from slm_operator.api import (
-    GROUP,
-    LABEL_MANAGED_BY,
-    MANAGER_NAME,
-    PLURAL,
-    VERSION,
-)
-from slm_operator.kube import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind, Kube
-from slm_operator.observe import node_info
-from slm_operator.reconcile import Reconciler, pack
+from slm_operator.controller.kube import Kube
+from slm_operator.controller.watches import KindWatch, start_watches
+from slm_operator.kinds import CHILD_KINDS, OPTIONAL_KINDS, POD, Kind
+from slm_operator.names import GROUP, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
+from slm_operator.reconcile import Reconciler
 from slm_operator.settings import OperatorSettings
-from slm_operator.watches import KindWatch, start_watches
+from slm_operator.summary import node_info
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +35,6 @@ waits on the API server's answers, so a burst of new models needs many in flight
 
 _state: dict[str, Reconciler] = {}
 _watches: list[KindWatch] = []
-_started = threading.Event()
-"""Set once kopf has listed every resource it watches and runs handlers."""
 
 
 def reconciler() -> Reconciler:
@@ -92,7 +85,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             label_selector=f"{LABEL_MANAGED_BY}={MANAGER_NAME}",
         )
     )
-    rec.start_workers(RECONCILE_WORKERS, after=[_started, *(w.listed for w in _watches)])
+    rec.start_workers(RECONCILE_WORKERS, after=[rec.caches.listed, *(w.listed for w in _watches)])
     start_http_server(operator_settings.metrics_port)
     resync = threading.Thread(
         target=_resync_loop, args=(operator_settings.resync_seconds,), daemon=True, name="resync"
@@ -109,19 +102,31 @@ def _resync_loop(interval: float) -> None:
             log.exception("resync failed")
 
 
-# --- indexes: the watch caches ----------------------------------------------------------------
+# --- the caches of LocalModels, nodes and CRDs -------------------------------------------------
+# kopf indexes, so that kopf lists all three before it runs any handler; what they see goes to
+# the operator's caches, which worker threads read under their lock.
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="localmodels_idx")
 async def localmodels_idx(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-    """LocalModels by (namespace, name)."""
-    return {(namespace, name): pack(body)}
+    """LocalModels, kept in the caches by (namespace, name)."""
+    if namespace:
+        reconciler().caches.put_model((namespace, name), body)
+    return {(namespace, name): True}
 
 
 @kopf.index("v1", "nodes", id="nodes_idx")
 async def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
-    """Nodes as placement sees them."""
-    return {name: node_info(body)}
+    """Nodes as placement sees them, kept in the caches."""
+    reconciler().caches.put_node(name, node_info(body))
+    return {name: True}
+
+
+@kopf.on.event("v1", "nodes")
+async def node_event(*, type: str | None, name: str, **_: Any) -> None:
+    """A node deleted leaves placement's view (an index handler never sees a deletion)."""
+    if type == "DELETED":
+        reconciler().caches.put_node(name, None)
 
 
 @kopf.index(
@@ -132,7 +137,8 @@ async def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     when=lambda name, **_: name in OPTIONAL_CRDS,
 )
 async def crds_idx(*, name: str, **_: Any) -> Any:
-    """The optional CRDs the operator adapts to."""
+    """The optional CRDs the operator adapts to, kept in the caches."""
+    reconciler().caches.put_crd(name, installed=True)
     return {name: True}
 
 
@@ -142,12 +148,12 @@ async def crds_idx(*, name: str, **_: Any) -> Any:
     "customresourcedefinitions",
     when=lambda name, **_: name in OPTIONAL_CRDS,
 )
-async def optional_crd_changed(*, name: str, type: str | None, **kwargs: Any) -> None:
+async def optional_crd_changed(*, name: str, type: str | None, **_: Any) -> None:
     """Create or prune ServiceMonitors or InferencePools when their CRD comes or goes."""
     rec = reconciler()
-    rec.caches.bind(kwargs)
     kind = OPTIONAL_CRDS[name]
     if type == "DELETED":
+        rec.caches.put_crd(name, installed=False)
         rec.caches.drop_kind(kind)
     for watch in _watches:
         if watch.kind == kind:
@@ -161,7 +167,7 @@ async def optional_crd_changed(*, name: str, type: str | None, **kwargs: Any) ->
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def localmodel_event(
-    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> None:
     """Reconcile a LocalModel when it appears (or is listed at start) or its spec or metadata
     change; forget it when deleted. Events of the operator's own status writes are skipped.
@@ -170,8 +176,7 @@ async def localmodel_event(
     bookkeeping in annotations on the object, a second write per change.
     """
     rec = reconciler()
-    rec.caches.bind(kwargs)
-    _started.set()  # kopf runs no handler before every index is filled
+    rec.caches.listed.set()  # kopf runs no handler before every index is filled
     if not namespace:
         return
     key = (namespace, name)

@@ -8,7 +8,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from slm_operator.api import ConditionType, LocalModelStatus
+from slm_operator.conditions import ConditionType, LocalModelStatus
 
 RECONCILES: Final = Counter(
     "slm_operator_reconciles_total", "Reconciles run, by what caused them.", ["cause"]

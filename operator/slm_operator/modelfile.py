@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from slm_runtime.config import ModelParameters
 from slm_runtime.sources import parse_source
 
-from slm_operator.api import API_VERSION, DNS1035_PATTERN, KIND, NAME_MAX_LENGTH
+from slm_operator.names import API_VERSION, DNS1035_PATTERN, KIND, NAME_MAX_LENGTH
 
 
 class ModelfileError(ValueError):

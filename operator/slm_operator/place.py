@@ -4,18 +4,27 @@ The first tier in ``[preferred, *fallback]`` for which some Ready, schedulable n
 allocatable capacity (and whose runtime serves the model's format) wins; every skipped tier is
 named in the reason. When nothing fits, the last tier is placed anyway with ``placed=False`` so a
 cluster autoscaler can react. Affinity and topology spread are left to the scheduler.
+
+``decide`` is the reconcile's placement step: ``place``, kept on a tier the model stepped down
+to, and the step down itself once pods have been unschedulable for ``fallbackAfter``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from slm_runtime.config import Device, ModelFormat
+from slm_runtime.config import Device, ModelFormat, parse_duration
 
-from slm_operator.api import LocalModelSpec, Reason
-from slm_operator.settings import AcceleratorCatalog, AcceleratorOption
+from slm_operator.catalog import AcceleratorCatalog, AcceleratorOption
+from slm_operator.conditions import Reason
+from slm_operator.spec import LocalModelSpec
+from slm_operator.summary import NodeInfo, Observation, clip, live_pods
+
+Object = dict[str, Any]
 
 STEPPED_DOWN: Final = "pods stayed unschedulable for longer than fallbackAfter ({after})"
 """Reason for tiers above the one the operator stepped down to."""
@@ -25,25 +34,6 @@ FORMAT_NOT_SERVED: Final = "format {format} is not served on {device}"
 _BLOCKING_EFFECTS: Final = frozenset({"NoSchedule", "NoExecute"})
 _GIB: Final = 1024**3
 _MIB: Final = 1024**2
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What placement needs to know about one node (filled by observe.py)."""
-
-    name: str
-    ready: bool = True
-    unschedulable: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    taints: list[dict[str, Any]] = field(default_factory=list)
-    allocatable: dict[str, float] = field(default_factory=dict)
-    """Allocatable resources as numbers (cpu in cores, memory in bytes, devices in units)."""
-    requested: dict[str, float] = field(default_factory=dict)
-    """The sum of requests of the non-terminated pods bound to the node."""
-
-    def free(self, resource: str) -> float:
-        """Allocatable minus requested."""
-        return self.allocatable.get(resource, 0.0) - self.requested.get(resource, 0.0)
 
 
 @dataclass(frozen=True)
@@ -169,6 +159,154 @@ def place(
         reason=Reason.NO_CAPACITY,
         skipped=skipped,
     )
+
+
+# --- decide: the tier, with the step down after fallbackAfter ---------------------------------
+
+TIER_ANNOTATION: Final = "slm.dev/tier"
+"""On the Deployment: the tier it was placed on, kept while ``spec.hardware`` is unchanged."""
+HARDWARE_ANNOTATION: Final = "slm.dev/hardware"
+"""On the Deployment: a digest of ``spec.hardware`` when it was placed (``hardware_hash``)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the model runs, and what the pass does about time."""
+
+    placement: Placement
+    stepped_down: str | None = None
+    """Why this pass leaves the tier the pods were waiting on (status.fallbackReason, Event)."""
+    decide_again_in: float | None = None
+    """Seconds until the pods will have waited ``fallbackAfter``: decide again then."""
+
+
+def decide(
+    spec: LocalModelSpec,
+    nodes: Sequence[NodeInfo],
+    catalog: AcceleratorCatalog,
+    recorded: Device | None,
+    observation: Observation,
+    now: datetime,
+    *,
+    pod_requests: Mapping[str, float] | None = None,
+) -> Decision:
+    """The placement for this pass: the natural one (``place``), or the tier the model already
+    stepped down to (``recorded``, from its Deployment), or the next tier down when its pods
+    have been unschedulable for ``fallbackAfter``.
+
+    Raises ``NoServableTier`` when no tier listed can serve the model.
+    """
+    natural = place(spec, nodes, catalog, pod_requests=pod_requests)
+    tiers = spec.hardware.tiers()
+
+    def from_tier(tier: Device) -> Placement:
+        return place(spec, nodes, catalog, start_at=tier, pod_requests=pod_requests)
+
+    placement = _keep_step_down(natural, recorded, from_tier, tiers)
+    stepped = None
+    if should_step_down(spec, placement, observation, now):
+        stepped = step_down_reason(placement, observation, now)
+        placement = _keep_step_down(natural, next_tier(spec, placement), from_tier, tiers)
+    return Decision(placement, stepped, _decide_again_in(spec, placement, observation, now))
+
+
+def _decide_again_in(
+    spec: LocalModelSpec, placement: Placement, observation: Observation, now: datetime
+) -> float | None:
+    """When unschedulable pods will have waited ``fallbackAfter`` (and a tier is left below)."""
+    waited = unschedulable_for(observation, now)
+    if waited is None or next_tier(spec, placement) is None:
+        return None
+    remaining = parse_duration(spec.hardware.fallback_after) - waited
+    return max(1.0, remaining + 0.5)
+
+
+def _keep_step_down(
+    natural: Placement,
+    tier: Device | None,
+    place_from: Callable[[Device], Placement],
+    tiers: list[Device],
+) -> Placement:
+    """The placement from a stepped-down ``tier`` when it is below the natural choice.
+
+    Tiers the natural placement skipped anyway keep their own reason (a format the tier cannot
+    serve, no capacity); only the ones left because pods stayed unschedulable say so.
+    """
+    if tier is None or tier not in tiers or natural.device not in tiers:
+        return natural
+    if tiers.index(tier) <= tiers.index(natural.device):
+        return natural
+    stepped = place_from(tier)
+    own = {s.device: s for s in natural.skipped}
+    skipped = tuple(own.get(s.device, s) for s in stepped.skipped)
+    return replace(stepped, skipped=skipped)
+
+
+def hardware_hash(spec: LocalModelSpec) -> str:
+    """A short digest of spec.hardware: a recorded tier is kept only while it is unchanged."""
+    text = spec.hardware.model_dump_json(by_alias=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def recorded_tier(spec: LocalModelSpec, deployment: Mapping[str, Any] | None) -> Device | None:
+    """The tier the Deployment was placed on, while spec.hardware is unchanged."""
+    annotations = (deployment or {}).get("metadata", {}).get("annotations") or {}
+    if annotations.get(HARDWARE_ANNOTATION) != hardware_hash(spec):
+        return None
+    tier = annotations.get(TIER_ANNOTATION)
+    return Device(tier) if tier in {d.value for d in Device} else None
+
+
+def record_tier(deployment: Object, spec: LocalModelSpec, placement: Placement) -> None:
+    """Note on a rendered Deployment the tier it is placed on (read back by ``recorded_tier``)."""
+    annotations = deployment["metadata"].setdefault("annotations", {})
+    annotations[TIER_ANNOTATION] = placement.device.value
+    annotations[HARDWARE_ANNOTATION] = hardware_hash(spec)
+
+
+def unschedulable_for(observation: Observation | None, now: datetime) -> float | None:
+    """Seconds the longest-unschedulable live pod has been so, or None when none is."""
+    if observation is None:
+        return None
+    since = [p.unschedulable_since for p in live_pods(observation) if p.unschedulable_since]
+    if not since:
+        return None
+    oldest = min(_aware(s) for s in since)
+    return max(0.0, (_aware(now) - oldest).total_seconds())
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def next_tier(spec: LocalModelSpec, placement: Placement) -> Device | None:
+    """The tier after the placed one in ``[preferred, *fallback]``, or None at the last."""
+    tiers = spec.hardware.tiers()
+    if placement.device not in tiers:
+        return None
+    index = tiers.index(placement.device)
+    return tiers[index + 1] if index + 1 < len(tiers) else None
+
+
+def should_step_down(
+    spec: LocalModelSpec,
+    placement: Placement | None,
+    observation: Observation | None,
+    now: datetime,
+) -> bool:
+    """True when pods stayed unschedulable for ``fallbackAfter`` and a lower tier is left."""
+    if placement is None or next_tier(spec, placement) is None:
+        return False
+    waited = unschedulable_for(observation, now)
+    return waited is not None and waited >= parse_duration(spec.hardware.fallback_after)
+
+
+def step_down_reason(placement: Placement, observation: Observation, now: datetime) -> str:
+    """Why the operator leaves the placed tier, for status.fallbackReason and the Event."""
+    waited = unschedulable_for(observation, now) or 0.0
+    messages = [p.scheduler_message for p in live_pods(observation) if p.scheduler_message]
+    detail = f": {messages[0]}" if messages else ""
+    return clip(f"pods unschedulable on {placement.device.value} for {waited:.0f}s{detail}")
 
 
 def servable_options(

@@ -3,7 +3,7 @@
 ``python -m slm_operator.refdoc`` writes the file; ``--check`` exits non-zero with a diff when the
 committed one is stale. Fields, types, defaults and constraints come from the same structural
 schema the API server validates with (``crdgen.open_api_schema``), so the reference cannot
-disagree with the CRD; condition types, reasons and phases come from api.py's closed sets.
+disagree with the CRD; condition types, reasons and phases come from conditions.py's closed sets.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from slm_runtime.config import DURATION_PATTERN
+from slm_runtime.sources import SOURCE_PATTERN, SOURCE_SCHEMES
 
-from slm_operator import api, crdgen
+from slm_operator import api, crdgen, fields, names
+from slm_operator.conditions import CONDITION_REASONS, ConditionType, Phase, Reason
 
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 TROUBLESHOOTING: Final = "troubleshooting.md"
@@ -30,44 +32,45 @@ HEADER: Final = (
 Schema = dict[str, Any]
 
 PATTERN_NAMES: Final[Mapping[str, str]] = {
-    api.SHA256_PATTERN: "64 lowercase hex characters",
-    api.SOURCE_PATTERN: "scheme `hf`, `ollama`, `oci`, `https`, `http`, `pvc` or `file`",
+    names.SHA256_PATTERN: "64 lowercase hex characters",
+    SOURCE_PATTERN: "scheme "
+    + ", ".join(f"`{s}`" for s in SOURCE_SCHEMES[:-1])
+    + f" or `{SOURCE_SCHEMES[-1]}`",
     DURATION_PATTERN: "duration such as `90s`, `2m`, `1h30m`",
-    api.QUANTITY_PATTERN: "Kubernetes quantity such as `500m`, `2Gi`, `4`",
-    api.K8S_NAME_PATTERN: "DNS-1123 subdomain (lowercase letters, digits, `-`, `.`)",
-    api.LABEL_VALUE_PATTERN: "label value (letters, digits, `-`, `_`, `.`, starting and ending "
+    names.QUANTITY_PATTERN: "Kubernetes quantity such as `500m`, `2Gi`, `4`",
+    names.K8S_NAME_PATTERN: "DNS-1123 subdomain (lowercase letters, digits, `-`, `.`)",
+    fields.LABEL_VALUE_PATTERN: "label value (letters, digits, `-`, `_`, `.`, starting and ending "
     "with a letter or digit)",
 }
-"""Readable names for the patterns api.py uses; any other pattern is shown as a regex."""
+"""Readable names for the patterns the API models use; any other pattern is shown as a regex."""
 
-CONDITION_MEANINGS: Final[Mapping[api.ConditionType, str]] = {
-    api.ConditionType.READY: "True when the model answers requests on every desired replica; "
+CONDITION_MEANINGS: Final[Mapping[ConditionType, str]] = {
+    ConditionType.READY: "True when the model answers requests on every desired replica; "
     "when False its message says what is missing or what to change.",
-    api.ConditionType.MODEL_AVAILABLE: "True when the model is pulled and verified "
+    ConditionType.MODEL_AVAILABLE: "True when the model is pulled and verified "
     "(`status.model.digest` names it).",
-    api.ConditionType.PLACED: "True when a hardware tier with free capacity was found; False "
+    ConditionType.PLACED: "True when a hardware tier with free capacity was found; False "
     "(NoCapacity) when the pods wait on the last tier for capacity.",
-    api.ConditionType.AVAILABLE: "True when at least one replica is available, or when scaled "
+    ConditionType.AVAILABLE: "True when at least one replica is available, or when scaled "
     "to zero on purpose.",
-    api.ConditionType.PROGRESSING: "True while the operator or the cluster is working towards "
+    ConditionType.PROGRESSING: "True while the operator or the cluster is working towards "
     "the spec (pulling, rolling out, waiting for capacity).",
-    api.ConditionType.DEGRADED: "True when something is wrong that does not fix itself (crash "
+    ConditionType.DEGRADED: "True when something is wrong that does not fix itself (crash "
     "loops, image pull errors, lost replicas, a failed spec).",
 }
 
-PHASE_MEANINGS: Final[Mapping[api.Phase, str]] = {
-    api.Phase.PENDING: "No Deployment yet.",
-    api.Phase.PULLING: "The pull Job (or the PerPod init container) is fetching and verifying "
+PHASE_MEANINGS: Final[Mapping[Phase, str]] = {
+    Phase.PENDING: "No Deployment yet.",
+    Phase.PULLING: "The pull Job (or the PerPod init container) is fetching and verifying "
     "the model.",
-    api.Phase.DEPLOYING: "Pods are being scheduled, loading the model or rolling out.",
-    api.Phase.READY: "Every desired replica is ready and the model is available.",
-    api.Phase.DEGRADED: "Pods crash-loop or cannot start, or replicas went missing after the "
+    Phase.DEPLOYING: "Pods are being scheduled, loading the model or rolling out.",
+    Phase.READY: "Every desired replica is ready and the model is available.",
+    Phase.DEGRADED: "Pods crash-loop or cannot start, or replicas went missing after the "
     "model was Ready.",
-    api.Phase.SCALED_TO_ZERO: "Zero replicas because the spec asks for them "
+    Phase.SCALED_TO_ZERO: "Zero replicas because the spec asks for them "
     "(`serving.replicas: 0`) or the gateway took an idle model with `autoscaling.minReplicas: 0` "
     "there; the model stays pulled.",
-    api.Phase.FAILED: "The spec can never work as written; the Ready condition says what to "
-    "change.",
+    Phase.FAILED: "The spec can never work as written; the Ready condition says what to change.",
 }
 
 
@@ -222,11 +225,11 @@ def _section_markdown(section: Section, level: str) -> list[str]:
     return [*lines, ""]
 
 
-def _reason_link(reason: api.Reason) -> str:
+def _reason_link(reason: Reason) -> str:
     return f"[`{reason.value}`]({TROUBLESHOOTING}#{anchor(reason.value)})"
 
 
-def _phase_link(phase: api.Phase) -> str:
+def _phase_link(phase: Phase) -> str:
     return f"[`{phase.value}`]({TROUBLESHOOTING}#{anchor(f'phase {phase.value}')})"
 
 
@@ -242,16 +245,16 @@ def _intro() -> list[str]:
         for c in crdgen.PRINTER_COLUMNS
     ]
     name_rule = str(api.NAME_RULE["message"]).removeprefix("metadata.name ")
-    short = ", ".join(f"`{s}`" for s in api.SHORT_NAMES)
+    short = ", ".join(f"`{s}`" for s in names.SHORT_NAMES)
     return [
         "# LocalModel reference",
         "",
-        f"`apiVersion: {api.API_VERSION}`, `kind: {api.KIND}`: namespaced; plural "
-        f"`{api.PLURAL}`, short names {short}, category `{', '.join(api.CATEGORIES)}` "
-        f"(`kubectl get {api.CATEGORIES[0]}` lists it). The API server applies the defaults "
+        f"`apiVersion: {names.API_VERSION}`, `kind: {names.KIND}`: namespaced; plural "
+        f"`{names.PLURAL}`, short names {short}, category `{', '.join(names.CATEGORIES)}` "
+        f"(`kubectl get {names.CATEGORIES[0]}` lists it). The API server applies the defaults "
         "below and rejects values outside the constraints; the operator checks the same rules "
         "again and reports a spec it cannot serve as phase `Failed` (see "
-        f"[troubleshooting]({TROUBLESHOOTING})). `kubectl explain {api.SINGULAR}.spec` shows the "
+        f"[troubleshooting]({TROUBLESHOOTING})). `kubectl explain {names.SINGULAR}.spec` shows the "
         "same descriptions from the installed CRD.",
         "",
         f"- `metadata.name` {name_rule}, so every child object's name is valid.",
@@ -301,7 +304,7 @@ def _operator_only() -> list[str]:
         "## Checked by the operator only",
         "",
         "The operator refuses these with phase `Failed` and a Ready condition (reason "
-        f"{_reason_link(api.Reason.INVALID_SPEC)} or {_reason_link(api.Reason.SECRET_NOT_FOUND)})"
+        f"{_reason_link(Reason.INVALID_SPEC)} or {_reason_link(Reason.SECRET_NOT_FOUND)})"
         " whose message names the field; the API server admits them.",
         "",
         "| check | why not at `kubectl apply` |",
@@ -324,8 +327,8 @@ def _conditions() -> list[str]:
         "| type | meaning | reasons |",
         "| --- | --- | --- |",
     ]
-    for kind in api.ConditionType:
-        reasons = sorted(api.CONDITION_REASONS[kind], key=list(api.Reason).index)
+    for kind in ConditionType:
+        reasons = sorted(CONDITION_REASONS[kind], key=list(Reason).index)
         links = ", ".join(_reason_link(r) for r in reasons)
         lines.append(f"| `{kind.value}` | {CONDITION_MEANINGS[kind]} | {links} |")
     lines += [
@@ -338,7 +341,7 @@ def _conditions() -> list[str]:
         "| phase | meaning |",
         "| --- | --- |",
     ]
-    lines += [f"| {_phase_link(p)} | {PHASE_MEANINGS[p]} |" for p in api.Phase]
+    lines += [f"| {_phase_link(p)} | {PHASE_MEANINGS[p]} |" for p in Phase]
     return [*lines, ""]
 
 

@@ -60,18 +60,30 @@ from slm_runtime.config import (
 )
 from slm_runtime.cpus import CPU_REQUEST_DIVISOR, ENV_CPU_REQUEST
 from slm_runtime.sources import (
+    Credentials,
     FileSource,
-    HfSource,
-    HttpsSource,
     OciSource,
-    OllamaSource,
     PvcSource,
     Source,
     model_path,
     parse_source,
 )
 
-from slm_operator.api import (
+from slm_operator.api import LocalModel
+from slm_operator.catalog import DEFAULT_IMAGE
+from slm_operator.kinds import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    HPA,
+    INFERENCE_POOL,
+    JOB,
+    NETWORK_POLICY,
+    PDB,
+    PVC,
+    SERVICE,
+    SERVICE_MONITOR,
+)
+from slm_operator.names import (
     API_VERSION,
     APP_NAME,
     COMPONENT_PULLER,
@@ -82,14 +94,10 @@ from slm_operator.api import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGER_NAME,
-    CacheMode,
-    EndpointPickerRef,
-    LocalModel,
-    ReclaimPolicy,
 )
 from slm_operator.place import Placement
-from slm_operator.settings import DEFAULT_IMAGE
 from slm_operator.sizing import pod_resources
+from slm_operator.spec import CacheMode, EndpointPickerRef, ReclaimPolicy
 
 Object = dict[str, Any]
 
@@ -104,7 +112,7 @@ PULLER_APP_NAME: Final = "slm-puller"
 
 SERVER_CONTAINER: Final = "server"
 PULL_CONTAINER: Final = "pull"
-"""The pull Job's container and the PerPod / verify init container (observe.py reads it)."""
+"""The pull Job's container and the PerPod / verify init container (summary.py reads it)."""
 
 CONFIG_VOLUME: Final = "config"
 MODEL_VOLUME: Final = "model"
@@ -246,7 +254,7 @@ def _source(lm: LocalModel) -> Source:
 
 
 def _verify_only(source: Source) -> bool:
-    return isinstance(source, PvcSource | FileSource)
+    return not source.fetched
 
 
 def model_hash(lm: LocalModel) -> str:
@@ -344,13 +352,13 @@ def _pull_env(lm: LocalModel, source: Source, realm_hosts: Sequence[str]) -> lis
     env: list[Object] = [{"name": ENV_HOME, "value": TMP_DIR}]
     if lm.spec.model.allow_insecure:
         env.append({"name": ENV_ALLOW_INSECURE, "value": "true"})
-    if realm_hosts and isinstance(source, OciSource | OllamaSource):
+    if realm_hosts and source.credentials is Credentials.REGISTRY:
         env.append({"name": ENV_TOKEN_REALM_HOSTS, "value": ",".join(realm_hosts)})
     secret = lm.spec.model.credentials_secret
-    if secret and not _verify_only(source):
+    if secret and source.credentials is not Credentials.NONE:
         # hf and https take a bearer token, so a missing Secret or key is reported by the
         # kubelet; registries accept a token or a username/password pair, so each key is optional.
-        token_only = isinstance(source, HfSource | HttpsSource)
+        token_only = source.credentials is Credentials.TOKEN
         env.append(_secret_env(ENV_SOURCE_TOKEN, secret, SECRET_KEY_TOKEN, optional=not token_only))
         if not token_only:
             env.append(_secret_env(ENV_SOURCE_USERNAME, secret, SECRET_KEY_USERNAME, optional=True))
@@ -435,8 +443,8 @@ def _set_if(target: Object, key: str, value: Any) -> None:
 def config_map(lm: LocalModel, placement: Placement) -> Object:
     """``<lm>-config``: the RuntimeConfig as YAML under ``config.yaml``."""
     return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "apiVersion": CONFIG_MAP.api_version,
+        "kind": CONFIG_MAP.kind,
         "metadata": _metadata(lm, f"{lm.metadata.name}-config"),
         "data": {CONFIGMAP_KEY: runtime_config(lm, placement).to_yaml()},
     }
@@ -453,8 +461,8 @@ def model_pvc(lm: LocalModel) -> Object:
         spec["storageClassName"] = cache.storage_class_name
     owned = cache.reclaim_policy is not ReclaimPolicy.RETAIN
     return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
+        "apiVersion": PVC.api_version,
+        "kind": PVC.kind,
         "metadata": _metadata(lm, pvc_name(lm), COMPONENT_PULLER, owned=owned),
         "spec": spec,
     }
@@ -504,8 +512,8 @@ def pull_job(lm: LocalModel, placement: Placement, options: RenderOptions) -> Ob
     template = {"metadata": {"labels": pod_labels}, "spec": pod_spec}
     job_hash = _digest({"model": model_hash(lm), "template": template})[:8]
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
+        "apiVersion": JOB.api_version,
+        "kind": JOB.kind,
         "metadata": _metadata(lm, _pull_job_name(lm, job_hash), COMPONENT_PULLER),
         "spec": {
             "backoffLimit": PULL_BACKOFF_LIMIT,
@@ -709,8 +717,8 @@ def deployment(
         }
     )
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": DEPLOYMENT.api_version,
+        "kind": DEPLOYMENT.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": deployment_spec,
     }
@@ -719,8 +727,8 @@ def deployment(
 def service(lm: LocalModel) -> Object:
     """``<lm>``: ClusterIP in front of the API port."""
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
+        "apiVersion": SERVICE.api_version,
+        "kind": SERVICE.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": {
             "type": "ClusterIP",
@@ -747,8 +755,8 @@ def service_monitor(lm: LocalModel) -> Object:
     metadata["labels"] = {**monitoring.labels, **metadata["labels"]}
     instance = "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", LABEL_INSTANCE)
     return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "ServiceMonitor",
+        "apiVersion": SERVICE_MONITOR.api_version,
+        "kind": SERVICE_MONITOR.kind,
         "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(lm)},
@@ -769,8 +777,8 @@ def inference_pool(lm: LocalModel, picker: EndpointPickerRef) -> Object:
     sends the requests of an HTTPRoute that names the pool to the pod its endpoint picker
     chooses; the picker reads the runtime's queue, running and KV-cache gauges on /metrics."""
     return {
-        "apiVersion": "inference.networking.k8s.io/v1",
-        "kind": "InferencePool",
+        "apiVersion": INFERENCE_POOL.api_version,
+        "kind": INFERENCE_POOL.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": {
             "selector": {"matchLabels": selector_labels(lm)},
@@ -788,8 +796,8 @@ def inference_pool(lm: LocalModel, picker: EndpointPickerRef) -> Object:
 def pod_disruption_budget(lm: LocalModel) -> Object:
     """``<lm>``: at most one server down at a time during voluntary disruptions."""
     return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
+        "apiVersion": PDB.api_version,
+        "kind": PDB.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(lm)}},
     }
@@ -826,14 +834,18 @@ def horizontal_pod_autoscaler(lm: LocalModel) -> Object:
             }
         )
     spec: Object = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": lm.metadata.name},
+        "scaleTargetRef": {
+            "apiVersion": DEPLOYMENT.api_version,
+            "kind": DEPLOYMENT.kind,
+            "name": lm.metadata.name,
+        },
         "minReplicas": max(1, autoscaling.min_replicas),  # 0 <-> 1 is the gateway's
         "maxReplicas": autoscaling.max_replicas,
     }
     _set_if(spec, "metrics", metrics)
     return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
+        "apiVersion": HPA.api_version,
+        "kind": HPA.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": spec,
     }
@@ -847,8 +859,8 @@ def network_policy(lm: LocalModel, options: RenderOptions) -> Object:
         if peer not in peers:
             peers.append(dict(peer))
     return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        "apiVersion": NETWORK_POLICY.api_version,
+        "kind": NETWORK_POLICY.kind,
         "metadata": _metadata(lm, lm.metadata.name),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(lm)},
@@ -869,13 +881,29 @@ def _wants_pdb(lm: LocalModel) -> bool:
     return lm.spec.serving.replicas > 1
 
 
+def _pulls_into_volume(lm: LocalModel) -> bool:
+    """A Volume cache that a pull Job fills (a source that is only verified has none)."""
+    return lm.spec.cache.mode is CacheMode.VOLUME and not _verify_only(_source(lm))
+
+
+def pull_job_name(lm: LocalModel, placement: Placement, options: RenderOptions) -> str | None:
+    """The name of the pull Job ``render`` makes for this model, or None when it makes none.
+
+    The Job depends on neither the model's size nor the replica hold, so the name is known
+    before those are decided.
+    """
+    if not _pulls_into_volume(lm):
+        return None
+    name: str = pull_job(lm, placement, options)["metadata"]["name"]
+    return name
+
+
 def render(lm: LocalModel, placement: Placement, options: RenderOptions) -> list[Object]:
     """Every child of ``lm``, in a stable order: ConfigMap, PVC, Job, Deployment, Service, ..."""
     spec = lm.spec
-    source = _source(lm)
     config = config_map(lm, placement)
     objects: list[Object] = [config]
-    if spec.cache.mode is CacheMode.VOLUME and not _verify_only(source):
+    if _pulls_into_volume(lm):
         objects += [model_pvc(lm), pull_job(lm, placement, options)]
     objects += [deployment(lm, placement, options, config), service(lm)]
     if spec.monitoring.service_monitor and options.service_monitor_supported:
@@ -894,4 +922,4 @@ def render(lm: LocalModel, placement: Placement, options: RenderOptions) -> list
 
 def pod_templates(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The pod templates among rendered objects (Deployments and Jobs)."""
-    return [o["spec"]["template"] for o in objects if o["kind"] in ("Deployment", "Job")]
+    return [o["spec"]["template"] for o in objects if o["kind"] in (DEPLOYMENT.kind, JOB.kind)]

@@ -24,7 +24,8 @@ from typing import Final
 
 from slm_runtime.config import ModelFormat
 
-from slm_operator.api import LocalModelSpec, quantity_value
+from slm_operator.fields import quantity_value
+from slm_operator.spec import LocalModelSpec
 
 MIB: Final = 1024**2
 

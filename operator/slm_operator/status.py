@@ -1,9 +1,8 @@
 """Status, pure: a LocalModel, its Placement and an Observation of its children -> LocalModelStatus.
 
-``observe.py`` fills the plain-data observation types below from the API; ``compute_status``
-turns them into the phase, the six conditions, backend, endpoint, replicas and model digest;
-``status_patch`` gives the merge body to write, or None when nothing changed. The fallback timer
-helpers (``unschedulable_for``, ``should_step_down``) read the same observation.
+``summary.py`` fills the plain-data observation of a model's children; ``compute_status``
+turns it into the phase, the six conditions, backend, endpoint, replicas and model digest;
+``status_patch`` gives the merge body to write, or None when nothing changed.
 
 Phases, first match wins:
 
@@ -31,15 +30,13 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel
-from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult, parse_duration
+from slm_runtime.config import MODEL_CORRUPT_MARKER, Device
 
-from slm_operator.api import (
+from slm_operator.api import LocalModel
+from slm_operator.conditions import (
     CONDITION_REASONS,
-    CacheMode,
     Condition,
     ConditionType,
-    LocalModel,
-    LocalModelSpec,
     LocalModelStatus,
     ModelStatus,
     Phase,
@@ -48,121 +45,16 @@ from slm_operator.api import (
 from slm_operator.place import Placement
 from slm_operator.render import endpoint as service_endpoint
 from slm_operator.render import selector_string
-
-# --- what observe.py fills in -----------------------------------------------------------------
-
-ConditionStatus = Literal["True", "False", "Unknown"]
-
-
-@dataclass(frozen=True)
-class ObjectCondition:
-    """One condition of a child object (a Deployment's Progressing, Available, ReplicaFailure)."""
-
-    status: ConditionStatus
-    reason: str = ""
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class DeploymentSummary:
-    """The runtime Deployment as observed; ``Observation.deployment`` is None when it is absent."""
-
-    generation: int = 0
-    observed_generation: int = 0
-    spec_replicas: int | None = None
-    """``spec.replicas`` (set by the HPA while autoscaling); None when the field is unset."""
-    replicas: int = 0
-    ready_replicas: int = 0
-    updated_replicas: int = 0
-    available_replicas: int = 0
-    progressing: ObjectCondition | None = None
-    available: ObjectCondition | None = None
-    replica_failure: ObjectCondition | None = None
-    """The ReplicaFailure condition, e.g. pods rejected by admission (Pod Security, quota)."""
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """The pull Job as observed; ``Observation.pull_job`` is None when it is absent."""
-
-    name: str = ""
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    finished: Literal["Complete", "Failed"] | None = None
-    """The Job's terminal condition (Complete or Failed with status True), if any."""
-    result: PullResult | None = None
-    """The pull container's termination message parsed as PullResult (on success)."""
-    failure_message: str | None = None
-    """The failed pull container's termination message, else the Job's Failed condition message."""
-    progress: str | None = None
-    """Pull progress text such as ``37%``, when known."""
-
-
-@dataclass(frozen=True)
-class RuntimeDevice:
-    """The device a runtime pod serves on, as its /readyz answer says, and why it left the ones
-    before it (device -> the engine's error)."""
-
-    device: Device
-    fallback: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class PodSummary:
-    """One runtime pod as observed.
-
-    ``waiting_*`` and ``container`` describe the first container (init containers included) that
-    waits for a reason other than ContainerCreating or PodInitializing.
-    """
-
-    name: str
-    phase: str = "Pending"
-    ready: bool = False
-    waiting_reason: str | None = None
-    waiting_message: str | None = None
-    container: str | None = None
-    last_termination_message: str | None = None
-    """The message of the last terminated state of a container that restarted or failed."""
-    out_of_memory: str | None = None
-    """A container the kernel killed for going over its memory limit (OOMKilled), last time it
-    ended."""
-    memory_limit: str | None = None
-    """That container's memory limit, as its pod spec has it (None: no limit)."""
-    restart_count: int = 0
-    unschedulable_since: datetime | None = None
-    """lastTransitionTime of ``PodScheduled=False, reason=Unschedulable``."""
-    scheduler_message: str | None = None
-    pulling: bool = False
-    """The pull init container is running (PerPod cache mode)."""
-    terminating: bool = False
-    device: RuntimeDevice | None = None
-    """What the ready pod's runtime reported it serves on; None until it has been read."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the runtime reports it serves (from /api/show or the puller's metadata file)."""
-
-    digest: str
-    size_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Observation:
-    """Everything status needs to know about a LocalModel's children, as plain data."""
-
-    deployment: DeploymentSummary | None = None
-    pull_job: JobSummary | None = None
-    pods: tuple[PodSummary, ...] = ()
-    service_monitor_crd: bool = True
-    """Whether the monitoring.coreos.com ServiceMonitor CRD is installed."""
-    inference_pool_crd: bool = True
-    """Whether the inference.networking.k8s.io InferencePool CRD is installed."""
-    missing_secrets: tuple[str, ...] = ()
-    """Names of referenced Secrets that do not exist in the namespace."""
-    model: ModelInfo | None = None
-
+from slm_operator.spec import CacheMode, LocalModelSpec
+from slm_operator.summary import (
+    ConditionStatus,
+    DeploymentSummary,
+    ObjectCondition,
+    Observation,
+    PodSummary,
+    clip,
+    live_pods,
+)
 
 # --- constants --------------------------------------------------------------------------------
 
@@ -195,7 +87,6 @@ BROKEN_REASONS: Final = frozenset(
 )
 """Waiting reasons that do not resolve by themselves."""
 
-MAX_MESSAGE: Final = 1024
 _CONDITION_ORDER: Final = tuple(ConditionType)
 
 
@@ -207,16 +98,6 @@ def rfc3339(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def _live(observation: Observation) -> list[PodSummary]:
-    # Sorted, so the pod a message names does not depend on the order pods were listed in.
-    return sorted((p for p in observation.pods if not p.terminating), key=lambda p: p.name)
 
 
 def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None) -> int:
@@ -235,54 +116,6 @@ def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None)
     if spec.autoscaling.scales_to_zero:
         return 0 if deployment is not None and deployment.spec_replicas == 0 else 1
     return spec.autoscaling.min_replicas
-
-
-# --- the fallback timer -----------------------------------------------------------------------
-
-
-def unschedulable_for(observation: Observation | None, now: datetime) -> float | None:
-    """Seconds the longest-unschedulable live pod has been so, or None when none is."""
-    if observation is None:
-        return None
-    since = [p.unschedulable_since for p in _live(observation) if p.unschedulable_since]
-    if not since:
-        return None
-    oldest = min(_aware(s) for s in since)
-    return max(0.0, (_aware(now) - oldest).total_seconds())
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def next_tier(spec: LocalModelSpec, placement: Placement) -> Device | None:
-    """The tier after the placed one in ``[preferred, *fallback]``, or None at the last."""
-    tiers = spec.hardware.tiers()
-    if placement.device not in tiers:
-        return None
-    index = tiers.index(placement.device)
-    return tiers[index + 1] if index + 1 < len(tiers) else None
-
-
-def should_step_down(
-    spec: LocalModelSpec,
-    placement: Placement | None,
-    observation: Observation | None,
-    now: datetime,
-) -> bool:
-    """True when pods stayed unschedulable for ``fallbackAfter`` and a lower tier is left."""
-    if placement is None or next_tier(spec, placement) is None:
-        return False
-    waited = unschedulable_for(observation, now)
-    return waited is not None and waited >= parse_duration(spec.hardware.fallback_after)
-
-
-def step_down_reason(placement: Placement, observation: Observation, now: datetime) -> str:
-    """Why the operator leaves the placed tier, for status.fallbackReason and the Event."""
-    waited = unschedulable_for(observation, now) or 0.0
-    messages = [p.scheduler_message for p in _live(observation) if p.scheduler_message]
-    detail = f": {messages[0]}" if messages else ""
-    return _clip(f"pods unschedulable on {placement.device.value} for {waited:.0f}s{detail}")
 
 
 # --- compute_status ---------------------------------------------------------------------------
@@ -335,7 +168,7 @@ def compute_status(
     deployment = obs.deployment
     desired = desired_replicas(spec, deployment)
     ready = deployment.ready_replicas if deployment else 0
-    live = _live(obs)
+    live = live_pods(obs)
     previous = {c.type: c for c in old.conditions}
 
     failure = _failure(lm, obs, error, error_reason)
@@ -362,7 +195,7 @@ def compute_status(
         progress_cond = _Cond(
             "True",
             Reason.ROLLOUT_IN_PROGRESS,
-            _clip(f"{progress_cond.message}; {rollout_wait}"),
+            clip(f"{progress_cond.message}; {rollout_wait}"),
         )
 
     if failure is not None:
@@ -463,7 +296,7 @@ def failed_status(
         raise ValueError(f"{error_reason.value} is not a failure reason")
     old = old or LocalModelStatus()
     previous = {c.type: c for c in old.conditions}
-    message = _clip(error)
+    message = clip(error)
     unknown = {
         ConditionType.PLACED: _Cond("Unknown", Reason.PLACED, "placement not evaluated"),
         ConditionType.MODEL_AVAILABLE: _Cond(
@@ -513,7 +346,7 @@ def _failure(
         reason = error_reason or Reason.INVALID_SPEC
         if reason not in FAILURE_REASONS:
             raise ValueError(f"{reason.value} is not a failure reason")
-        return reason, _clip(error)
+        return reason, clip(error)
     if obs.missing_secrets:
         return Reason.SECRET_NOT_FOUND, _secrets_message(lm, obs.missing_secrets)
     return None
@@ -531,7 +364,7 @@ def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
     for name in sorted(set(missing)):
         where = f" (referenced by {fields[name]})" if name in fields else ""
         parts.append(f"Secret {name!r}{where}")
-    return _clip(
+    return clip(
         f"{', '.join(parts)} not found in namespace {lm.metadata.namespace}; "
         "create it or change the reference"
     )
@@ -539,10 +372,10 @@ def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
 
 def _pull_failure(message: str, what: str) -> tuple[Reason, str]:
     if DIGEST_MISMATCH_MARKER in message.lower():
-        return Reason.DIGEST_MISMATCH, _clip(
+        return Reason.DIGEST_MISMATCH, clip(
             f"{what}: {message}; if the new content is expected, update spec.model.sha256"
         )
-    return Reason.PULL_FAILED, _clip(
+    return Reason.PULL_FAILED, clip(
         f"{what}: {message}; check spec.model.source and spec.model.credentialsSecret"
     )
 
@@ -576,7 +409,7 @@ def _model_state(lm: LocalModel, obs: Observation, live: list[PodSummary], ready
         return _Model(
             "pulling",
             Reason.PULLING,
-            _clip(f"pull Job {job.name} is pulling {spec.model.source}{shown}{retry}"),
+            clip(f"pull Job {job.name} is pulling {spec.model.source}{shown}{retry}"),
             progress=job.progress,
         )
 
@@ -597,7 +430,7 @@ def _model_state(lm: LocalModel, obs: Observation, live: list[PodSummary], ready
 
     if any(p.pulling for p in live):
         return _Model(
-            "pulling", Reason.PULLING, _clip(f"init container is pulling {spec.model.source}")
+            "pulling", Reason.PULLING, clip(f"init container is pulling {spec.model.source}")
         )
     waiting = {
         CacheMode.VOLUME: "waiting for the pull Job",
@@ -643,7 +476,7 @@ def _placed(
         return _Cond(
             "True",
             Reason.RUNTIME_FELL_BACK,
-            _clip(
+            clip(
                 f"on {where}{skipped}; the runtime in pod {fell_back.name} serves on "
                 f"{fell_back.device.device.value}" + (f" ({why})" if why else "")
             ),
@@ -653,14 +486,14 @@ def _placed(
         return _Cond(
             "False",
             Reason.NO_CAPACITY,
-            _clip(
+            clip(
                 f"no tier has capacity ({skipped}); placed on {where} anyway so a cluster "
                 "autoscaler can add a node"
             ),
         )
     if placement.reason is Reason.FELL_BACK:
         return _Cond(
-            "True", Reason.FELL_BACK, _clip(f"on {where}; skipped {placement.fallback_reason}")
+            "True", Reason.FELL_BACK, clip(f"on {where}; skipped {placement.fallback_reason}")
         )
     return _Cond("True", Reason.PLACED, f"on {where}")
 
@@ -704,22 +537,22 @@ def _rollout(
     out_of_memory = [p for p in crashing if p.out_of_memory]
     if corrupt:
         problem = _pod_problem(corrupt[0])
-        degraded = _Cond("True", Reason.MODEL_CORRUPT, _clip(f"{counts}; {problem}"))
+        degraded = _Cond("True", Reason.MODEL_CORRUPT, clip(f"{counts}; {problem}"))
     elif out_of_memory:
         degraded = _Cond(
-            "True", Reason.OUT_OF_MEMORY, _clip(f"{counts}; {_out_of_memory(out_of_memory[0])}")
+            "True", Reason.OUT_OF_MEMORY, clip(f"{counts}; {_out_of_memory(out_of_memory[0])}")
         )
     elif crashing:
         degraded = _Cond(
-            "True", Reason.CRASH_LOOPING, _clip(f"{counts}; {_pod_problem(crashing[0])}")
+            "True", Reason.CRASH_LOOPING, clip(f"{counts}; {_pod_problem(crashing[0])}")
         )
     elif broken:
         degraded = _Cond(
-            "True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}; {_pod_problem(broken[0])}")
+            "True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}; {_pod_problem(broken[0])}")
         )
     elif deployment is not None and _is_true(deployment.replica_failure):
         message = deployment.replica_failure.message if deployment.replica_failure else ""
-        degraded = _Cond("True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}; {message}"))
+        degraded = _Cond("True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}; {message}"))
     elif (
         deployment is not None
         and deployment.progressing is not None
@@ -728,7 +561,7 @@ def _rollout(
         degraded = _Cond(
             "True",
             Reason.REPLICAS_UNAVAILABLE,
-            _clip(f"{counts}; {deployment.progressing.message}"),
+            clip(f"{counts}; {deployment.progressing.message}"),
         )
     elif (
         deployment is not None
@@ -739,7 +572,7 @@ def _rollout(
         )
     ):
         degraded = _Cond(
-            "True", Reason.REPLICAS_UNAVAILABLE, _clip(f"{counts}{_unschedulable_note(live)}")
+            "True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}{_unschedulable_note(live)}")
         )
 
     # Progressing: what the operator and the cluster are working on.
@@ -750,12 +583,12 @@ def _rollout(
         progressing = _Cond("True", Reason.RECONCILING, _pending_message(model))
     elif unschedulable or (placement is not None and not placement.placed and ready < desired):
         detail = _unschedulable_note(live) or "; no node has capacity for the pods"
-        progressing = _Cond("True", Reason.WAITING_FOR_CAPACITY, _clip(f"{counts}{detail}"))
+        progressing = _Cond("True", Reason.WAITING_FOR_CAPACITY, clip(f"{counts}{detail}"))
     elif deployment.progressing is not None and deployment.progressing.status == "False":
         progressing = _Cond(
             "False",
             Reason.ROLLOUT_IN_PROGRESS,
-            _clip(f"{counts}; {deployment.progressing.message}"),
+            clip(f"{counts}; {deployment.progressing.message}"),
         )
     elif rolling or ready < desired:
         progressing = _Cond("True", Reason.ROLLOUT_IN_PROGRESS, counts)

@@ -1,4 +1,5 @@
-"""The model source grammar: one hand-written parser shared by the operator and the puller.
+"""Model sources: one type per scheme, with the grammar, the credentials it takes and whether it
+is fetched, shared by the operator and the puller.
 
     hf://ORG/REPO[@REVISION]/PATH            file or folder in a Hugging Face repo
     ollama://[HOST/]NAMESPACE/MODEL[:TAG]    Ollama registry; ollama://MODEL[:TAG] uses library/
@@ -6,6 +7,10 @@
     https://HOST[:PORT]/PATH[?QUERY]         a single file (http:// only when insecure is allowed)
     pvc://CLAIM/PATH                         already on a claim in the namespace: verify only
     file:///PATH                             already inside the runtime image: verify only
+
+``SOURCE_TYPES`` lists them; the CRD's pattern (``SOURCE_PATTERN``), the forms error messages
+and help texts show (``FORMS``) and the reference docs derive from it. How each type is fetched
+lives in ``pull/core.py`` (``FETCHERS``), which imports the HTTP clients this module must not.
 
 Pure: no I/O. Every rejection is a ``ValueError`` whose message names the part that is wrong
 and the form that is expected.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar, Final
 
 from slm_runtime.config import MODELS_DIR, ModelFormat
@@ -42,11 +48,27 @@ _URL_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+class Credentials(StrEnum):
+    """What a source's credentials Secret may hold."""
+
+    NONE = "none"
+    """Nothing is fetched, so nothing is sent."""
+    TOKEN = "token"
+    """A bearer token (the Secret's ``token`` key, required)."""
+    REGISTRY = "registry"
+    """A registry login: a token, or ``username`` and ``password`` (each key optional); the
+    registry's token service may be on another host (``tokenRealmHosts``)."""
+
+
 @dataclass(frozen=True)
 class HfSource:
     """A file or folder ``path`` in Hugging Face repo ``repo_id`` at ``revision``."""
 
     scheme: ClassVar[str] = "hf"
+    schemes: ClassVar[tuple[str, ...]] = ("hf",)
+    form: ClassVar[str] = "hf://ORG/REPO[@REVISION]/PATH"
+    fetched: ClassVar[bool] = True
+    credentials: ClassVar[Credentials] = Credentials.TOKEN
     repo_id: str
     path: str
     revision: str = HF_DEFAULT_REVISION
@@ -65,6 +87,10 @@ class OllamaSource:
     """A model in an Ollama registry: ``host/namespace/model:tag``."""
 
     scheme: ClassVar[str] = "ollama"
+    schemes: ClassVar[tuple[str, ...]] = ("ollama",)
+    form: ClassVar[str] = "ollama://[HOST/]NAMESPACE/MODEL[:TAG]"
+    fetched: ClassVar[bool] = True
+    credentials: ClassVar[Credentials] = Credentials.REGISTRY
     model: str
     tag: str = OLLAMA_DEFAULT_TAG
     namespace: str = OLLAMA_DEFAULT_NAMESPACE
@@ -84,6 +110,10 @@ class OciSource:
     """An OCI artifact ``host/repository`` by ``tag`` or by ``digest`` (the digest wins)."""
 
     scheme: ClassVar[str] = "oci"
+    schemes: ClassVar[tuple[str, ...]] = ("oci",)
+    form: ClassVar[str] = "oci://HOST[:PORT]/REPO(:TAG|@sha256:HEX)"
+    fetched: ClassVar[bool] = True
+    credentials: ClassVar[Credentials] = Credentials.REGISTRY
     host: str
     repository: str
     tag: str | None = None
@@ -109,6 +139,10 @@ class HttpsSource:
     """A single file at ``url``; ``insecure`` when the scheme is plain ``http``."""
 
     scheme: ClassVar[str] = "https"
+    schemes: ClassVar[tuple[str, ...]] = ("https", "http")
+    form: ClassVar[str] = "https://HOST/PATH"
+    fetched: ClassVar[bool] = True
+    credentials: ClassVar[Credentials] = Credentials.TOKEN
     url: str
 
     def __str__(self) -> str:
@@ -131,6 +165,10 @@ class PvcSource:
     """A file or folder ``path`` already on claim ``claim``: verified, never fetched."""
 
     scheme: ClassVar[str] = "pvc"
+    schemes: ClassVar[tuple[str, ...]] = ("pvc",)
+    form: ClassVar[str] = "pvc://CLAIM/PATH"
+    fetched: ClassVar[bool] = False
+    credentials: ClassVar[Credentials] = Credentials.NONE
     claim: str
     path: str
 
@@ -143,6 +181,10 @@ class FileSource:
     """An absolute ``path`` already inside the runtime image: verified, never fetched."""
 
     scheme: ClassVar[str] = "file"
+    schemes: ClassVar[tuple[str, ...]] = ("file",)
+    form: ClassVar[str] = "file:///PATH"
+    fetched: ClassVar[bool] = False
+    credentials: ClassVar[Credentials] = Credentials.NONE
     path: str
 
     def __str__(self) -> str:
@@ -150,25 +192,32 @@ class FileSource:
 
 
 Source = HfSource | OllamaSource | OciSource | HttpsSource | PvcSource | FileSource
-
-_FORMS: Final = (
-    "hf://ORG/REPO[@REVISION]/PATH, ollama://[HOST/]NAMESPACE/MODEL[:TAG], "
-    "oci://HOST[:PORT]/REPO(:TAG|@sha256:HEX), https://HOST/PATH, pvc://CLAIM/PATH "
-    "or file:///PATH"
+SOURCE_TYPES: Final[tuple[type[Source], ...]] = (
+    HfSource,
+    OllamaSource,
+    OciSource,
+    HttpsSource,
+    PvcSource,
+    FileSource,
 )
+SOURCE_SCHEMES: Final = tuple(scheme for t in SOURCE_TYPES for scheme in t.schemes)
+SOURCE_PATTERN: Final = rf"^({'|'.join(SOURCE_SCHEMES)})://.+$"
+"""The CRD's pattern for ``spec.model.source``: a scheme of ``SOURCE_TYPES``."""
+FORMS: Final = ", ".join(t.form for t in SOURCE_TYPES[:-1]) + f" or {SOURCE_TYPES[-1].form}"
+"""Every source form, for messages and help texts."""
 
 
 def parse_source(text: str, *, allow_insecure: bool = False) -> Source:
     """Parse a model source; ``allow_insecure`` admits ``http://`` URLs."""
     if not isinstance(text, str) or not text:
-        raise ValueError(f"model source is empty; expected one of {_FORMS}")
+        raise ValueError(f"model source is empty; expected one of {FORMS}")
     if len(text) > MAX_SOURCE_LENGTH:
         raise ValueError(f"model source is {len(text)} characters; at most {MAX_SOURCE_LENGTH}")
     if any(c.isspace() or not c.isprintable() for c in text):
         raise ValueError(f"model source {text!r} contains whitespace or control characters")
     scheme, sep, rest = text.partition("://")
     if not sep:
-        raise ValueError(f"model source {text!r} has no scheme; expected one of {_FORMS}")
+        raise ValueError(f"model source {text!r} has no scheme; expected one of {FORMS}")
     match scheme:
         case "hf":
             return _parse_hf(rest)
@@ -189,7 +238,7 @@ def parse_source(text: str, *, allow_insecure: bool = False) -> Source:
             return _parse_pvc(rest)
         case "file":
             return _parse_file(rest)
-    raise ValueError(f"model source scheme {scheme!r} is not supported; expected one of {_FORMS}")
+    raise ValueError(f"model source scheme {scheme!r} is not supported; expected one of {FORMS}")
 
 
 def infer_format(source: Source) -> ModelFormat | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from slm_operator.apply import apply_reason, with_hash
+from slm_operator.controller.apply import apply_reason, with_hash
 
 from tests.unit.test_render import VARIANTS, render_variant
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from kubernetes import config
-from slm_operator.api import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER_NAME
-from slm_operator.kube import CONFIG_MAP, Kind, Kube
-from slm_operator.watches import KindWatch
+from slm_operator.controller.kube import Kube
+from slm_operator.controller.watches import KindWatch
+from slm_operator.kinds import CONFIG_MAP, Kind
+from slm_operator.names import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER_NAME
 
 from .conftest import Cluster
 from .operator_run import wait_for

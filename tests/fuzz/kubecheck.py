@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+
+from slm_operator.fields import quantity_value
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-QUANTITY = re.compile(
-    r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?"
-)
-_SUFFIX = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    **{s: Decimal(1024**i) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
-}
 NAME_RULES = {
     "Service": (DNS1035_LABEL, 63),
     "Deployment": (DNS1123_SUBDOMAIN, 253),
@@ -73,16 +59,11 @@ def annotation_problems(annotations: Mapping[str, Any], where: str) -> list[str]
 
 
 def quantity(text: Any) -> Decimal | None:
-    """A quantity's value, or None when it is not a quantity."""
-    match = QUANTITY.fullmatch(str(text))
-    if match is None:
-        return None
-    number, suffix, exponent = match.groups()
+    """A quantity's value (the operator's one parser, ``api.quantity_value``), or None when it
+    is not a quantity."""
     try:
-        if exponent is not None:
-            return Decimal(number) * Decimal(10) ** int(exponent)
-        return Decimal(number) * _SUFFIX[suffix or ""]
-    except (InvalidOperation, ArithmeticError):
+        return quantity_value(str(text))
+    except ValueError:
         return None
 
 

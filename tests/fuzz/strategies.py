@@ -15,8 +15,8 @@ from typing import Any
 import kubernetes_validate
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
-from slm_operator.place import NodeInfo
-from slm_operator.settings import AcceleratorCatalog, AcceleratorOption, Tier, default_catalog
+from slm_operator.catalog import AcceleratorCatalog, AcceleratorOption, Tier, default_catalog
+from slm_operator.summary import NodeInfo
 from slm_runtime.config import Device, ModelFormat
 
 KUBERNETES_VERSION = "1.36.0"

@@ -12,6 +12,7 @@ resource checks, and Pod Security "restricted"; the ConfigMap round-trips to the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import kubernetes_validate
@@ -19,11 +20,19 @@ import pytest
 from hypothesis import assume, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
-from slm_operator.api import InvalidSpecError, LocalModel, Reason, parse_localmodel
-from slm_operator.place import NodeInfo, NoServableTier, Placement, place, tolerates
-from slm_operator.render import RenderOptions, pod_templates, render, runtime_config
-from slm_operator.settings import AcceleratorCatalog, default_catalog
+from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
+from slm_operator.catalog import AcceleratorCatalog, default_catalog
+from slm_operator.conditions import Reason
+from slm_operator.place import NoServableTier, Placement, place, tolerates
+from slm_operator.render import (
+    RenderOptions,
+    pod_templates,
+    pull_job_name,
+    render,
+    runtime_config,
+)
 from slm_operator.sizing import parse_quantity, pod_resources
+from slm_operator.summary import NodeInfo
 from slm_runtime.config import CONFIGMAP_KEY, Device, RuntimeConfig
 
 from tests.unit.crdcheck import apply_defaults, crd_errors, open_api_schema, to_json_schema
@@ -180,6 +189,11 @@ def pipeline(
     objects = render(lm, placement, options)
     check_objects(lm, placement, objects)
     assert render(lm, placement, options) == objects, "rendering is not deterministic"
+    jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
+    # The reconcile names the pull Job before it decides the size and the hold: those must not
+    # change the Job.
+    before = replace(options, model_size_bytes=None, hold_replicas=False, wake_replicas=False)
+    assert [pull_job_name(lm, placement, before)] == (jobs or [None])
 
 
 # --- the properties ---------------------------------------------------------------------------

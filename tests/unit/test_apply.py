@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from slm_operator.apply import (
+from slm_operator.controller.apply import (
     APPLIED_HASH_ANNOTATION,
     apply_reason,
     first_difference,

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from slm_operator.kube import SERVICE_MONITOR
-from slm_operator.reconcile import Caches, _fingerprint
+from slm_operator.controller.cache import Caches
+from slm_operator.kinds import SERVICE_MONITOR
+from slm_operator.reconcile import _fingerprint
+from slm_operator.summary import NodeInfo
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +114,30 @@ def test_a_status_write_does_not_make_a_model_render_again_but_a_spec_or_label_c
     assert _fingerprint(spec_changed) != _fingerprint(body)
     relabelled = {**body, "metadata": {**body["metadata"], "labels": {"team": "y"}}}
     assert _fingerprint(relabelled) != _fingerprint(body)
+
+
+def test_models_nodes_and_crds_are_kept_under_the_caches_lock() -> None:
+    """kopf's handlers write LocalModels, nodes and CRDs into the caches; workers read copies."""
+    caches = Caches()
+    body = {"metadata": {"name": "m", "namespace": "a", "managedFields": [{}]}, "spec": {}}
+    caches.put_model(("a", "m"), body)
+    read = caches.model(("a", "m"))
+    assert read == {"metadata": {"name": "m", "namespace": "a"}, "spec": {}}
+    assert read is not None
+    read["spec"]["changed"] = True  # a copy: the cache keeps what the event had
+    assert caches.model(("a", "m")) == {"metadata": {"name": "m", "namespace": "a"}, "spec": {}}
+    assert caches.model_keys() == [("a", "m")]
+
+    caches.put_node("n1", NodeInfo(name="n1"))
+    caches.put_node("n2", NodeInfo(name="n2"))
+    caches.put_node("n1", None)
+    assert [n.name for n in caches.nodes()] == ["n2"]
+
+    caches.put_crd(SERVICE_MONITOR.crd, installed=True)
+    assert caches.crd_installed(SERVICE_MONITOR.crd)
+    caches.put_crd(SERVICE_MONITOR.crd, installed=False)
+    assert not caches.crd_installed(SERVICE_MONITOR.crd)
+
+    caches.forget(("a", "m"))
+    assert caches.model(("a", "m")) is None
+    assert caches.model_keys() == []

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 import yaml
 from slm_operator.api import parse_localmodel
-from slm_operator.render import RenderOptions, network_policy
-from slm_operator.settings import (
+from slm_operator.catalog import (
     ALLOW_CUSTOM_IMAGES_SETTING,
     DEFAULT_CUDA_IMAGE,
     DEFAULT_IMAGE,
     AcceleratorCatalog,
-    OperatorSettings,
     default_catalog,
     runtime_image_refusal,
 )
+from slm_operator.render import RenderOptions, network_policy
+from slm_operator.settings import OperatorSettings
 
 from tests.cluster.conftest import CACHE, VERSIONS
 from tests.unit.crdcheck import crd_errors

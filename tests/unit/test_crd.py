@@ -23,7 +23,7 @@ from crdcheck import (
 )
 from fuzz.strategies import source as any_source
 from hypothesis import HealthCheck, given, settings
-from slm_operator import api, crdgen
+from slm_operator import api, crdgen, fields, names
 from slm_runtime.sources import infer_format, parse_source
 
 pytestmark = pytest.mark.unit
@@ -166,7 +166,7 @@ def test_quantities_are_int_or_string() -> None:
     ):
         node = _at(path)
         assert node["x-kubernetes-int-or-string"] is True, path
-        assert node["pattern"] == api.QUANTITY_PATTERN, path
+        assert node["pattern"] == names.QUANTITY_PATTERN, path
 
 
 def test_exclusive_bounds_use_openapi_3_0_form() -> None:
@@ -198,8 +198,8 @@ def test_nested_objects_default_to_empty_only_where_they_hold_defaults() -> None
 def test_crd_defaults_agree_with_the_models() -> None:
     """A minimal LocalModel defaulted by the schema parses to what the models default to."""
     minimal = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
         "metadata": {"name": "tiny"},
         "spec": {"model": {"source": "ollama://qwen2.5:0.5b"}},
     }
@@ -256,8 +256,8 @@ def test_quantities_are_checked_by_the_quantity_library(path: str) -> None:
     """Format, sign and 64-bit range: what the pattern alone cannot say."""
     node = _at(path)
     rules = node["x-kubernetes-validations"]
-    assert rules[: len(api.QUANTITY_RULES)] == list(api.QUANTITY_RULES)
-    assert (api.POSITIVE_QUANTITY_RULE in rules) is (path == "spec.cache.size")
+    assert rules[: len(fields.QUANTITY_RULES)] == list(fields.QUANTITY_RULES)
+    assert (fields.POSITIVE_QUANTITY_RULE in rules) is (path == "spec.cache.size")
     assert node["maxLength"] == 64
     for value, ok in [("500m", True), (2, True), ("0", path != "spec.cache.size"),
                       ("-1", False), ("-0.5Gi", False), ("1e999", False), ("16Ei", True),
@@ -269,8 +269,8 @@ def test_quantities_are_checked_by_the_quantity_library(path: str) -> None:
 @pytest.mark.parametrize("path", KEYED_MAPS)
 def test_label_and_annotation_keys_are_qualified_names(path: str) -> None:
     node = _at(path)
-    assert node["x-kubernetes-validations"] == [api.KEYS_RULE]
-    assert node["maxProperties"] == api.MAP_MAX_ENTRIES
+    assert node["x-kubernetes-validations"] == [fields.KEYS_RULE]
+    assert node["maxProperties"] == fields.MAP_MAX_ENTRIES
     for key, ok in [("app", True), ("example.com/app", True), ("a" * 63, True),
                     ("", False), ("a" * 64, False), ("-app", False), ("app_", False),
                     ("Example.com/app", False), ("/app", False), ("a/b/c", False),
@@ -281,7 +281,7 @@ def test_label_and_annotation_keys_are_qualified_names(path: str) -> None:
 @pytest.mark.parametrize("path", LABEL_MAPS)
 def test_label_values_are_checked_by_the_schema(path: str) -> None:
     values = _at(path)["additionalProperties"]
-    assert values == {"type": "string", "maxLength": 63, "pattern": api.LABEL_VALUE_PATTERN}
+    assert values == {"type": "string", "maxLength": 63, "pattern": fields.LABEL_VALUE_PATTERN}
     annotations = _at("spec.scheduling.podAnnotations")["additionalProperties"]
     assert annotations == {"type": "string"}
 

@@ -7,7 +7,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from slm_operator.api import APP_NAME, COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME, Phase
+from slm_operator.conditions import Phase
+from slm_operator.names import APP_NAME, COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME
 from slm_runtime.gateway.core import (
     READY,
     SCALED_TO_ZERO,

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 import yaml
-from slm_operator.settings import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+from slm_operator.catalog import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
 
 from tests.conftest import ROOT
 from tests.images.conftest import image_names

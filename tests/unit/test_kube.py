@@ -6,7 +6,8 @@ import json
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from slm_operator.kube import OPTIONAL_KINDS, rejection
+from slm_operator.controller.kube import rejection
+from slm_operator.kinds import OPTIONAL_KINDS
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import generate_latest
 from slm_operator import metrics
-from slm_operator.api import LocalModelStatus, Phase, Reason
+from slm_operator.conditions import LocalModelStatus, Phase, Reason
 from slm_operator.status import failed_status
 
 pytestmark = pytest.mark.unit
@@ -47,7 +47,7 @@ def test_a_model_has_one_status_series_that_follows_it() -> None:
 
 
 def test_a_model_scaled_to_zero_is_told_apart_from_a_stuck_one() -> None:
-    from slm_operator.api import Condition, ConditionType
+    from slm_operator.conditions import Condition, ConditionType
 
     def condition(kind: ConditionType, reason: Reason) -> Condition:
         return Condition(

@@ -6,15 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from slm_operator.api import LocalModelSpec, Reason, parse_localmodel
-from slm_operator.place import (
-    NodeInfo,
-    NoServableTier,
-    Placement,
-    place,
-    tolerates,
-)
-from slm_operator.settings import (
+from slm_operator.api import parse_localmodel
+from slm_operator.catalog import (
     DEFAULT_CUDA_IMAGE,
     DEFAULT_IMAGE,
     AcceleratorCatalog,
@@ -22,6 +15,10 @@ from slm_operator.settings import (
     Tier,
     default_catalog,
 )
+from slm_operator.conditions import Reason
+from slm_operator.place import NoServableTier, Placement, place, tolerates
+from slm_operator.spec import LocalModelSpec
+from slm_operator.summary import NodeInfo
 from slm_runtime.config import Device, ModelFormat
 
 pytestmark = pytest.mark.unit

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from slm_operator.readiness import DeviceReader, readyz_url
-from slm_operator.status import RuntimeDevice
+from slm_operator.controller.readiness import DeviceReader, readyz_url
+from slm_operator.summary import RuntimeDevice
 from slm_runtime.config import Device
 
 pytestmark = pytest.mark.unit

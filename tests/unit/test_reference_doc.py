@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from slm_operator import api, refdoc
+from slm_operator import api, conditions, refdoc
 
 pytestmark = pytest.mark.unit
 
@@ -103,11 +103,11 @@ def test_cel_rules_and_the_name_rule_are_listed() -> None:
 
 def test_every_condition_type_reason_and_phase_is_in_the_reference() -> None:
     text = refdoc.render_reference()
-    for kind in api.ConditionType:
+    for kind in conditions.ConditionType:
         assert f"| `{kind.value}` |" in text
-    for reason in api.Reason:
+    for reason in conditions.Reason:
         assert f"[`{reason.value}`](troubleshooting.md#{reason.value.lower()})" in text
-    for phase in api.Phase:
+    for phase in conditions.Phase:
         assert f"[`{phase.value}`](troubleshooting.md#phase-{phase.value.lower()})" in text
 
 

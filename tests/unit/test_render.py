@@ -21,7 +21,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from slm_operator.api import LocalModel, Reason, parse_localmodel
+from slm_operator.api import LocalModel, parse_localmodel
+from slm_operator.catalog import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+from slm_operator.conditions import Reason
 from slm_operator.place import Placement
 from slm_operator.render import (
     CONFIG_HASH_ANNOTATION,
@@ -33,7 +35,6 @@ from slm_operator.render import (
     render,
     selector_string,
 )
-from slm_operator.settings import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
 from slm_operator.sizing import parse_quantity
 from slm_runtime.config import CONFIG_PATH, Device, ModelFormat, RuntimeConfig
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus

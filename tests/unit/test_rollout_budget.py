@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from slm_operator.api import LocalModel, Reason, parse_localmodel
-from slm_operator.place import Placement
-from slm_operator.reconcile import (
-    HARDWARE_ANNOTATION,
-    TIER_ANNOTATION,
-    Key,
-    Reconciler,
-    hardware_hash,
-)
-from slm_operator.settings import OperatorSettings, default_catalog
+from slm_operator.api import LocalModel, parse_localmodel
+from slm_operator.conditions import Reason
+from slm_operator.controller.cache import Key
+from slm_operator.controller.rollouts import RolloutBudget
+from slm_operator.place import HARDWARE_ANNOTATION, TIER_ANNOTATION, Placement, hardware_hash
 from slm_runtime.config import Device
 
 pytestmark = pytest.mark.unit
@@ -41,7 +36,7 @@ def deployment(lm: LocalModel, image: str, *, done: bool = True, ready: int = 1)
         "metadata": {
             "name": lm.metadata.name,
             "generation": 2,
-            "annotations": {TIER_ANNOTATION: "cpu", HARDWARE_ANNOTATION: hardware_hash(lm)},
+            "annotations": {TIER_ANNOTATION: "cpu", HARDWARE_ANNOTATION: hardware_hash(lm.spec)},
         },
         "spec": {
             "replicas": 1,
@@ -58,26 +53,23 @@ def deployment(lm: LocalModel, image: str, *, done: bool = True, ready: int = 1)
 
 
 class Budget:
-    """A Reconciler's budget with the Deployments it would see, and the keys it wakes."""
+    """A rollout budget with the Deployments it would see, and the keys it wakes."""
 
     def __init__(self, slots: int) -> None:
-        self.reconciler = Reconciler(
-            None,  # type: ignore[arg-type]  # the budget talks to no API
-            OperatorSettings(max_image_rollouts=slots),
-            default_catalog(),
-        )
         self.live: dict[Key, dict[str, Any]] = {}
         self.woken: list[Key] = []
         self.waits: dict[str, str | None] = {}
-        r = self.reconciler
-        r.caches.children_now = lambda key: [self.live[key]] if key in self.live else []  # type: ignore[method-assign]
-        r.enqueue = lambda key, cause: self.woken.append(key)  # type: ignore[method-assign]
-        r.schedule = lambda key, delay: None  # type: ignore[method-assign]
+        self.budget = RolloutBudget(
+            slots,
+            lambda key: [self.live[key]] if key in self.live else [],
+            lambda key, cause: self.woken.append(key),
+            lambda key, delay: None,
+        )
 
     def image(self, lm: LocalModel, placement: Placement = CPU) -> str:
         """The image the model is rendered with now."""
         key = ("ns", lm.metadata.name)
-        got, wait = self.reconciler._within_rollout_budget(key, lm, placement, self.live.get(key))
+        got, wait = self.budget.admit(key, lm, placement, self.live.get(key))
         self.waits[lm.metadata.name] = wait
         return got.image
 
@@ -139,6 +131,6 @@ def test_a_failed_or_deleted_model_gives_its_slot_back() -> None:
         budget.live[("ns", lm.metadata.name)] = deployment(lm, OLD)
     assert budget.image(a) == NEW
     assert budget.image(b) == OLD
-    budget.reconciler.release_rollout(("ns", "a"))  # what _fail and forget do
+    budget.budget.release(("ns", "a"))  # what a failed or deleted model does
     assert ("ns", "b") in budget.woken
     assert budget.image(b) == NEW

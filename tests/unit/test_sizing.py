@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from slm_operator.api import LocalModelSpec, parse_localmodel
+from slm_operator.api import parse_localmodel
 from slm_operator.sizing import (
     DEFAULT_CONTEXT_LENGTH,
     KV_CACHE_BYTES_PER_TOKEN,
@@ -17,6 +17,7 @@ from slm_operator.sizing import (
     parse_quantity,
     pod_resources,
 )
+from slm_operator.spec import LocalModelSpec
 from slm_runtime.config import ModelFormat
 
 pytestmark = pytest.mark.unit

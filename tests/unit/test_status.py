@@ -9,17 +9,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from slm_operator.api import (
+from slm_operator.api import LocalModel
+from slm_operator.conditions import (
     CONDITION_REASONS,
     Condition,
     ConditionType,
-    LocalModel,
     LocalModelStatus,
     Phase,
     Reason,
 )
-from slm_operator.place import Placement, SkippedTier
+from slm_operator.place import (
+    Placement,
+    SkippedTier,
+    should_step_down,
+    step_down_reason,
+    unschedulable_for,
+)
 from slm_operator.status import (
+    compute_status,
+    failed_status,
+    runtime_fallback,
+    status_patch,
+    transitions,
+)
+from slm_operator.summary import (
     DeploymentSummary,
     JobSummary,
     ModelInfo,
@@ -27,14 +40,6 @@ from slm_operator.status import (
     Observation,
     PodSummary,
     RuntimeDevice,
-    compute_status,
-    failed_status,
-    runtime_fallback,
-    should_step_down,
-    status_patch,
-    step_down_reason,
-    transitions,
-    unschedulable_for,
 )
 from slm_runtime.config import MODEL_CORRUPT_MARKER, Device, PullResult
 

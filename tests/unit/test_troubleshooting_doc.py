@@ -11,18 +11,13 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from slm_operator import api, refdoc
-from slm_operator.api import InvalidSpecError, LocalModel, Reason, parse_localmodel
-from slm_operator.place import NodeInfo, NoServableTier, Placement, place
-from slm_operator.settings import default_catalog
-from slm_operator.status import (
-    DeploymentSummary,
-    JobSummary,
-    Observation,
-    PodSummary,
-    compute_status,
-    step_down_reason,
-)
+from slm_operator import conditions, refdoc
+from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
+from slm_operator.catalog import default_catalog
+from slm_operator.conditions import Reason
+from slm_operator.place import NoServableTier, Placement, place, step_down_reason
+from slm_operator.status import compute_status
+from slm_operator.summary import DeploymentSummary, JobSummary, NodeInfo, Observation, PodSummary
 from slm_runtime.admission import DrainingError, OverloadedError
 from slm_runtime.config import Device, PullResult
 from slm_runtime.errors import install_handlers
@@ -66,22 +61,30 @@ def _anchors(text: str) -> set[str]:
 
 def test_every_reason_has_exactly_one_entry() -> None:
     entries = _entries(_section(_text(), REASONS_SECTION))
-    wanted = [r.value for r in api.Reason]
+    wanted = [r.value for r in conditions.Reason]
     missing = sorted(set(wanted) - set(entries))
-    assert not missing, f"reasons in api.py without an entry in docs/troubleshooting.md: {missing}"
+    assert not missing, (
+        f"reasons in conditions.py without an entry in docs/troubleshooting.md: {missing}"
+    )
     unknown = sorted(set(entries) - set(wanted))
-    assert not unknown, f"entries for reasons api.py does not define: {unknown}"
-    assert list(entries) == wanted, "keep the entries in api.py's order"
+    assert not unknown, f"entries for reasons conditions.py does not define: {unknown}"
+    assert list(entries) == wanted, "keep the entries in conditions.py's order"
 
 
 def test_each_reason_entry_names_the_condition_types_that_carry_it() -> None:
     entries = _entries(_section(_text(), REASONS_SECTION))
-    for reason in api.Reason:
+    for reason in conditions.Reason:
         set_on = re.search(r"^\*\*Set on:\*\* (.+)$", entries[reason.value], flags=re.MULTILINE)
         assert set_on, f"{reason.value}: no **Set on:** line"
-        named = set(re.findall(r"`(\w+)`", set_on.group(1))) & {t.value for t in api.ConditionType}
-        carriers = {t.value for t, reasons in api.CONDITION_REASONS.items() if reason in reasons}
-        assert named == carriers, f"{reason.value}: **Set on:** names {named}, api.py {carriers}"
+        named = set(re.findall(r"`(\w+)`", set_on.group(1))) & {
+            t.value for t in conditions.ConditionType
+        }
+        carriers = {
+            t.value for t, reasons in conditions.CONDITION_REASONS.items() if reason in reasons
+        }
+        assert named == carriers, (
+            f"{reason.value}: **Set on:** names {named}, conditions.py {carriers}"
+        )
 
 
 def test_each_entry_says_what_you_see_why_and_what_to_change() -> None:
@@ -101,7 +104,7 @@ def test_each_entry_says_what_you_see_why_and_what_to_change() -> None:
 def test_every_phase_has_an_entry() -> None:
     section = _section(_text(), "## Phases")
     names = re.findall(r"^### Phase `(\w+)`$", section, flags=re.MULTILINE)
-    assert names == [p.value for p in api.Phase]
+    assert names == [p.value for p in conditions.Phase]
 
 
 def test_runtime_and_pull_errors_are_covered() -> None:

@@ -80,7 +80,7 @@ class PullRequest:
 def pull(request: PullRequest, progress: Progress) -> ModelMetadata:
     """Make ``request.dest`` hold the verified model, transferring only what is missing."""
     source = request.source
-    if isinstance(source, FileSource | PvcSource):
+    if isinstance(source, FileSource | PvcSource):  # not ``fetched``
         return _verify_only(request, source)
     dest = Destination(request.dest)
     # A file or Hub model already in place is kept without a request, so without importing

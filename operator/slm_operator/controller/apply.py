@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from slm_operator.kube import CHILD_KINDS, JOB, PVC, Kind, Kube, Object, kind_of
+from slm_operator.controller.kube import Kube, Object
+from slm_operator.kinds import CHILD_KINDS, JOB, PVC, Kind, kind_of
 from slm_operator.sizing import parse_quantity
 
 log = logging.getLogger(__name__)

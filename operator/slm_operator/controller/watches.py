@@ -22,8 +22,9 @@ from typing import Any, Final, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from slm_operator.api import LABEL_INSTANCE
-from slm_operator.kube import Kind, Kube
+from slm_operator.controller.kube import Kube
+from slm_operator.kinds import Kind
+from slm_operator.names import LABEL_INSTANCE
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_BACKOFF: Final = 30.0
 
 
 class Cache(Protocol):
-    """Where the watch threads keep what they see (reconcile.Caches)."""
+    """Where the watch threads keep what they see (controller.cache.Caches)."""
 
     def replace_kind(
         self, kind: Kind, namespace: str | None, objects: dict[Key, list[dict[str, Any]]]

@@ -6,16 +6,16 @@ import json
 from typing import Any
 
 import pytest
-from slm_operator.kube import DEPLOYMENT
-from slm_operator.observe import (
+from slm_operator.controller.cache import Caches
+from slm_operator.kinds import DEPLOYMENT
+from slm_operator.summary import (
+    RuntimeDevice,
     node_info,
     observation,
     pod_summary,
     pull_progress,
     runtime_device,
 )
-from slm_operator.reconcile import Caches
-from slm_operator.status import RuntimeDevice
 from slm_runtime.config import Device
 
 pytestmark = pytest.mark.unit
@@ -55,13 +55,58 @@ def test_missing_secret_is_read_from_the_kubelet_error() -> None:
     )
     obs = observation(
         deployment=None,
-        pull_job=None,
-        job_pods=[],
         runtime_pods=[pod],
         service_monitor_crd=True,
         inference_pool_crd=True,
     )
     assert obs.missing_secrets == ("hf-token",)
+
+
+def test_only_the_pull_job_the_spec_renders_now_counts() -> None:
+    """Every pull Job is observed once; the one the spec renders now gives status its Job, its
+    pods' missing Secrets and what it pulled. An older Job of the model (a changed source, not
+    pruned yet) gives none of them."""
+    result = {"digest": "sha256:" + "b" * 64, "sizeBytes": 7, "files": ["model.gguf"]}
+    done = {
+        "metadata": {"name": "m-pull-old"},
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    done_pod = _pod(
+        "m-pull-old-x",
+        phase="Succeeded",
+        containerStatuses=[
+            {
+                "name": "pull",
+                "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
+            }
+        ],
+    )
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "token" not found'}
+    new_job = {"metadata": {"name": "m-pull-new"}, "status": {"active": 1}}
+    new_pod = _pod(
+        "m-pull-new-x",
+        phase="Pending",
+        containerStatuses=[{"name": "pull", "state": {"waiting": waiting}}],
+    )
+    obs = observation(
+        deployment=None,
+        pull_jobs=[(done, [done_pod]), (new_job, [new_pod])],
+        runtime_pods=[],
+        service_monitor_crd=True,
+        inference_pool_crd=True,
+        progress={"m-pull-new": "40%"},
+    )
+    assert (obs.pull_job, obs.model, obs.missing_secrets) == (None, None, ())
+    now = obs.for_pull_job("m-pull-new")
+    assert now.pull_job is not None
+    assert now.pull_job.name == "m-pull-new"
+    assert now.pull_job.progress == "40%"
+    assert (now.model, now.missing_secrets) == (None, ("token",))
+    before = obs.for_pull_job("m-pull-old")
+    assert before.model is not None
+    assert before.model.digest == result["digest"]
+    assert before.missing_secrets == ()
+    assert obs.for_pull_job("m-pull-gone").pull_job is None
 
 
 def test_pull_result_comes_from_the_termination_message() -> None:
@@ -82,12 +127,11 @@ def test_pull_result_comes_from_the_termination_message() -> None:
     )
     obs = observation(
         deployment=None,
-        pull_job=job,
-        job_pods=[pod],
+        pull_jobs=[(job, [pod])],
         runtime_pods=[],
         service_monitor_crd=True,
         inference_pool_crd=True,
-    )
+    ).for_pull_job(job["metadata"]["name"])
     assert obs.pull_job is not None
     assert obs.pull_job.finished == "Complete"
     assert obs.model is not None
@@ -106,8 +150,6 @@ def test_per_pod_pull_result_comes_from_the_init_container() -> None:
     )
     obs = observation(
         deployment=None,
-        pull_job=None,
-        job_pods=[],
         runtime_pods=[pod],
         service_monitor_crd=True,
         inference_pool_crd=True,
@@ -130,12 +172,11 @@ def test_failed_pull_keeps_the_pullers_message() -> None:
     )
     obs = observation(
         deployment=None,
-        pull_job=job,
-        job_pods=[pod],
+        pull_jobs=[(job, [pod])],
         runtime_pods=[],
         service_monitor_crd=True,
         inference_pool_crd=True,
-    )
+    ).for_pull_job(job["metadata"]["name"])
     assert obs.pull_job is not None
     assert obs.pull_job.failure_message == message
 
@@ -226,8 +267,6 @@ def test_reported_devices_reach_the_pods_they_belong_to() -> None:
     ready = _pod("gemma-a", phase="Running", conditions=[{"type": "Ready", "status": "True"}])
     obs = observation(
         deployment=None,
-        pull_job=None,
-        job_pods=[],
         runtime_pods=[ready, _pod("gemma-b", phase="Pending")],
         service_monitor_crd=True,
         inference_pool_crd=True,

@@ -1,7 +1,8 @@
-"""Observation: live Kubernetes objects (from the watch caches) -> the plain data status.py reads.
+"""Summaries, pure: live Kubernetes objects (from the watch caches) -> the plain data that
+placement and status read.
 
 Nothing here calls the API: the operator's watches keep the objects current, and these functions
-only translate them. Node objects become ``place.NodeInfo``.
+only translate them. Nodes become ``NodeInfo``, a model's children an ``Observation``.
 """
 
 from __future__ import annotations
@@ -10,24 +11,215 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 from slm_runtime.config import Device, PullResult
 
-from slm_operator.place import NodeInfo
 from slm_operator.sizing import parse_quantity
-from slm_operator.status import (
-    DeploymentSummary,
-    JobSummary,
-    ModelInfo,
-    ObjectCondition,
-    Observation,
-    PodSummary,
-    RuntimeDevice,
-)
+
+# --- the summaries: plain data that placement and status read --------------------------------
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True)
+class ObjectCondition:
+    """One condition of a child object (a Deployment's Progressing, Available, ReplicaFailure)."""
+
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentSummary:
+    """The runtime Deployment as observed; ``Observation.deployment`` is None when it is absent."""
+
+    generation: int = 0
+    observed_generation: int = 0
+    spec_replicas: int | None = None
+    """``spec.replicas`` (set by the HPA while autoscaling); None when the field is unset."""
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    progressing: ObjectCondition | None = None
+    available: ObjectCondition | None = None
+    replica_failure: ObjectCondition | None = None
+    """The ReplicaFailure condition, e.g. pods rejected by admission (Pod Security, quota)."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The pull Job as observed; ``Observation.pull_job`` is None when it is absent."""
+
+    name: str = ""
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    finished: Literal["Complete", "Failed"] | None = None
+    """The Job's terminal condition (Complete or Failed with status True), if any."""
+    result: PullResult | None = None
+    """The pull container's termination message parsed as PullResult (on success)."""
+    failure_message: str | None = None
+    """The failed pull container's termination message, else the Job's Failed condition message."""
+    progress: str | None = None
+    """Pull progress text such as ``37%``, when known."""
+
+
+@dataclass(frozen=True)
+class RuntimeDevice:
+    """The device a runtime pod serves on, as its /readyz answer says, and why it left the ones
+    before it (device -> the engine's error)."""
+
+    device: Device
+    fallback: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSummary:
+    """One runtime pod as observed.
+
+    ``waiting_*`` and ``container`` describe the first container (init containers included) that
+    waits for a reason other than ContainerCreating or PodInitializing.
+    """
+
+    name: str
+    phase: str = "Pending"
+    ready: bool = False
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    container: str | None = None
+    last_termination_message: str | None = None
+    """The message of the last terminated state of a container that restarted or failed."""
+    out_of_memory: str | None = None
+    """A container the kernel killed for going over its memory limit (OOMKilled), last time it
+    ended."""
+    memory_limit: str | None = None
+    """That container's memory limit, as its pod spec has it (None: no limit)."""
+    restart_count: int = 0
+    unschedulable_since: datetime | None = None
+    """lastTransitionTime of ``PodScheduled=False, reason=Unschedulable``."""
+    scheduler_message: str | None = None
+    pulling: bool = False
+    """The pull init container is running (PerPod cache mode)."""
+    terminating: bool = False
+    device: RuntimeDevice | None = None
+    """What the ready pod's runtime reported it serves on; None until it has been read."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime reports it serves (from /api/show or the puller's metadata file)."""
+
+    digest: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything status needs to know about a LocalModel's children, as plain data."""
+
+    deployment: DeploymentSummary | None = None
+    pull_job: JobSummary | None = None
+    pods: tuple[PodSummary, ...] = ()
+    service_monitor_crd: bool = True
+    """Whether the monitoring.coreos.com ServiceMonitor CRD is installed."""
+    inference_pool_crd: bool = True
+    """Whether the inference.networking.k8s.io InferencePool CRD is installed."""
+    missing_secrets: tuple[str, ...] = ()
+    """Names of referenced Secrets that do not exist in the namespace."""
+    model: ModelInfo | None = None
+    pull_jobs: tuple[PullJobSeen, ...] = ()
+    """Every pull Job of the model; ``for_pull_job`` makes one of them ``pull_job``."""
+    pod_missing_secrets: tuple[str, ...] = ()
+    """The missing Secrets that the runtime pods name (the pull Job's pods name their own)."""
+    pod_model: ModelInfo | None = None
+    """What the runtime pods' own init containers pulled (PerPod cache)."""
+
+    def for_pull_job(self, name: str | None) -> Observation:
+        """The observation with ``name`` as the pull Job that the spec renders now (None: it
+        renders none): the Job, its pods' missing Secrets, and what it pulled."""
+        seen = next((j for j in self.pull_jobs if j.job.name == name), None) if name else None
+        if seen is None:
+            return replace(
+                self,
+                pull_job=None,
+                missing_secrets=self.pod_missing_secrets,
+                model=self.pod_model,
+            )
+        missing = sorted({*self.pod_missing_secrets, *seen.missing_secrets})
+        return replace(
+            self,
+            pull_job=seen.job,
+            missing_secrets=tuple(missing),
+            model=model_info(seen.job.result) if seen.job.result else None,
+        )
+
+    def with_applied(
+        self, deployment: DeploymentSummary | None, pull_job: PullJobSeen | None
+    ) -> Observation:
+        """The observation after an apply: the API server's answers for the Deployment and the
+        pull Job (None: not applied), the pull progress read before kept."""
+        obs = self
+        if deployment is not None:
+            obs = replace(obs, deployment=deployment)
+        if pull_job is not None:
+            progress = self.pull_job.progress if self.pull_job else None
+            if self.pull_job is None or self.pull_job.name != pull_job.job.name:
+                progress = None
+            job = replace(pull_job.job, progress=progress)
+            others = tuple(j for j in obs.pull_jobs if j.job.name != job.name)
+            obs = replace(obs, pull_jobs=(*others, replace(pull_job, job=job)))
+            obs = obs.for_pull_job(job.name)
+        return obs
+
+
+@dataclass(frozen=True)
+class PullJobSeen:
+    """One pull Job of the model, and the Secrets its pods found missing."""
+
+    job: JobSummary
+    missing_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What placement needs to know about one node (filled by ``node_info``)."""
+
+    name: str
+    ready: bool = True
+    unschedulable: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, Any]] = field(default_factory=list)
+    allocatable: dict[str, float] = field(default_factory=dict)
+    """Allocatable resources as numbers (cpu in cores, memory in bytes, devices in units)."""
+    requested: dict[str, float] = field(default_factory=dict)
+    """The sum of requests of the non-terminated pods bound to the node."""
+
+    def free(self, resource: str) -> float:
+        """Allocatable minus requested."""
+        return self.allocatable.get(resource, 0.0) - self.requested.get(resource, 0.0)
+
+
+MAX_MESSAGE: Final = 1024
+"""Longest message status and Events carry; longer ones are cut with an ellipsis."""
+
+
+def clip(text: str) -> str:
+    """One line of at most ``MAX_MESSAGE`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def live_pods(observation: Observation) -> list[PodSummary]:
+    """The runtime pods not being deleted, by name (so the pod a message names does not depend
+    on the order pods were listed in)."""
+    return sorted((p for p in observation.pods if not p.terminating), key=lambda p: p.name)
+
 
 log = logging.getLogger(__name__)
 
@@ -216,46 +408,61 @@ def pod_summary(obj: Obj, template: Obj | None = None) -> PodSummary:
 def observation(
     *,
     deployment: Obj | None,
-    pull_job: Obj | None,
-    job_pods: Iterable[Obj],
+    pull_jobs: Iterable[tuple[Obj, Iterable[Obj]]] = (),
     runtime_pods: Iterable[Obj],
     service_monitor_crd: bool,
     inference_pool_crd: bool,
     devices: Mapping[str, RuntimeDevice] | None = None,
+    progress: Mapping[str, str] | None = None,
 ) -> Observation:
-    """Everything status needs about one LocalModel's children.
+    """Everything status needs about one LocalModel's children: the Deployment, every pull Job
+    with its pods, the runtime pods. ``for_pull_job`` then names the Job the spec renders now.
 
     A Secret the pods reference but that does not exist shows up as the kubelet's
     CreateContainerConfigError; reading it from pod status spares the operator any access to
-    Secrets. ``devices`` holds what runtime pods (by name) reported they serve on.
+    Secrets. ``devices`` holds what runtime pods (by name) reported they serve on, ``progress``
+    what a running pull printed last (by Job name).
     """
-    job_pods = list(job_pods)
     runtime_pods = list(runtime_pods)
     template = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec")
     devices = devices or {}
+    progress = progress or {}
     pods = tuple(
         replace(summary, device=devices.get(summary.name))
         for summary in (pod_summary(p, template) for p in runtime_pods)
     )
-    waiting = [pod_summary(p) for p in job_pods] + list(pods)
-    missing = sorted(
-        {
-            name
-            for pod in waiting
-            if pod.waiting_reason == "CreateContainerConfigError" and pod.waiting_message
-            for name in _MISSING_SECRET.findall(pod.waiting_message)
-        }
-    )
-    job = job_summary(pull_job, job_pods) if pull_job else None
-    pulled = job.result if job else _init_pull_result(runtime_pods)
+    jobs = []
+    for job, job_pods in pull_jobs:
+        seen = pull_job_seen(job, job_pods)
+        jobs.append(replace(seen, job=replace(seen.job, progress=progress.get(seen.job.name))))
+    pulled = _init_pull_result(runtime_pods)
     return Observation(
         deployment=deployment_summary(deployment) if deployment else None,
-        pull_job=job,
         pods=pods,
         service_monitor_crd=service_monitor_crd,
         inference_pool_crd=inference_pool_crd,
-        missing_secrets=tuple(missing),
-        model=model_info(pulled) if pulled else None,
+        pull_jobs=tuple(jobs),
+        pod_missing_secrets=_missing_secrets(pods),
+        pod_model=model_info(pulled) if pulled else None,
+    ).for_pull_job(None)
+
+
+def pull_job_seen(job: Obj, pods: Iterable[Obj]) -> PullJobSeen:
+    """A pull Job summarised with its pods."""
+    pods = list(pods)
+    return PullJobSeen(job_summary(job, pods), _missing_secrets(pod_summary(p) for p in pods))
+
+
+def _missing_secrets(pods: Iterable[PodSummary]) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            {
+                name
+                for pod in pods
+                if pod.waiting_reason == "CreateContainerConfigError" and pod.waiting_message
+                for name in _MISSING_SECRET.findall(pod.waiting_message)
+            }
+        )
     )
 
 

@@ -21,8 +21,7 @@ from typing import Any, Final
 
 from slm_runtime.config import READYZ_PATH
 
-from slm_operator.observe import runtime_device
-from slm_operator.status import RuntimeDevice
+from slm_operator.summary import RuntimeDevice, runtime_device
 
 log = logging.getLogger(__name__)
 
