@@ -15,6 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slm_runtime.admission import Admission
+from slm_runtime.api import health
+from slm_runtime.api.ollama import router as ollama
+from slm_runtime.api.openai import responses
+from slm_runtime.api.openai import router as openai
 from slm_runtime.config import (
     HEALTHZ_PATH,
     METRICS_PATH,
@@ -28,7 +32,6 @@ from slm_runtime.errors import error_response, install_handlers
 from slm_runtime.integrity import model_problem
 from slm_runtime.metrics import Metrics
 from slm_runtime.prompt import PromptBuilder
-from slm_runtime.routes import health, ollama, openai, responses
 from slm_runtime.state import RuntimeState
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from slm_runtime.engines.base import (
     Generation,
     SamplingParams,
     TokenLogprob,
+    UnsupportedError,
 )
 from slm_runtime.errors import APIError
 from slm_runtime.metrics import Metrics
@@ -116,6 +117,31 @@ class RuntimeState:
             raise
         generation.add_done_callback(release)
         return generation
+
+    async def run(self, prompt: str, params: SamplingParams, route: str) -> Run:
+        """Start a generation and wait for its first event, so that a failure to start is an
+        HTTP error rather than a broken stream; the generation is cancelled on any failure."""
+        generation = await self.start(prompt, params)
+        run = Run(self, generation, route)
+        try:
+            await run.prime()
+        except BaseException:
+            generation.cancel()
+            raise
+        return run
+
+    async def embed(self, texts: list[str], **options: Any) -> tuple[list[list[float]], int]:
+        """The vectors of ``texts`` and the tokens read, with a slot of the admission queue (or
+        429/503); 501 when the engine has no embeddings."""
+        if not self.engine.supports_embeddings:
+            raise UnsupportedError(
+                f"embeddings are not supported for {self.engine.format.value} models"
+            )
+        release = await self.admission.acquire()
+        try:
+            return await asyncio.to_thread(self.engine.embed, texts, **options)
+        finally:
+            release()
 
 
 @dataclass

@@ -19,9 +19,9 @@ from slm_operator.place import NoServableTier, Placement, place, step_down_reaso
 from slm_operator.status import compute_status
 from slm_operator.summary import DeploymentSummary, JobSummary, NodeInfo, Observation, PodSummary
 from slm_runtime.admission import DrainingError, OverloadedError
+from slm_runtime.api.auth import bearer_auth
 from slm_runtime.config import Device, PullResult
 from slm_runtime.errors import install_handlers
-from slm_runtime.routes.auth import bearer_auth
 
 pytestmark = pytest.mark.unit
 

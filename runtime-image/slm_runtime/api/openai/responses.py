@@ -14,19 +14,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from slm_runtime.engines.base import MAX_TOP_LOGPROBS, Delta, Finished, TokenLogprob
-from slm_runtime.errors import APIError
-from slm_runtime.routes.auth import bearer_auth
-from slm_runtime.routes.body import RequestBody, TopLevelBody
-from slm_runtime.routes.openai import (
+from slm_runtime.api.auth import bearer_auth
+from slm_runtime.api.body import RequestBody, TopLevelBody
+from slm_runtime.api.openai.router import (
     SSE,
     State,
     _chat_logprobs,
-    _start,
     call_constraint,
     effort_think,
     offer_tools,
 )
+from slm_runtime.engines.base import MAX_TOP_LOGPROBS, Delta, Finished, TokenLogprob
+from slm_runtime.errors import APIError
 from slm_runtime.state import Run, RuntimeState
 from slm_runtime.thinking import (
     Piece,
@@ -731,7 +730,7 @@ def build_router(api_token: str | None) -> APIRouter:
         think = unconstrained(body.think(state), json_mode or constraint is not None)
         prompt = state.prompts.chat(messages, tools=offered or None, think=think)
         parser = state.prompts.reply_parser(prompt, think, tools)
-        run = await _start(state, ROUTE, prompt, params)
+        run = await state.run(prompt, params, ROUTE)
         reply = _Reply(body)
         if body.stream:
             return StreamingResponse(_stream(reply, run, parser), media_type=SSE)

@@ -1,76 +1,50 @@
-"""The Ollama API: generate, chat, embeddings and model information, as Ollama's clients expect."""
+"""The Ollama API: generate, chat, embed, embeddings, tags and show."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import Field, ValidationError
 
+from slm_runtime.api.auth import bearer_auth
+from slm_runtime.api.ollama.models import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    Format,
+    GenerateRequest,
+    KeepAlive,
+    Message,
+    Options,
+    ShowRequest,
+)
+from slm_runtime.api.vectors import unit_vector
 from slm_runtime.config import ModelParameters
 from slm_runtime.engines.base import (
-    MAX_TOP_LOGPROBS,
     Delta,
     Finished,
     PromptTooLongError,
     TokenChoice,
     TokenLogprob,
-    UnsupportedError,
 )
 from slm_runtime.errors import APIError, model_managed
-from slm_runtime.routes.auth import bearer_auth
-from slm_runtime.routes.body import RequestBody, TopLevelBody
-from slm_runtime.routes.vectors import unit_vector
 from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
 from slm_runtime.thinking import NoThinkingError, Piece, ReplyParser, request_think, unconstrained
 from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
 
 NDJSON = "application/x-ndjson"
+
+
 _NS = 1_000_000_000
+
+
 _NEVER = "9999-12-31T23:59:59Z"
-
-
-class Options(RequestBody):
-    """Per-request overrides of the Modelfile PARAMETERs, bounded as the configuration's are."""
-
-    num_predict: int | None = Field(default=None, ge=-2)
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    stop: list[str] | str | None = None
-    num_ctx: int | None = None
-    num_thread: int | None = None
-
-    def parameters(self) -> ModelParameters:
-        """The options as configuration PARAMETERs, refused (400) where the configuration
-        would refuse them; num_predict -1 and -2 both mean "until the context is full"."""
-        values = self.model_dump(exclude_none=True)
-        if "num_ctx" in values:
-            values["context_length"] = values.pop("num_ctx")
-        if isinstance(self.stop, str):
-            values["stop"] = [self.stop]
-        if self.num_predict is not None and self.num_predict < 0:
-            values["num_predict"] = -1
-        try:
-            return ModelParameters.model_validate(values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = [str(p) for p in err["loc"]]
-            name = "num_ctx" if loc[:1] == ["context_length"] else ".".join(loc)
-            raise APIError(400, f"invalid request: options.{name}: {err['msg']}") from None
 
 
 def _overrides(options: Options, state: RuntimeState) -> dict[str, Any]:
@@ -102,75 +76,6 @@ def _check_load_options(params: ModelParameters, state: RuntimeState) -> None:
             f"options.num_thread: this model generates with {threads} threads, set when it was "
             "loaded; a request cannot change it (set parameters.numThread in the LocalModel)",
         )
-
-
-Format = Literal["json", ""] | dict[str, Any] | None
-KeepAlive = str | int | float | None
-
-
-class GenerateRequest(TopLevelBody):
-    model: str = Field(min_length=1)
-    prompt: str = ""
-    suffix: str | None = None
-    images: list[str] | None = None
-    format: Format = None
-    options: Options = Field(default_factory=Options)
-    system: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
-    stream: bool = True
-    raw: bool = False
-    keep_alive: KeepAlive = None
-    think: bool | Literal["high", "medium", "low", "max"] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
-
-
-class Message(RequestBody):
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str = ""
-    images: list[str] | None = None
-    thinking: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_name: str | None = None
-    tool_call_id: str | None = None
-
-
-class ChatRequest(TopLevelBody):
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
-    format: Format = None
-    options: Options = Field(default_factory=Options)
-    stream: bool = True
-    keep_alive: KeepAlive = None
-    think: bool | Literal["high", "medium", "low", "max"] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
-
-
-class EmbedRequest(TopLevelBody):
-    model: str = Field(min_length=1)
-    input: str | list[str]
-    truncate: bool = True
-    options: Options = Field(default_factory=Options)
-    keep_alive: KeepAlive = None
-    dimensions: int | None = Field(default=None, ge=1)
-
-
-class EmbeddingsRequest(TopLevelBody):
-    model: str = Field(min_length=1)
-    prompt: str
-    options: Options = Field(default_factory=Options)
-    keep_alive: KeepAlive = None
-
-
-class ShowRequest(TopLevelBody):
-    model: str = ""
-    name: str = ""
-    verbose: bool = False
 
 
 def _now() -> str:
@@ -304,13 +209,7 @@ async def _respond(
     final_extra: dict[str, Any] | None = None,
     parser: ReplyParser | None = None,
 ) -> Any:
-    generation = await state.start(prompt, params)
-    run = Run(state, generation, route)
-    try:
-        await run.prime()
-    except BaseException:
-        generation.cancel()
-        raise
+    run = await state.run(prompt, params, route)
     if stream:
         return StreamingResponse(
             _ndjson(run, model, piece, final_extra or {}, state.load_seconds, parser),
@@ -539,21 +438,12 @@ def build_router(api_token: str | None) -> APIRouter:
     ) -> tuple[list[list[float]], int]:
         """The vectors of ``texts`` and the tokens read; an input longer than the context is cut
         to it with ``truncate``, else a 400 in Ollama's words."""
-        if not state.engine.supports_embeddings:
-            raise UnsupportedError(
-                f"embeddings are not supported for {state.engine.format.value} models"
-            )
         params = options.parameters()
         _check_load_options(params, state)
-        release = await state.admission.acquire()
         try:
-            return await asyncio.to_thread(
-                state.engine.embed, texts, context_length=params.context_length, truncate=truncate
-            )
+            return await state.embed(texts, context_length=params.context_length, truncate=truncate)
         except PromptTooLongError as exc:
             raise APIError(400, f"the input length exceeds the context length: {exc}") from None
-        finally:
-            release()
 
     @router.post("/api/embed")
     async def embed(body: EmbedRequest, state: State) -> Any:
