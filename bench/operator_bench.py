@@ -45,9 +45,10 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from slm_operator.api import parse_localmodel
 from slm_operator.catalog import DEFAULT_IMAGE
+from slm_operator.children import RenderOptions
 from slm_operator.conditions import Reason
 from slm_operator.place import Placement
-from slm_operator.render import RenderOptions, render
+from slm_operator.render import render
 from slm_runtime.config import Device
 
 ROOT = Path(__file__).resolve().parent.parent

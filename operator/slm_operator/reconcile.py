@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from slm_operator import metrics
 from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
 from slm_operator.catalog import AcceleratorCatalog, runtime_image_refusal
+from slm_operator.children import PULL_CONTAINER, RenderOptions, endpoint, selector_string
 from slm_operator.conditions import LocalModelStatus, Reason
 from slm_operator.controller.apply import apply_children, prune_children, with_hash
 from slm_operator.controller.cache import Caches, Ident, Key, ident
@@ -42,14 +43,7 @@ from slm_operator.kinds import (
 from slm_operator.names import COMPONENT_PULLER, LABEL_COMPONENT
 from slm_operator.place import Decision, NoServableTier, Placement, decide, record_tier
 from slm_operator.place import recorded_tier as recorded_tier_of
-from slm_operator.render import (
-    PULL_CONTAINER,
-    RenderOptions,
-    endpoint,
-    pull_job_name,
-    render,
-    selector_string,
-)
+from slm_operator.render import pull_job_name, render
 from slm_operator.settings import OperatorSettings
 from slm_operator.sizing import parse_quantity, pod_resources
 from slm_operator.spec import CacheMode

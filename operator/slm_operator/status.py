@@ -2,7 +2,8 @@
 
 ``summary.py`` fills the plain-data observation of a model's children; ``compute_status``
 turns it into the phase, the six conditions, backend, endpoint, replicas and model digest;
-``status_patch`` gives the merge body to write, or None when nothing changed.
+``status_patch`` gives the merge body to write, or None when nothing changed. Each condition is
+read from the children in ``diagnosis.py``; this module assembles them.
 
 Phases, first match wins:
 
@@ -25,16 +26,16 @@ Failed. ``lastTransitionTime`` changes only when a condition's status changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydantic import BaseModel
-from slm_runtime.config import MODEL_CORRUPT_MARKER, Device
+from slm_runtime.config import Device
 
 from slm_operator.api import LocalModel
+from slm_operator.children import endpoint as service_endpoint
+from slm_operator.children import selector_string
 from slm_operator.conditions import (
-    CONDITION_REASONS,
     Condition,
     ConditionType,
     LocalModelStatus,
@@ -42,50 +43,32 @@ from slm_operator.conditions import (
     Phase,
     Reason,
 )
+from slm_operator.diagnosis import (
+    FAILURE_REASONS,
+    Cond,
+    ModelState,
+    available_condition,
+    failure_of,
+    fell_back_pod,
+    fit_reason,
+    kept_condition,
+    missing_crd_note,
+    model_condition,
+    model_state,
+    placed_condition,
+    rollout_conditions,
+    stalled_reason,
+    zero_message,
+)
 from slm_operator.place import Placement
-from slm_operator.render import endpoint as service_endpoint
-from slm_operator.render import selector_string
 from slm_operator.spec import CacheMode, LocalModelSpec
 from slm_operator.summary import (
-    ConditionStatus,
     DeploymentSummary,
-    ObjectCondition,
     Observation,
     PodSummary,
     clip,
     live_pods,
 )
-
-# --- constants --------------------------------------------------------------------------------
-
-FAILURE_REASONS: Final = frozenset(
-    {
-        Reason.INVALID_SPEC,
-        Reason.SECRET_NOT_FOUND,
-        Reason.PULL_FAILED,
-        Reason.DIGEST_MISMATCH,
-        Reason.ACCESS_MODE_CONFLICT,
-        Reason.MODEL_CORRUPT,
-    }
-)
-"""Reasons that make a LocalModel Failed: the spec can never work as written."""
-
-DIGEST_MISMATCH_MARKER: Final = "sha256 mismatch"
-"""How the puller's error message starts when the fetched model does not match the pin."""
-
-CRASH_REASONS: Final = frozenset({"CrashLoopBackOff"})
-BROKEN_REASONS: Final = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    }
-)
-"""Waiting reasons that do not resolve by themselves."""
 
 _CONDITION_ORDER: Final = tuple(ConditionType)
 
@@ -121,25 +104,6 @@ def desired_replicas(spec: LocalModelSpec, deployment: DeploymentSummary | None)
 # --- compute_status ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cond:
-    status: ConditionStatus
-    reason: Reason
-    message: str
-
-
-@dataclass(frozen=True)
-class _Model:
-    """Where the model stands: available, pulling, waiting or failed."""
-
-    state: Literal["available", "pulling", "pending", "failed"]
-    reason: Reason
-    message: str
-    progress: str | None = None
-    digest: str | None = None
-    size_bytes: int | None = None
-
-
 def compute_status(
     lm: LocalModel,
     placement: Placement | None,
@@ -171,8 +135,8 @@ def compute_status(
     live = live_pods(obs)
     previous = {c.type: c for c in old.conditions}
 
-    failure = _failure(lm, obs, error, error_reason)
-    model = _model_state(lm, obs, live, ready)
+    failure = failure_of(lm, obs, error, error_reason)
+    model = model_state(lm, obs, live, ready)
     if (
         desired == 0
         and spec.autoscaling.scales_to_zero
@@ -183,16 +147,18 @@ def compute_status(
     if failure is None and model.state == "failed":
         failure = (model.reason, model.message)
 
-    conds: dict[ConditionType, _Cond] = {}
-    fell_back = _runtime_fallback(placement, live)
-    conds[ConditionType.PLACED] = _placed(placement, previous.get(ConditionType.PLACED), fell_back)
-    conds[ConditionType.MODEL_AVAILABLE] = _model_condition(model, failure)
-    conds[ConditionType.AVAILABLE] = _available(deployment, desired)
+    conds: dict[ConditionType, Cond] = {}
+    fell_back = fell_back_pod(placement, live)
+    conds[ConditionType.PLACED] = placed_condition(
+        placement, previous.get(ConditionType.PLACED), fell_back
+    )
+    conds[ConditionType.MODEL_AVAILABLE] = model_condition(model, failure)
+    conds[ConditionType.AVAILABLE] = available_condition(deployment, desired)
     if observation is None and ConditionType.AVAILABLE in previous:
-        conds[ConditionType.AVAILABLE] = _kept(previous[ConditionType.AVAILABLE])
-    progress_cond, degraded_cond = _rollout(lm, placement, obs, live, desired, model)
+        conds[ConditionType.AVAILABLE] = kept_condition(previous[ConditionType.AVAILABLE])
+    progress_cond, degraded_cond = rollout_conditions(lm, placement, obs, live, desired, model)
     if rollout_wait and progress_cond.reason is Reason.ROLLOUT_COMPLETE:
-        progress_cond = _Cond(
+        progress_cond = Cond(
             "True",
             Reason.ROLLOUT_IN_PROGRESS,
             clip(f"{progress_cond.message}; {rollout_wait}"),
@@ -201,16 +167,18 @@ def compute_status(
     if failure is not None:
         reason, message = failure
         phase = Phase.FAILED
-        conds[ConditionType.READY] = _Cond("False", _fit(ConditionType.READY, reason), message)
-        conds[ConditionType.PROGRESSING] = _Cond("False", _stalled_reason(reason), message)
-        conds[ConditionType.DEGRADED] = _Cond("True", _fit(ConditionType.DEGRADED, reason), message)
+        conds[ConditionType.READY] = Cond("False", fit_reason(ConditionType.READY, reason), message)
+        conds[ConditionType.PROGRESSING] = Cond("False", stalled_reason(reason), message)
+        conds[ConditionType.DEGRADED] = Cond(
+            "True", fit_reason(ConditionType.DEGRADED, reason), message
+        )
     else:
         phase = _phase(model, deployment, desired, degraded_cond)
         conds[ConditionType.PROGRESSING] = progress_cond
         conds[ConditionType.DEGRADED] = degraded_cond
         conds[ConditionType.READY] = _ready(spec, phase, model, deployment, desired, progress_cond)
     if conds[ConditionType.DEGRADED].status == "False":
-        conds[ConditionType.DEGRADED] = _missing_crd_note(spec, obs, conds[ConditionType.DEGRADED])
+        conds[ConditionType.DEGRADED] = missing_crd_note(spec, obs, conds[ConditionType.DEGRADED])
 
     generation = lm.metadata.generation
     seen = observation is not None
@@ -265,20 +233,6 @@ def _serving_device(
     return placed
 
 
-def _runtime_fallback(placement: Placement | None, live: list[PodSummary]) -> PodSummary | None:
-    """The first ready pod whose runtime serves on another device than the placed tier."""
-    if placement is None:
-        return None
-    return next(
-        (
-            p
-            for p in live
-            if p.ready and p.device is not None and p.device.device is not placement.device
-        ),
-        None,
-    )
-
-
 def failed_status(
     old: LocalModelStatus | None,
     *,
@@ -298,21 +252,24 @@ def failed_status(
     previous = {c.type: c for c in old.conditions}
     message = clip(error)
     unknown = {
-        ConditionType.PLACED: _Cond("Unknown", Reason.PLACED, "placement not evaluated"),
-        ConditionType.MODEL_AVAILABLE: _Cond(
+        ConditionType.PLACED: Cond("Unknown", Reason.PLACED, "placement not evaluated"),
+        ConditionType.MODEL_AVAILABLE: Cond(
             "Unknown", Reason.PULL_PENDING, "not pulled: the spec cannot be served"
         ),
-        ConditionType.AVAILABLE: _Cond(
+        ConditionType.AVAILABLE: Cond(
             "Unknown", Reason.MINIMUM_REPLICAS_UNAVAILABLE, "not observed"
         ),
     }
     conds = {
-        kind: _kept(previous[kind]) if kind in previous else cond for kind, cond in unknown.items()
+        kind: kept_condition(previous[kind]) if kind in previous else cond
+        for kind, cond in unknown.items()
     }
-    conds[ConditionType.READY] = _Cond("False", _fit(ConditionType.READY, error_reason), message)
-    conds[ConditionType.PROGRESSING] = _Cond("False", _stalled_reason(error_reason), message)
-    conds[ConditionType.DEGRADED] = _Cond(
-        "True", _fit(ConditionType.DEGRADED, error_reason), message
+    conds[ConditionType.READY] = Cond(
+        "False", fit_reason(ConditionType.READY, error_reason), message
+    )
+    conds[ConditionType.PROGRESSING] = Cond("False", stalled_reason(error_reason), message)
+    conds[ConditionType.DEGRADED] = Cond(
+        "True", fit_reason(ConditionType.DEGRADED, error_reason), message
     )
     return old.model_copy(
         update={
@@ -323,12 +280,8 @@ def failed_status(
     )
 
 
-def _kept(condition: Condition) -> _Cond:
-    return _Cond(condition.status, condition.reason, condition.message)
-
-
 def _conditions(
-    conds: Mapping[ConditionType, _Cond],
+    conds: Mapping[ConditionType, Cond],
     previous: Mapping[ConditionType, Condition],
     generation: int,
     now: datetime,
@@ -339,311 +292,8 @@ def _conditions(
     ]
 
 
-def _failure(
-    lm: LocalModel, obs: Observation, error: str | None, error_reason: Reason | None
-) -> tuple[Reason, str] | None:
-    if error is not None:
-        reason = error_reason or Reason.INVALID_SPEC
-        if reason not in FAILURE_REASONS:
-            raise ValueError(f"{reason.value} is not a failure reason")
-        return reason, clip(error)
-    if obs.missing_secrets:
-        return Reason.SECRET_NOT_FOUND, _secrets_message(lm, obs.missing_secrets)
-    return None
-
-
-def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
-    fields: dict[str, str] = {}
-    if lm.spec.model.credentials_secret:
-        fields[lm.spec.model.credentials_secret] = "spec.model.credentialsSecret"
-    if lm.spec.serving.auth_secret:
-        fields[lm.spec.serving.auth_secret] = "spec.serving.authSecret"
-    for ref in lm.spec.runtime.image_pull_secrets:
-        fields.setdefault(ref.name, "spec.runtime.imagePullSecrets")
-    parts = []
-    for name in sorted(set(missing)):
-        where = f" (referenced by {fields[name]})" if name in fields else ""
-        parts.append(f"Secret {name!r}{where}")
-    return clip(
-        f"{', '.join(parts)} not found in namespace {lm.metadata.namespace}; "
-        "create it or change the reference"
-    )
-
-
-def _pull_failure(message: str, what: str) -> tuple[Reason, str]:
-    if DIGEST_MISMATCH_MARKER in message.lower():
-        return Reason.DIGEST_MISMATCH, clip(
-            f"{what}: {message}; if the new content is expected, update spec.model.sha256"
-        )
-    return Reason.PULL_FAILED, clip(
-        f"{what}: {message}; check spec.model.source and spec.model.credentialsSecret"
-    )
-
-
-def _model_state(lm: LocalModel, obs: Observation, live: list[PodSummary], ready: int) -> _Model:
-    spec = lm.spec
-    pin = f"sha256:{spec.model.sha256}" if spec.model.sha256 else None
-    job = obs.pull_job
-    info = obs.model
-
-    # A pod that failed its pull (PerPod init container) with a digest mismatch never recovers.
-    for pod in live:
-        text = pod.last_termination_message or ""
-        if DIGEST_MISMATCH_MARKER in text.lower():
-            reason, message = _pull_failure(text, f"pod {pod.name}")
-            return _Model("failed", reason, message)
-
-    if spec.cache.mode is CacheMode.VOLUME and job is not None:
-        if job.finished == "Failed":
-            text = job.failure_message or "the pull Job failed"
-            reason, message = _pull_failure(text, f"pull Job {job.name}")
-            return _Model("failed", reason, message)
-        if job.succeeded > 0 or job.finished == "Complete":
-            result = job.result
-            return _available_model(
-                result.digest if result else (info.digest if info else pin),
-                result.size_bytes if result else (info.size_bytes if info else None),
-            )
-        retry = f"; attempt {job.failed} failed: {job.failure_message}" if job.failed else ""
-        shown = f" ({job.progress})" if job.progress else ""
-        return _Model(
-            "pulling",
-            Reason.PULLING,
-            clip(f"pull Job {job.name} is pulling {spec.model.source}{shown}{retry}"),
-            progress=job.progress,
-        )
-
-    if ready > 0 or info is not None:
-        return _available_model(info.digest if info else pin, info.size_bytes if info else None)
-
-    old_model = lm.status.model
-    previous = {c.type: c for c in lm.status.conditions}.get(ConditionType.MODEL_AVAILABLE)
-    if (
-        spec.cache.mode is CacheMode.VOLUME
-        and job is None
-        and previous is not None
-        and previous.status == "True"
-        and old_model.source == spec.model.source
-    ):
-        # The finished pull Job was cleaned up; the volume still holds the model.
-        return _available_model(old_model.digest, old_model.size_bytes)
-
-    if any(p.pulling for p in live):
-        return _Model(
-            "pulling", Reason.PULLING, clip(f"init container is pulling {spec.model.source}")
-        )
-    waiting = {
-        CacheMode.VOLUME: "waiting for the pull Job",
-        CacheMode.PER_POD: "waiting for a pod to pull the model",
-        CacheMode.IMAGE: "waiting for a pod to mount the model image",
-    }[spec.cache.mode]
-    return _Model("pending", Reason.PULL_PENDING, waiting)
-
-
-def _available_model(digest: str | None, size: int | None) -> _Model:
-    detail = digest or "digest not reported yet"
-    if size is not None:
-        detail += f", {size} bytes"
-    return _Model(
-        "available", Reason.PULLED, f"model available ({detail})", digest=digest, size_bytes=size
-    )
-
-
-def _model_condition(model: _Model, failure: tuple[Reason, str] | None) -> _Cond:
-    if model.state == "available":
-        return _Cond("True", Reason.PULLED, model.message)
-    if failure is not None and model.state != "failed":
-        reason, message = failure
-        if reason in CONDITION_REASONS[ConditionType.MODEL_AVAILABLE]:
-            return _Cond("False", reason, message)
-        return _Cond("Unknown", Reason.PULL_PENDING, "not pulled: the spec cannot be served")
-    return _Cond("False", model.reason, model.message)
-
-
-def _placed(
-    placement: Placement | None, previous: Condition | None, fell_back: PodSummary | None
-) -> _Cond:
-    if placement is None:
-        if previous is not None:
-            return _kept(previous)
-        return _Cond("Unknown", Reason.PLACED, "placement not evaluated")
-    where = f"{placement.device.value} ({placement.option})"
-    if fell_back is not None and fell_back.device is not None and placement.placed:
-        why = "; ".join(f"{device}: {error}" for device, error in fell_back.device.fallback)
-        skipped = (
-            f"; skipped {placement.fallback_reason}" if placement.reason is Reason.FELL_BACK else ""
-        )
-        return _Cond(
-            "True",
-            Reason.RUNTIME_FELL_BACK,
-            clip(
-                f"on {where}{skipped}; the runtime in pod {fell_back.name} serves on "
-                f"{fell_back.device.device.value}" + (f" ({why})" if why else "")
-            ),
-        )
-    if not placement.placed:
-        skipped = placement.fallback_reason or "no tier has capacity"
-        return _Cond(
-            "False",
-            Reason.NO_CAPACITY,
-            clip(
-                f"no tier has capacity ({skipped}); placed on {where} anyway so a cluster "
-                "autoscaler can add a node"
-            ),
-        )
-    if placement.reason is Reason.FELL_BACK:
-        return _Cond(
-            "True", Reason.FELL_BACK, clip(f"on {where}; skipped {placement.fallback_reason}")
-        )
-    return _Cond("True", Reason.PLACED, f"on {where}")
-
-
-def _available(deployment: DeploymentSummary | None, desired: int) -> _Cond:
-    if deployment is None:
-        return _Cond("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE, "Deployment not created yet")
-    if desired == 0:
-        return _Cond("True", Reason.SCALED_TO_ZERO, "scaled to zero replicas")
-    counts = f"{deployment.available_replicas}/{desired} replicas available"
-    if deployment.available_replicas > 0:
-        return _Cond("True", Reason.MINIMUM_REPLICAS_AVAILABLE, counts)
-    if deployment.spec_replicas == 0:
-        counts += "; the Deployment is held at 0 replicas until the model is pulled"
-    return _Cond("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts)
-
-
-def _rollout(
-    lm: LocalModel,
-    placement: Placement | None,
-    obs: Observation,
-    live: list[PodSummary],
-    desired: int,
-    model: _Model,
-) -> tuple[_Cond, _Cond]:
-    """Progressing and Degraded, from the Deployment and its pods."""
-    deployment = obs.deployment
-    old = lm.status
-    ready = deployment.ready_replicas if deployment else 0
-    counts = f"{ready}/{desired} replicas ready"
-
-    # Degraded: something is wrong that does not fix itself.
-    degraded = _Cond("False", Reason.AS_EXPECTED, "no problems observed")
-    crashing = [p for p in live if not p.ready and (p.restart_count > 0 or _crash(p))]
-    broken = [p for p in live if p.waiting_reason in BROKEN_REASONS]
-    rolling = deployment is not None and (
-        deployment.observed_generation < deployment.generation
-        or deployment.updated_replicas < desired
-    )
-    corrupt = [p for p in crashing if MODEL_CORRUPT_MARKER in (p.last_termination_message or "")]
-    out_of_memory = [p for p in crashing if p.out_of_memory]
-    if corrupt:
-        problem = _pod_problem(corrupt[0])
-        degraded = _Cond("True", Reason.MODEL_CORRUPT, clip(f"{counts}; {problem}"))
-    elif out_of_memory:
-        degraded = _Cond(
-            "True", Reason.OUT_OF_MEMORY, clip(f"{counts}; {_out_of_memory(out_of_memory[0])}")
-        )
-    elif crashing:
-        degraded = _Cond(
-            "True", Reason.CRASH_LOOPING, clip(f"{counts}; {_pod_problem(crashing[0])}")
-        )
-    elif broken:
-        degraded = _Cond(
-            "True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}; {_pod_problem(broken[0])}")
-        )
-    elif deployment is not None and _is_true(deployment.replica_failure):
-        message = deployment.replica_failure.message if deployment.replica_failure else ""
-        degraded = _Cond("True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}; {message}"))
-    elif (
-        deployment is not None
-        and deployment.progressing is not None
-        and deployment.progressing.status == "False"
-    ):
-        degraded = _Cond(
-            "True",
-            Reason.REPLICAS_UNAVAILABLE,
-            clip(f"{counts}; {deployment.progressing.message}"),
-        )
-    elif (
-        deployment is not None
-        and ready < desired
-        and not rolling
-        and (
-            (old.phase is Phase.READY and ready < old.ready_replicas) or old.phase is Phase.DEGRADED
-        )
-    ):
-        degraded = _Cond(
-            "True", Reason.REPLICAS_UNAVAILABLE, clip(f"{counts}{_unschedulable_note(live)}")
-        )
-
-    # Progressing: what the operator and the cluster are working on.
-    unschedulable = [p for p in live if p.unschedulable_since is not None]
-    if model.state == "pulling":
-        progressing = _Cond("True", Reason.PULLING, model.message)
-    elif deployment is None:
-        progressing = _Cond("True", Reason.RECONCILING, _pending_message(model))
-    elif unschedulable or (placement is not None and not placement.placed and ready < desired):
-        detail = _unschedulable_note(live) or "; no node has capacity for the pods"
-        progressing = _Cond("True", Reason.WAITING_FOR_CAPACITY, clip(f"{counts}{detail}"))
-    elif deployment.progressing is not None and deployment.progressing.status == "False":
-        progressing = _Cond(
-            "False",
-            Reason.ROLLOUT_IN_PROGRESS,
-            clip(f"{counts}; {deployment.progressing.message}"),
-        )
-    elif rolling or ready < desired:
-        progressing = _Cond("True", Reason.ROLLOUT_IN_PROGRESS, counts)
-    else:
-        progressing = _Cond("False", Reason.ROLLOUT_COMPLETE, counts)
-    return progressing, degraded
-
-
-def _pending_message(model: _Model) -> str:
-    if model.state == "available":
-        return "creating the Deployment"
-    return model.message
-
-
-def _crash(pod: PodSummary) -> bool:
-    return pod.waiting_reason in CRASH_REASONS
-
-
-def _is_true(condition: ObjectCondition | None) -> bool:
-    return condition is not None and condition.status == "True"
-
-
-def _pod_problem(pod: PodSummary) -> str:
-    where = f"pod {pod.name}" + (f" container {pod.container}" if pod.container else "")
-    details = []
-    if pod.waiting_reason:
-        waiting = f" ({pod.waiting_message})" if pod.waiting_message else ""
-        details.append(pod.waiting_reason + waiting)
-    if pod.restart_count:
-        details.append(f"restarted {pod.restart_count} times")
-    if pod.last_termination_message:
-        details.append(f"last exit: {pod.last_termination_message}")
-    return f"{where}: {', '.join(details)}" if details else where
-
-
-def _out_of_memory(pod: PodSummary) -> str:
-    limit = f"its memory limit of {pod.memory_limit}" if pod.memory_limit else "the node's memory"
-    restarts = f", restarted {pod.restart_count} times" if pod.restart_count else ""
-    return (
-        f"pod {pod.name} container {pod.out_of_memory} was OOMKilled: the model needs more than "
-        f"{limit}{restarts}; raise spec.resources.limits.memory (and requests.memory), or lower "
-        "parameters.contextLength or serving.parallel"
-    )
-
-
-def _unschedulable_note(live: list[PodSummary]) -> str:
-    pods = [p for p in live if p.unschedulable_since is not None]
-    if not pods:
-        return ""
-    message = pods[0].scheduler_message or "no reason given"
-    return f"; {len(pods)} pod(s) unschedulable: {message}"
-
-
 def _phase(
-    model: _Model, deployment: DeploymentSummary | None, desired: int, degraded: _Cond
+    model: ModelState, deployment: DeploymentSummary | None, desired: int, degraded: Cond
 ) -> Phase:
     ready = deployment.ready_replicas if deployment else 0
     if model.state == "pulling":
@@ -664,79 +314,26 @@ def _phase(
 def _ready(
     spec: LocalModelSpec,
     phase: Phase,
-    model: _Model,
+    model: ModelState,
     deployment: DeploymentSummary | None,
     desired: int,
-    progressing: _Cond,
-) -> _Cond:
+    progressing: Cond,
+) -> Cond:
     if phase is Phase.READY:
         ready = deployment.ready_replicas if deployment else 0
-        return _Cond("True", Reason.MODEL_SERVING, f"{ready}/{desired} replicas ready")
+        return Cond("True", Reason.MODEL_SERVING, f"{ready}/{desired} replicas ready")
     if phase is Phase.SCALED_TO_ZERO:
-        return _Cond("False", Reason.SCALED_TO_ZERO, _zero_message(spec))
+        return Cond("False", Reason.SCALED_TO_ZERO, zero_message(spec))
     if deployment is not None and desired == 0:
-        return _Cond("False", Reason.NOT_READY, "scaled to zero replicas")
+        return Cond("False", Reason.NOT_READY, "scaled to zero replicas")
     if phase is Phase.PENDING and model.state != "available":
-        return _Cond("False", Reason.NOT_READY, model.message)
-    return _Cond("False", Reason.NOT_READY, progressing.message)
-
-
-def _zero_message(spec: LocalModelSpec) -> str:
-    if spec.autoscaling.scales_to_zero:
-        return (
-            f"scaled to zero replicas after {spec.autoscaling.scale_to_zero_after} without "
-            "requests; the gateway scales it to 1 on the next request it receives"
-        )
-    return "scaled to zero replicas: spec.serving.replicas is 0; set it (or kubectl scale lm) to 1"
-
-
-def _missing_crd_note(spec: LocalModelSpec, obs: Observation, degraded: _Cond) -> _Cond:
-    """A note on a healthy model: a child the spec asks for is not made, its CRD is missing."""
-    notes: list[tuple[Reason, str]] = []
-    if spec.monitoring.service_monitor and not obs.service_monitor_crd:
-        notes.append(
-            (
-                Reason.SERVICE_MONITOR_UNSUPPORTED,
-                "no ServiceMonitor created: the monitoring.coreos.com CRD is not installed; "
-                "install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false",
-            )
-        )
-    if spec.serving.inference_pool.enabled and not obs.inference_pool_crd:
-        notes.append(
-            (
-                Reason.INFERENCE_POOL_UNSUPPORTED,
-                "no InferencePool created: the inference.networking.k8s.io CRD is not installed; "
-                "install the Gateway API Inference Extension CRDs or set "
-                "spec.serving.inferencePool.enabled: false",
-            )
-        )
-    if not notes:
-        return degraded
-    return _Cond("False", notes[0][0], "; ".join(message for _, message in notes))
-
-
-def _fit(kind: ConditionType, reason: Reason) -> Reason:
-    """``reason`` when the condition type allows it, else the type's generic not-ready reason."""
-    if reason in CONDITION_REASONS[kind]:
-        return reason
-    return {
-        ConditionType.READY: Reason.NOT_READY,
-        ConditionType.DEGRADED: Reason.REPLICAS_UNAVAILABLE,
-    }[kind]
-
-
-def _stalled_reason(reason: Reason) -> Reason:
-    """The Progressing reason for a Failed LocalModel: the step it is stuck at."""
-    if reason is Reason.INVALID_SPEC:
-        return Reason.INVALID_SPEC
-    if reason in {Reason.PULL_FAILED, Reason.DIGEST_MISMATCH, Reason.ACCESS_MODE_CONFLICT}:
-        return Reason.PULLING
-    return Reason.RECONCILING
+        return Cond("False", Reason.NOT_READY, model.message)
+    return Cond("False", Reason.NOT_READY, progressing.message)
 
 
 def _condition(
     kind: ConditionType,
-    cond: _Cond,
+    cond: Cond,
     previous: Condition | None,
     generation: int,
     now: datetime,
@@ -756,7 +353,7 @@ def _condition(
     )
 
 
-def _model_status(lm: LocalModel, model: _Model) -> ModelStatus:
+def _model_status(lm: LocalModel, model: ModelState) -> ModelStatus:
     old = lm.status.model
     same_source = old.source == lm.spec.model.source
     digest = model.digest or (old.digest if same_source else None)

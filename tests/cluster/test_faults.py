@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from slm_operator.render import PRESTOP_SLEEP_SECONDS
+from slm_operator.children import PRESTOP_SLEEP_SECONDS
 
 from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, Cluster, container_pids
 from .operator_run import InClusterOperator, wait_for

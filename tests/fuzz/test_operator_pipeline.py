@@ -22,15 +22,10 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
 from slm_operator.catalog import AcceleratorCatalog, default_catalog
+from slm_operator.children import RenderOptions, runtime_config
 from slm_operator.conditions import Reason
 from slm_operator.place import NoServableTier, Placement, place, tolerates
-from slm_operator.render import (
-    RenderOptions,
-    pod_templates,
-    pull_job_name,
-    render,
-    runtime_config,
-)
+from slm_operator.render import pod_templates, pull_job_name, render
 from slm_operator.sizing import parse_quantity, pod_resources
 from slm_operator.summary import NodeInfo
 from slm_runtime.config import CONFIGMAP_KEY, Device, RuntimeConfig

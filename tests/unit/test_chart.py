@@ -24,7 +24,8 @@ from slm_operator.catalog import (
     default_catalog,
     runtime_image_refusal,
 )
-from slm_operator.render import RenderOptions, network_policy
+from slm_operator.children import RenderOptions
+from slm_operator.render import network_policy
 from slm_operator.settings import OperatorSettings
 
 from tests.cluster.conftest import CACHE, VERSIONS

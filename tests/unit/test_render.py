@@ -23,18 +23,17 @@ import pytest
 import yaml
 from slm_operator.api import LocalModel, parse_localmodel
 from slm_operator.catalog import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
-from slm_operator.conditions import Reason
-from slm_operator.place import Placement
-from slm_operator.render import (
+from slm_operator.children import (
     CONFIG_HASH_ANNOTATION,
     ENV_TOKEN_REALM_HOSTS,
     PULL_CONTAINER,
     RenderOptions,
     endpoint,
-    pod_templates,
-    render,
     selector_string,
 )
+from slm_operator.conditions import Reason
+from slm_operator.place import Placement
+from slm_operator.render import pod_templates, render
 from slm_operator.sizing import parse_quantity
 from slm_runtime.config import CONFIG_PATH, Device, ModelFormat, RuntimeConfig
 from slm_runtime.cpus import ENV_CPU_REQUEST, usable_cpus

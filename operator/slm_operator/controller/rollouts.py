@@ -17,11 +17,11 @@ from dataclasses import replace
 from typing import Any, Final
 
 from slm_operator.api import LocalModel
+from slm_operator.children import SERVER_CONTAINER
+from slm_operator.children import image as image_of
 from slm_operator.controller.cache import Key
 from slm_operator.kinds import DEPLOYMENT
 from slm_operator.place import Placement, recorded_tier
-from slm_operator.render import SERVER_CONTAINER
-from slm_operator.render import image as image_of
 
 log = logging.getLogger(__name__)
 
