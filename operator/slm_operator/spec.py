@@ -6,7 +6,7 @@ Pure: imports neither kopf nor a Kubernetes client.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any
 
 from pydantic import (
     ConfigDict,
@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 from slm_runtime.config import Api, Device, ModelFormat, ModelParameters
-from slm_runtime.sources import SOURCE_PATTERN, infer_format, parse_source
+from slm_runtime.sources import ADMISSION_FORMS, SOURCE_PATTERN, infer_format, parse_source
 
 from slm_operator.fields import (
     Annotations,
@@ -68,50 +68,6 @@ class PullPolicy(StrEnum):
     NEVER = "Never"
 
 
-# The structure of each source form, as CEL regexes the API server checks at admission. They are
-# looser than the parser (slm_runtime.sources), never stricter: names, hosts, ports and
-# percent-escapes are left to it, and the operator reports what it refuses as Failed.
-# Character classes ([.], [?]) instead of backslashes keep the rules readable in YAML.
-_NAME = "[A-Za-z0-9._-]+"
-_LOWER_NAME = "[a-z0-9]([a-z0-9._-]*[a-z0-9])?"
-_PATH_PART = "([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+)"
-"""One path component that is not empty, '.' or '..'."""
-_TAG = "[A-Za-z0-9_][A-Za-z0-9._-]*"
-_DIGEST = "@sha256:[0-9a-f]{64}"
-SOURCE_FORMS: Final = (
-    (
-        "hf://",
-        f"^hf://{_NAME}/{_NAME}(@{_NAME})?(/{_PATH_PART})+$",
-        "hf://ORG/REPO[@REVISION]/PATH, the path naming a file or folder in the repo",
-    ),
-    (
-        "ollama://",
-        f"^ollama://(([^/]+/)?{_LOWER_NAME}/)?{_LOWER_NAME}(:{_TAG})?$",
-        "ollama://[[HOST[:PORT]/]NAMESPACE/]MODEL[:TAG]; a host needs a namespace after it",
-    ),
-    (
-        "oci://",
-        f"^oci://[^/@]+/([^/@]+/)*[^/:@]+(:{_TAG}({_DIGEST})?|{_DIGEST})$",
-        "oci://HOST[:PORT]/REPO with a :TAG or an @sha256:HEX digest",
-    ),
-    (
-        "http",
-        "^https?://[^/@#]+/[^?#]*[^/?#]([?][^#]*)?$",
-        "https://HOST[:PORT]/PATH naming a file, with no user:password@ (use "
-        "credentialsSecret) and no #fragment",
-    ),
-    (
-        "pvc://",
-        f"^pvc://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/{_PATH_PART})+$",
-        "pvc://CLAIM/PATH, the path relative to the claim's root",
-    ),
-    (
-        "file://",
-        f"^file://(/{_PATH_PART})+$",
-        "file:///PATH, an absolute path with an empty host",
-    ),
-)
-"""(prefix, regex, form): a source that starts with prefix must match regex."""
 _INFERABLE = "^[^?]*[.]([gG][gG][uU][fF]|[oO][nN][nN][xX])([?].*)?$"
 
 
@@ -134,7 +90,7 @@ class ModelSpec(ApiModel):
                         f"spec.model.source must have the form {form}",
                         ".source",
                     )
-                    for prefix, regex, form in SOURCE_FORMS
+                    for prefix, regex, form in ADMISSION_FORMS
                 ),
                 cel(
                     "has(self.format) || self.source.startsWith('ollama://') || "

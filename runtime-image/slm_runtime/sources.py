@@ -9,8 +9,9 @@ is fetched, shared by the operator and the puller.
     file:///PATH                             already inside the runtime image: verify only
 
 ``SOURCE_TYPES`` lists them; the CRD's pattern (``SOURCE_PATTERN``), the forms error messages
-and help texts show (``FORMS``) and the reference docs derive from it. How each type is fetched
-lives in ``pull/core.py`` (``FETCHERS``), which imports the HTTP clients this module must not.
+and help texts show (``FORMS``), the CRD's admission rules (``ADMISSION_FORMS``) and the reference
+docs derive from it. How each type is fetched lives in ``pull/core.py``, which imports the HTTP
+clients this module must not.
 
 Pure: no I/O. Every rejection is a ``ValueError`` whose message names the part that is wrong
 and the form that is expected.
@@ -48,6 +49,18 @@ _URL_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+# The structure of each source form as a regex the API server checks at admission (the CRD's CEL
+# rules on spec.model.source). Looser than the parser below, never stricter: names, hosts, ports
+# and percent-escapes are left to it, and the operator reports what it refuses as Failed.
+# Character classes ([.], [?]) instead of backslashes keep the rules readable in YAML.
+_CEL_NAME = "[A-Za-z0-9._-]+"
+_CEL_LOWER_NAME = "[a-z0-9]([a-z0-9._-]*[a-z0-9])?"
+_CEL_PATH_PART = "([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+)"
+"""One path component that is not empty, '.' or '..'."""
+_CEL_TAG = "[A-Za-z0-9_][A-Za-z0-9._-]*"
+_CEL_DIGEST = "@sha256:[0-9a-f]{64}"
+
+
 class Credentials(StrEnum):
     """What a source's credentials Secret may hold."""
 
@@ -67,6 +80,11 @@ class HfSource:
     scheme: ClassVar[str] = "hf"
     schemes: ClassVar[tuple[str, ...]] = ("hf",)
     form: ClassVar[str] = "hf://ORG/REPO[@REVISION]/PATH"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "hf://",
+        f"^hf://{_CEL_NAME}/{_CEL_NAME}(@{_CEL_NAME})?(/{_CEL_PATH_PART})+$",
+        "hf://ORG/REPO[@REVISION]/PATH, the path naming a file or folder in the repo",
+    )
     fetched: ClassVar[bool] = True
     credentials: ClassVar[Credentials] = Credentials.TOKEN
     repo_id: str
@@ -89,6 +107,11 @@ class OllamaSource:
     scheme: ClassVar[str] = "ollama"
     schemes: ClassVar[tuple[str, ...]] = ("ollama",)
     form: ClassVar[str] = "ollama://[HOST/]NAMESPACE/MODEL[:TAG]"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "ollama://",
+        f"^ollama://(([^/]+/)?{_CEL_LOWER_NAME}/)?{_CEL_LOWER_NAME}(:{_CEL_TAG})?$",
+        "ollama://[[HOST[:PORT]/]NAMESPACE/]MODEL[:TAG]; a host needs a namespace after it",
+    )
     fetched: ClassVar[bool] = True
     credentials: ClassVar[Credentials] = Credentials.REGISTRY
     model: str
@@ -112,6 +135,11 @@ class OciSource:
     scheme: ClassVar[str] = "oci"
     schemes: ClassVar[tuple[str, ...]] = ("oci",)
     form: ClassVar[str] = "oci://HOST[:PORT]/REPO(:TAG|@sha256:HEX)"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "oci://",
+        f"^oci://[^/@]+/([^/@]+/)*[^/:@]+(:{_CEL_TAG}({_CEL_DIGEST})?|{_CEL_DIGEST})$",
+        "oci://HOST[:PORT]/REPO with a :TAG or an @sha256:HEX digest",
+    )
     fetched: ClassVar[bool] = True
     credentials: ClassVar[Credentials] = Credentials.REGISTRY
     host: str
@@ -141,6 +169,12 @@ class HttpsSource:
     scheme: ClassVar[str] = "https"
     schemes: ClassVar[tuple[str, ...]] = ("https", "http")
     form: ClassVar[str] = "https://HOST/PATH"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "http",
+        "^https?://[^/@#]+/[^?#]*[^/?#]([?][^#]*)?$",
+        "https://HOST[:PORT]/PATH naming a file, with no user:password@ (use "
+        "credentialsSecret) and no #fragment",
+    )
     fetched: ClassVar[bool] = True
     credentials: ClassVar[Credentials] = Credentials.TOKEN
     url: str
@@ -167,6 +201,11 @@ class PvcSource:
     scheme: ClassVar[str] = "pvc"
     schemes: ClassVar[tuple[str, ...]] = ("pvc",)
     form: ClassVar[str] = "pvc://CLAIM/PATH"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "pvc://",
+        f"^pvc://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/{_CEL_PATH_PART})+$",
+        "pvc://CLAIM/PATH, the path relative to the claim's root",
+    )
     fetched: ClassVar[bool] = False
     credentials: ClassVar[Credentials] = Credentials.NONE
     claim: str
@@ -183,6 +222,11 @@ class FileSource:
     scheme: ClassVar[str] = "file"
     schemes: ClassVar[tuple[str, ...]] = ("file",)
     form: ClassVar[str] = "file:///PATH"
+    admission: ClassVar[tuple[str, str, str]] = (
+        "file://",
+        f"^file://(/{_CEL_PATH_PART})+$",
+        "file:///PATH, an absolute path with an empty host",
+    )
     fetched: ClassVar[bool] = False
     credentials: ClassVar[Credentials] = Credentials.NONE
     path: str
@@ -205,6 +249,8 @@ SOURCE_PATTERN: Final = rf"^({'|'.join(SOURCE_SCHEMES)})://.+$"
 """The CRD's pattern for ``spec.model.source``: a scheme of ``SOURCE_TYPES``."""
 FORMS: Final = ", ".join(t.form for t in SOURCE_TYPES[:-1]) + f" or {SOURCE_TYPES[-1].form}"
 """Every source form, for messages and help texts."""
+ADMISSION_FORMS: Final = tuple(t.admission for t in SOURCE_TYPES)
+"""(prefix, regex, form): a source that starts with prefix must match regex (a CRD CEL rule)."""
 
 
 def parse_source(text: str, *, allow_insecure: bool = False) -> Source:

@@ -33,13 +33,20 @@ EXAMPLE = {
 
 def test_every_scheme_the_crd_admits_is_a_source_type() -> None:
     schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    source = schema["properties"]["spec"]["properties"]["model"]["properties"]["source"]
+    model = schema["properties"]["spec"]["properties"]["model"]
+    source = model["properties"]["source"]
     assert source["pattern"] == SOURCE_PATTERN
+    rules = {rule["rule"] for rule in model["x-kubernetes-validations"]}
+    for prefix, regex, _ in (t.admission for t in SOURCE_TYPES):
+        assert f"!self.source.startsWith('{prefix}') || self.source.matches('{regex}')" in rules
     assert set(EXAMPLE) == set(SOURCE_SCHEMES)
     for scheme, text in EXAMPLE.items():
         assert re.fullmatch(SOURCE_PATTERN, text)
         parsed = parse_source(text, allow_insecure=True)
         assert scheme in type(parsed).schemes
+        prefix, regex, _ = type(parsed).admission
+        assert text.startswith(prefix)
+        assert re.fullmatch(regex, text), f"the CRD would refuse {text}"
     assert not re.fullmatch(SOURCE_PATTERN, "ftp://models.example/m.gguf")
 
 

@@ -8,7 +8,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -22,35 +22,31 @@ from slm_runtime.api.openai.models import (
     NamedToolChoice,
     ResponseFormat,
 )
+from slm_runtime.api.openai.shared import (
+    SSE,
+    State,
+    call_constraint,
+    chat_logprobs,
+    effort_think,
+    offered_tools,
+)
 from slm_runtime.api.vectors import unit_vector
-from slm_runtime.config import ModelFormat
-from slm_runtime.constrained import call_grammar
 from slm_runtime.engines.base import (
     Delta,
     Finished,
-    TokenChoice,
     TokenLogprob,
 )
 from slm_runtime.errors import APIError, model_managed
-from slm_runtime.state import Run, RuntimeState, runtime
+from slm_runtime.state import Run, RuntimeState
 from slm_runtime.thinking import (
-    NoThinkingError,
     Piece,
     ReplyParser,
-    request_think,
-    think_from_effort,
     unconstrained,
 )
 from slm_runtime.tools import (
-    NoToolsError,
     ToolCall,
-    ToolParser,
-    check_tools,
     new_call_id,
 )
-
-SSE = "text/event-stream"
-
 
 _OWNER = "slm-operator"
 
@@ -81,28 +77,6 @@ def _json_mode(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None]
             raise APIError(400, "response_format.json_schema.schema must be a JSON schema object")
         return True, schema
     return True, None
-
-
-def _bytes(choice: TokenChoice) -> list[int]:
-    return list(choice.bytes)
-
-
-def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
-    """``choices[].logprobs`` of a chat completion (or of one chunk of it)."""
-    return {
-        "content": [
-            {
-                "token": entry.chosen.token,
-                "logprob": entry.chosen.logprob,
-                "bytes": _bytes(entry.chosen),
-                "top_logprobs": [
-                    {"token": c.token, "logprob": c.logprob, "bytes": _bytes(c)} for c in entry.top
-                ],
-            }
-            for entry in entries
-        ],
-        "refusal": None,
-    }
 
 
 def _completion_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
@@ -197,110 +171,6 @@ def _chat_think(body: ChatCompletionRequest, state: RuntimeState) -> bool | None
         "reasoning_effort unset or send none"
     )
     return effort_think(body.reasoning_effort, enable, state, "reasoning_effort", refusal)
-
-
-def effort_think(
-    effort: str | None, default: bool | None, state: RuntimeState, field: str, refusal: str
-) -> bool | None:
-    """Whether the model thinks, from an OpenAI reasoning effort (``none`` off, any other
-    effort on), else ``default``, else on for a model whose template renders thoughts. A bad
-    effort is a 400 naming ``field``; thinking asked of a model that does not think is a 400
-    saying ``refusal``. Chat completions and the Responses API share it."""
-    try:
-        value = think_from_effort(effort)
-    except ValueError as exc:
-        raise APIError(400, str(exc).replace("reasoning_effort", field)) from None
-    if value is None:
-        value = default
-    try:
-        return request_think(value, state.prompts.thinking_markers() is not None)
-    except NoThinkingError:
-        raise APIError(400, refusal) from None
-
-
-def _offered_tools(
-    body: ChatCompletionRequest, state: RuntimeState
-) -> tuple[list[dict[str, Any]], ToolParser | None]:
-    """The tools the template offers the model, after checking them and ``tool_choice`` (none
-    for ``none``, only the named one for a named function), and the parser of their calls."""
-    if body.functions is not None or body.function_call is not None:
-        raise APIError(
-            400, "functions and function_call are not supported; use tools and tool_choice"
-        )
-    choice = body.tool_choice
-    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-    return offer_tools(
-        state,
-        body.model,
-        body.tools,
-        None if isinstance(choice, NamedToolChoice) else choice,
-        named,
-    )
-
-
-def offer_tools(
-    state: RuntimeState,
-    model: str,
-    tools: list[dict[str, Any]] | None,
-    choice: str | None,
-    named: str | None,
-    named_field: str = "tool_choice.function.name",
-) -> tuple[list[dict[str, Any]], ToolParser | None]:
-    """The chat ``tools`` the template offers the model, after checking them and the tool
-    choice (``choice`` none, auto or required, or the ``named`` function alone), and the parser
-    of their calls; none for ``none``."""
-    if not tools:
-        if choice is not None or named is not None:
-            raise APIError(400, "tool_choice is only allowed when tools are given")
-        return [], None
-    try:
-        names = check_tools(tools)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
-    if choice == "none":
-        return [], None
-    offered = tools
-    if named is not None:
-        if named not in names:
-            raise APIError(400, f"{named_field}: {named!r} is not one of the tools")
-        offered = [tools[names.index(named)]]
-        names = [named]
-    try:
-        return offered, state.prompts.tool_parser(names)
-    except NoToolsError:
-        raise APIError(400, f"{model} does not support tools (its template renders none)") from None
-
-
-def call_constraint(
-    state: RuntimeState,
-    offered: list[dict[str, Any]],
-    choice: str | None,
-    named: str | None,
-    parallel: bool,
-    other: str | None,
-) -> str | None:
-    """The grammar that holds the answer to calls of the ``offered`` tools, their arguments to
-    the tools' schemas, for ``required`` or a ``named`` function on a GGUF model whose template
-    writes calls as JSON objects; None otherwise, where the output is only parsed (as for
-    ``auto``). Such a grammar cannot share the answer with ``other``, the constraint the request
-    asks for itself (a grammar or a JSON format): 400."""
-    if not offered or (choice != "required" and named is None):
-        return None
-    if state.engine.format is not ModelFormat.GGUF:
-        return None
-    shape = state.prompts.call_shape()
-    if shape is None:
-        return None
-    if other is not None:
-        raise APIError(
-            400,
-            "tool_choice required or a named function constrains the answer to tool calls; "
-            f"it cannot be combined with {other}",
-        )
-    try:
-        return call_grammar(shape, offered, parallel)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
 
 
 def _openai_call(call: ToolCall, short_id: bool) -> dict[str, Any]:
@@ -408,9 +278,6 @@ async def _stream(
     yield b"data: [DONE]\n\n"
 
 
-State = Annotated[RuntimeState, Depends(runtime)]
-
-
 def build_router(api_token: str | None) -> APIRouter:
     """The OpenAI routes, behind the API token when one is set."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_auth(api_token))])
@@ -423,7 +290,7 @@ def build_router(api_token: str | None) -> APIRouter:
         if json_mode and body.grammar is not None:
             raise APIError(400, "grammar and a JSON response_format cannot be combined; send one")
         messages = _chat_messages(body.messages)
-        offered, tools = _offered_tools(body, state)
+        offered, tools = offered_tools(body, state)
         choice = body.tool_choice
         other = "grammar" if body.grammar is not None else None
         constraint = call_constraint(
@@ -464,7 +331,7 @@ def build_router(api_token: str | None) -> APIRouter:
                     delta["role"] = "assistant"
                     first = False
                 delta.update(fields)
-                logprobs = _chat_logprobs(entries) if entries else None
+                logprobs = chat_logprobs(entries) if entries else None
                 return {
                     "id": ident,
                     "object": "chat.completion.chunk",
@@ -507,7 +374,7 @@ def build_router(api_token: str | None) -> APIRouter:
                     "index": 0,
                     "message": message,
                     "finish_reason": "tool_calls" if calls else _finish_reason(out.end),
-                    "logprobs": _chat_logprobs(out.logprobs) if body.logprobs else None,
+                    "logprobs": chat_logprobs(out.logprobs) if body.logprobs else None,
                 }
             ],
             "usage": _usage(out.end),
