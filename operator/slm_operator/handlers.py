@@ -118,15 +118,15 @@ async def localmodels_idx(*, namespace: str | None, name: str, body: kopf.Body, 
 @kopf.index("v1", "nodes", id="nodes_idx")
 async def nodes_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     """Nodes as placement sees them, kept in the caches."""
-    reconciler().caches.put_node(name, node_info(body))
+    reconciler().caches.put_node(body, node_info(body))
     return {name: True}
 
 
 @kopf.on.event("v1", "nodes")
-async def node_event(*, type: str | None, name: str, **_: Any) -> None:
+async def node_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:
     """A node deleted leaves placement's view (an index handler never sees a deletion)."""
     if type == "DELETED":
-        reconciler().caches.put_node(name, None)
+        reconciler().caches.drop_node(body)
 
 
 @kopf.index(
@@ -136,9 +136,9 @@ async def node_event(*, type: str | None, name: str, **_: Any) -> None:
     id="crds_idx",
     when=lambda name, **_: name in OPTIONAL_CRDS,
 )
-async def crds_idx(*, name: str, **_: Any) -> Any:
+async def crds_idx(*, name: str, body: kopf.Body, **_: Any) -> Any:
     """The optional CRDs the operator adapts to, kept in the caches."""
-    reconciler().caches.put_crd(name, installed=True)
+    reconciler().caches.put_crd(body)
     return {name: True}
 
 
@@ -148,12 +148,11 @@ async def crds_idx(*, name: str, **_: Any) -> Any:
     "customresourcedefinitions",
     when=lambda name, **_: name in OPTIONAL_CRDS,
 )
-async def optional_crd_changed(*, name: str, type: str | None, **_: Any) -> None:
+async def optional_crd_changed(*, name: str, type: str | None, body: kopf.Body, **_: Any) -> None:
     """Create or prune ServiceMonitors or InferencePools when their CRD comes or goes."""
     rec = reconciler()
     kind = OPTIONAL_CRDS[name]
-    if type == "DELETED":
-        rec.caches.put_crd(name, installed=False)
+    if type == "DELETED" and rec.caches.drop_crd(body):
         rec.caches.drop_kind(kind)
     for watch in _watches:
         if watch.kind == kind:
@@ -181,7 +180,7 @@ async def localmodel_event(
         return
     key = (namespace, name)
     if type == "DELETED":
-        rec.forget(key)
+        rec.forget(key, body)
     elif rec.changed_since_seen(key, body):
         rec.enqueue(key, cause="created" if type in (None, "ADDED") else "updated")
 

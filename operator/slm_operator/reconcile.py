@@ -155,11 +155,12 @@ class Reconciler:
         record = self._records.get(key)
         return record is None or record.seen != _fingerprint(body)
 
-    def forget(self, key: Key) -> None:
-        """Drop every trace of a deleted LocalModel."""
+    def forget(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Drop every trace of a deleted LocalModel, unless one created since holds its name."""
+        if not self.caches.forget(key, body):
+            return
         self._records.pop(key, None)
         self.queue.forget(key)
-        self.caches.forget(key)
         self.devices.forget(key)
         self.rollouts.release(key)
         metrics.forget_model(key)
@@ -262,17 +263,22 @@ class Reconciler:
         return Observed(children, deployment, self.caches.nodes(), crds, summary)
 
     def _pull_progress(self, key: Key, jobs: list[tuple[Object, list[Object]]]) -> dict[str, str]:
-        """What each running pull printed last, by Job name (read from the puller's log)."""
-        progress = {}
-        for job, pods in jobs:
-            running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-            if not _pulling(job) or not running:
-                continue
-            tail = self.kube.pod_log_tail(key[0], running[0]["metadata"]["name"], PULL_CONTAINER)
-            read = pull_progress(tail)
-            if read is not None:
-                progress[job["metadata"]["name"]] = read
-        return progress
+        """What a running pull printed last (read from the puller's log), by Job name: the
+        newest running Job's, one log read at most (an older one is on its way out)."""
+        running = [
+            (job, pod)
+            for job, pods in jobs
+            if _pulling(job)
+            for pod in pods
+            if (pod.get("status") or {}).get("phase") == "Running"
+        ]
+        if not running:
+            return {}
+        job, pod = max(running, key=lambda r: str(r[0]["metadata"].get("creationTimestamp", "")))
+        read = pull_progress(
+            self.kube.pod_log_tail(key[0], pod["metadata"]["name"], PULL_CONTAINER)
+        )
+        return {} if read is None else {job["metadata"]["name"]: read}
 
     def _place(
         self, key: Key, body: Mapping[str, Any], lm: LocalModel, observed: Observed, now: datetime

@@ -130,13 +130,17 @@ class RuntimeState:
             raise
         return run
 
-    async def embed(self, texts: list[str], **options: Any) -> tuple[list[list[float]], int]:
-        """The vectors of ``texts`` and the tokens read, with a slot of the admission queue (or
-        429/503); 501 when the engine has no embeddings."""
+    def check_embeddings(self) -> None:
+        """501 (UnsupportedError) when the engine makes no embeddings."""
         if not self.engine.supports_embeddings:
             raise UnsupportedError(
                 f"embeddings are not supported for {self.engine.format.value} models"
             )
+
+    async def embed(self, texts: list[str], **options: Any) -> tuple[list[list[float]], int]:
+        """The vectors of ``texts`` and the tokens read, with a slot of the admission queue (or
+        429/503); 501 when the engine has no embeddings."""
+        self.check_embeddings()
         release = await self.admission.acquire()
         try:
             return await asyncio.to_thread(self.engine.embed, texts, **options)

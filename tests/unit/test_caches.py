@@ -119,25 +119,47 @@ def test_a_status_write_does_not_make_a_model_render_again_but_a_spec_or_label_c
 def test_models_nodes_and_crds_are_kept_under_the_caches_lock() -> None:
     """kopf's handlers write LocalModels, nodes and CRDs into the caches; workers read copies."""
     caches = Caches()
-    body = {"metadata": {"name": "m", "namespace": "a", "managedFields": [{}]}, "spec": {}}
+    body = {"metadata": {"name": "m", "namespace": "a", "uid": "u1", "managedFields": [{}]}}
     caches.put_model(("a", "m"), body)
     read = caches.model(("a", "m"))
-    assert read == {"metadata": {"name": "m", "namespace": "a"}, "spec": {}}
+    assert read == {"metadata": {"name": "m", "namespace": "a", "uid": "u1"}}
     assert read is not None
-    read["spec"]["changed"] = True  # a copy: the cache keeps what the event had
-    assert caches.model(("a", "m")) == {"metadata": {"name": "m", "namespace": "a"}, "spec": {}}
+    read["spec"] = {"changed": True}  # a copy: the cache keeps what the event had
+    assert caches.model(("a", "m")) == {"metadata": {"name": "m", "namespace": "a", "uid": "u1"}}
     assert caches.model_keys() == [("a", "m")]
 
-    caches.put_node("n1", NodeInfo(name="n1"))
-    caches.put_node("n2", NodeInfo(name="n2"))
-    caches.put_node("n1", None)
+    n1, n2 = ({"metadata": {"name": n, "uid": f"uid-{n}"}} for n in ("n1", "n2"))
+    caches.put_node(n1, NodeInfo(name="n1"))
+    caches.put_node(n2, NodeInfo(name="n2"))
+    caches.drop_node(n1)
     assert [n.name for n in caches.nodes()] == ["n2"]
 
-    caches.put_crd(SERVICE_MONITOR.crd, installed=True)
+    crd = {"metadata": {"name": SERVICE_MONITOR.crd, "uid": "c1"}}
+    caches.put_crd(crd)
     assert caches.crd_installed(SERVICE_MONITOR.crd)
-    caches.put_crd(SERVICE_MONITOR.crd, installed=False)
+    assert caches.drop_crd(crd)
     assert not caches.crd_installed(SERVICE_MONITOR.crd)
 
-    caches.forget(("a", "m"))
+    assert caches.forget(("a", "m"), body)
     assert caches.model(("a", "m")) is None
     assert caches.model_keys() == []
+
+
+def test_a_deletion_seen_after_its_successor_keeps_the_successor() -> None:
+    """kopf handles each object's events apart: a LocalModel, node or CRD deleted and created
+    again under its name may be seen created before the old one is seen deleted. The deletion
+    then leaves the new object in place."""
+    caches = Caches()
+    old = {"metadata": {"name": "m", "namespace": "a", "uid": "old"}}
+    new = {"metadata": {"name": "m", "namespace": "a", "uid": "new"}}
+    caches.put_model(("a", "m"), new)
+    assert not caches.forget(("a", "m"), old)
+    assert caches.model(("a", "m")) == new
+
+    caches.put_node({"metadata": {"name": "n", "uid": "new"}}, NodeInfo(name="n"))
+    caches.drop_node({"metadata": {"name": "n", "uid": "old"}})
+    assert [n.name for n in caches.nodes()] == ["n"]
+
+    caches.put_crd({"metadata": {"name": SERVICE_MONITOR.crd, "uid": "new"}})
+    assert not caches.drop_crd({"metadata": {"name": SERVICE_MONITOR.crd, "uid": "old"}})
+    assert caches.crd_installed(SERVICE_MONITOR.crd)

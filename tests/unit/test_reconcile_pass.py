@@ -78,7 +78,7 @@ def reconciler(body: Mapping[str, Any]) -> tuple[Reconciler, RecordingKube]:
     rec = Reconciler(kube, OperatorSettings(), default_catalog())  # type: ignore[arg-type]
     node = NodeInfo(name="cpu-0", allocatable={"cpu": 8.0, "memory": 32.0 * GIB, "pods": 110.0})
     rec.caches.put_model(KEY, body)
-    rec.caches.put_node(node.name, node)
+    rec.caches.put_node({"metadata": {"name": node.name, "uid": "n"}}, node)
     return rec, kube
 
 
@@ -151,9 +151,10 @@ def test_forgetting_a_model_drops_what_was_remembered_of_it() -> None:
     rec, _ = reconciler(body)
     rec.reconcile(body, cause="created")
     assert not rec.changed_since_seen(KEY, body)
-    rec.forget(KEY)
+    rec.forget(KEY, body)
     assert rec.changed_since_seen(KEY, body)  # nothing remembered: the next event is a pass
     assert KEY not in rec._records
+    assert rec.caches.model(KEY) is None
 
 
 def test_the_queue_folds_triggers_and_forgets_a_timer() -> None:

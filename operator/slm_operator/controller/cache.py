@@ -63,6 +63,10 @@ class Caches:
         self._models: dict[Key, bytes] = {}
         self._nodes: dict[str, NodeInfo] = {}
         self._crds: set[str] = set()
+        self._uids: dict[tuple[str, Any], str] = {}
+        """The uid of what each LocalModel, node and CRD entry holds: a deletion removes an entry
+        only while it still holds the deleted object, not one created since under its name
+        (kopf handles each object's events apart, so the new one's may come first)."""
         self._children: dict[str, dict[Key, dict[str, bytes]]] = {
             kind.plural: {} for kind in (*CHILD_KINDS, POD)
         }
@@ -76,22 +80,43 @@ class Caches:
         packed = pack(body)
         with self._lock:
             self._models[key] = packed
+            self._uids[("model", key)] = _uid(body)
 
-    def put_node(self, name: str, node: NodeInfo | None) -> None:
-        """Keep a node as placement sees it; None: it is gone."""
+    def put_node(self, body: Mapping[str, Any], node: NodeInfo) -> None:
+        """Keep a node as placement sees it."""
         with self._lock:
-            if node is None:
+            self._nodes[node.name] = node
+            self._uids[("node", node.name)] = _uid(body)
+
+    def put_crd(self, body: Mapping[str, Any]) -> None:
+        """Note that an optional CRD is installed."""
+        name = str(body.get("metadata", {}).get("name", ""))
+        with self._lock:
+            self._crds.add(name)
+            self._uids[("crd", name)] = _uid(body)
+
+    def drop_node(self, body: Mapping[str, Any]) -> None:
+        """A node was deleted."""
+        name = str(body.get("metadata", {}).get("name", ""))
+        with self._lock:
+            if self._holds(("node", name), body):
                 self._nodes.pop(name, None)
-            else:
-                self._nodes[name] = node
 
-    def put_crd(self, name: str, *, installed: bool) -> None:
-        """Note whether an optional CRD is installed."""
+    def drop_crd(self, body: Mapping[str, Any]) -> bool:
+        """An optional CRD was deleted; False when a newer one of that name is installed."""
+        name = str(body.get("metadata", {}).get("name", ""))
         with self._lock:
-            if installed:
-                self._crds.add(name)
-            else:
-                self._crds.discard(name)
+            if not self._holds(("crd", name), body):
+                return False
+            self._crds.discard(name)
+            return True
+
+    def _holds(self, entry: tuple[str, Any], body: Mapping[str, Any]) -> bool:
+        """Whether the entry holds the object ``body`` (lock held); forgets its uid if so."""
+        if self._uids.get(entry, _uid(body)) != _uid(body):
+            return False
+        self._uids.pop(entry, None)
+        return True
 
     def observe(self, kind: Kind, key: Key, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """Cache a child from its watch event (watches.py)."""
@@ -214,15 +239,23 @@ class Caches:
                 return cached
             return recent
 
-    def forget(self, key: Key) -> None:
-        """Drop a deleted LocalModel and the apply answers for its children."""
+    def forget(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Drop a deleted LocalModel and the apply answers for its children; False (and nothing
+        dropped) when a LocalModel created since holds its name."""
         with self._lock:
+            if not self._holds(("model", key), body):
+                return False
             self._models.pop(key, None)
         with self._recent_lock:
             self._recent.pop(key, None)
+        return True
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:
     annotations = obj.get("metadata", {}).get("annotations") or {}
     value = annotations.get(APPLIED_HASH_ANNOTATION)
     return str(value) if value is not None else None
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid", ""))

@@ -438,6 +438,7 @@ def build_router(api_token: str | None) -> APIRouter:
     ) -> tuple[list[list[float]], int]:
         """The vectors of ``texts`` and the tokens read; an input longer than the context is cut
         to it with ``truncate``, else a 400 in Ollama's words."""
+        state.check_embeddings()
         params = options.parameters()
         _check_load_options(params, state)
         try:
