@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from slm_operator import cli
+from slm_operator import cli_cluster
 
 from tests.conftest import GEMMA_TEMPLATE
 
@@ -181,9 +181,9 @@ def test_failed_model_shows_its_message_and_chat_refuses(
 def test_an_api_server_without_the_crd_says_to_install_it(
     cluster: Cluster, crds: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api = cli.Cluster.connect(str(cluster.kubeconfig), None, "default")
-    monkeypatch.setattr(cli, "GROUP", "absent.slm.dev")
-    with pytest.raises(cli.CliError, match="is not installed on https://") as info:
+    api = cli_cluster.Cluster.connect(str(cluster.kubeconfig), None, "default")
+    monkeypatch.setattr(cli_cluster, "GROUP", "absent.slm.dev")
+    with pytest.raises(cli_cluster.CliError, match="is not installed on https://") as info:
         api.call("GET", "default")
     assert "install the CRDs: kubectl apply --server-side -f crds/" in str(info.value)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from slm_operator import cli
+from slm_operator import cli, cli_chat, cli_cluster, cli_output
 from slm_operator.api import parse_localmodel
 
 pytestmark = pytest.mark.unit
@@ -112,7 +112,7 @@ def test_list_table_has_kubectl_columns_and_progress() -> None:
         lm("qwen", "team-b", phase="Pulling", model={"progress": "37%"}),
         lm("fresh"),
     ]
-    lines = cli.list_table(items, all_namespaces=True).splitlines()
+    lines = cli_output.list_table(items, all_namespaces=True).splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "MODEL", "BACKEND", "READY", "PHASE", "AGE"]
     assert lines[1].split()[:6] == ["default", "gemma", "ollama://gemma", "cpu", "1/1", "Ready"]
     assert lines[2].split()[:7] == [
@@ -127,7 +127,7 @@ def test_list_table_has_kubectl_columns_and_progress() -> None:
     assert lines[3].split()[4:6] == ["0/1", "Pending"]
     column = lines[0].index("MODEL")
     assert all(line[column - 1] == " " and line[column] != " " for line in lines)
-    assert "NAMESPACE" not in cli.list_table(items, all_namespaces=False)
+    assert "NAMESPACE" not in cli_output.list_table(items, all_namespaces=False)
 
 
 def test_status_text_for_a_fallback_and_a_failure() -> None:
@@ -146,7 +146,7 @@ def test_status_text_for_a_fallback_and_a_failure() -> None:
             {**cond, "type": "Placed", "status": "True", "reason": "FellBack", "message": "cpu"},
         ],
     )  # fmt: skip
-    text = cli.describe(obj)
+    text = cli_output.describe(obj)
     fields = dict(line.split(":", 1) for line in text.splitlines() if not line.startswith(" "))
     assert fields["Phase"].strip() == "Failed"
     assert fields["Backend"].strip() == "cpu"
@@ -163,7 +163,7 @@ def test_status_text_for_a_fallback_and_a_failure() -> None:
 
 
 def test_status_before_the_operator_wrote_any() -> None:
-    text = cli.describe(lm("gemma"))
+    text = cli_output.describe(lm("gemma"))
     assert "not yet reconciled: is the operator running?" in text
     assert "Conditions" not in text
 
@@ -181,14 +181,14 @@ def test_status_before_the_operator_wrote_any() -> None:
     ],
 )
 def test_stream_lines(api: str, line: str, piece: str | None) -> None:
-    assert cli._piece(api, line) == piece
+    assert cli_chat._piece(api, line) == piece
 
 
 @pytest.mark.parametrize("api", ["ollama", "openai"])
 def test_stream_errors_are_reported(api: str) -> None:
     line = 'data: {"error": {"message": "boom"}}' if api == "openai" else '{"error": "boom"}'
-    with pytest.raises(cli.CliError, match=r"the model failed: .*boom"):
-        cli._piece(api, line)
+    with pytest.raises(cli_cluster.CliError, match=r"the model failed: .*boom"):
+        cli_chat._piece(api, line)
 
 
 def test_missing_kubeconfig_is_a_clear_error(
