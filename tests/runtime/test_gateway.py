@@ -29,11 +29,12 @@ import openai
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
-from slm_runtime.gateway.app import Gateway, Settings, TokenDigest, create_gateway_app
+from slm_runtime.gateway.app import create_gateway_app
 from slm_runtime.gateway.core import SCALED_TO_ZERO, Balance
 from slm_runtime.gateway.directory import Directory
 from slm_runtime.gateway.kube import SecretUnavailableError
 from slm_runtime.gateway.metrics import GatewayMetrics
+from slm_runtime.gateway.service import Gateway, Settings, TokenDigest
 
 from tests.runtime.conftest import (
     Server,

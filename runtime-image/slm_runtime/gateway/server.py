@@ -13,11 +13,12 @@ from typing import Any
 
 import uvicorn
 
-from slm_runtime.gateway.app import Gateway, Settings, create_gateway_app
+from slm_runtime.gateway.app import create_gateway_app
 from slm_runtime.gateway.core import Balance
 from slm_runtime.gateway.directory import MODEL_SLICE_SELECTOR, Directory, static_objects
 from slm_runtime.gateway.kube import ENDPOINT_SLICES, LOCALMODELS, Kube, in_cluster_client
 from slm_runtime.gateway.metrics import GatewayMetrics
+from slm_runtime.gateway.service import Gateway, Settings
 from slm_runtime.server import setup_logging
 
 log = logging.getLogger("slm_gateway")
