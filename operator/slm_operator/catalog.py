@@ -7,11 +7,12 @@ the environment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
-from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat, RuntimeConfig
+from slm_runtime.config import DEVICE_TIERS, OPENVINO_NPU, Device, ModelFormat, RuntimeConfig
 
 DEFAULT_IMAGE: Final = "ghcr.io/slm-operator/slm-runtime:0.1.0"
 DEFAULT_CUDA_IMAGE: Final = "ghcr.io/slm-operator/slm-runtime:0.1.0-cuda"
@@ -108,8 +109,22 @@ def runtime_image_refusal(
     )
 
 
+_DEFAULT_OPTIONS: Final[Mapping[Device, Mapping[str, Any]]] = {
+    Device.NPU: {"name": "intel-npu", "openvino_device": OPENVINO_NPU},
+    Device.GPU: {
+        "name": "nvidia-gpu",
+        "image": DEFAULT_CUDA_IMAGE,
+        "runtime_class_name": "nvidia",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    Device.CPU: {"name": "cpu"},
+}
+"""What the default catalog adds to each row of ``DEVICE_TIERS``: its name, image and scheduling."""
+
+
 def default_catalog() -> AcceleratorCatalog:
-    """Intel NPUs (ONNX only), NVIDIA GPUs, and CPU: the devices the project's images drive.
+    """Intel NPUs (ONNX only), NVIDIA GPUs, and CPU: the devices the project's images drive, one
+    option per row of ``DEVICE_TIERS`` (its resource and the formats the engines run there).
 
     AMD NPUs (VitisAI) and GPUs (ROCm) have no entry: neither image carries an engine that uses
     them, so a pod placed there would hold the device and run on its CPU.
@@ -117,30 +132,15 @@ def default_catalog() -> AcceleratorCatalog:
     return AcceleratorCatalog(
         tiers=[
             Tier(
-                device=Device.NPU,
+                device=tier.device,
                 options=[
                     AcceleratorOption(
-                        name="intel-npu",
-                        resource="intel.com/npu",
-                        formats=[ModelFormat.ONNX],
-                        openvino_device=OPENVINO_NPU,
-                    ),
+                        resource=tier.resource,
+                        formats=list(tier.formats),
+                        **_DEFAULT_OPTIONS[tier.device],
+                    )
                 ],
-            ),
-            Tier(
-                device=Device.GPU,
-                options=[
-                    AcceleratorOption(
-                        name="nvidia-gpu",
-                        resource="nvidia.com/gpu",
-                        image=DEFAULT_CUDA_IMAGE,
-                        runtime_class_name="nvidia",
-                        tolerations=[
-                            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-                        ],
-                    ),
-                ],
-            ),
-            Tier(device=Device.CPU, options=[AcceleratorOption(name="cpu")]),
+            )
+            for tier in DEVICE_TIERS
         ]
     )

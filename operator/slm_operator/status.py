@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic import BaseModel
-from slm_runtime.config import Device
+from slm_runtime.config import DEVICE_TIERS, Device
 
 from slm_operator.api import LocalModel
 from slm_operator.children import endpoint as service_endpoint
@@ -217,7 +217,7 @@ def _placed_tier(old: LocalModelStatus) -> Device | None:
     return old.placed_tier if old.placed_tier is not None else old.backend
 
 
-_TIER_ORDER: Final = (Device.NPU, Device.GPU, Device.CPU)
+_TIER_ORDER: Final = tuple(tier.device for tier in DEVICE_TIERS)
 
 
 def _serving_device(

@@ -8,6 +8,7 @@ beyond ``load_config``'s file read.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Final
@@ -129,6 +130,41 @@ class Device(StrEnum):
     NPU = "npu"
     GPU = "gpu"
     CPU = "cpu"
+
+
+@dataclass(frozen=True)
+class DeviceTier:
+    """One hardware tier: what a pod requests for it and what the runtime's engines run on it."""
+
+    device: Device
+    resource: str | None
+    """The extended resource the default accelerator catalog requests (None: the pod's cores)."""
+    formats: tuple[ModelFormat, ...]
+    """The model formats an engine of the runtime runs on it."""
+    onnx_provider: str | None
+    """ONNX Runtime GenAI's execution provider for it (None: ONNX Runtime's own, the CPU)."""
+    llama_offload: bool
+    """Whether llama.cpp offloads the model's layers to it."""
+
+
+DEVICE_TIERS: Final = (
+    DeviceTier(Device.NPU, "intel.com/npu", (ModelFormat.ONNX,), "OpenVINO", llama_offload=False),
+    DeviceTier(
+        Device.GPU,
+        "nvidia.com/gpu",
+        (ModelFormat.GGUF, ModelFormat.ONNX),
+        "cuda",
+        llama_offload=True,
+    ),
+    DeviceTier(Device.CPU, None, (ModelFormat.GGUF, ModelFormat.ONNX), None, llama_offload=False),
+)
+"""Every tier, in the order the operator prefers them: the one table that placement, the default
+catalog, the engines and the chart's values schema follow."""
+
+
+def device_tier(device: Device) -> DeviceTier:
+    """The table's row for ``device``."""
+    return next(t for t in DEVICE_TIERS if t.device is device)
 
 
 class Api(StrEnum):

@@ -27,6 +27,7 @@ from slm_operator.catalog import (
 from slm_operator.children import RenderOptions
 from slm_operator.render import network_policy
 from slm_operator.settings import OperatorSettings
+from slm_runtime.config import DEVICE_TIERS
 
 from tests.cluster.conftest import CACHE, VERSIONS
 from tests.unit.crdcheck import crd_errors
@@ -186,6 +187,18 @@ def test_values_catalog_mirrors_the_operator_default() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     expected = default_catalog().model_dump(mode="json", by_alias=True, exclude_none=True)
     assert values["catalog"] == expected
+
+
+def test_the_catalog_schema_names_every_tier_of_the_device_table() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    tiers = schema["properties"]["catalog"]["properties"]["tiers"]["items"]
+    assert tiers["properties"]["device"]["enum"] == [t.device.value for t in DEVICE_TIERS]
+    catalog = default_catalog()
+    for tier in DEVICE_TIERS:
+        entry = catalog.tier(tier.device)
+        assert entry is not None
+        assert [o.resource for o in entry.options] == [tier.resource]
+        assert [o.formats for o in entry.options] == [list(tier.formats)]
 
 
 def test_settings_reach_the_operator_environment() -> None:

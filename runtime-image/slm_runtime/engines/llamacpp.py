@@ -20,7 +20,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from slm_runtime.config import Device, ModelFormat
+from slm_runtime.config import Device, ModelFormat, device_tier
 from slm_runtime.engines.base import (
     Delta,
     DeviceUnavailableError,
@@ -204,9 +204,10 @@ class LlamaCppEngine:
         if not Path(model_path).is_file():
             raise EngineError(f"model file {model_path} does not exist")
         model_params = llama_cpp.llama_model_default_params()
-        if device is Device.NPU:
-            raise DeviceUnavailableError("llama.cpp has no NPU backend")
-        if device is Device.GPU:
+        tier = device_tier(device)
+        if ModelFormat.GGUF not in tier.formats:
+            raise DeviceUnavailableError(f"llama.cpp has no {device.value.upper()} backend")
+        if tier.llama_offload:
             if not llama_cpp.llama_supports_gpu_offload():
                 raise DeviceUnavailableError(gpu_backend_absence(lib_dir))
             model_params.n_gpu_layers = _GPU_LAYERS_ALL

@@ -8,11 +8,11 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 import onnxruntime_genai as og
 
-from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat
+from slm_runtime.config import OPENVINO_NPU, Device, ModelFormat, device_tier
 from slm_runtime.engines import openvino
 from slm_runtime.engines.base import (
     Delta,
@@ -40,26 +40,25 @@ def _config_for(model_dir: str, device: Device, *, openvino_device: str, threads
     threads (ONNX Runtime's own default is one per core of the node)."""
     cfg = og.Config(model_dir)
     cfg.clear_providers()
-    match device:
-        case Device.NPU:
-            # ONNX Runtime's own OpenVINO provider (onnxruntime-openvino); a build without it
-            # refuses this with "OpenVINO execution provider is not supported in this build".
-            # When OpenVINO lacks the device, ONNX Runtime only says "Failed to load provider
-            # OpenVINO": ask OpenVINO first, to name what is missing.
-            found = openvino.available_devices()
-            if found is not None and (missing := openvino.missing_device(openvino_device, found)):
-                listed = ", ".join(found) or "none"
-                raise DeviceUnavailableError(
-                    f"OpenVINO finds no {missing} device on this node (it finds: {listed})"
-                )
-            cfg.append_provider(_OPENVINO)
-            cfg.set_provider_option(_OPENVINO, "device_type", openvino_device)
-        case Device.GPU:
-            cfg.append_provider("cuda")
-        case Device.CPU:
-            pass
-        case _:
-            assert_never(device)
+    tier = device_tier(device)
+    if ModelFormat.ONNX not in tier.formats:
+        raise DeviceUnavailableError(f"ONNX Runtime GenAI has no {device.value.upper()} backend")
+    provider = tier.onnx_provider
+    if provider == _OPENVINO:
+        # ONNX Runtime's own OpenVINO provider (onnxruntime-openvino); a build without it
+        # refuses this with "OpenVINO execution provider is not supported in this build".
+        # When OpenVINO lacks the device, ONNX Runtime only says "Failed to load provider
+        # OpenVINO": ask OpenVINO first, to name what is missing.
+        found = openvino.available_devices()
+        if found is not None and (missing := openvino.missing_device(openvino_device, found)):
+            listed = ", ".join(found) or "none"
+            raise DeviceUnavailableError(
+                f"OpenVINO finds no {missing} device on this node (it finds: {listed})"
+            )
+        cfg.append_provider(_OPENVINO)
+        cfg.set_provider_option(_OPENVINO, "device_type", openvino_device)
+    elif provider is not None:
+        cfg.append_provider(provider)
     session = {"session_options": {"intra_op_num_threads": threads}}
     cfg.overlay(json.dumps({"model": {"decoder": session}}))
     return cfg
