@@ -21,14 +21,8 @@ from typing import Any
 
 import pytest
 from slm_runtime.prompt import PromptBuilder
-from slm_runtime.tools import (
-    BARE_JSON,
-    NoToolsError,
-    ToolCall,
-    ToolParser,
-    check_tools,
-    new_call_id,
-)
+from slm_runtime.tool_checks import check_tools
+from slm_runtime.tools import BARE_JSON, NoToolsError, ToolCall, ToolParser, new_call_id
 
 from tests.conftest import GEMMA_TEMPLATE
 

@@ -36,7 +36,8 @@ from slm_runtime.engines.base import (
 from slm_runtime.errors import APIError, model_managed
 from slm_runtime.state import SAMPLING_FIELDS, Run, RuntimeState, runtime
 from slm_runtime.thinking import NoThinkingError, Piece, ReplyParser, request_think, unconstrained
-from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, check_tools, new_call_id
+from slm_runtime.tool_checks import check_tools
+from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, new_call_id
 
 NDJSON = "application/x-ndjson"
 

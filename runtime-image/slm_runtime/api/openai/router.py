@@ -43,10 +43,7 @@ from slm_runtime.thinking import (
     ReplyParser,
     unconstrained,
 )
-from slm_runtime.tools import (
-    ToolCall,
-    new_call_id,
-)
+from slm_runtime.tools import ToolCall, new_call_id
 
 _OWNER = "slm-operator"
 

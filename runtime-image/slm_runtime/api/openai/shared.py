@@ -25,11 +25,8 @@ from slm_runtime.thinking import (
     request_think,
     think_from_effort,
 )
-from slm_runtime.tools import (
-    NoToolsError,
-    ToolParser,
-    check_tools,
-)
+from slm_runtime.tool_checks import check_tools
+from slm_runtime.tools import NoToolsError, ToolParser
 
 SSE = "text/event-stream"
 
