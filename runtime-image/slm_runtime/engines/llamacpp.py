@@ -29,9 +29,7 @@ from slm_runtime.engines.base import (
     FinishReason,
     Generation,
     GenerationFailedError,
-    ModelDetails,
     Outbox,
-    PromptTooLongError,
     SamplingParams,
     StopMatcher,
     TokenChoice,
@@ -40,29 +38,11 @@ from slm_runtime.engines.base import (
     generation_budget,
 )
 from slm_runtime.engines.ggml import gpu_backend_absence, has_llamafile, load_cpu_backend
+from slm_runtime.engines.llamacpp_embed import Embedder
+from slm_runtime.engines.llamacpp_model import gguf_metadata, model_details
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's file types, as Ollama names them.
-_FTYPES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    32: "BF16",
-}
 _GPU_LAYERS_ALL = 999
 _PIECE_BUFFER = 256
 # Logit distances from the peak (nats) tried in turn to narrow the search for the top tokens.
@@ -111,13 +91,6 @@ def _top_ids(logits: Any, n: int, peak: float) -> Any:
         values = logits[ids]
         ids = ids[values >= np.partition(values, ids.size - n)[ids.size - n]]
     return ids[np.argsort(-logits[ids], kind="stable")[:n]]
-
-
-def _human_count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -258,14 +231,15 @@ class LlamaCppEngine:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._scratch = np.empty(self._n_vocab, dtype=np.float32)  # log-softmax, decode thread
-        self._embed_ctx: Any = None
-        self._embed_lock = threading.Lock()
+        self._embedder = Embedder(
+            self._model, self._vocab, self.context_length, self._threads, self.tokenize
+        )
 
-        self.metadata = self._read_metadata()
+        self.metadata = gguf_metadata(self._model)
         self.chat_template = self.metadata.get("tokenizer.chat_template")
         self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
-        self.details = self._read_details(model_path)
+        self.details = model_details(self._model, self.metadata, model_path, self.context_length)
 
         self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
         self._free: list[_Slot] = [_Slot(i) for i in range(parallel)]
@@ -277,44 +251,6 @@ class LlamaCppEngine:
         self._thread.start()
 
     # --- model facts ---
-
-    def _read_metadata(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        buf = ctypes.create_string_buffer(1 << 16)
-        for i in range(llama_cpp.llama_model_meta_count(self._model)):
-            n = llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
-            if n < 0:
-                continue
-            key = buf.value.decode("utf-8", "replace")
-            n = llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
-            if n < 0:
-                continue
-            if n >= len(buf):
-                big = ctypes.create_string_buffer(n + 1)
-                llama_cpp.llama_model_meta_val_str_by_index(self._model, i, big, len(big))
-                out[key] = big.value.decode("utf-8", "replace")
-            else:
-                out[key] = buf.value.decode("utf-8", "replace")
-        return out
-
-    def _read_details(self, model_path: str) -> ModelDetails:
-        arch = self.metadata.get("general.architecture", "")
-        info: dict[str, object] = {
-            "general.architecture": arch,
-            "general.parameter_count": llama_cpp.llama_model_n_params(self._model),
-        }
-        for key, value in self.metadata.items():
-            if key.startswith(f"{arch}.") and value.lstrip("-").isdigit():
-                info[key] = int(value)
-        ftype = llama_cpp.llama_model_ftype(self._model)
-        return ModelDetails(
-            family=arch,
-            parameter_size=_human_count(llama_cpp.llama_model_n_params(self._model)),
-            quantization_level=_FTYPES.get(ftype, str(ftype)),
-            size_bytes=Path(model_path).stat().st_size,
-            context_length=self.context_length,
-            architecture_info=info,
-        )
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -735,68 +671,7 @@ class LlamaCppEngine:
     ) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings from a second context on the same weights, made on first use."""
         window = min(context_length or self.context_length, self.context_length)
-        with self._embed_lock:
-            if self._embed_ctx is None:
-                params = llama_cpp.llama_context_default_params()
-                params.n_ctx = self.context_length
-                params.n_batch = self.context_length
-                params.n_ubatch = self.context_length
-                params.n_seq_max = 1
-                params.embeddings = True
-                params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-                params.n_threads = self._threads
-                params.n_threads_batch = self._threads
-                self._embed_ctx = llama_cpp.llama_init_from_model(self._model, params)
-                if not self._embed_ctx:
-                    raise EngineError("llama.cpp could not create an embedding context")
-            n_embd = llama_cpp.llama_model_n_embd(self._model)
-            memory = llama_cpp.llama_get_memory(self._embed_ctx)
-            batch = llama_cpp.llama_batch_init(self.context_length, 0, 1)
-            vectors: list[list[float]] = []
-            total = 0
-            try:
-                for text in texts:
-                    tokens = self.tokenize(text)
-                    if not tokens:
-                        raise EngineError("an input is empty")
-                    if len(tokens) > window:
-                        if not truncate:
-                            raise PromptTooLongError(
-                                f"an input is {len(tokens)} tokens but the context window is "
-                                f"{window}"
-                            )
-                        tokens = self._truncated(tokens, window)
-                    total += len(tokens)
-                    llama_cpp.llama_memory_clear(memory, True)
-                    for i, token in enumerate(tokens):
-                        batch.token[i] = token
-                        batch.pos[i] = i
-                        batch.n_seq_id[i] = 1
-                        batch.seq_id[i][0] = 0
-                        batch.logits[i] = True
-                    batch.n_tokens = len(tokens)
-                    rc = llama_cpp.llama_decode(self._embed_ctx, batch)
-                    if rc != 0:
-                        raise EngineError(f"llama_decode returned {rc}")
-                    pointer = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, 0)
-                    vectors.append([float(pointer[k]) for k in range(n_embd)])
-            finally:
-                llama_cpp.llama_batch_free(batch)
-            return vectors, total
-
-    def _truncated(self, tokens: list[int], window: int) -> list[int]:
-        """The first ``window`` tokens of an input, still ending in the EOS or SEP token the
-        tokenizer adds (an embedding model may pool on it), as Ollama keeps room for it."""
-        vocab = self._vocab
-        ends = []
-        if llama_cpp.llama_vocab_get_add_eos(vocab):
-            ends.append(llama_cpp.llama_vocab_eos(vocab))
-        if llama_cpp.llama_vocab_get_add_sep(vocab):
-            ends.append(llama_cpp.llama_vocab_sep(vocab))
-        tail = 0
-        while tail < len(ends) and tokens[-1 - tail] in ends:
-            tail += 1
-        return tokens[: window - tail] + tokens[len(tokens) - tail :]
+        return self._embedder.embed(texts, window=window, truncate=truncate)
 
     def close(self) -> None:
         """Stop the decode loop (running sequences end as cancelled) and free the model."""
@@ -807,7 +682,6 @@ class LlamaCppEngine:
             log.warning("the decode loop did not stop; leaving its memory to the process exit")
             return
         llama_cpp.llama_batch_free(self._batch)
-        if self._embed_ctx:
-            llama_cpp.llama_free(self._embed_ctx)
+        self._embedder.close()
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
