@@ -50,24 +50,14 @@ PULLER_APP_NAME: Final = "slm-puller"
 
 
 SERVER_CONTAINER: Final = "server"
-
-
 PULL_CONTAINER: Final = "pull"
 """The pull Job's container and the PerPod / verify init container (summary.py reads it)."""
 
 
 CONFIG_VOLUME: Final = "config"
-
-
 MODEL_VOLUME: Final = "model"
-
-
 TMP_VOLUME: Final = "tmp"
-
-
 TMP_SIZE_LIMIT: Final = "1Gi"
-
-
 ENV_ALLOW_INSECURE: Final = "SLM_ALLOW_INSECURE"
 """Read by ``slm-runtime pull``: admit an http:// source the spec allowed."""
 
@@ -89,18 +79,12 @@ JOB_NAME_MAX_LENGTH: Final = 63
 
 
 _PULL_INFIX: Final = "-pull-"
-
-
 PULL_BACKOFF_LIMIT: Final = 4
-
-
 PULL_BAD_INPUT_EXIT_CODE: Final = 2
 """``slm-runtime pull`` exits 2 on input it can never accept: the Job fails at once."""
 
 
 STARTUP_PERIOD_SECONDS: Final = 1
-
-
 STARTUP_FAILURE_THRESHOLD: Final = 900
 """Up to 15 minutes for the model to load before the kubelet restarts the container, looked at
 every second, so a model that loads in one turns Ready about a second later (a cold start from
@@ -108,8 +92,6 @@ zero replicas waits on it)."""
 
 
 READINESS_PERIOD_SECONDS: Final = 2
-
-
 READINESS_FAILURE_THRESHOLD: Final = 3
 """A replica that stops answering /readyz leaves the Service's endpoints within 6 seconds."""
 
@@ -119,8 +101,6 @@ PRESTOP_SLEEP_SECONDS: Final = 5
 
 
 REVISION_HISTORY_LIMIT: Final = 3
-
-
 PROGRESS_DEADLINE_SECONDS: Final = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 300
 """Longer than the startup window, so a slow model load is not reported as a failed rollout."""
 

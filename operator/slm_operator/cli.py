@@ -33,11 +33,7 @@ from slm_operator.names import (
 )
 
 ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"
-
-
 ENV_HF_TOKEN: Final = "HF_TOKEN"
-
-
 HF_DEFAULT_ENDPOINT: Final = "https://huggingface.co"
 
 
@@ -226,7 +222,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- chat -------------------------------------------------------------------------------------
+# --- parser -----------------------------------------------------------------------------------
 
 
 def _tiers(value: str) -> str:

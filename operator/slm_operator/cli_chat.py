@@ -176,6 +176,3 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages.pop()
             continue
         messages.append({"role": "assistant", "content": reply})
-
-
-# --- parser -----------------------------------------------------------------------------------

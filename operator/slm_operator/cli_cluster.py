@@ -28,7 +28,7 @@ class CliError(Exception):
     """A failure to report as one line on stderr with exit status 1."""
 
 
-# --- output -----------------------------------------------------------------------------------
+# --- the API server ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -127,9 +127,6 @@ class Cluster:
         if exc.status == 422:
             return CliError(f"the API server rejected the LocalModel: {message}")
         return CliError(f"API server error {exc.status}: {message}")
-
-
-# --- commands ---------------------------------------------------------------------------------
 
 
 def connect(args: argparse.Namespace) -> Cluster:

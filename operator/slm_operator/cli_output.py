@@ -132,6 +132,3 @@ def _failure(st: Mapping[str, Any]) -> str:
             if cond.get("type") == kind and cond.get("status") != "True" and cond.get("message"):
                 return f"{cond.get('reason')}: {cond['message']}"
     return "see the conditions below"
-
-
-# --- the API server ---------------------------------------------------------------------------

@@ -46,8 +46,6 @@ DIGEST_MISMATCH_MARKER: Final = "sha256 mismatch"
 
 
 CRASH_REASONS: Final = frozenset({"CrashLoopBackOff"})
-
-
 BROKEN_REASONS: Final = frozenset(
     {
         "ErrImagePull",

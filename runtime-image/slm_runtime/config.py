@@ -158,8 +158,8 @@ DEVICE_TIERS: Final = (
     ),
     DeviceTier(Device.CPU, None, (ModelFormat.GGUF, ModelFormat.ONNX), None, llama_offload=False),
 )
-"""Every tier, in the order the operator prefers them: the one table that placement, the default
-catalog, the engines and the chart's values schema follow."""
+"""Every tier, in the order the operator prefers them: the one table that the default catalog,
+the status's tier order, the engines and the chart's values schema follow."""
 
 
 def device_tier(device: Device) -> DeviceTier:

@@ -15,22 +15,16 @@ from typing import Any
 
 # A tool that no real conversation names, rendered into the template to learn its format.
 PROBE_NAME = "probe_tool_fn"
-
-
 PROBE_CONTENT = "probe assistant text"
 
 
 # Nine letters and digits: Mistral's templates refuse any other call id.
 PROBE_ID = "probecall"
-
-
 _PROBE_ARGUMENTS = {"probe_arg": "probe value"}
 
 
 # A tag of "{" means bare JSON: output that starts with an object is tried as a call.
 BARE_JSON = "{"
-
-
 _ID_CHARS = string.ascii_letters + string.digits
 
 

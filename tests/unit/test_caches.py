@@ -163,3 +163,13 @@ def test_a_deletion_seen_after_its_successor_keeps_the_successor() -> None:
     caches.put_crd({"metadata": {"name": SERVICE_MONITOR.crd, "uid": "new"}})
     assert not caches.drop_crd({"metadata": {"name": SERVICE_MONITOR.crd, "uid": "old"}})
     assert caches.crd_installed(SERVICE_MONITOR.crd)
+
+
+def test_a_deletion_without_a_uid_still_removes_its_entry() -> None:
+    caches = Caches()
+    caches.put_model(("a", "m"), {"metadata": {"name": "m", "namespace": "a", "uid": "u1"}})
+    assert caches.forget(("a", "m"), {"metadata": {"name": "m", "namespace": "a"}})
+    assert caches.model(("a", "m")) is None
+    caches.put_model(("a", "m"), {"metadata": {"name": "m", "namespace": "a"}})
+    assert caches.forget(("a", "m"), {"metadata": {"name": "m", "namespace": "a", "uid": "u2"}})
+    assert caches.model(("a", "m")) is None

@@ -113,7 +113,8 @@ class Caches:
 
     def _holds(self, entry: tuple[str, Any], body: Mapping[str, Any]) -> bool:
         """Whether the entry holds the object ``body`` (lock held); forgets its uid if so."""
-        if self._uids.get(entry, _uid(body)) != _uid(body):
+        stored, uid = self._uids.get(entry, ""), _uid(body)
+        if stored and uid and stored != uid:
             return False
         self._uids.pop(entry, None)
         return True

@@ -82,8 +82,6 @@ _NOT_RELAYED: Final = frozenset(name.encode() for name in (*_HOP_BY_HOP, "date",
 
 
 _STREAMS: Final = ("text/event-stream", "application/x-ndjson")
-
-
 AVOID_SECONDS: Final = 5.0
 """How long a replica that refused a connection is passed over while others remain."""
 

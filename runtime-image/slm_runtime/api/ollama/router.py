@@ -40,11 +40,7 @@ from slm_runtime.tool_checks import check_tools
 from slm_runtime.tools import NoToolsError, ToolCall, ToolParser, new_call_id
 
 NDJSON = "application/x-ndjson"
-
-
 _NS = 1_000_000_000
-
-
 _NEVER = "9999-12-31T23:59:59Z"
 
 

@@ -29,8 +29,6 @@ STATELESS = (
 
 
 LOGPROBS = "message.output_text.logprobs"
-
-
 INCLUDABLE = (LOGPROBS, "reasoning.encrypted_content")
 """What ``include`` may name; reasoning is never encrypted, its text is in the item."""
 
@@ -40,8 +38,6 @@ ROLES = {"user": "user", "system": "system", "developer": "system", "assistant":
 
 # The content part types each role may carry; all of them are text.
 TEXT_PARTS = {"user": "input_text", "system": "input_text", "developer": "input_text"}
-
-
 ASSISTANT_PARTS = ("output_text", "input_text")
 
 
