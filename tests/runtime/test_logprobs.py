@@ -18,7 +18,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
-from slm_runtime.engines.llamacpp import _top_ids
+from slm_runtime.engines.llamacpp_sampling import top_ids
 
 from tests.runtime.conftest import Server, gemma_config, start_server
 
@@ -79,7 +79,7 @@ def test_top_ids_are_the_most_likely_in_argmax_order(n: int, spread: float) -> N
     logits = (rng.standard_normal(262_144) * spread).astype(np.float32)
     logits[[4000, 17, 99_000]] = logits.max() + 1.0  # a three-way tie at the top
     expected = np.argsort(-logits, kind="stable")[:n]
-    assert _top_ids(logits, n, float(logits.max())).tolist() == expected.tolist()
+    assert top_ids(logits, n, float(logits.max())).tolist() == expected.tolist()
 
 
 # --- OpenAI chat completions ---

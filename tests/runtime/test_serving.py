@@ -21,7 +21,13 @@ import pytest
 import yaml
 from slm_runtime.config import CONFIG_PATH, Device
 from slm_runtime.engines import openvino
-from slm_runtime.engines.base import DeviceUnavailableError, Event, Finished, SamplingParams
+from slm_runtime.engines.base import (
+    DeviceUnavailableError,
+    Event,
+    Finished,
+    Generation,
+    SamplingParams,
+)
 from slm_runtime.engines.onnx import OnnxGenaiEngine
 
 from tests.conftest import GEMMA_TEMPLATE
@@ -443,22 +449,23 @@ def test_model_server_protocol_gauges_follow_a_running_request(
 
 
 def test_onnx_engine_counts_the_kv_its_running_generators_hold() -> None:
+    """kv_tokens, read each time the generator thread updates its hold: positive while the
+    generator runs, and zero once it has ended (reading it from the event loop instead would
+    race the thread, which may finish a tiny model's answer before the loop looks)."""
     engine = OnnxGenaiEngine(str(TINY_ONNX), Device.CPU, context_length=None, threads=1)
     held: list[int] = []
+    hold = engine._hold
+
+    def observed_hold(generation: Generation, length: int | None) -> None:
+        hold(generation, length)
+        held.append(engine.kv_tokens())
+
+    engine._hold = observed_hold  # type: ignore[method-assign]
 
     async def run() -> list[Event]:
         params = SamplingParams(max_tokens=400, temperature=0.0)
         generation = engine.generate("hello", params, asyncio.get_running_loop())
-        events: list[Event] = []
-
-        async def consume() -> None:
-            events.extend([event async for event in generation.events()])
-
-        consumer = asyncio.create_task(consume())
-        while not consumer.done():
-            held.append(engine.kv_tokens())
-            await asyncio.sleep(0)
-        return events
+        return [event async for event in generation.events()]
 
     try:
         assert engine.kv_tokens() == 0
@@ -470,6 +477,7 @@ def test_onnx_engine_counts_the_kv_its_running_generators_hold() -> None:
     assert isinstance(finished, Finished)
     assert max(held) > 0, "never saw the generator running"
     assert max(held) <= finished.prompt_tokens + finished.completion_tokens
+    assert held[-1] == 0, "the generator's hold outlived it"
     assert after == 0
 
 

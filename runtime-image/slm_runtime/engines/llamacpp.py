@@ -1,9 +1,11 @@
-"""GGUF models on llama.cpp: one context, one decode per step for all running sequences."""
+"""GGUF models on llama.cpp: one context, one decode per step for all running sequences.
+
+Sampling (``llamacpp_sampling``), the slots and sequences (``llamacpp_slots``), the model's
+metadata (``llamacpp_model``) and embeddings (``llamacpp_embed``) live beside it."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ctypes
 import json
 import logging
@@ -12,7 +14,6 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,18 @@ from slm_runtime.engines.base import (
 from slm_runtime.engines.ggml import gpu_backend_absence, has_llamafile, load_cpu_backend
 from slm_runtime.engines.llamacpp_embed import Embedder
 from slm_runtime.engines.llamacpp_model import gguf_metadata, model_details
+from slm_runtime.engines.llamacpp_sampling import is_greedy, sampler_chain, top_ids
+from slm_runtime.engines.llamacpp_slots import Sequence, Slot, common_prefix
 
 log = logging.getLogger(__name__)
 
+
 _GPU_LAYERS_ALL = 999
+
+
 _PIECE_BUFFER = 256
-# Logit distances from the peak (nats) tried in turn to narrow the search for the top tokens.
-_TOP_WIDTHS = (8.0, 16.0)
+
+
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -60,90 +66,6 @@ def _forward_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> N
         message = text.decode("utf-8", "replace").strip()
         if message:
             log.log(_GGML_LOG_LEVELS[level], "llama.cpp: %s", message)
-
-
-def _is_greedy(params: SamplingParams) -> bool:
-    """Temperature 0 without penalties: the argmax of the logits, nothing else."""
-    return (
-        params.temperature <= 0.0
-        and params.repeat_penalty == 1.0
-        and params.presence_penalty == 0.0
-        and params.frequency_penalty == 0.0
-    )
-
-
-def _top_ids(logits: Any, n: int, peak: float) -> Any:
-    """The ``n`` most likely token ids, most likely first (equal logits in id order, as the
-    argmax picks). Partitioning the whole vocabulary costs milliseconds at 262k tokens; the
-    tokens within a few nats of the peak are usually a few dozen and hold the top ``n``
-    whenever there are at least ``n`` of them."""
-    ids = None
-    for width in _TOP_WIDTHS:
-        near = np.flatnonzero(logits >= np.float32(peak - width))
-        if near.size >= n:
-            ids = near
-            break
-    if ids is None:
-        ids = np.arange(logits.size)
-    if ids.size > n:
-        # Keep every id tied with the n-th largest logit: which of them a partition keeps is
-        # arbitrary. ``ids`` ascend, so the stable sort lists ties in id order.
-        values = logits[ids]
-        ids = ids[values >= np.partition(values, ids.size - n)[ids.size - n]]
-    return ids[np.argsort(-logits[ids], kind="stable")[:n]]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists (slice compares run in C)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One sequence id of the context and the tokens its KV cache holds, kept after release so
-    that a later prompt sharing a prefix (the same system prompt, a longer conversation) only
-    evaluates what is new."""
-
-    seq_id: int
-    cached: list[int] = field(default_factory=list)
-    last_used: int = 0
-
-
-@dataclass(eq=False)
-class _Sequence:
-    generation: Generation
-    params: SamplingParams
-    prompt: list[int]
-    max_tokens: int
-    slot: _Slot | None = None
-    reused: int = 0
-    greedy: bool = False
-    sampler: Any = None
-    grammar_sampler: Any = None
-    pending: list[int] = field(default_factory=list)
-    n_past: int = 0
-    generated: int = 0
-    started: float = 0.0
-    first_token_at: float = 0.0
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
-    stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
-    # Characters decoded so far and characters emitted (the stop matcher may hold some back).
-    decoded: int = 0
-    emitted: int = 0
-    # Log probabilities of generated tokens not yet emitted with their text.
-    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class LlamaCppEngine:
@@ -241,9 +163,9 @@ class LlamaCppEngine:
         self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self.details = model_details(self._model, self.metadata, model_path, self.context_length)
 
-        self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
-        self._free: list[_Slot] = [_Slot(i) for i in range(parallel)]
-        self._active: list[_Sequence] = []  # the decode thread's; others only copy it
+        self._incoming: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
+        self._free: list[Slot] = [Slot(i) for i in range(parallel)]
+        self._active: list[Sequence] = []  # the decode thread's; others only copy it
         self._admitted = 0
         self._outbox = Outbox()
         self._closed = False
@@ -321,7 +243,7 @@ class LlamaCppEngine:
                 what = "grammar" if params.grammar is not None else "JSON grammar"
                 raise EngineError(f"llama.cpp refuses the {what}: it is not valid GBNF")
         generation = Generation(loop, prompt_tokens=len(tokens))
-        sequence = _Sequence(
+        sequence = Sequence(
             grammar_sampler=grammar_sampler,
             generation=generation,
             params=params,
@@ -335,45 +257,6 @@ class LlamaCppEngine:
             raise EngineError("the engine is shutting down")
         self._incoming.put(sequence)
         return generation
-
-    def _make_sampler(self, params: SamplingParams) -> Any:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if (
-            params.repeat_penalty != 1.0
-            or params.presence_penalty != 0.0
-            or params.frequency_penalty != 0.0
-        ):
-            last_n = self.context_length if params.repeat_last_n < 0 else params.repeat_last_n
-            llama_cpp.llama_sampler_chain_add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    self._n_vocab,
-                    last_n,
-                    params.repeat_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                ),
-            )
-        if params.temperature <= 0.0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
-        if params.top_k > 0:
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_top_k(params.top_k)
-            )
-        llama_cpp.llama_sampler_chain_add(
-            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
-        )
-        if params.min_p > 0.0:
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1)
-            )
-        llama_cpp.llama_sampler_chain_add(
-            chain, llama_cpp.llama_sampler_init_temp(params.temperature)
-        )
-        seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
-        return chain
 
     def kv_tokens(self) -> int:
         """Positions the running sequences hold in the context's KV cache."""
@@ -415,7 +298,7 @@ class LlamaCppEngine:
                 llama_cpp.llama_sampler_free(seq.grammar_sampler)
             self._outbox.put(seq.generation, Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0))
 
-    def _admit(self, active: list[_Sequence], *, block: bool) -> None:
+    def _admit(self, active: list[Sequence], *, block: bool) -> None:
         while self._free:
             if block:
                 self._outbox.flush()
@@ -434,21 +317,21 @@ class LlamaCppEngine:
                     seq.generation, Finished("cancelled", len(seq.prompt), 0, 0.0, 0.0)
                 )
                 continue
-            seq.greedy = _is_greedy(seq.params) and seq.grammar_sampler is None
+            seq.greedy = is_greedy(seq.params) and seq.grammar_sampler is None
             if not seq.greedy:
-                seq.sampler = self._make_sampler(seq.params)
+                seq.sampler = sampler_chain(seq.params, self._n_vocab, self.context_length)
             seq.slot, seq.reused = self._claim(seq.prompt)
             seq.n_past = seq.reused
             seq.pending = seq.prompt[seq.reused :]
             seq.started = time.monotonic()
             active.append(seq)
 
-    def _claim(self, prompt: list[int]) -> tuple[_Slot, int]:
+    def _claim(self, prompt: list[int]) -> tuple[Slot, int]:
         """The free slot whose cache shares the longest prefix with ``prompt``, when that prefix
         is at least half the prompt; otherwise an empty slot, else the least recently used one,
         so that a few shared tokens (BOS, a greeting) do not evict another prompt's cache.
         The slot is trimmed to its shared prefix; returns it and the tokens it saves."""
-        shared = [_common_prefix(slot.cached, prompt) for slot in self._free]
+        shared = [common_prefix(slot.cached, prompt) for slot in self._free]
         best = max(range(len(self._free)), key=lambda i: (shared[i], -self._free[i].last_used))
         if shared[best] * 2 < len(prompt):
             best = min(
@@ -472,11 +355,11 @@ class LlamaCppEngine:
         del slot.cached[keep:]
         return slot, keep
 
-    def _step(self, active: list[_Sequence]) -> None:
+    def _step(self, active: list[Sequence]) -> None:
         batch = self._batch
         n = 0
         budget = self._n_batch
-        outputs: list[tuple[_Sequence, int]] = []
+        outputs: list[tuple[Sequence, int]] = []
         # Sequences already generating go first (one token each), prompts fill the rest.
         for seq in sorted(active, key=lambda s: len(s.pending) > 1):
             take = min(len(seq.pending), budget - n)
@@ -566,7 +449,7 @@ class LlamaCppEngine:
         )
         return data, array
 
-    def _sample_constrained(self, seq: _Sequence, index: int) -> int:
+    def _sample_constrained(self, seq: Sequence, index: int) -> int:
         """Sample as usual, then check the token against the grammar; only if it is refused,
         apply the grammar to the whole vocabulary and sample again (as llama.cpp's own
         sampler does: checking 262k tokens every step is far slower)."""
@@ -593,7 +476,7 @@ class LlamaCppEngine:
         llama_cpp.llama_sampler_accept(seq.sampler, token)
         return token
 
-    def _token_logprob(self, seq: _Sequence, index: int, token: int, piece: bytes) -> TokenLogprob:
+    def _token_logprob(self, seq: Sequence, index: int, token: int, piece: bytes) -> TokenLogprob:
         """The log-softmax of the raw logits at batch position ``index`` (the model's own
         distribution, before penalties, temperature, top-k/p or a grammar) for ``token`` and
         for the most likely tokens; only sequences that asked for logprobs pay for it."""
@@ -608,7 +491,7 @@ class LlamaCppEngine:
         top: tuple[TokenChoice, ...] = ()
         n = min(seq.params.top_logprobs, self._n_vocab)
         if n > 0:
-            ids = _top_ids(logits, n, peak)
+            ids = top_ids(logits, n, peak)
             top = tuple(self._choice(int(i), float(logits[i]) - norm) for i in ids)
         chosen = TokenChoice(piece.decode("utf-8", "replace"), piece, float(logits[token]) - norm)
         return TokenLogprob(chosen, top, seq.decoded)
@@ -617,7 +500,7 @@ class LlamaCppEngine:
         piece = self._generated_piece(token)
         return TokenChoice(piece.decode("utf-8", "replace"), piece, logprob)
 
-    def _emit(self, seq: _Sequence, text: str, *, last: bool = False) -> None:
+    def _emit(self, seq: Sequence, text: str, *, last: bool = False) -> None:
         """Send ``text`` with the log probabilities of the tokens whose text it starts or
         holds; ``last``: the generation ends here, so every token still waiting goes too."""
         seq.emitted += len(text)
@@ -634,7 +517,7 @@ class LlamaCppEngine:
         if text or logprobs:
             self._outbox.put(seq.generation, Delta(text, logprobs))
 
-    def _finish(self, active: list[_Sequence], seq: _Sequence, reason: FinishReason) -> None:
+    def _finish(self, active: list[Sequence], seq: Sequence, reason: FinishReason) -> None:
         self._release(active, seq, keep_cache=True)
         end = time.monotonic()
         first = seq.first_token_at or end
@@ -650,7 +533,7 @@ class LlamaCppEngine:
             ),
         )
 
-    def _release(self, active: list[_Sequence], seq: _Sequence, *, keep_cache: bool) -> None:
+    def _release(self, active: list[Sequence], seq: Sequence, *, keep_cache: bool) -> None:
         active.remove(seq)
         if seq.sampler is not None:
             llama_cpp.llama_sampler_free(seq.sampler)
