@@ -52,6 +52,7 @@ from slm_operator.summary import (
     NodeInfo,
     Observation,
     deployment_summary,
+    job_summary,
     observation,
     pull_job_seen,
     pull_progress,
@@ -515,13 +516,9 @@ def _pods_of_job(children: list[Object], job: Mapping[str, Any]) -> list[Object]
 
 
 def _pulling(job: Mapping[str, Any]) -> bool:
-    """A Job with an active pod and no terminal condition."""
-    status = job.get("status") or {}
-    finished = any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    return bool(status.get("active")) and not finished
+    """A Job with an active pod and no terminal condition (as its summary reads them)."""
+    summary = job_summary(job, ())
+    return summary.finished is None and bool(summary.active)
 
 
 def _namespace_terminating(exc: ApiException) -> bool:

@@ -168,10 +168,9 @@ class Observation:
         if deployment is not None:
             obs = replace(obs, deployment=deployment)
         if pull_job is not None:
-            progress = self.pull_job.progress if self.pull_job else None
-            if self.pull_job is None or self.pull_job.name != pull_job.job.name:
-                progress = None
-            job = replace(pull_job.job, progress=progress)
+            before = self.pull_job
+            kept = before.progress if before and before.name == pull_job.job.name else None
+            job = replace(pull_job.job, progress=kept)
             others = tuple(j for j in obs.pull_jobs if j.job.name != job.name)
             obs = replace(obs, pull_jobs=(*others, replace(pull_job, job=job)))
             obs = obs.for_pull_job(job.name)

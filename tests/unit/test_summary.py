@@ -62,17 +62,14 @@ def test_missing_secret_is_read_from_the_kubelet_error() -> None:
     assert obs.missing_secrets == ("hf-token",)
 
 
-def test_only_the_pull_job_the_spec_renders_now_counts() -> None:
-    """Every pull Job is observed once; the one the spec renders now gives status its Job, its
-    pods' missing Secrets and what it pulled. An older Job of the model (a changed source, not
-    pruned yet) gives none of them."""
-    result = {"digest": "sha256:" + "b" * 64, "sizeBytes": 7, "files": ["model.gguf"]}
-    done = {
-        "metadata": {"name": "m-pull-old"},
+def _completed_pull(name: str, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pull Job that completed, and its pod whose termination message is ``result``."""
+    job = {
+        "metadata": {"name": name},
         "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
     }
-    done_pod = _pod(
-        "m-pull-old-x",
+    pod = _pod(
+        f"{name}-x",
         phase="Succeeded",
         containerStatuses=[
             {
@@ -81,6 +78,15 @@ def test_only_the_pull_job_the_spec_renders_now_counts() -> None:
             }
         ],
     )
+    return job, pod
+
+
+def test_only_the_pull_job_the_spec_renders_now_counts() -> None:
+    """Every pull Job is observed once; the one the spec renders now gives status its Job, its
+    pods' missing Secrets and what it pulled. An older Job of the model (a changed source, not
+    pruned yet) gives none of them."""
+    result = {"digest": "sha256:" + "b" * 64, "sizeBytes": 7, "files": ["model.gguf"]}
+    done, done_pod = _completed_pull("m-pull-old", result)
     waiting = {"reason": "CreateContainerConfigError", "message": 'secret "token" not found'}
     new_job = {"metadata": {"name": "m-pull-new"}, "status": {"active": 1}}
     new_pod = _pod(
@@ -111,20 +117,7 @@ def test_only_the_pull_job_the_spec_renders_now_counts() -> None:
 
 def test_pull_result_comes_from_the_termination_message() -> None:
     result = {"digest": "sha256:" + "a" * 64, "sizeBytes": 12, "files": ["model.gguf"]}
-    job = {
-        "metadata": {"name": "m-pull-1"},
-        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
-    }
-    pod = _pod(
-        "m-pull-1-x",
-        phase="Succeeded",
-        containerStatuses=[
-            {
-                "name": "pull",
-                "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
-            }
-        ],
-    )
+    job, pod = _completed_pull("m-pull-1", result)
     obs = observation(
         deployment=None,
         pull_jobs=[(job, [pod])],
