@@ -14,11 +14,11 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from slm_runtime.admission import Admission
 from slm_runtime.api import health
 from slm_runtime.api.ollama import router as ollama
-from slm_runtime.api.openai import responses
+from slm_runtime.api.ollama.serving import OllamaServing
 from slm_runtime.api.openai import router as openai
+from slm_runtime.api.openai.serving import OpenAIServing
 from slm_runtime.config import (
     HEALTHZ_PATH,
     METRICS_PATH,
@@ -31,7 +31,6 @@ from slm_runtime.engines import EngineError, LoadResult, load_engine
 from slm_runtime.errors import error_response, install_handlers
 from slm_runtime.integrity import model_problem
 from slm_runtime.metrics import Metrics
-from slm_runtime.prompt import PromptBuilder
 from slm_runtime.state import RuntimeState
 
 log = logging.getLogger(__name__)
@@ -151,27 +150,12 @@ def create_app(
                 "model": config.model_name,
             }
         )
-        app.state.runtime = RuntimeState(
-            config=config,
-            engine=engine,
-            prompts=PromptBuilder(
-                template=config.template,
-                system=config.system,
-                model_template=engine.chat_template,
-                bos_token=engine.bos_token,
-                eos_token=engine.eos_token,
-            ),
-            admission=Admission(
-                config.parallel,
-                config.limits.max_queue,
-                config.limits.request_timeout_seconds,
-                metrics,
-            ),
-            metrics=metrics,
-            device_failures=result.failures,
-            load_seconds=load_seconds,
-            digest=_model_digest(config.model_path),
+        state = RuntimeState.loaded(
+            config, result, metrics, load_seconds, _model_digest(config.model_path)
         )
+        app.state.runtime = state
+        app.state.openai = OpenAIServing(state)
+        app.state.ollama = OllamaServing(state)
         log.info(
             "serving %s on %s (%s) in %.2fs",
             config.model_name,
@@ -199,6 +183,5 @@ def create_app(
         app.include_router(ollama.build_router(api_token))
     if Api.OPENAI in config.apis:
         app.include_router(openai.build_router(api_token))
-        app.include_router(responses.build_router(api_token))
     app.add_middleware(_Observe, metrics=metrics, max_body=config.limits.max_request_bytes)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ from fastapi import Request
 
 from slm_runtime.admission import Admission
 from slm_runtime.config import Device, ModelParameters, RuntimeConfig
+from slm_runtime.engines import LoadResult
 from slm_runtime.engines.base import (
     Delta,
     Engine,
@@ -57,6 +58,40 @@ class RuntimeState:
     load_seconds: float
     digest: str = ""
     loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def loaded(
+        cls,
+        config: RuntimeConfig,
+        result: LoadResult,
+        metrics: Metrics,
+        load_seconds: float,
+        digest: str = "",
+    ) -> RuntimeState:
+        """The state of a server that loaded ``result`` for ``config``: prompts rendered with
+        the configured or the model's template, admission as the limits say."""
+        engine = result.engine
+        return cls(
+            config=config,
+            engine=engine,
+            prompts=PromptBuilder(
+                template=config.template,
+                system=config.system,
+                model_template=engine.chat_template,
+                bos_token=engine.bos_token,
+                eos_token=engine.eos_token,
+            ),
+            admission=Admission(
+                config.parallel,
+                config.limits.max_queue,
+                config.limits.request_timeout_seconds,
+                metrics,
+            ),
+            metrics=metrics,
+            device_failures=result.failures,
+            load_seconds=load_seconds,
+            digest=digest,
+        )
 
     def check_model(self, name: str) -> None:
         """Answer 404 unless ``name`` is the served model (``name:latest`` matches too)."""
@@ -200,8 +235,9 @@ class Run:
         finally:
             self.generation.cancel()
 
-    async def collect(self, request: Request) -> Output:
-        """All text and the end, stopping the generation if the client goes away meanwhile."""
+    async def collect(self, disconnected: Disconnected | None = None) -> Output:
+        """All text and the end; the generation stops if ``disconnected`` returns first (the
+        client went away): 499."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
 
@@ -214,16 +250,15 @@ class Run:
                     return event
             raise RuntimeError("generation ended without a result")
 
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
         consumer = asyncio.create_task(consume())
-        watcher = asyncio.create_task(disconnected())
+        waits: set[asyncio.Task[Any]] = {consumer}
+        if disconnected is not None:
+            waits.add(asyncio.create_task(disconnected()))
         try:
-            done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watcher.cancel()
+            for task in waits - {consumer}:
+                task.cancel()
             if not consumer.done():
                 self.generation.cancel()
                 consumer.cancel()
@@ -232,8 +267,15 @@ class Run:
         return Output("".join(parts), logprobs, consumer.result())
 
 
-async def runtime(request: Request) -> RuntimeState:
-    """The runtime state, for routes (FastAPI dependency; async, so it runs on the loop rather
-    than in a worker thread)."""
-    state: RuntimeState = request.app.state.runtime
-    return state
+Disconnected = Callable[[], Coroutine[Any, Any, None]]
+"""Returns once the client that sent a request has gone away."""
+
+
+def disconnection(request: Request) -> Disconnected:
+    """What returns once ``request``'s client has gone away."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone

@@ -1,2 +1,4 @@
-"""The HTTP APIs: a package per family (``ollama``, ``openai``), each with its request models and
-a router built by a factory; health, bearer auth and request-body rules they share."""
+"""The HTTP APIs: a package per family (``ollama``, ``openai``), each with its typed requests and
+answers (``protocol``), a serving object that answers them (``serving``) and a router built by a
+factory that binds it to HTTP; health, bearer auth, request-body rules and stream framing they
+share."""

@@ -1,4 +1,5 @@
-"""The OpenAI Responses API: `POST /v1/responses` on the chat generation path, stateless."""
+"""The OpenAI Responses API on the chat generation path, stateless: the response object as it
+stands at each step of a generation, and the events of a streamed one."""
 
 from __future__ import annotations
 
@@ -10,25 +11,27 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from itertools import count
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
-
-from slm_runtime.api.auth import bearer_auth
-from slm_runtime.api.openai.response_models import STATELESS, ResponseRequest
-from slm_runtime.api.openai.shared import (
-    SSE,
-    State,
-    call_constraint,
-    chat_logprobs,
+from slm_runtime.api.openai.protocol import TokenLogprobs
+from slm_runtime.api.openai.responses_protocol import (
+    FunctionCallItem,
+    FunctionTool,
+    IncompleteDetails,
+    InputTokensDetails,
+    MessageItem,
+    OutputItem,
+    OutputText,
+    ReasoningItem,
+    ReasoningSettings,
+    ReasoningText,
+    Response,
+    ResponseError,
+    ResponseEvent,
+    ResponseRequest,
+    ResponseUsage,
 )
 from slm_runtime.engines.base import Delta, Finished, TokenLogprob
-from slm_runtime.errors import APIError
 from slm_runtime.state import Run
-from slm_runtime.thinking import (
-    Piece,
-    ReplyParser,
-    unconstrained,
-)
+from slm_runtime.thinking import Piece, ReplyParser
 from slm_runtime.tools import ToolCall, ToolParser, new_call_id
 
 log = logging.getLogger(__name__)
@@ -37,72 +40,56 @@ log = logging.getLogger(__name__)
 ROUTE = "/v1/responses"
 
 
-def _usage(end: Finished) -> dict[str, Any]:
-    return {
-        "input_tokens": end.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": end.cached_tokens, "cache_write_tokens": 0},
-        "output_tokens": end.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": end.prompt_tokens + end.completion_tokens,
-    }
+def _usage(end: Finished) -> ResponseUsage:
+    return ResponseUsage(
+        input_tokens=end.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=end.cached_tokens),
+        output_tokens=end.completion_tokens,
+        total_tokens=end.prompt_tokens + end.completion_tokens,
+    )
 
 
-def _logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+def output_logprobs(entries: Sequence[TokenLogprob]) -> list[TokenLogprobs]:
     """``logprobs`` of an output text (or of one delta of it): chat completions' entries."""
-    content: list[dict[str, Any]] = chat_logprobs(entries)["content"]
-    return content
+    return [TokenLogprobs.entry(entry) for entry in entries]
 
 
-def _text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+def _text_part(text: str, logprobs: list[TokenLogprobs] | None = None) -> OutputText:
+    return OutputText(text=text, logprobs=list(logprobs or ()))
 
 
-def _item(ident: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": ident,
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
+def _item(ident: str, status: str, content: list[OutputText]) -> MessageItem:
+    return MessageItem(id=ident, status=status, content=content)
 
 
-def _reasoning(ident: str, status: str, text: str) -> dict[str, Any]:
-    """A ``reasoning`` output item: the model's thought as its text; no summary is made."""
-    return {
-        "id": ident,
-        "type": "reasoning",
-        "status": status,
-        "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
-        "encrypted_content": None,
-    }
+def _reasoning(ident: str, status: str, text: str | None) -> ReasoningItem:
+    """A ``reasoning`` output item holding ``text``; with None, one that holds nothing yet."""
+    content = [] if text is None else [ReasoningText(text=text)]
+    return ReasoningItem(id=ident, status=status, content=content)
 
 
-def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+def _echo_tool(tool: dict[str, Any]) -> FunctionTool:
     """A function tool of the request as the response lists it."""
-    return {
-        "type": "function",
-        "name": tool.get("name"),
-        "description": tool.get("description"),
-        "parameters": tool.get("parameters"),
-        "strict": tool.get("strict"),
-    }
+    return FunctionTool(
+        name=tool.get("name"),
+        description=tool.get("description"),
+        parameters=tool.get("parameters"),
+        strict=tool.get("strict"),
+    )
 
 
-def _function_call(call: ToolCall, parser: ToolParser, status: str) -> dict[str, Any]:
+def _function_call(call: ToolCall, parser: ToolParser, status: str) -> FunctionCallItem:
     """A call the model made as a ``function_call`` output item."""
-    return {
-        "id": f"fc_{uuid.uuid4().hex}",
-        "type": "function_call",
-        "status": status,
-        "call_id": new_call_id(parser.short_ids),
-        "name": call.name,
-        "arguments": json.dumps(call.arguments, ensure_ascii=False),
-    }
+    return FunctionCallItem(
+        id=f"fc_{uuid.uuid4().hex}",
+        status=status,
+        call_id=new_call_id(parser.short_ids),
+        name=call.name,
+        arguments=json.dumps(call.arguments, ensure_ascii=False),
+    )
 
 
-class _Reply:
+class Reply:
     """The response object of one request, as it stands at each step of its generation."""
 
     def __init__(self, body: ResponseRequest) -> None:
@@ -114,68 +101,66 @@ class _Reply:
     def object(
         self,
         status: str,
-        output: list[dict[str, Any]],
+        output: list[OutputItem],
         end: Finished | None = None,
-        error: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+        error: ResponseError | None = None,
+    ) -> Response:
         body = self.body
         fmt = body.text.format if body.text and body.text.format else None
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "completed_at": int(time.time()) if status == "completed" else None,
-            "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"}
-            if status == "incomplete"
-            else None,
-            "instructions": body.instructions,
-            "max_output_tokens": body.max_output_tokens,
-            "max_tool_calls": body.max_tool_calls,
-            "model": body.model,
-            "output": output,
-            "parallel_tool_calls": body.parallel_tool_calls is not False,
-            "previous_response_id": None,
-            "reasoning": {
-                "effort": body.reasoning.effort if body.reasoning else None,
-                "summary": body.reasoning.summary if body.reasoning else None,
-            },
-            "store": False,
-            "temperature": body.temperature,
-            "text": {
+        reasoning = body.reasoning
+        incomplete = (
+            IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None
+        )
+        return Response(
+            id=self.id,
+            created_at=self.created_at,
+            status=status,
+            completed_at=int(time.time()) if status == "completed" else None,
+            error=error,
+            incomplete_details=incomplete,
+            instructions=body.instructions,
+            max_output_tokens=body.max_output_tokens,
+            max_tool_calls=body.max_tool_calls,
+            model=body.model,
+            output=output,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            reasoning=ReasoningSettings(
+                effort=reasoning.effort if reasoning else None,
+                summary=reasoning.summary if reasoning else None,
+            ),
+            temperature=body.temperature,
+            text={
                 "format": fmt.model_dump(by_alias=True, exclude_none=True)
                 if fmt
                 else {"type": "text"}
             },
-            "tool_choice": body.tool_choice or "auto",
-            "tools": [_echo_tool(tool) for tool in body.tools or ()],
-            "top_p": body.top_p,
-            "top_logprobs": body.top_logprobs,
-            "truncation": "disabled",
-            "usage": _usage(end) if end else None,
-            "user": body.user,
-            "metadata": body.metadata or {},
-        }
+            tool_choice=body.tool_choice or "auto",
+            tools=[_echo_tool(tool) for tool in body.tools or ()],
+            top_p=body.top_p,
+            top_logprobs=body.top_logprobs,
+            usage=_usage(end) if end else None,
+            user=body.user,
+            metadata=body.metadata or {},
+        )
 
     def finished(
-        self, text: str, logprobs: list[dict[str, Any]], end: Finished, calls: bool = False
-    ) -> tuple[str, dict[str, Any]]:
+        self, text: str, logprobs: list[TokenLogprobs], end: Finished, calls: bool = False
+    ) -> tuple[str, MessageItem]:
         """The final status and message item of a generation that ended with ``end``; a
         generation that made calls is complete."""
         status = "completed" if calls or end.finish_reason == "stop" else "incomplete"
         return status, _item(self.item_id, status, [_text_part(text, logprobs)])
 
     def output(
-        self, text: str, logprobs: list[dict[str, Any]], end: Finished, parser: ReplyParser | None
-    ) -> tuple[str, list[dict[str, Any]]]:
+        self, text: str, logprobs: list[TokenLogprobs], end: Finished, parser: ReplyParser | None
+    ) -> tuple[str, list[OutputItem]]:
         """The final status and output items of a whole generation: its thought as a reasoning
         item, its text as a message (left out when it is empty and the model made calls) and
         each call it made."""
         whole = parser.parse(text) if parser is not None else Piece(content=text)
         text, calls = whole.content, whole.calls[: self.body.call_limit]
         status, item = self.finished(text, logprobs, end, bool(calls))
-        output = (
+        output: list[OutputItem] = (
             [_reasoning(f"rs_{uuid.uuid4().hex}", status, whole.thinking)] if whole.thinking else []
         )
         if text or not calls:
@@ -186,45 +171,43 @@ class _Reply:
 
 
 class _Events:
-    """Responses streaming events as SSE, numbered in order."""
+    """Responses streaming events, numbered in order."""
 
     def __init__(self) -> None:
         self._numbers: Iterator[int] = count()
 
-    def __call__(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, **fields, "sequence_number": next(self._numbers)}
-        payload = json.dumps(data, ensure_ascii=False)
-        return f"event: {kind}\ndata: {payload}\n\n".encode()
+    def __call__(self, kind: str, **fields: Any) -> ResponseEvent:
+        return ResponseEvent(type=kind, **fields, sequence_number=next(self._numbers))
 
 
 class _Streamer:
     """The events of a streamed response: output items opened and closed in order."""
 
-    def __init__(self, reply: _Reply, parser: ToolParser | None) -> None:
+    def __init__(self, reply: Reply, parser: ToolParser | None) -> None:
         self.reply = reply
         self.parser = parser
         self.event = _Events()
         # The reasoning item open now: its id and its text.
         self.thinking: str | None = None
         self.thoughts: list[str] = []
-        self.output: list[dict[str, Any]] = []
+        self.output: list[OutputItem] = []
         self.calls = 0
         # The message item open now: its id, its text and logprobs.
         self.message: str | None = None
         self.parts: list[str] = []
-        self.logprobs: list[dict[str, Any]] = []
+        self.logprobs: list[TokenLogprobs] = []
 
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.message, "output_index": len(self.output), "content_index": 0}
 
-    def thought(self, text: str) -> Iterator[bytes]:
+    def thought(self, text: str) -> Iterator[ResponseEvent]:
         """Thinking as the text of a reasoning item, opened with the first of it."""
         where = {"output_index": len(self.output), "content_index": 0}
         if self.thinking is None:
             self.thinking = f"rs_{uuid.uuid4().hex}"
-            item = {**_reasoning(self.thinking, "in_progress", ""), "content": []}
+            item = _reasoning(self.thinking, "in_progress", None)
             yield self.event("response.output_item.added", output_index=len(self.output), item=item)
-            part = {"type": "reasoning_text", "text": ""}
+            part = ReasoningText(text="")
             yield self.event(
                 "response.content_part.added", item_id=self.thinking, **where, part=part
             )
@@ -233,13 +216,13 @@ class _Streamer:
             "response.reasoning_text.delta", item_id=self.thinking, **where, delta=text
         )
 
-    def close_thought(self, status: str = "completed") -> Iterator[bytes]:
+    def close_thought(self, status: str = "completed") -> Iterator[ResponseEvent]:
         """Closes the open reasoning item, if any."""
         if self.thinking is None:
             return
         text = "".join(self.thoughts)
         where = {"item_id": self.thinking, "output_index": len(self.output), "content_index": 0}
-        part = {"type": "reasoning_text", "text": text}
+        part = ReasoningText(text=text)
         item = _reasoning(self.thinking, status, text)
         yield self.event("response.reasoning_text.done", **where, text=text)
         yield self.event("response.content_part.done", **where, part=part)
@@ -247,7 +230,7 @@ class _Streamer:
         self.output.append(item)
         self.thinking, self.thoughts = None, []
 
-    def open(self) -> Iterator[bytes]:
+    def open(self) -> Iterator[ResponseEvent]:
         """Opens a message item unless one is open."""
         if self.message is not None:
             return
@@ -260,7 +243,7 @@ class _Streamer:
         )
         yield self.event("response.content_part.added", **self._where(), part=_text_part(""))
 
-    def text(self, text: str, entries: list[dict[str, Any]]) -> Iterator[bytes]:
+    def text(self, text: str, entries: list[TokenLogprobs]) -> Iterator[ResponseEvent]:
         yield from self.open()
         self.parts.append(text)
         self.logprobs.extend(entries)
@@ -268,7 +251,7 @@ class _Streamer:
             "response.output_text.delta", **self._where(), delta=text, logprobs=entries
         )
 
-    def close(self, status: str) -> Iterator[bytes]:
+    def close(self, status: str) -> Iterator[ResponseEvent]:
         """Closes the open message item, if any."""
         if self.message is None:
             return
@@ -283,7 +266,7 @@ class _Streamer:
         self.output.append(item)
         self.message, self.parts, self.logprobs = None, [], []
 
-    def call(self, call: ToolCall) -> Iterator[bytes]:
+    def call(self, call: ToolCall) -> Iterator[ResponseEvent]:
         """A call as a function_call item: added, its arguments in one delta, done."""
         limit = self.reply.body.call_limit
         if self.parser is None or (limit is not None and self.calls >= limit):
@@ -292,20 +275,23 @@ class _Streamer:
         yield from self.close("completed")
         yield from self.close_thought()
         item = _function_call(call, self.parser, "in_progress")
-        arguments = item["arguments"]
+        arguments = item.arguments
         index = len(self.output)
-        yield self.event(
-            "response.output_item.added", output_index=index, item={**item, "arguments": ""}
-        )
-        where = {"item_id": item["id"], "output_index": index}
+        added = item.model_copy(update={"arguments": ""})
+        yield self.event("response.output_item.added", output_index=index, item=added)
+        where = {"item_id": item.id, "output_index": index}
         yield self.event("response.function_call_arguments.delta", **where, delta=arguments)
         yield self.event("response.function_call_arguments.done", **where, arguments=arguments)
-        done = {**item, "status": "completed"}
+        done = item.model_copy(update={"status": "completed"})
         yield self.event("response.output_item.done", output_index=index, item=done)
         self.output.append(done)
 
 
-async def _stream(reply: _Reply, run: Run, parser: ReplyParser | None) -> AsyncIterator[bytes]:
+async def stream(
+    reply: Reply, run: Run, parser: ReplyParser | None
+) -> AsyncIterator[ResponseEvent]:
+    """The events of a streamed response, ``response.created`` to ``response.completed`` (or
+    ``incomplete``, or ``failed`` when generation fails on the way)."""
     out = _Streamer(reply, parser.tools if parser else None)
     event = out.event
     yield event("response.created", response=reply.object("in_progress", []))
@@ -314,12 +300,12 @@ async def _stream(reply: _Reply, run: Run, parser: ReplyParser | None) -> AsyncI
         for chunk in out.open():
             yield chunk
     # Log probabilities of output held back by the parser go with the next text.
-    held: list[dict[str, Any]] = []
+    held: list[TokenLogprobs] = []
     end: Finished | None = None
     try:
         async for step in run:
             if isinstance(step, Delta):
-                entries = _logprobs(step.logprobs) if reply.body.logprobs else []
+                entries = output_logprobs(step.logprobs) if reply.body.logprobs else []
                 if parser is None:
                     if step.text or step.logprobs:
                         for chunk in out.text(step.text, entries):
@@ -343,7 +329,7 @@ async def _stream(reply: _Reply, run: Run, parser: ReplyParser | None) -> AsyncI
             raise RuntimeError("generation ended without a result")
     except Exception:
         log.exception("generation failed during a streamed response")
-        error = {"code": "server_error", "message": "internal error while generating"}
+        error = ResponseError(code="server_error", message="internal error while generating")
         failed = reply.object("failed", [_item(reply.item_id, "incomplete", [])], error=error)
         yield event("response.failed", response=failed)
         return
@@ -359,53 +345,3 @@ async def _stream(reply: _Reply, run: Run, parser: ReplyParser | None) -> AsyncI
         yield chunk
     kind = "response.completed" if status == "completed" else "response.incomplete"
     yield event(kind, response=reply.object(status, out.output, end))
-
-
-def build_router(api_token: str | None) -> APIRouter:
-    """The Responses routes, behind the API token when one is set."""
-    router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_auth(api_token))])
-
-    @router.post("/responses")
-    async def create(body: ResponseRequest, request: Request, state: State) -> Any:
-        state.check_model(body.model)
-        body.refuse_unsupported()
-        json_mode, schema = body.json_mode()
-        messages = body.messages()
-        offered, tools = body.offered(state)
-        choice, named = body.tool_choice_parts()
-        other = "a JSON text.format" if json_mode else None
-        constraint = call_constraint(state, offered, choice, named, body.call_limit != 1, other)
-        if constraint is not None and tools is not None:
-            tools.streams_arguments = True
-        params = state.sampling(
-            {
-                "max_tokens": body.max_output_tokens,
-                "temperature": body.temperature,
-                "top_p": body.top_p,
-            },
-            json_mode=json_mode,
-            json_schema=schema,
-            logprobs=body.logprobs,
-            top_logprobs=body.top_logprobs or 0,
-            grammar=constraint,
-        )
-        think = unconstrained(body.think(state), json_mode or constraint is not None)
-        prompt = state.prompts.chat(messages, tools=offered or None, think=think)
-        parser = state.prompts.reply_parser(prompt, think, tools)
-        run = await state.run(prompt, params, ROUTE)
-        reply = _Reply(body)
-        if body.stream:
-            return StreamingResponse(_stream(reply, run, parser), media_type=SSE)
-        out = await run.collect(request)
-        logprobs = _logprobs(out.logprobs) if body.logprobs else []
-        status, output = reply.output(out.text, logprobs, out.end, parser)
-        return reply.object(status, output, out.end)
-
-    @router.get("/responses/{response_id}")
-    @router.delete("/responses/{response_id}")
-    @router.post("/responses/{response_id}/cancel")
-    @router.get("/responses/{response_id}/input_items")
-    async def stored(response_id: str) -> Any:
-        raise APIError(404, f"response {response_id!r} not found: {STATELESS}")
-
-    return router

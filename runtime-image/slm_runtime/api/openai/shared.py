@@ -1,25 +1,18 @@
-"""What chat completions and the Responses API share: the SSE type, the state dependency, log
-probabilities, thinking from a reasoning effort, and offering tools with their grammar."""
+"""What chat completions and the Responses API share: thinking from a reasoning effort, and
+offering tools with their grammar."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends
-
-from slm_runtime.api.openai.models import (
+from slm_runtime.api.openai.protocol import (
     ChatCompletionRequest,
     NamedToolChoice,
 )
 from slm_runtime.config import ModelFormat
 from slm_runtime.constrained import call_grammar
-from slm_runtime.engines.base import (
-    TokenChoice,
-    TokenLogprob,
-)
 from slm_runtime.errors import APIError
-from slm_runtime.state import RuntimeState, runtime
+from slm_runtime.state import RuntimeState
 from slm_runtime.thinking import (
     NoThinkingError,
     request_think,
@@ -27,31 +20,6 @@ from slm_runtime.thinking import (
 )
 from slm_runtime.tool_checks import check_tools
 from slm_runtime.tools import NoToolsError, ToolParser
-
-SSE = "text/event-stream"
-
-
-def token_bytes(choice: TokenChoice) -> list[int]:
-    return list(choice.bytes)
-
-
-def chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
-    """``choices[].logprobs`` of a chat completion (or of one chunk of it)."""
-    return {
-        "content": [
-            {
-                "token": entry.chosen.token,
-                "logprob": entry.chosen.logprob,
-                "bytes": token_bytes(entry.chosen),
-                "top_logprobs": [
-                    {"token": c.token, "logprob": c.logprob, "bytes": token_bytes(c)}
-                    for c in entry.top
-                ],
-            }
-            for entry in entries
-        ],
-        "refusal": None,
-    }
 
 
 def effort_think(
@@ -156,6 +124,3 @@ def call_constraint(
         return call_grammar(shape, offered, parallel)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
-
-
-State = Annotated[RuntimeState, Depends(runtime)]

@@ -1,15 +1,21 @@
-"""The OpenAI API's request models: chat completions, completions and embeddings."""
+"""The OpenAI API's request and answer models: chat completions, completions, embeddings and
+models."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
 from slm_runtime.api.body import RequestBody, TopLevelBody
+from slm_runtime.api.reply import ReplyBody, omitted
 from slm_runtime.config import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 from slm_runtime.engines.base import (
     MAX_TOP_LOGPROBS,
+    Finished,
+    TokenChoice,
+    TokenLogprob,
 )
 from slm_runtime.errors import APIError
 
@@ -203,3 +209,223 @@ class EmbeddingRequest(TopLevelBody):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+
+
+# The answers.
+
+
+class Usage(ReplyBody):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+    @classmethod
+    def of(cls, end: Finished) -> Usage:
+        return cls(
+            prompt_tokens=end.prompt_tokens,
+            completion_tokens=end.completion_tokens,
+            total_tokens=end.prompt_tokens + end.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=end.cached_tokens),
+        )
+
+
+class PromptTokensDetails(ReplyBody):
+    cached_tokens: int
+
+
+class TopLogprob(ReplyBody):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+    @classmethod
+    def of(cls, choice: TokenChoice) -> TopLogprob:
+        return cls(token=choice.token, logprob=choice.logprob, bytes=list(choice.bytes))
+
+
+class TokenLogprobs(TopLogprob):
+    """One generated token, with the most likely tokens of its position."""
+
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def entry(cls, entry: TokenLogprob) -> TokenLogprobs:
+        chosen = entry.chosen
+        return cls(
+            token=chosen.token,
+            logprob=chosen.logprob,
+            bytes=list(chosen.bytes),
+            top_logprobs=[TopLogprob.of(c) for c in entry.top],
+        )
+
+
+class ChatLogprobs(ReplyBody):
+    """``choices[].logprobs`` of a chat completion (or of one chunk of it)."""
+
+    content: list[TokenLogprobs]
+    refusal: None = None
+
+    @classmethod
+    def of(cls, entries: Sequence[TokenLogprob]) -> ChatLogprobs:
+        return cls(content=[TokenLogprobs.entry(entry) for entry in entries])
+
+
+class FunctionOut(ReplyBody):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(ReplyBody):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
+
+
+class AssistantMessage(ReplyBody):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning_content: str | None = omitted()
+    tool_calls: list[ToolCallOut] | None = omitted()
+
+
+class ChatChoice(ReplyBody):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: ChatLogprobs | None
+
+
+class ChatCompletion(ReplyBody):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class FunctionDelta(ReplyBody):
+    name: str | None = omitted()
+    arguments: str
+
+
+class ToolCallDelta(ReplyBody):
+    """A call's id, type and name where it begins; then pieces of its arguments."""
+
+    index: int
+    id: str | None = omitted()
+    type: Literal["function"] | None = omitted()
+    function: FunctionDelta
+
+
+class ChunkDelta(ReplyBody):
+    role: Literal["assistant"] | None = omitted()
+    content: str | None = omitted()
+    reasoning_content: str | None = omitted()
+    tool_calls: list[ToolCallDelta] | None = omitted()
+
+
+class ChunkChoice(ReplyBody):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(ReplyBody):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = omitted()
+
+
+class CompletionLogprobs(ReplyBody):
+    """``choices[].logprobs`` of a legacy completion: the chosen token always among the
+    ``top_logprobs`` of its position, so there are up to ``logprobs`` + 1 of them."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, entries: Sequence[TokenLogprob]) -> CompletionLogprobs:
+        top: list[dict[str, float]] = []
+        for entry in entries:
+            alternatives = {c.token: c.logprob for c in entry.top}
+            alternatives.setdefault(entry.chosen.token, entry.chosen.logprob)
+            top.append(alternatives)
+        return cls(
+            tokens=[entry.chosen.token for entry in entries],
+            token_logprobs=[entry.chosen.logprob for entry in entries],
+            top_logprobs=top,
+            text_offset=[entry.offset for entry in entries],
+        )
+
+
+class CompletionChoice(ReplyBody):
+    index: int = 0
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+
+
+class Completion(ReplyBody):
+    """A completion, or one chunk of a streamed one (its usage in a last chunk of its own)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = omitted()
+
+
+class Embedding(ReplyBody):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(ReplyBody):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(ReplyBody):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class Model(ReplyBody):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(ReplyBody):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(ReplyBody):
+    message: str
+    type: str
+
+
+class StreamError(ReplyBody):
+    """What a stream ends with when generation fails after its first part went out."""
+
+    error: ErrorDetail
+
+    @classmethod
+    def internal(cls) -> StreamError:
+        return cls(
+            error=ErrorDetail(message="internal error while generating", type="server_error")
+        )

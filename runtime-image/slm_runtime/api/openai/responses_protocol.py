@@ -1,5 +1,6 @@
-"""The Responses API's request: input items, text and reasoning settings, and how the input
-becomes the chat messages a template renders."""
+"""The Responses API's request (input items, text and reasoning settings, and how the input
+becomes the chat messages a template renders) and its answers: the response object, its output
+items and the events of a streamed one."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from slm_runtime.api.body import RequestBody, TopLevelBody
+from slm_runtime.api.openai.protocol import TokenLogprobs
 from slm_runtime.api.openai.shared import (
     effort_think,
     offer_tools,
 )
+from slm_runtime.api.reply import ReplyBody, omitted
 from slm_runtime.engines.base import MAX_TOP_LOGPROBS
 from slm_runtime.errors import APIError
 from slm_runtime.state import RuntimeState
@@ -361,3 +364,136 @@ def input_message(index: int, item: InputItem) -> dict[str, str]:
             raise APIError(400, f"{where}.content.{part_index}.text: required")
         texts.append(part.text)
     return {"role": ROLES[role], "content": "".join(texts)}
+
+
+# The answers.
+
+
+class OutputText(ReplyBody):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[TokenLogprobs] = Field(default_factory=list)
+
+
+class ReasoningText(ReplyBody):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class MessageItem(ReplyBody):
+    id: str
+    type: Literal["message"] = "message"
+    status: str
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class ReasoningItem(ReplyBody):
+    """The model's thought as the text of a ``reasoning`` item; no summary is made."""
+
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    status: str
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText]
+    encrypted_content: None = None
+
+
+class FunctionCallItem(ReplyBody):
+    id: str
+    type: Literal["function_call"] = "function_call"
+    status: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+OutputItem = MessageItem | ReasoningItem | FunctionCallItem
+
+
+class FunctionTool(ReplyBody):
+    """A function tool of the request, as the response lists it."""
+
+    type: Literal["function"] = "function"
+    name: Any
+    description: Any
+    parameters: Any
+    strict: Any
+
+
+class InputTokensDetails(ReplyBody):
+    cached_tokens: int
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(ReplyBody):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(ReplyBody):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class ResponseError(ReplyBody):
+    code: str
+    message: str
+
+
+class IncompleteDetails(ReplyBody):
+    reason: str
+
+
+class ReasoningSettings(ReplyBody):
+    effort: str | None
+    summary: str | None
+
+
+class Response(ReplyBody):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: str
+    completed_at: int | None
+    error: ResponseError | None
+    incomplete_details: IncompleteDetails | None
+    instructions: str | None
+    max_output_tokens: int | None
+    max_tool_calls: int | None
+    model: str
+    output: list[OutputItem]
+    parallel_tool_calls: bool
+    previous_response_id: None = None
+    reasoning: ReasoningSettings
+    store: bool = False
+    temperature: float | None
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[FunctionTool]
+    top_p: float | None
+    top_logprobs: int | None
+    truncation: str = "disabled"
+    usage: ResponseUsage | None
+    user: str | None
+    metadata: dict[str, str]
+
+
+class ResponseEvent(ReplyBody):
+    """One event of a streamed response, numbered in order; each type carries its own fields."""
+
+    type: str
+    response: Response | None = omitted()
+    item_id: str | None = omitted()
+    output_index: int | None = omitted()
+    content_index: int | None = omitted()
+    item: OutputItem | None = omitted()
+    part: OutputText | ReasoningText | None = omitted()
+    delta: str | None = omitted()
+    text: str | None = omitted()
+    arguments: str | None = omitted()
+    logprobs: list[TokenLogprobs] | None = omitted()
+    sequence_number: int
