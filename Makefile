@@ -69,9 +69,10 @@ test: setup ## run every test suite (unit, runtime, pull, fuzz, images, cluster)
 test-unit: ## pure tests only
 	$(PY) -m pytest -m unit
 
-crds: ## regenerate crds/ from the API models (and the chart's copy, and docs/reference.md)
+crds: ## regenerate crds/ from the API models (and the chart's copy, its catalog from the device table, and docs/reference.md)
 	$(PY) -m slm_operator.crdgen
 	cp crds/*.yaml charts/slm-operator/files/crds/
+	$(PY) -m slm_operator.chartgen
 	$(PY) -m slm_operator.refdoc
 
 reference: ## regenerate docs/reference.md (the LocalModel field reference) from the API models

@@ -274,20 +274,25 @@ def generate(
     if args.check:
         if current == wanted:
             return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            wanted.splitlines(keepends=True),
-            fromfile=f"{path} (committed)",
-            tofile=f"{path} (generated)",
-        )
-        sys.stdout.writelines(diff)
-        logger.error("%s is stale: run `make %s` and commit the result", path, make_target)
+        report_stale(path, current, wanted, make_target)
         return 1
     if current != wanted:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(wanted, encoding="utf-8")
         logger.info("wrote %s", path)
     return 0
+
+
+def report_stale(path: Path, current: str, wanted: str, make_target: str) -> None:
+    """Print how the committed ``path`` differs from what is generated, and what to run."""
+    diff = difflib.unified_diff(
+        current.splitlines(keepends=True),
+        wanted.splitlines(keepends=True),
+        fromfile=f"{path} (committed)",
+        tofile=f"{path} (generated)",
+    )
+    sys.stdout.writelines(diff)
+    logger.error("%s is stale: run `make %s` and commit the result", path, make_target)
 
 
 if __name__ == "__main__":

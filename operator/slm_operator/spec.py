@@ -206,10 +206,10 @@ class HardwareSpec(ApiModel):
     preferred: Device = Field(default=Device.NPU, description="The tier to try first.")
     fallback: list[Device] = Field(
         default_factory=list,
-        max_length=2,
+        max_length=len(Device) - 1,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Tiers tried in order when the preferred one cannot be placed; when omitted, "
-        "the tiers below preferred in npu, gpu, cpu order. [] means no fallback.",
+        f"the tiers below preferred in {', '.join(Device)} order. [] means no fallback.",
     )
     fallback_after: Duration = Field(
         default="120s",

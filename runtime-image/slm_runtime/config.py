@@ -298,7 +298,7 @@ class RuntimeConfig(_Camel):
     devices: list[Device] = Field(
         default_factory=lambda: list(DEFAULT_DEVICE_ORDER),
         min_length=1,
-        max_length=3,
+        max_length=len(Device),
         description="Devices to try at load, in order, each at most once.",
     )
     openvino_device: str | None = Field(

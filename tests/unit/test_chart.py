@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from slm_operator import catalog as catalog_module
+from slm_operator import chartgen
 from slm_operator.api import parse_localmodel
 from slm_operator.catalog import (
     ALLOW_CUSTOM_IMAGES_SETTING,
@@ -199,6 +201,53 @@ def test_the_catalog_schema_names_every_tier_of_the_device_table() -> None:
         assert entry is not None
         assert [o.resource for o in entry.options] == [tier.resource]
         assert [o.formats for o in entry.options] == [list(tier.formats)]
+
+
+def test_the_committed_chart_catalog_is_generated_from_the_device_table() -> None:
+    assert chartgen.main(["--check"]) == 0, "the chart's catalog is stale: run `make crds`"
+
+
+def test_the_chart_catalog_follows_a_changed_device_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chart = tmp_path / "chart"
+    chart.mkdir()
+    for name, _ in chartgen.FILES:
+        (chart / name).write_text((CHART / name).read_text())
+    values = chart / "values.yaml"
+    committed = values.read_text()
+    # A blank line inside the block: the whole block is still replaced.
+    values.write_text(committed.replace("    - device: gpu\n", "\n    - device: gpu\n"))
+    without_npu = DEVICE_TIERS[1:]
+    monkeypatch.setattr(chartgen, "DEVICE_TIERS", without_npu)
+    monkeypatch.setattr(catalog_module, "DEVICE_TIERS", without_npu)
+    assert chartgen.main(["--check", "--chart", str(chart)]) == 1
+    report = capsys.readouterr().out
+    assert "-    - device: npu" in report
+    assert '-                  "npu",' in report
+    assert chartgen.main(["--chart", str(chart)]) == 0
+    assert chartgen.main(["--check", "--chart", str(chart)]) == 0
+    schema = json.loads((chart / "values.schema.json").read_text())
+    tiers = schema["properties"]["catalog"]["properties"]["tiers"]["items"]
+    assert tiers["properties"]["device"]["enum"] == ["gpu", "cpu"]
+    rewritten = values.read_text()
+    catalog = yaml.safe_load(rewritten)["catalog"]
+    assert [tier["device"] for tier in catalog["tiers"]] == ["gpu", "cpu"]
+    assert catalog == default_catalog().model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Only the catalog block is rewritten: the comments and values around it stay.
+    before, _, after = committed.partition("\ncatalog:\n")
+    assert rewritten.startswith(before + "\ncatalog:\n")
+    assert rewritten.endswith(after[after.index("\n\n") :])
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["y", "No", "null", "1.0", "0o17", "a:b", "x\ny", " lead", "ghcr.io/a/b:1", 3, True, None],
+)
+def test_chart_catalog_values_read_back_as_written(value: Any) -> None:
+    for holder in (value, [value], {"key": value}):
+        line = chartgen._flow(holder)
+        assert yaml.safe_load(f"v: {line}")["v"] == holder, line
 
 
 def test_settings_reach_the_operator_environment() -> None:
