@@ -12,6 +12,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from slm_operator.controller.kube import call
 from slm_operator.names import (
     GROUP,
     PLURAL,
@@ -70,21 +71,10 @@ class Cluster:
         content_type: str = "application/json",
     ) -> Object:
         """One API call; raise ApiException on a non-2xx answer, CliError when unreachable."""
-        request = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         try:
-            response = self.api.call_api(*request)
-            data = response.read()  # type: ignore[no-untyped-call]
+            data = call(self.api, method, path, body=body, query=query, content_type=content_type)
         except Urllib3Error as exc:
             raise CliError(f"cannot reach the API server at {self.host}: {exc}") from None
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason, body=data)
         result: Object = json.loads(data) if data else {}
         return result
 

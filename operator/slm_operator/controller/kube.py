@@ -24,6 +24,33 @@ log = logging.getLogger(__name__)
 Object = dict[str, Any]
 
 
+def call(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    query: list[tuple[str, str]] | None = None,
+    content_type: str = "application/json",
+) -> bytes:
+    """One REST call with the client's credentials: the answer's body, or ApiException on a
+    non-2xx status."""
+    request = api.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*request)
+    data = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException(status=response.status, reason=response.reason, body=data)
+    answer: bytes = data
+    return answer
+
+
 class Kube:
     """Synchronous calls the operator makes; every method is one request."""
 
@@ -58,18 +85,7 @@ class Kube:
         content_type: str = "application/json",
         decode: bool = True,
     ) -> Object | None:
-        request = self._api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self._api.call_api(*request)
-        data = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason, body=data)
+        data = call(self._api, method, path, body=body, query=query, content_type=content_type)
         if not data or not decode:
             return None
         result: Object = json.loads(data)
