@@ -47,14 +47,13 @@ def framed(
     return whole(answer) if isinstance(answer, ReplyBody) else frame(answer)
 
 
-def sse(stream: AsyncIterator[ReplyBody], done: bool = True) -> StreamingResponse:
-    """``data:`` events, one per part, ended by ``data: [DONE]`` when ``done``."""
+def sse(stream: AsyncIterator[ReplyBody]) -> StreamingResponse:
+    """``data:`` events, one per part, ended by ``data: [DONE]``."""
 
     async def frames() -> AsyncIterator[bytes]:
         async for part in stream:
             yield b"data: " + part.wire() + b"\n\n"
-        if done:
-            yield b"data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(frames(), media_type=SSE)
 
