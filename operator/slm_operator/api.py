@@ -26,6 +26,7 @@ from slm_operator.conditions import LocalModelStatus
 from slm_operator.fields import cel
 from slm_operator.names import DNS1035_PATTERN, KIND, NAME_MAX_LENGTH
 from slm_operator.spec import LocalModelSpec
+from slm_operator.variants import ModelVariant, merged_parameters, served
 
 # --- the whole object -------------------------------------------------------------------------
 
@@ -53,6 +54,20 @@ class LocalModel(BaseModel):
     metadata: ObjectMeta
     spec: LocalModelSpec
     status: LocalModelStatus = Field(default_factory=LocalModelStatus)
+
+    def serving(self, variant: ModelVariant | None) -> LocalModel:
+        """This model as the pods of ``variant`` run it: the variant's source as
+        ``spec.model``, its parameters over ``spec.parameters`` (the render, the pull and the
+        status read these). Unchanged for the single-source form."""
+        if variant is None or not self.spec.model.variants:
+            return self
+        spec = self.spec.model_copy(
+            update={
+                "model": served(self.spec.model, variant),
+                "parameters": merged_parameters(self.spec.parameters, variant),
+            }
+        )
+        return self.model_copy(update={"spec": spec})
 
 
 NAME_RULE: Final = cel(
@@ -83,9 +98,17 @@ def parse_localmodel(body: Mapping[str, Any]) -> LocalModel:
     """Validate a LocalModel body; raise InvalidSpecError with field-naming messages."""
     try:
         model = LocalModel.model_validate(dict(body))
-        model.spec.model.resolved_format()
     except ValidationError as exc:
         raise InvalidSpecError(format_validation_error(exc)) from exc
+    spec = model.spec.model
+    try:
+        if spec.source is not None:
+            spec.resolved_format()
     except ValueError as exc:
         raise InvalidSpecError(f"spec.model.format: {exc}") from exc
+    for index, variant in enumerate(spec.variants):
+        try:
+            variant.resolved_format()
+        except ValueError as exc:
+            raise InvalidSpecError(f"spec.model.variants.{index}.format: {exc}") from exc
     return model

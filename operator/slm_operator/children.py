@@ -201,7 +201,7 @@ def _metadata(
 
 
 def _source(lm: LocalModel) -> Source:
-    return parse_source(lm.spec.model.source, allow_insecure=lm.spec.model.allow_insecure)
+    return parse_source(lm.spec.model.served_source, allow_insecure=lm.spec.model.allow_insecure)
 
 
 def _verify_only(source: Source) -> bool:

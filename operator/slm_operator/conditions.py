@@ -13,7 +13,7 @@ from pydantic import (
     Field,
     model_validator,
 )
-from slm_runtime.config import Device
+from slm_runtime.config import Device, ModelFormat
 
 from slm_operator.fields import ApiModel
 
@@ -178,7 +178,15 @@ class ModelStatus(ApiModel):
     )
     progress: str | None = Field(default=None, description="Pull progress, e.g. 37%.")
     source: str | None = Field(
-        default=None, description="The spec.model.source this status describes."
+        default=None,
+        description="The source this status describes: spec.model.source, or the source of the "
+        "variant in use.",
+    )
+    format: ModelFormat | None = Field(default=None, description="The served model's format.")
+    variant: str | None = Field(
+        default=None,
+        description="The spec.model.variants (or alias) variant in use: the one serving the "
+        "placed tier. Unset for a single-source model.",
     )
 
 

@@ -187,7 +187,13 @@ def _column(name: str, type_: str, path: str, description: str, **extra: Any) ->
 
 
 PRINTER_COLUMNS: Final = (
-    _column("Model", "string", ".spec.model.source", "Where the model comes from."),
+    _column(
+        "Model",
+        "string",
+        ".status.model.source",
+        "The source served: spec.model.source, or the variant's in use.",
+    ),
+    _column("Variant", "string", ".status.model.variant", "The variant in use, if any."),
     _column("Backend", "string", ".status.backend", "The device the runtime serves on."),
     _column("Ready", "integer", ".status.readyReplicas", "Replicas serving requests."),
     _column("Phase", "string", ".status.phase", "Pending, Pulling, Deploying, Ready, ..."),

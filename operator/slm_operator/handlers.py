@@ -72,6 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         Kube.from_environment(connections=RECONCILE_WORKERS),
         operator_settings,
         operator_settings.load_catalog(),
+        operator_settings.load_models(),
     )
     namespaces = list(memo.get("namespaces") or [])
     kinds = (*CHILD_KINDS, POD)

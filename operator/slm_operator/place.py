@@ -23,12 +23,15 @@ from slm_operator.catalog import AcceleratorCatalog, AcceleratorOption
 from slm_operator.conditions import Reason
 from slm_operator.spec import LocalModelSpec
 from slm_operator.summary import NodeInfo, Observation, clip, live_pods
+from slm_operator.variants import ModelVariant
 
 Object = dict[str, Any]
+PodRequests = Mapping[str, float] | Callable[[Device], Mapping[str, float]]
 
 STEPPED_DOWN: Final = "pods stayed unschedulable for longer than fallbackAfter ({after})"
 """Reason for tiers above the one the operator stepped down to."""
 NOT_IN_CATALOG: Final = "not in the accelerator catalog"
+NO_VARIANT: Final = "no variant of the model serves it"
 FORMAT_NOT_SERVED: Final = "format {format} is not served on {device}"
 
 _BLOCKING_EFFECTS: Final = frozenset({"NoSchedule", "NoExecute"})
@@ -67,7 +70,10 @@ class Placement:
     openvino_device: str | None = None
     """The catalog option's OpenVINO device_type (RuntimeConfig.openvinoDevice), if it sets one."""
     devices: tuple[Device, ...] = (Device.CPU,)
-    """Device order the runtime tries inside the pod: the placed tier, then lower ones."""
+    """Device order the runtime tries inside the pod: the placed tier, then the lower ones the
+    same variant serves."""
+    variant: ModelVariant | None = None
+    """The build of the model the placed tier runs (``spec.model.variant_for(device)``)."""
 
     @property
     def accelerated(self) -> bool:
@@ -92,7 +98,7 @@ def place(
     catalog: AcceleratorCatalog,
     *,
     start_at: Device | None = None,
-    pod_requests: Mapping[str, float] | None = None,
+    pod_requests: PodRequests | None = None,
 ) -> Placement:
     """The first tier with room for one pod, else the last servable tier with ``placed=False``.
 
@@ -101,17 +107,23 @@ def place(
 
     ``start_at`` is the tier the operator stepped down to after ``fallbackAfter``: the tiers above
     it are skipped. It is ignored when ``spec.hardware`` no longer lists it. ``pod_requests``
-    (cpu in cores, memory in bytes, ...) must also be free on the node.
+    (cpu in cores, memory in bytes, ...; or a function of the tier, as each tier's variant
+    sizes its pods) must also be free on the node.
+
+    Each tier runs the variant of ``spec.model`` that serves it (``Placement.variant``); a tier
+    no variant serves, or whose runtime cannot serve its variant's format, is skipped.
     """
-    model_format = spec.model.resolved_format()
     tiers = spec.hardware.tiers()
+    variants = {device: spec.model.variant_for(device) for device in tiers}
     servable = {
         device: options
-        for device in tiers
-        if (options := servable_options(catalog, device, model_format))
+        for device, variant in variants.items()
+        if variant is not None
+        and (options := servable_options(catalog, device, variant.resolved_format()))
     }
     if not servable:
-        raise NoServableTier(_no_servable_message(tiers, catalog, model_format))
+        raise NoServableTier(_no_servable_message(spec, tiers, catalog))
+    requests_for = pod_requests if callable(pod_requests) else lambda _: pod_requests or {}
 
     selector = spec.scheduling.node_selector
     start = tiers.index(start_at) if start_at in tiers else 0
@@ -122,7 +134,7 @@ def place(
             skipped.append(SkippedTier(device, reason))
             continue
         if device not in servable:
-            skipped.append(SkippedTier(device, _unservable_reason(catalog, device, model_format)))
+            skipped.append(SkippedTier(device, _unservable_reason(catalog, device, variants)))
             continue
         misses = []
         for option in servable[device]:
@@ -131,7 +143,7 @@ def place(
                 nodes,
                 node_selector={**option.node_selector, **selector},
                 tolerations=[*option.tolerations, *spec.scheduling.tolerations],
-                pod_requests=pod_requests or {},
+                pod_requests=requests_for(device),
             )
             if miss is None:
                 preferred = device is spec.hardware.preferred
@@ -188,7 +200,7 @@ def decide(
     observation: Observation,
     now: datetime,
     *,
-    pod_requests: Mapping[str, float] | None = None,
+    pod_requests: PodRequests | None = None,
 ) -> Decision:
     """The placement for this pass: the natural one (``place``), or the tier the model already
     stepped down to (``recorded``, from its Deployment), or the next tier down when its pods
@@ -423,6 +435,8 @@ def _placement(
     reason: Reason,
     skipped: Sequence[SkippedTier],
 ) -> Placement:
+    variant = spec.model.variant_for(device)
+    usable = [d for d in servable if spec.model.variant_for(d) == variant]
     tolerations: list[dict[str, Any]] = []
     for toleration in [*option.tolerations, *spec.scheduling.tolerations]:
         if dict(toleration) not in tolerations:
@@ -440,7 +454,8 @@ def _placement(
         runtime_class_name=option.runtime_class_name,
         env=dict(option.env),
         openvino_device=option.openvino_device,
-        devices=device_order(device, tiers, servable),
+        devices=device_order(device, tiers, usable),
+        variant=variant if spec.model.variants else None,
     )
 
 
@@ -462,18 +477,28 @@ def device_order(
 
 
 def _unservable_reason(
-    catalog: AcceleratorCatalog, device: Device, model_format: ModelFormat
+    catalog: AcceleratorCatalog, device: Device, variants: Mapping[Device, ModelVariant | None]
 ) -> str:
+    variant = variants.get(device)
+    if variant is None:
+        return NO_VARIANT
     if catalog.tier(device) is None:
         return NOT_IN_CATALOG
-    return FORMAT_NOT_SERVED.format(format=model_format.value, device=device.value)
+    return FORMAT_NOT_SERVED.format(format=variant.resolved_format().value, device=device.value)
 
 
 def _no_servable_message(
-    tiers: Sequence[Device], catalog: AcceleratorCatalog, model_format: ModelFormat
+    spec: LocalModelSpec, tiers: Sequence[Device], catalog: AcceleratorCatalog
 ) -> str:
     listed = ", ".join(d.value for d in tiers)
-    why = "; ".join(f"{d.value}: {_unservable_reason(catalog, d, model_format)}" for d in tiers)
+    variants = {d: spec.model.variant_for(d) for d in Device}
+    why = "; ".join(f"{d.value}: {_unservable_reason(catalog, d, variants)}" for d in tiers)
+    if spec.model.variants:
+        return (
+            f"no tier in [{listed}] can serve its variant ({why}); give each tier a variant in a "
+            "format its runtime serves, or list tiers in spec.hardware that can serve yours"
+        )
+    model_format = spec.model.resolved_format()
     capable = [
         t.device.value
         for t in catalog.tiers

@@ -21,6 +21,7 @@ from typing import Any, Final
 from kubernetes.client.exceptions import ApiException
 
 from slm_operator import metrics
+from slm_operator.aliases import ModelCatalog, default_models, with_alias
 from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
 from slm_operator.catalog import AcceleratorCatalog, runtime_image_refusal
 from slm_operator.children import PULL_CONTAINER, RenderOptions, endpoint, selector_string
@@ -45,9 +46,16 @@ from slm_operator.place import Decision, NoServableTier, Placement, decide, reco
 from slm_operator.place import recorded_tier as recorded_tier_of
 from slm_operator.render import pull_job_name, render
 from slm_operator.settings import OperatorSettings
-from slm_operator.sizing import parse_quantity, pod_resources
+from slm_operator.sizing import requests_by_tier
 from slm_operator.spec import CacheMode
-from slm_operator.status import compute_status, failed_status, runtime_fallback, status_patch
+from slm_operator.status import (
+    VARIANT_SELECTED,
+    compute_status,
+    failed_status,
+    runtime_fallback,
+    status_patch,
+    variant_choice,
+)
 from slm_operator.summary import (
     NodeInfo,
     Observation,
@@ -121,10 +129,18 @@ class Applied:
 class Reconciler:
     """Runs the pass for one LocalModel at a time; the work queue's timers re-trigger it."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings, catalog: AcceleratorCatalog) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        catalog: AcceleratorCatalog,
+        models: ModelCatalog | None = None,
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.catalog = catalog
+        self.models = models if models is not None else default_models()
+        """The aliases spec.model.alias may name."""
         self.caches = Caches()
         self.queue = WorkQueue(self._handle)
         self.devices = DeviceReader(self.queue.enqueue)
@@ -214,6 +230,8 @@ class Reconciler:
         lm = self._parse(key, body, record, now)
         observed = self._observe(key, lm)
         decision = self._place(key, body, lm, observed, now)
+        # What the pods run from here on: the variant of the placed tier.
+        lm = lm.serving(decision.placement.variant)
         rendered = self._render(key, lm, record, decision, observed)
         applied = self._apply(key, body, lm, rendered.desired, observed, now)
         return self._status(key, body, lm, record, decision, rendered, observed, applied, now)
@@ -233,6 +251,11 @@ class Reconciler:
         if refused is not None:
             self._fail(key, body, refused, Reason.INVALID_SPEC, now)
             raise InvalidSpecError(refused)
+        try:
+            lm = with_alias(lm, self.models)
+        except InvalidSpecError as exc:
+            self._fail(key, body, str(exc), Reason.INVALID_SPEC, now)
+            raise
         if record.written is not None:
             # The watch delivers our own status write a moment later; until then the cached body
             # holds the one before it, and conditions would restart their transition times.
@@ -286,8 +309,7 @@ class Reconciler:
     ) -> Decision:
         """The tier (``place.decide``), with a timer for when pods will have waited
         ``fallbackAfter``."""
-        requests = pod_resources(lm.spec, lm.status.model.size_bytes)
-        pod_requests = {k: parse_quantity(v) for k, v in requests.get("requests", {}).items()}
+        pod_requests = requests_by_tier(lm)
         try:
             decision = decide(
                 lm.spec,
@@ -447,6 +469,9 @@ class Reconciler:
                     message=f"moved to {rendered.placement.device.value}: {decision.stepped_down}",
                     warning=True,
                 )
+            chosen = variant_choice(lm.status, status, rendered.placement)
+            if chosen is not None:
+                self.kube.post_event(body, reason=VARIANT_SELECTED, message=chosen)
             fell_back = runtime_fallback(lm.status, status)
             if fell_back is not None:
                 self.kube.post_event(

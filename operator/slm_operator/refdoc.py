@@ -291,12 +291,54 @@ OPERATOR_ONLY: Final = (
         "A CEL rule sees only the object being admitted, never other objects.",
     ),
     (
+        "That `spec.model.alias` names a model in the operator's model catalog (the chart's "
+        "`models` value), and that its variants cover the tiers of `spec.hardware`.",
+        "No webhook sees the catalog: an unknown alias is Failed naming `spec.model.alias`; a "
+        "tier the alias has no variant for is skipped by placement, with its reason in "
+        "`status.fallbackReason`.",
+    ),
+    (
         "Anything that depends on the operator's settings or the cluster: the accelerator "
         "catalog (which tiers can run a format), node capacity, which images may run.",
         "The API server knows neither the operator's settings nor, in a rule, the nodes.",
     ),
 )
 """What the operator checks that the CRD cannot, and why; shown in the reference."""
+
+
+VARIANTS_SECTION: Final = (
+    "## Variants and aliases",
+    "",
+    "A model is given in one of three forms in `spec.model`:",
+    "",
+    "- `source` (with `format`, `sha256`): one file or folder for every tier. A tier whose "
+    "runtime cannot serve its format is skipped (a GGUF never runs on the NPU tier).",
+    "- `variants`: a build per tier, each with its `tiers`, `source`, `format`, `sha256` and "
+    "`parameters` (which replace `spec.parameters`' while it runs). Each tier is listed by one "
+    "variant at most, and every tier of `spec.hardware` (preferred, then fallback; when fallback "
+    "is omitted, the tiers below preferred) needs one: the API server refuses either mistake.",
+    "- `alias`: a name in the operator's model catalog (`slmctl catalog` lists it; the chart's "
+    "`models` value holds it). Its variants are used unless `variants` is given too. The "
+    "operator refuses an unknown alias (phase `Failed`, naming `spec.model.alias`); a tier the "
+    "alias has no variant for is skipped, with its reason.",
+    "",
+    "When each variant runs: placement picks the tier first, exactly as for one source: the "
+    "first tier of `[preferred, *fallback]` where a node has the tier's device free (and room "
+    "for the pod, sized by that tier's variant), else a step down once the pods have been "
+    "unschedulable for `fallbackAfter`. The pods then pull and serve the variant of that tier. "
+    "Each variant has its own volume and pull Job (named by the hash of its source, digest and "
+    "format), so a step down pulls the lower tier's variant once. Inside the pod the runtime "
+    "tries the placed tier, then the lower tiers the same variant serves: a GGUF variant for "
+    "`[gpu, cpu]` placed on a GPU that will not open serves on the CPU; an ONNX variant for "
+    "`[npu]` that cannot open the NPU fails with the engine's own message.",
+    "",
+    "`status.model` names the variant in use (`variant`, `source`, `format`, `digest`), "
+    "`status.placedTier` its tier, and an Event (reason `VariantSelected`) says which variant "
+    "runs and why. `kubectl get lm` shows it in the VARIANT column. A worked example: "
+    "[examples/phi4-mini-variants.yaml](../examples/phi4-mini-variants.yaml).",
+    "",
+)
+"""How variants and aliases are chosen; shown in the reference after the spec."""
 
 
 def _operator_only() -> list[str]:
@@ -354,7 +396,7 @@ def render_reference() -> str:
         for section in sections(schema["properties"][top], top):
             lines += _section_markdown(section, "###")
         if top == "spec":
-            lines += _operator_only()
+            lines += [*VARIANTS_SECTION, *_operator_only()]
     lines += _conditions()
     return "\n".join(lines).rstrip("\n") + "\n"
 

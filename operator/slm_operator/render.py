@@ -267,6 +267,7 @@ def pull_job_name(lm: LocalModel, placement: Placement, options: RenderOptions) 
     The Job depends on neither the model's size nor the replica hold, so the name is known
     before those are decided.
     """
+    lm = lm.serving(placement.variant)
     if not _pulls_into_volume(lm):
         return None
     name: str = pull_job(lm, placement, options)["metadata"]["name"]
@@ -274,7 +275,10 @@ def pull_job_name(lm: LocalModel, placement: Placement, options: RenderOptions) 
 
 
 def render(lm: LocalModel, placement: Placement, options: RenderOptions) -> list[Object]:
-    """Every child of ``lm``, in a stable order: ConfigMap, PVC, Job, Deployment, Service, ..."""
+    """Every child of ``lm``, in a stable order: ConfigMap, PVC, Job, Deployment, Service, ...
+
+    The pods pull and run the placed tier's variant (``placement.variant``)."""
+    lm = lm.serving(placement.variant)
     spec = lm.spec
     config = config_map(lm, placement)
     objects: list[Object] = [config]

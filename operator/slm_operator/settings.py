@@ -1,5 +1,5 @@
 """Operator settings, from the environment or Helm values; the accelerator catalog (catalog.py)
-is read here from the YAML file the chart mounts."""
+and the model catalog (aliases.py) are read here from the YAML files the chart mounts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from slm_operator.aliases import ModelCatalog, default_models
 from slm_operator.catalog import AcceleratorCatalog, default_catalog
 
 NETWORK_POLICY_PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
@@ -27,6 +28,11 @@ class OperatorSettings(BaseSettings):
     )
     catalog_file: str | None = Field(
         default=None, description="YAML file holding the accelerator catalog (Helm mounts it)."
+    )
+    models_file: str | None = Field(
+        default=None,
+        description="YAML file holding the model catalog, the aliases spec.model.alias names "
+        "(Helm mounts it).",
     )
     cluster_domain: str = Field(default="cluster.local")
     metrics_port: int = Field(default=9090, ge=1, le=65535)
@@ -92,6 +98,13 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()]
         return value
+
+    def load_models(self) -> ModelCatalog:
+        """The model catalog from ``models_file``, else the built-in one."""
+        if not self.models_file:
+            return default_models()
+        with open(self.models_file, encoding="utf-8") as handle:
+            return ModelCatalog.model_validate(yaml.safe_load(handle) or {})
 
     def load_catalog(self) -> AcceleratorCatalog:
         """The catalog from ``catalog_file``, else the defaults; the image override applied."""

@@ -19,11 +19,12 @@ The estimates are deliberately on the high side for models up to about 4B parame
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
-from slm_runtime.config import ModelFormat
+from slm_runtime.config import Device, ModelFormat
 
+from slm_operator.api import LocalModel
 from slm_operator.fields import quantity_value
 from slm_operator.spec import LocalModelSpec
 
@@ -120,3 +121,23 @@ def pod_resources(spec: LocalModelSpec, model_size_bytes: int | None) -> Resourc
         requests["cpu"] = str(threads) if threads is not None else DEFAULT_CPU_REQUEST
 
     return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
+
+
+def requests_by_tier(lm: LocalModel) -> Callable[[Device], dict[str, float]]:
+    """What one pod asks for on each tier, for placement: the pods of a tier run its variant,
+    sized by that variant's format and parameters, and by the pulled size once status describes
+    that variant (cpu in cores, memory in bytes)."""
+    sized: dict[Device, dict[str, float]] = {}
+
+    def requests(device: Device) -> dict[str, float]:
+        if device not in sized:
+            served = lm.serving(lm.spec.model.variant_for(device))
+            known = lm.status.model
+            size = known.size_bytes
+            if lm.spec.model.variants and known.source != served.spec.model.source:
+                size = None
+            wanted = pod_resources(served.spec, size).get("requests", {})
+            sized[device] = {name: parse_quantity(value) for name, value in wanted.items()}
+        return sized[device]
+
+    return requests

@@ -15,8 +15,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.config import JsonDict
-from slm_runtime.config import Api, Device, ModelFormat, ModelParameters
-from slm_runtime.sources import ADMISSION_FORMS, SOURCE_PATTERN, infer_format, parse_source
+from slm_runtime.config import Api, Device, ModelParameters
 
 from slm_operator.fields import (
     Annotations,
@@ -31,7 +30,8 @@ from slm_operator.fields import (
     cel,
     quantity_value,
 )
-from slm_operator.names import DNS1035_PATTERN, SHA256_PATTERN
+from slm_operator.names import DNS1035_PATTERN
+from slm_operator.variants import ModelSpec, missing_tiers
 
 # --- spec -------------------------------------------------------------------------------------
 
@@ -66,96 +66,6 @@ class PullPolicy(StrEnum):
     ALWAYS = "Always"
     IF_NOT_PRESENT = "IfNotPresent"
     NEVER = "Never"
-
-
-_INFERABLE = "^[^?]*[.]([gG][gG][uU][fF]|[oO][nN][nN][xX])([?].*)?$"
-
-
-class ModelSpec(ApiModel):
-    """Which model to serve and how to verify it."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!self.source.startsWith('http://') || "
-                    "(has(self.allowInsecure) && self.allowInsecure)",
-                    "spec.model.source: http:// is only allowed with allowInsecure: true; "
-                    "use https://",
-                    ".source",
-                ),
-                *(
-                    cel(
-                        f"!self.source.startsWith('{prefix}') || self.source.matches('{regex}')",
-                        f"spec.model.source must have the form {form}",
-                        ".source",
-                    )
-                    for prefix, regex, form in ADMISSION_FORMS
-                ),
-                cel(
-                    "has(self.format) || self.source.startsWith('ollama://') || "
-                    f"(!self.source.startsWith('oci://') && self.source.matches('{_INFERABLE}'))",
-                    "spec.model.format is needed: the source does not end in .gguf or .onnx "
-                    "(an oci:// source never shows it); set format to gguf or onnx",
-                    ".format",
-                ),
-            ]
-        }
-    )
-
-    source: str = Field(
-        min_length=1,
-        max_length=2048,
-        pattern=SOURCE_PATTERN,
-        description="Where the model comes from: hf://ORG/REPO[@REV]/PATH, "
-        "ollama://[HOST/][NAMESPACE/]MODEL:TAG, oci://HOST[:PORT]/REPO(:TAG|@sha256:HEX), "
-        "https://URL, pvc://CLAIM/PATH (already on a PVC: verify only) or file:///PATH "
-        "(inside the runtime image: verify only).",
-    )
-    format: ModelFormat | None = Field(
-        default=None,
-        description="gguf (llama.cpp) or onnx (ONNX Runtime GenAI); inferred from the source "
-        "when omitted.",
-    )
-    sha256: str | None = Field(
-        default=None,
-        pattern=SHA256_PATTERN,
-        description="Integrity pin, 64 lowercase hex: the file's digest, or for a folder model "
-        "the digest of its manifest (the sorted `sha256sum` lines of its files). A mismatch "
-        "fails the pull.",
-    )
-    credentials_secret: ObjectName | None = Field(
-        default=None,
-        description="Secret in the same namespace with key `token` (hf, https bearer, oci "
-        "bearer) or `username`/`password` (oci basic). Exposed to the pull container only.",
-    )
-    allow_insecure: bool = Field(
-        default=False, description="Allow a plain http:// source (integrity still verified)."
-    )
-
-    @field_validator("source")
-    @classmethod
-    def _source_parses(cls, value: str) -> str:
-        parse_source(value, allow_insecure=True)
-        return value
-
-    @model_validator(mode="after")
-    def _insecure_needs_opt_in(self) -> ModelSpec:
-        if self.source.startswith("http://") and not self.allow_insecure:
-            raise ValueError("an http:// source needs allowInsecure: true; use https://")
-        return self
-
-    def resolved_format(self) -> ModelFormat:
-        """The model format: the one given, else inferred from the source."""
-        if self.format is not None:
-            return self.format
-        inferred = infer_format(parse_source(self.source, allow_insecure=True))
-        if inferred is None:
-            raise ValueError(
-                f"cannot infer the model format from source {self.source!r}; "
-                "set spec.model.format to gguf or onnx"
-            )
-        return inferred
 
 
 class CacheSpec(ApiModel):
@@ -545,6 +455,24 @@ class RuntimeSpec(ApiModel):
     )
 
 
+def _implied_fallback(preferred: str) -> str:
+    """CEL: the tiers below ``preferred`` in the device order (the fallback when omitted)."""
+    order = list(Device)
+    expression = "[]"
+    for index in reversed(range(len(order) - 1)):
+        below = ", ".join(f"'{d.value}'" for d in order[index + 1 :])
+        expression = f"({preferred} == '{order[index].value}' ? [{below}] : {expression})"
+    return expression
+
+
+_OCI_DIGEST = "({s}.startsWith('oci://') && {s}.contains('@sha256:'))"
+_TIERS_NEED_VARIANTS = (
+    "spec.model.variants: every tier in spec.hardware.preferred and fallback needs a variant "
+    "(with fallback omitted, the tiers below preferred are its fallback); add the tier to a "
+    "variant's tiers, or set spec.hardware to the tiers your variants serve."
+)
+
+
 class LocalModelSpec(ApiModel):
     """The desired state of a LocalModel."""
 
@@ -552,12 +480,22 @@ class LocalModelSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.cache.mode != 'Image' || (self.model.source.startsWith('oci://') "
-                    "&& self.model.source.contains('@sha256:'))",
+                    "self.cache.mode != 'Image' || (has(self.model.source) ? "
+                    f"{_OCI_DIGEST.format(s='self.model.source')} : "
+                    f"(has(self.model.variants) && self.model.variants.all(v, "
+                    f"{_OCI_DIGEST.format(s='v.source')})))",
                     "spec.cache.mode Image needs an oci:// source pinned by digest "
-                    "(oci://HOST/REPO@sha256:HEX)",
+                    "(oci://HOST/REPO@sha256:HEX) for the model and each of its variants",
                     ".cache.mode",
-                )
+                ),
+                cel(
+                    f"!has(self.model.variants) || ([self.hardware.preferred] + "
+                    f"(has(self.hardware.fallback) ? self.hardware.fallback : "
+                    f"{_implied_fallback('self.hardware.preferred')})).all(t, "
+                    "self.model.variants.exists(v, t in v.tiers))",
+                    _TIERS_NEED_VARIANTS,
+                    ".model.variants",
+                ),
             ]
         }
     )
@@ -587,11 +525,22 @@ class LocalModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _image_mode_needs_digest(self) -> LocalModelSpec:
-        if self.cache.mode is CacheMode.IMAGE and not (
-            self.model.source.startswith("oci://") and "@sha256:" in self.model.source
+        if self.cache.mode is CacheMode.IMAGE and not all(
+            v.source.startswith("oci://") and "@sha256:" in v.source
+            for v in self.model.served_variants()
         ):
             raise ValueError(
                 "cache.mode Image needs an oci:// source pinned by digest "
-                "(oci://HOST/REPO@sha256:HEX)"
+                "(oci://HOST/REPO@sha256:HEX) for the model and each of its variants"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tiers_have_variants(self) -> LocalModelSpec:
+        if self.model.variants and (missing := missing_tiers(self.model, self.hardware.tiers())):
+            raise ValueError(
+                f"{_TIERS_NEED_VARIANTS.removeprefix('spec.').removesuffix('.')} (no variant "
+                "serves "
+                f"{', '.join(t.value for t in missing)})"
             )
         return self

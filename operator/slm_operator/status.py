@@ -188,7 +188,7 @@ def compute_status(
         backend=_serving_device(live, placed, old),
         placed_tier=placed,
         fallback_reason=_fallback_reason(spec, placement, old),
-        model=_model_status(lm, model),
+        model=_model_status(lm, model, placement),
         replicas=(deployment.replicas if deployment else 0) if seen else old.replicas,
         ready_replicas=ready if seen else old.ready_replicas,
         selector=selector or selector_string(lm),
@@ -353,18 +353,25 @@ def _condition(
     )
 
 
-def _model_status(lm: LocalModel, model: ModelState) -> ModelStatus:
+def _model_status(lm: LocalModel, model: ModelState, placement: Placement | None) -> ModelStatus:
     old = lm.status.model
-    same_source = old.source == lm.spec.model.source
+    source = lm.spec.model.source
+    same_source = old.source == source
     digest = model.digest or (old.digest if same_source else None)
     size = model.size_bytes
     if size is None and same_source and digest == old.digest:
         size = old.size_bytes
+    if placement is not None:
+        variant = placement.variant.name if placement.variant is not None else None
+    else:
+        variant = old.variant if same_source else None
     return ModelStatus(
         digest=digest,
         size_bytes=size,
         progress=model.progress if model.state == "pulling" else None,
-        source=lm.spec.model.source,
+        source=source,
+        format=lm.spec.model.resolved_format() if source is not None else None,
+        variant=variant,
     )
 
 
@@ -436,3 +443,23 @@ def runtime_fallback(old: LocalModelStatus | None, new: LocalModelStatus) -> str
 
     now = fell_back(new)
     return now.message if now is not None and fell_back(old) is None else None
+
+
+VARIANT_SELECTED: Final = "VariantSelected"
+"""The reason of the Event that says which variant a model serves, and why."""
+
+
+def variant_choice(
+    old: LocalModelStatus | None, new: LocalModelStatus, placement: Placement
+) -> str | None:
+    """The Event message when ``new`` is the first status naming its variant, else None."""
+    model = new.model
+    if model.variant is None or (old is not None and old.model.variant == model.variant):
+        return None
+    fmt = f"{model.format.value} " if model.format is not None else ""
+    tier = placement.device.value
+    if placement.reason is Reason.PLACED:
+        why = f"{tier} is the preferred tier and has room"
+    else:
+        why = new.fallback_reason or placement.reason.value
+    return clip(f"serving variant {model.variant} ({fmt}{model.source}) on {tier}: {why}")

@@ -169,7 +169,7 @@ def _pull_container(
         "image": pull_image,
         "imagePullPolicy": spec.runtime.image_pull_policy.value,
         "command": pull_command(
-            spec.model.source,
+            spec.model.served_source,
             MODELS_DIR,
             spec.model.sha256,
             spec.model.resolved_format().value,

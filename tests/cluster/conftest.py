@@ -490,3 +490,58 @@ def model_server(cluster: Cluster, gemma_gguf: Path) -> Iterator[str]:
     """A plain HTTP server on node-0's gateway serving the Gemma GGUF to pods."""
     with file_server(gemma_gguf) as url:
         yield url
+
+
+@pytest.fixture
+def npu_on_the_real_node(cluster: Cluster) -> Iterator[str]:
+    """node-0 advertises one fake intel.com/npu, by a node status patch (how any extended
+    resource is advertised; the kubelet keeps resources it does not manage); the patch is
+    undone afterwards."""
+
+    def advertise(count: str | None) -> None:
+        resources = {"intel.com/npu": count}
+        patch = {"status": {"capacity": resources, "allocatable": resources}}
+        cluster.kubectl(
+            "patch", "node", REAL_NODE, "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+
+    advertise("1")
+    try:
+        yield REAL_NODE
+    finally:
+        advertise(None)
+
+
+def hold_device(cluster: Cluster, namespace: str, node: str, resource: str) -> str:
+    """Take ``node``'s one ``resource`` with a pod that never runs (its image is never pulled:
+    the scheduler counts its request all the same); returns the pod's name."""
+    name = f"{resource.split('/')[-1]}-hog"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": [KWOK_TOLERATION],
+                "containers": [
+                    {
+                        "name": "hog",
+                        "image": "hog",
+                        "imagePullPolicy": "Never",
+                        "resources": {"limits": {resource: "1"}},
+                    }
+                ],
+            },
+        },
+        namespace,
+    )
+    from .pods import wait_until  # pods imports this module
+
+    wait_until(
+        f"{resource} on {node} to be taken",
+        lambda: cluster.get("pod", name, namespace).get("spec", {}).get("nodeName"),
+        timeout=30,
+    )
+    return name

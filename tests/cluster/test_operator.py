@@ -35,6 +35,7 @@ from .conftest import (
     TINY_ONNX,
     VERSIONS,
     Cluster,
+    hold_device,
 )
 from .operator_run import InClusterOperator, wait_for, writes_by
 
@@ -195,31 +196,7 @@ def test_full_gpu_steps_down_to_cpu_after_fallback_after(
     cluster: Cluster, operator: InClusterOperator, namespace: str
 ) -> None:
     # Occupy the only GPU, then ask for one.
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "gpu-hog"},
-            "spec": {
-                "nodeSelector": {"kubernetes.io/hostname": "gpu-0"},
-                "tolerations": [KWOK_TOLERATION],
-                "containers": [
-                    {
-                        "name": "hog",
-                        "image": "hog",
-                        "command": ["hog"],
-                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                    }
-                ],
-            },
-        },
-        namespace,
-    )
-    wait_for(
-        lambda: cluster.get("pod", "gpu-hog", namespace).get("spec", {}).get("nodeName"),
-        timeout=30,
-        what="the GPU to be taken",
-    )
+    hold_device(cluster, namespace, "gpu-0", "nvidia.com/gpu")
     cluster.apply(
         localmodel(
             "gpu-first", hardware={"preferred": "gpu", "fallback": ["cpu"], "fallbackAfter": "3s"}
@@ -517,27 +494,6 @@ def test_available_during_a_first_pull_waits_for_a_replica_that_answers(
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["response"].strip()
-
-
-@pytest.fixture
-def npu_on_the_real_node(cluster: Cluster) -> Iterator[str]:
-    """node-0 advertises one fake intel.com/npu, by a node status patch (how any extended
-    resource is advertised; the kubelet keeps resources it does not manage); the patch is
-    undone afterwards."""
-
-    def advertise(count: str | None) -> None:
-        resources = {"intel.com/npu": count}
-        patch = {"status": {"capacity": resources, "allocatable": resources}}
-        cluster.kubectl(
-            "patch", "node", REAL_NODE, "--subresource=status", "--type=merge",
-            "-p", json.dumps(patch),
-        )  # fmt: skip
-
-    advertise("1")
-    try:
-        yield REAL_NODE
-    finally:
-        advertise(None)
 
 
 def test_status_shows_the_placed_tier_and_the_device_the_runtime_serves_on(

@@ -11,6 +11,7 @@ resource checks, and Pod Security "restricted"; the ConfigMap round-trips to the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import assume, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
+from slm_operator.aliases import default_models, with_alias
 from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
 from slm_operator.catalog import AcceleratorCatalog, default_catalog
 from slm_operator.children import RenderOptions, runtime_config
@@ -62,9 +64,11 @@ def parse_or_none(body: Mapping[str, Any]) -> LocalModel | None:
     return None
 
 
-def pod_requests(lm: LocalModel) -> dict[str, float]:
-    """The server's requests as numbers, as the reconciler passes them to place()."""
-    requests = pod_resources(lm.spec, lm.status.model.size_bytes)["requests"]
+def pod_requests(lm: LocalModel, device: Device) -> dict[str, float]:
+    """The server's requests on ``device`` as numbers (its variant's pods), as the reconciler
+    passes them to place()."""
+    served = lm.serving(lm.spec.model.variant_for(device))
+    requests = pod_resources(served.spec, lm.status.model.size_bytes)["requests"]
     return {name: parse_quantity(value) for name, value in requests.items()}
 
 
@@ -97,12 +101,15 @@ def tier_fits(
     device: Device,
     nodes: Sequence[NodeInfo],
     catalog: AcceleratorCatalog,
-    requests: Mapping[str, float],
 ) -> bool:
-    """Whether any servable option of the tier fits on any node."""
+    """Whether any option of the tier that serves its variant's format fits on any node."""
     tier = catalog.tier(device)
-    model_format = lm.spec.model.resolved_format()
+    variant = lm.spec.model.variant_for(device)
+    if variant is None:
+        return False
+    model_format = variant.resolved_format()
     scheduling = lm.spec.scheduling
+    requests = pod_requests(lm, device)
     return tier is not None and any(
         fits(
             n,
@@ -123,8 +130,7 @@ def check_placement(
 ) -> None:
     """Placement agrees with the oracle: the first tier that fits wins, else the last servable."""
     tiers = lm.spec.hardware.tiers()
-    requests = pod_requests(lm)
-    fitting = [d for d in tiers if tier_fits(lm, d, nodes, catalog, requests)]
+    fitting = [d for d in tiers if tier_fits(lm, d, nodes, catalog)]
     assert placement.device in tiers
     assert placement.devices[0] is placement.device
     assert len(set(placement.devices)) == len(placement.devices)
@@ -174,15 +180,28 @@ def pipeline(
     if lm is None:
         return
     try:
-        placement = place(lm.spec, nodes, catalog, pod_requests=pod_requests(lm))
+        lm = with_alias(lm, default_models())
+    except InvalidSpecError as exc:
+        refusal = str(exc)
+    else:
+        refusal = None
+    if refusal is not None:
+        assert refusal.startswith(("spec.model.alias: ", "spec.cache.mode: ")), refusal
+        return
+    try:
+        placement = place(lm.spec, nodes, catalog, pod_requests=functools.partial(pod_requests, lm))
     except NoServableTier as exc:
         refusal = str(exc)
         assert refusal.startswith("no tier in"), refusal
         return
     check_placement(lm, placement, nodes, catalog)
     event("placed", f"{placement.device.value} {placement.reason.value}")
+    if placement.variant is not None:
+        assert placement.variant == lm.spec.model.variant_for(placement.device)
+        assert set(placement.devices) <= set(placement.variant.tiers)
+        event("variant", placement.variant.resolved_format().value)
     objects = render(lm, placement, options)
-    check_objects(lm, placement, objects)
+    check_objects(lm.serving(placement.variant), placement, objects)
     assert render(lm, placement, options) == objects, "rendering is not deterministic"
     jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
     # The reconcile names the pull Job before it decides the size and the hold: those must not

@@ -252,6 +252,17 @@ def test_onnx_generates_with_num_thread_threads(server_factory: Factory) -> None
     assert threads(4) - threads(1) >= 3
 
 
+def serve_once(config: Path) -> subprocess.CompletedProcess[str]:
+    """``slm_runtime.cli serve`` with ``config``, for a server that must exit on its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "slm_runtime.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_no_usable_device_exits_with_the_reason(gemma_gguf: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -259,16 +270,60 @@ def test_no_usable_device_exits_with_the_reason(gemma_gguf: Path, tmp_path: Path
             {**gemma_config(gemma_gguf, devices=["npu"]), "port": free_port(), "host": "127.0.0.1"}
         )
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "slm_runtime.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_once(config)
     assert done.returncode != 0
     assert "no configured device could load the model" in done.stderr
     assert "llama.cpp has no NPU backend" in done.stderr
+
+
+def test_an_onnx_variant_for_the_npu_alone_exits_with_the_engines_message(tmp_path: Path) -> None:
+    """The operator gives an NPU-only variant no lower device (its GGUF sibling serves those
+    tiers): with no NPU here, ONNX Runtime GenAI's OpenVINO provider says why and the server
+    exits instead of serving the NPU build on a device it was not given."""
+    from slm_operator.api import parse_localmodel
+    from slm_operator.catalog import default_catalog
+    from slm_operator.children import runtime_config
+    from slm_operator.place import place
+    from slm_operator.summary import NodeInfo
+
+    lm = parse_localmodel(
+        {
+            "metadata": {"name": "tiny"},
+            "spec": {
+                "model": {
+                    "variants": [
+                        {"name": "npu", "tiers": ["npu"], "source": f"file://{TINY_ONNX}",
+                         "format": "onnx"},
+                        {"name": "cpu", "tiers": ["cpu"], "source": "file:///m/tiny.gguf"},
+                    ]
+                },
+                "hardware": {"preferred": "npu", "fallback": ["cpu"]},
+            },
+        }
+    )  # fmt: skip
+    npu_node = NodeInfo(name="n", allocatable={"cpu": 4.0, "memory": 8e9, "intel.com/npu": 1.0})
+    placement = place(lm.spec, [npu_node], default_catalog())
+    assert placement.device is Device.NPU
+    rendered = runtime_config(lm.serving(placement.variant), placement)
+    assert rendered.devices == [Device.NPU]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **onnx_config(devices=["npu"], openvinoDevice=rendered.openvino_device),
+                "port": free_port(),
+                "host": "127.0.0.1",
+            }
+        )
+    )
+    done = serve_once(config)
+    assert done.returncode != 0
+    last = json.loads(done.stderr.strip().splitlines()[-1])["message"]
+    assert last.startswith(
+        "the model could not be loaded: no configured device could load the model (npu: "
+        "OpenVINO finds no NPU device"
+    ), last
+    assert "cpu:" not in last  # only the device the variant was given
 
 
 def test_environment_variables_alone_configure_the_server(gemma_gguf: Path, tmp_path: Path) -> None:

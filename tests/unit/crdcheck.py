@@ -145,6 +145,33 @@ def schema_errors(obj: Any, *, strict: bool = True) -> list[CrdError]:
             errors.append(CrdError(at, error.message))
             continue
         errors += [CrdError(_child_path(at, n), error.message) for n in names]
+    return errors + _duplicate_keys(obj, open_api_schema(), "")
+
+
+def _duplicate_keys(value: Any, schema: Schema, path: str) -> list[CrdError]:
+    """Items of an ``x-kubernetes-list-type: map`` list that repeat its keys (the API server's
+    `Duplicate value`), at any depth."""
+    errors: list[CrdError] = []
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key)
+            if sub is None and isinstance(extra, dict):
+                sub = extra
+            if sub:
+                errors += _duplicate_keys(item, sub, _child_path(path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        seen: set[tuple[Any, ...]] = set()
+        for index, item in enumerate(value):
+            at = _child_path(path, index)
+            if schema.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
+                key = tuple(item.get(k) for k in keys)
+                if key in seen:
+                    value = dict(zip(keys, key, strict=True))
+                    errors.append(CrdError(at, f"Duplicate value: {value}"))
+                seen.add(key)
+            errors += _duplicate_keys(item, schema["items"], at)
     return errors
 
 

@@ -47,7 +47,9 @@ def _at(path: str) -> Schema:
     """The schema node at a dotted path such as ``.spec.serving.replicas``."""
     node = open_api_schema()
     for name in path.strip(".").split("."):
-        node = node["properties"][name]
+        node = node["properties"][name.removesuffix("[*]")]
+        if name.endswith("[*]"):
+            node = node["items"]
     return node
 
 
@@ -123,7 +125,7 @@ def test_subresources(version: dict[str, Any]) -> None:
 def test_printer_columns(version: dict[str, Any]) -> None:
     columns = version["additionalPrinterColumns"]
     default_columns = [c["name"].upper() for c in columns if not c.get("priority")]
-    assert default_columns == ["MODEL", "BACKEND", "READY", "PHASE", "AGE"]
+    assert default_columns == ["MODEL", "VARIANT", "BACKEND", "READY", "PHASE", "AGE"]
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             assert column["type"] == "date"
@@ -237,8 +239,13 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
     assert rules == {
         ("", None),
         ("spec", ".cache.mode"),
+        ("spec", ".model.variants"),
+        ("spec.model", None),
         ("spec.model", ".source"),
         ("spec.model", ".format"),
+        ("spec.model", ".variants"),
+        ("spec.model.variants[*]", ".source"),
+        ("spec.model.variants[*]", ".format"),
         ("spec.hardware", ".fallback"),
         ("spec.autoscaling", ".minReplicas"),
         ("spec.serving.inferencePool", ".endpointPickerRef"),

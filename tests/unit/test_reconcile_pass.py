@@ -35,9 +35,12 @@ class RecordingKube:
     def __init__(self) -> None:
         self.writes: list[tuple[str, str]] = []
         self.status: list[Mapping[str, Any]] = []
+        self.sent: dict[str, Mapping[str, Any]] = {}
+        """The last object applied or created, by kind."""
 
     def _answer(self, verb: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append((verb, obj["kind"]))
+        self.sent[obj["kind"]] = obj
         meta = {**obj["metadata"], "resourceVersion": str(len(self.writes)), "uid": "u"}
         return {**obj, "metadata": meta}
 
@@ -182,3 +185,44 @@ def test_the_queue_folds_triggers_and_forgets_a_timer() -> None:
     assert queue.pending(KEY)
     queue.forget(KEY)
     assert not queue.pending(KEY)
+
+
+def alias_model(alias: str, **spec: Any) -> dict[str, Any]:
+    body = localmodel()
+    body["spec"] = {"model": {"alias": alias}, **spec}
+    return body
+
+
+def test_an_alias_missing_from_the_catalog_fails_naming_spec_model_alias() -> None:
+    body = alias_model("phi-5")
+    rec, kube = reconciler(body)
+
+    with pytest.raises(reconcile.InvalidSpecError):
+        rec.reconcile(body, cause="created")
+
+    (patch,) = kube.status
+    status = patch["status"]
+    assert status["phase"] == "Failed"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert ready["message"].startswith("spec.model.alias: phi-5 is not in the operator's model")
+    assert "phi-4-mini" in ready["message"]
+    assert [w for w in kube.writes if w[0] in ("apply", "create")] == []
+
+
+def test_an_alias_serves_the_catalogs_variant_for_the_placed_tier() -> None:
+    """On a CPU-only cluster the phi-4-mini alias skips the NPU (no node offers one) and the GPU,
+    and the pods pull and run its GGUF variant; status and an Event name it."""
+    body = alias_model("phi-4-mini")
+    rec, kube = reconciler(body)
+    rec.reconcile(body, cause="created")
+    config = kube.sent["ConfigMap"]["data"]["config.yaml"]
+    assert "source: hf://unsloth/Phi-4-mini-instruct-GGUF/Phi-4-mini-instruct-Q4_K_M.gguf" in config
+    status = rec.reconcile(body, cause="applied")
+    assert status.placed_tier is not None
+    assert status.placed_tier.value == "cpu"
+    assert status.model.variant == "gguf-q4-k-m"
+    assert status.model.source == (
+        "hf://unsloth/Phi-4-mini-instruct-GGUF/Phi-4-mini-instruct-Q4_K_M.gguf"
+    )
+    assert ("event", "Event") in kube.writes

@@ -77,7 +77,8 @@ def test_rows_show_type_default_and_constraints() -> None:
         in (rows["spec.serving.apis"])
     )
     assert "| number | - | > 0.0; ≤ 1.0 |" in rows["spec.parameters.topP"]
-    assert "required; length 1 to 2048; scheme `hf`" in rows["spec.model.source"]
+    assert "| string | - | length 1 to 2048; scheme `hf`" in rows["spec.model.source"]
+    assert "required; length 1 to 2048; scheme `hf`" in rows["spec.model.variants[].source"]
     assert "64 lowercase hex characters" in rows["spec.model.sha256"]
     assert "| `80` | 1 to 100; `null` allowed |" in rows["spec.autoscaling.targetCpuUtilization"]
     assert "[object](#specserving)" in rows["spec.serving"]

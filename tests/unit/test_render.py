@@ -86,7 +86,11 @@ GPU = Placement(
     runtime_class_name="nvidia",
     devices=(Device.GPU, Device.CPU),
 )
-EXAMPLE_PLACEMENTS = {"gemma3-270m": CPU, "phi4-mini-onnx": NPU, "qwen2.5-ollama": GPU}
+EXAMPLE_PLACEMENTS = {
+    "gemma3-270m": CPU,
+    "phi4-mini-onnx": NPU,
+    "qwen2.5-ollama": GPU,
+}
 
 OCI_SOURCE = "oci://registry.example.com/models/gemma3@sha256:" + "ab" * 32
 
@@ -112,6 +116,17 @@ def example(name: str, patch: Mapping[str, Any] | None = None) -> LocalModel:
     if patch:
         body = _merge(body, {"spec": patch})
     return parse_localmodel(body)
+
+
+def variant_placement(name: str, placement: Placement) -> Placement:
+    """``placement`` running the example's variant for its tier, as ``place`` sets it."""
+    return dataclasses.replace(
+        placement, variant=example(name).spec.model.variant_for(placement.device)
+    )
+
+
+# The GGUF variant on the GPU tier (its ONNX NPU variant is rendered in test_variants below).
+EXAMPLE_PLACEMENTS["phi4-mini-variants"] = variant_placement("phi4-mini-variants", GPU)
 
 
 class _GoldenDumper(yaml.SafeDumper):

@@ -37,8 +37,13 @@ def test_every_scheme_the_crd_admits_is_a_source_type() -> None:
     source = model["properties"]["source"]
     assert source["pattern"] == SOURCE_PATTERN
     rules = {rule["rule"] for rule in model["x-kubernetes-validations"]}
+    variant = model["properties"]["variants"]["items"]
+    assert variant["properties"]["source"]["pattern"] == SOURCE_PATTERN
+    variant_rules = {rule["rule"] for rule in variant["x-kubernetes-validations"]}
     for prefix, regex, _ in (t.admission for t in SOURCE_TYPES):
-        assert f"!self.source.startsWith('{prefix}') || self.source.matches('{regex}')" in rules
+        rule = f"!self.source.startsWith('{prefix}') || self.source.matches('{regex}')"
+        assert f"!has(self.source) || {rule}" in rules
+        assert rule in variant_rules
     assert set(EXAMPLE) == set(SOURCE_SCHEMES)
     for scheme, text in EXAMPLE.items():
         assert re.fullmatch(SOURCE_PATTERN, text)
