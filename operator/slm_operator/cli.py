@@ -1,7 +1,7 @@
 """slmctl: create, import, list, inspect and chat with LocalModels from the command line.
 
 The commands and the parser; ``cli_cluster`` (the API server), ``cli_output`` (tables,
-describe) and ``cli_chat`` (chat) hold the rest."""
+describe), ``cli_catalog`` (the model catalog) and ``cli_chat`` (chat) hold the rest."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ from slm_runtime.sources import FORMS
 
 from slm_operator import modelfile
 from slm_operator.api import InvalidSpecError, parse_localmodel
+from slm_operator.cli_catalog import (
+    add_catalog_parser,
+    add_operator_namespace,
+    alias_refusal,
+    built_in,
+    read_catalogs,
+)
 from slm_operator.cli_chat import ENV_TOKEN, cmd_chat
 from slm_operator.cli_cluster import FIELD_MANAGER, CliError, Cluster, Object, connect
 from slm_operator.cli_output import _failure, _phase, describe, dump, list_table
@@ -31,6 +38,7 @@ from slm_operator.names import (
     KIND,
     NAME_MAX_LENGTH,
 )
+from slm_operator.variants import ALIAS_PATTERN
 
 ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
@@ -39,29 +47,73 @@ HF_DEFAULT_ENDPOINT: Final = "https://huggingface.co"
 
 def build_localmodel(args: argparse.Namespace, namespace: str | None) -> Object:
     """The LocalModel ``slmctl run`` sends: only the fields the user set, validated first."""
-    if not re.fullmatch(DNS1035_PATTERN, args.name) or len(args.name) > NAME_MAX_LENGTH:
-        raise CliError(
-            f"invalid name {args.name!r}: use lowercase letters, digits and '-', starting with a "
-            f"letter, at most {NAME_MAX_LENGTH} characters"
-        )
+    name, model = _name_and_model(args)
+    if not re.fullmatch(DNS1035_PATTERN, name) or len(name) > NAME_MAX_LENGTH:
+        raise CliError(f"invalid name {name!r}: {_NAME_RULE}")
     tiers = [t.strip() for t in args.hardware.split(",") if t.strip()] if args.hardware else []
-    model: Object = {"source": args.source}
-    for key, value in (("format", args.format), ("sha256", args.sha256)):
-        if value:
-            model[key] = value
-    if args.source.startswith("http://"):
-        model["allowInsecure"] = True
     spec: Object = {"model": model}
     if tiers:
         spec["hardware"] = {"preferred": tiers[0], "fallback": tiers[1:]}
     if args.replicas is not None:
         spec["serving"] = {"replicas": args.replicas}
-    metadata: Object = {"name": args.name}
+    metadata: Object = {"name": name}
     if namespace:
         metadata["namespace"] = namespace
     body: Object = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
     _validate(body)
     return body
+
+
+_NAME_RULE: Final = (
+    f"use lowercase letters, digits and '-', starting with a letter, at most {NAME_MAX_LENGTH} "
+    "characters"
+)
+
+
+def _name_and_model(args: argparse.Namespace) -> tuple[str, Object]:
+    """The LocalModel's name and spec.model from NAME, --source and --alias: NAME alone is an
+    alias, and an alias without NAME names the LocalModel."""
+    name, alias = args.name, args.alias
+    if args.source is None and alias is None:
+        if name is None:
+            raise CliError(
+                "give the model: slmctl run ALIAS, slmctl run NAME --alias ALIAS or slmctl run "
+                "NAME --source SOURCE (slmctl catalog lists the aliases)"
+            )
+        if not re.fullmatch(ALIAS_PATTERN, name):
+            raise CliError(
+                f"{name!r} is not a model alias (lowercase letters, digits, '.', '_' and '-'); "
+                "to run a model by its source: slmctl run NAME --source SOURCE"
+            )
+        name, alias = None, name
+    if args.source is not None:
+        if name is None:
+            raise CliError("give the LocalModel a NAME: slmctl run NAME --source SOURCE")
+        model: Object = {"source": args.source}
+        for key, value in (("format", args.format), ("sha256", args.sha256)):
+            if value:
+                model[key] = value
+        if args.source.startswith("http://"):
+            model["allowInsecure"] = True
+        return name, model
+    if args.format or args.sha256:
+        raise CliError(
+            "--format and --sha256 describe --source; an alias's variants carry their own "
+            "(see: slmctl catalog)"
+        )
+    return name or alias_name(alias), {"alias": alias}
+
+
+def alias_name(alias: str) -> str:
+    """The LocalModel name for an alias run without NAME: the alias with '.' and '_' as '-'
+    (``qwen2.5-0.5b`` -> ``qwen2-5-0-5b``)."""
+    name = re.sub(r"[._]", "-", alias)
+    if not re.fullmatch(DNS1035_PATTERN, name) or len(name) > NAME_MAX_LENGTH:
+        raise CliError(
+            f"alias {alias!r} does not make a LocalModel name ({_NAME_RULE}); give one: "
+            f"slmctl run NAME --alias {alias}"
+        )
+    return name
 
 
 def _validate(body: Mapping[str, Any]) -> None:
@@ -73,15 +125,27 @@ def _validate(body: Mapping[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Create or update a LocalModel with server-side apply."""
+    body = build_localmodel(args, args.namespace)
+    name, alias = body["metadata"]["name"], body["spec"]["model"].get("alias")
+    if name != (args.name or alias):
+        print(
+            f"note: {alias!r} is not a LocalModel name; naming it {name!r} (choose another with: "
+            f"slmctl run NAME --alias {alias})",
+            file=sys.stderr,
+        )
     if args.dry_run:
-        print(dump(build_localmodel(args, args.namespace), args.output or "yaml"), end="")
+        if alias:
+            _check_alias_offline(args, alias)
+        print(dump(body, args.output or "yaml"), end="")
         return 0
     cluster = connect(args)
     body = build_localmodel(args, cluster.namespace)
+    if alias:
+        _check_alias(cluster, args, alias)
     applied = cluster.call(
         "PATCH",
         cluster.namespace,
-        args.name,
+        name,
         body=body,
         query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         content_type="application/apply-patch+yaml",
@@ -89,12 +153,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         print(dump(applied, args.output), end="")
     else:
-        print(f"localmodel.{GROUP}/{args.name} applied in namespace {cluster.namespace}")
+        print(f"localmodel.{GROUP}/{name} applied in namespace {cluster.namespace}")
         if args.wait is None:
-            print(f"watch it with: slmctl status {args.name} -n {cluster.namespace}")
+            print(f"watch it with: slmctl status {name} -n {cluster.namespace}")
     if args.wait is not None:
-        wait_ready(cluster, args.name, args.wait)
+        wait_ready(cluster, name, args.wait)
     return 0
+
+
+def _check_alias(cluster: Cluster, args: argparse.Namespace, alias: str) -> None:
+    """Refuse an alias the operator's catalog lacks; one that cannot be read is not checked
+    (the operator fails the LocalModel then)."""
+    catalogs = read_catalogs(cluster, args.operator_namespace)
+    if catalogs.configmap is None:
+        print(
+            f"warning: alias {alias!r} not checked: {catalogs.note}; the operator fails the "
+            "LocalModel if its catalog lacks it",
+            file=sys.stderr,
+        )
+        return
+    if catalogs.note:
+        print(f"note: {catalogs.note}", file=sys.stderr)
+    if refusal := alias_refusal(alias, catalogs):
+        raise CliError(refusal)
+
+
+def _check_alias_offline(args: argparse.Namespace, alias: str) -> None:
+    """``--dry-run``: check the alias against the cluster's catalog when it can be read, else
+    against the built-in one."""
+    try:
+        catalogs = read_catalogs(connect(args), args.operator_namespace)
+    except CliError as exc:
+        catalogs = built_in(str(exc))
+    if catalogs.configmap is None:
+        print(f"note: alias checked against the built-in catalog: {catalogs.note}", file=sys.stderr)
+    if refusal := alias_refusal(alias, catalogs):
+        raise CliError(refusal)
 
 
 def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
@@ -254,15 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="create or update a LocalModel")
-    run.add_argument("name", help="LocalModel name (DNS-1035 label)")
     run.add_argument(
-        "--source",
-        required=True,
-        help=f"the model: {FORMS}",
+        "name",
+        nargs="?",
+        help="LocalModel name (DNS-1035 label); given alone, the alias to run, which also names "
+        "the LocalModel ('.' and '_' become '-')",
+    )
+    model = run.add_mutually_exclusive_group()
+    model.add_argument("--source", help=f"the model: {FORMS}")
+    model.add_argument(
+        "--alias", help="a model in the operator's catalog (slmctl catalog), e.g. phi-4-mini"
     )
     run.add_argument("--hardware", type=_tiers, help="tiers in order, e.g. npu,gpu,cpu or cpu")
-    run.add_argument("--format", choices=[f.value for f in ModelFormat], help="model format")
-    run.add_argument("--sha256", help="pin the model's digest (64 lowercase hex)")
+    run.add_argument(
+        "--format", choices=[f.value for f in ModelFormat], help="model format (with --source)"
+    )
+    run.add_argument("--sha256", help="pin the model's digest, 64 lowercase hex (with --source)")
     run.add_argument("--replicas", type=int, help="number of pods")
     run.add_argument(
         "--wait",
@@ -274,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dry-run", action="store_true", help="print the LocalModel, send nothing")
     run.add_argument("-o", "--output", choices=["yaml", "json"], help="print the object")
+    add_operator_namespace(run)
     run.set_defaults(func=cmd_run)
 
     imp = sub.add_parser(
@@ -320,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"service proxy; ${ENV_TOKEN} is sent as the bearer token",
     )
     chat.set_defaults(func=cmd_chat)
+
+    add_catalog_parser(sub, common)
 
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])

@@ -70,7 +70,7 @@ def list_table(items: Sequence[Mapping[str, Any]], all_namespaces: bool) -> str:
         meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
         row = [
             meta["name"],
-            str((spec.get("model") or {}).get("source", "")),
+            model_name(spec.get("model") or {}),
             str(st.get("backend") or "<none>"),
             f"{st.get('readyReplicas', 0)}/{(spec.get('serving') or {}).get('replicas', 1)}",
             _phase(obj),
@@ -82,15 +82,31 @@ def list_table(items: Sequence[Mapping[str, Any]], all_namespaces: bool) -> str:
     return table(rows)
 
 
+def model_name(model: Mapping[str, Any]) -> str:
+    """What the MODEL column shows: the source, else the alias, else the variants' names."""
+    if model.get("source"):
+        return str(model["source"])
+    if model.get("alias"):
+        return str(model["alias"])
+    return ",".join(str(v.get("name", "")) for v in model.get("variants") or [])
+
+
 def describe(obj: Mapping[str, Any]) -> str:
     """The ``slmctl status`` text: phase, backend, fallback, model and pull progress, conditions."""
     meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     model, hardware = st.get("model") or {}, spec.get("hardware") or {}
+    spec_model = spec.get("model") or {}
     fields = [
         ("Name", meta["name"]),
         ("Namespace", meta.get("namespace", "")),
         ("Phase", st.get("phase") or "Pending (not yet reconciled: is the operator running?)"),
-        ("Source", (spec.get("model") or {}).get("source", "")),
+    ]
+    if spec_model.get("alias"):
+        fields.append(("Alias", spec_model["alias"]))
+    if model.get("variant"):
+        fields.append(("Variant", model["variant"]))
+    fields += [
+        ("Source", spec_model.get("source") or model.get("source") or "<none>"),
         ("Backend", st.get("backend") or "<none>"),
         ("Preferred", hardware.get("preferred", Device.NPU.value)),
     ]

@@ -21,8 +21,8 @@ from slm_operator import cli_cluster
 
 from tests.conftest import GEMMA_TEMPLATE
 
-from .conftest import KWOK_SCHEDULING, REAL_NODE_SCHEDULING, ROOT, TINY_ONNX, Cluster
-from .operator_run import InClusterOperator, wait_for
+from .conftest import KWOK_SCHEDULING, REAL_NODE, REAL_NODE_SCHEDULING, ROOT, TINY_ONNX, Cluster
+from .operator_run import SUITE_RELEASE, SYSTEM_NAMESPACE, InClusterOperator, wait_for
 
 MODELFILES = ROOT / "tests" / "data" / "modelfiles"
 
@@ -176,6 +176,54 @@ def test_failed_model_shows_its_message_and_chat_refuses(
     chat = slmctl(cluster, "chat", "broken", "-n", namespace, "-p", "hi", check=False)
     assert chat.returncode == 1
     assert chat.stderr.startswith('error: LocalModel "broken" has Failed: InvalidSpec')
+
+
+def test_catalog_shows_the_operators_aliases_and_what_the_nodes_serve_now(
+    cluster: Cluster, operator: InClusterOperator, namespace: str
+) -> None:
+    # The chart's ConfigMap in the operator's namespace, and the nodes: node-0, untainted, takes
+    # CPU pods; gpu-0 and npu-0 carry the kwok taint, which the catalog's options do not
+    # tolerate. node-0 offers intel.com/npu only while a test advertises one.
+    where = ["--operator-namespace", SYSTEM_NAMESPACE]
+    shown = slmctl(cluster, "catalog", *where, "-o", "json")
+    assert shown.stderr == ""
+    report = json.loads(shown.stdout)
+    assert report["catalog"] == f"ConfigMap {SYSTEM_NAMESPACE}/{SUITE_RELEASE}-catalog"
+    tiers = {t["tier"]: t for t in report["tiers"]}
+    assert tiers["cpu"] == {"tier": "cpu", "servableNow": True}
+    assert tiers["gpu"]["servableNow"] is False
+    assert "kwok.x-k8s.io/node" in tiers["gpu"]["reason"]
+    npu_on_node_0 = "intel.com/npu" in cluster.get("node", REAL_NODE)["status"]["allocatable"]
+    assert tiers["npu"]["servableNow"] is npu_on_node_0
+    phi = next(m for m in report["models"] if m["alias"] == "phi-4-mini")
+    assert phi["servableNow"] == [t for t in ("npu", "gpu", "cpu") if tiers[t]["servableNow"]]
+    assert [(v["name"], v["tiers"]) for v in phi["variants"]] == [
+        ("npu-onnx-int4", ["npu"]), ("gguf-q4-k-m", ["gpu", "cpu"])
+    ]  # fmt: skip
+
+    table = slmctl(cluster, "catalog", *where).stdout.splitlines()
+    now = table[0].index("SERVABLE NOW")
+    row = next(line for line in table if line.startswith("phi-4-mini "))
+    assert row[now:].split()[0] == ",".join(phi["servableNow"])
+    servable = ",".join(t for t in ("npu", "gpu", "cpu") if tiers[t]["servableNow"])
+    assert f"Servable now: {servable} (for a LocalModel without spec.scheduling)" in table
+    assert table[-1] == f"Catalog: ConfigMap {SYSTEM_NAMESPACE}/{SUITE_RELEASE}-catalog"
+
+    # run checks an alias against that catalog before sending, and what it sends is accepted.
+    unknown = slmctl(cluster, "run", "no-such-model", "-n", namespace, *where, check=False)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error: alias 'no-such-model' is not in the operator's model")
+    assert "phi-4-mini" in unknown.stderr
+    assert cluster.kubectl("get", "localmodels", "-o", "name", namespace=namespace).stdout == ""
+    manifest = slmctl(cluster, "run", "phi-4-mini", "-n", namespace, *where, "--dry-run").stdout
+    accepted = cluster.kubectl(
+        "apply", "--dry-run=server", "-o", "json", "-f", "-", input=manifest, namespace=namespace
+    )
+    # (allowInsecure: the API server's default)
+    assert json.loads(accepted.stdout)["spec"]["model"] == {
+        "alias": "phi-4-mini",
+        "allowInsecure": False,
+    }
 
 
 def test_an_api_server_without_the_crd_says_to_install_it(
