@@ -20,7 +20,7 @@ from slm_runtime.config import Device
 from slm_operator.api import InvalidSpecError, LocalModel
 from slm_operator.fields import ApiModel
 from slm_operator.spec import CacheMode
-from slm_operator.variants import ALIAS_PATTERN, ModelVariant
+from slm_operator.variants import ALIAS_PATTERN, ModelVariant, pinned_oci
 
 UNPINNED: Final = "Not pinned: no sha256 was computed from these files."
 
@@ -99,7 +99,7 @@ def with_alias(lm: LocalModel, catalog: ModelCatalog) -> LocalModel:
     if entry is None:
         raise InvalidSpecError(unknown_alias(model.alias, catalog))
     if lm.spec.cache.mode is CacheMode.IMAGE and not all(
-        v.source.startswith("oci://") and "@sha256:" in v.source for v in entry.variants
+        pinned_oci(v.source) for v in entry.variants
     ):
         raise InvalidSpecError(
             f"spec.cache.mode: Image needs oci:// sources pinned by digest, and the catalog's "

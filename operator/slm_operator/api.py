@@ -106,9 +106,4 @@ def parse_localmodel(body: Mapping[str, Any]) -> LocalModel:
             spec.resolved_format()
     except ValueError as exc:
         raise InvalidSpecError(f"spec.model.format: {exc}") from exc
-    for index, variant in enumerate(spec.variants):
-        try:
-            variant.resolved_format()
-        except ValueError as exc:
-            raise InvalidSpecError(f"spec.model.variants.{index}.format: {exc}") from exc
     return model

@@ -373,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait until Ready, showing each phase (default 600 s)",
     )
-    run.add_argument("--dry-run", action="store_true", help="print the LocalModel, send nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the LocalModel, send nothing (an alias is checked against the cluster's "
+        "catalog when it can be read)",
+    )
     run.add_argument("-o", "--output", choices=["yaml", "json"], help="print the object")
     add_operator_namespace(run)
     run.set_defaults(func=cmd_run)

@@ -32,8 +32,8 @@ from slm_operator.summary import NodeInfo, node_info
 from slm_operator.variants import ModelVariant
 
 CATALOG_SELECTOR: Final = f"app.kubernetes.io/part-of={MANAGER_NAME},{LABEL_COMPONENT}=catalog"
-"""The chart's catalog ConfigMap (part-of stays slm-operator under a nameOverride)."""
-"""The labels of the ConfigMap the chart renders both catalogs into."""
+"""The labels of the ConfigMap the chart renders both catalogs into (part-of stays slm-operator
+under a nameOverride)."""
 ACCELERATORS_KEY: Final = "catalog.yaml"
 MODELS_KEY: Final = "models.yaml"
 BUILT_IN: Final = "built-in"
@@ -54,7 +54,7 @@ class Catalogs:
     configmap: str | None = None
     """``namespace/name`` of the operator's ConfigMap; None for the built-in catalogs."""
     note: str | None = None
-    """Why the built-in catalogs are used, or which of several ConfigMaps was chosen."""
+    """Why the built-in catalogs are used, if they are."""
 
     @property
     def origin(self) -> str:
@@ -100,7 +100,8 @@ def from_configmap(configmap: Mapping[str, Any]) -> Catalogs:
 
 
 def from_configmaps(items: Sequence[Mapping[str, Any]], where: str) -> Catalogs:
-    """The catalogs of the first ConfigMap by namespace and name; a note names the others."""
+    """The catalogs of the one ConfigMap found. Several is an error naming them: anyone who may
+    create a ConfigMap somewhere could otherwise choose the catalog slmctl shows and checks."""
     if not items:
         return built_in(f"no operator catalog ConfigMap (labels {CATALOG_SELECTOR}) {where}")
 
@@ -109,15 +110,13 @@ def from_configmaps(items: Sequence[Mapping[str, Any]], where: str) -> Catalogs:
         return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
     ordered = sorted(items, key=key)
-    catalogs = from_configmap(ordered[0])
-    if len(ordered) == 1:
-        return catalogs
-    names = ", ".join("/".join(key(cm)) for cm in ordered)
-    note = (
-        f"{len(ordered)} operator catalogs found ({names}); using {catalogs.configmap}: choose "
-        "another with --operator-namespace"
-    )
-    return Catalogs(catalogs.models, catalogs.accelerators, catalogs.configmap, note)
+    if len(ordered) > 1:
+        names = ", ".join("/".join(key(cm)) for cm in ordered)
+        raise CliError(
+            f"{len(ordered)} operator catalogs found ({names}); name the operator's namespace "
+            "with --operator-namespace"
+        )
+    return from_configmap(ordered[0])
 
 
 def api_error(exc: ApiException) -> str:

@@ -27,6 +27,7 @@ from slm_operator.summary import (
     PodSummary,
     clip,
 )
+from slm_operator.variants import ModelSpec
 
 FAILURE_REASONS: Final = frozenset(
     {
@@ -113,7 +114,7 @@ def failure_of(
 def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
     fields: dict[str, str] = {}
     if lm.spec.model.credentials_secret:
-        fields[lm.spec.model.credentials_secret] = "spec.model.credentialsSecret"
+        fields[lm.spec.model.credentials_secret] = lm.spec.model.field("credentialsSecret")
     if lm.spec.serving.auth_secret:
         fields[lm.spec.serving.auth_secret] = "spec.serving.authSecret"
     for ref in lm.spec.runtime.image_pull_secrets:
@@ -128,13 +129,13 @@ def _secrets_message(lm: LocalModel, missing: tuple[str, ...]) -> str:
     )
 
 
-def _pull_failure(message: str, what: str) -> tuple[Reason, str]:
+def _pull_failure(model: ModelSpec, message: str, what: str) -> tuple[Reason, str]:
     if DIGEST_MISMATCH_MARKER in message.lower():
         return Reason.DIGEST_MISMATCH, clip(
-            f"{what}: {message}; if the new content is expected, update spec.model.sha256"
+            f"{what}: {message}; if the new content is expected, update {model.field('sha256')}"
         )
     return Reason.PULL_FAILED, clip(
-        f"{what}: {message}; check spec.model.source and spec.model.credentialsSecret"
+        f"{what}: {message}; check {model.field('source')} and {model.field('credentialsSecret')}"
     )
 
 
@@ -148,13 +149,13 @@ def model_state(lm: LocalModel, obs: Observation, live: list[PodSummary], ready:
     for pod in live:
         text = pod.last_termination_message or ""
         if DIGEST_MISMATCH_MARKER in text.lower():
-            reason, message = _pull_failure(text, f"pod {pod.name}")
+            reason, message = _pull_failure(spec.model, text, f"pod {pod.name}")
             return ModelState("failed", reason, message)
 
     if spec.cache.mode is CacheMode.VOLUME and job is not None:
         if job.finished == "Failed":
             text = job.failure_message or "the pull Job failed"
-            reason, message = _pull_failure(text, f"pull Job {job.name}")
+            reason, message = _pull_failure(spec.model, text, f"pull Job {job.name}")
             return ModelState("failed", reason, message)
         if job.succeeded > 0 or job.finished == "Complete":
             result = job.result

@@ -46,7 +46,7 @@ from slm_operator.place import Decision, NoServableTier, Placement, decide, reco
 from slm_operator.place import recorded_tier as recorded_tier_of
 from slm_operator.render import pull_job_name, render
 from slm_operator.settings import OperatorSettings
-from slm_operator.sizing import requests_by_tier
+from slm_operator.sizing import pulled_size, requests_by_tier
 from slm_operator.spec import CacheMode
 from slm_operator.status import (
     VARIANT_SELECTED,
@@ -349,7 +349,7 @@ class Reconciler:
             service_monitor_supported=observed.crds.service_monitor,
             inference_pool_supported=observed.crds.inference_pool,
             cluster_domain=self.settings.cluster_domain,
-            model_size_bytes=lm.status.model.size_bytes if sized_by_pull else None,
+            model_size_bytes=pulled_size(lm) if sized_by_pull else None,
             metrics_from=tuple(self.settings.metrics_from),
             token_realm_hosts=tuple(self.settings.token_realm_hosts),
         )

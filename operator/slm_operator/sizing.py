@@ -123,6 +123,15 @@ def pod_resources(spec: LocalModelSpec, model_size_bytes: int | None) -> Resourc
     return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
 
 
+def pulled_size(lm: LocalModel) -> int | None:
+    """The size status holds for the model's source: None once it describes another source (the
+    variant before a step down, a source since changed), whose size would misjudge the pods."""
+    known = lm.status.model
+    if known.source is not None and known.source != lm.spec.model.source:
+        return None
+    return known.size_bytes
+
+
 def requests_by_tier(lm: LocalModel) -> Callable[[Device], dict[str, float]]:
     """What one pod asks for on each tier, for placement: the pods of a tier run its variant,
     sized by that variant's format and parameters, and by the pulled size once status describes
@@ -132,11 +141,7 @@ def requests_by_tier(lm: LocalModel) -> Callable[[Device], dict[str, float]]:
     def requests(device: Device) -> dict[str, float]:
         if device not in sized:
             served = lm.serving(lm.spec.model.variant_for(device))
-            known = lm.status.model
-            size = known.size_bytes
-            if lm.spec.model.variants and known.source != served.spec.model.source:
-                size = None
-            wanted = pod_resources(served.spec, size).get("requests", {})
+            wanted = pod_resources(served.spec, pulled_size(served)).get("requests", {})
             sized[device] = {name: parse_quantity(value) for name, value in wanted.items()}
         return sized[device]
 

@@ -31,7 +31,7 @@ from slm_operator.fields import (
     quantity_value,
 )
 from slm_operator.names import DNS1035_PATTERN
-from slm_operator.variants import ModelSpec, missing_tiers
+from slm_operator.variants import ModelSpec, missing_tiers, pinned_oci
 
 # --- spec -------------------------------------------------------------------------------------
 
@@ -480,9 +480,10 @@ class LocalModelSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
+                    # An alias alone is checked by the operator, against the catalog's variants.
                     "self.cache.mode != 'Image' || (has(self.model.source) ? "
                     f"{_OCI_DIGEST.format(s='self.model.source')} : "
-                    f"(has(self.model.variants) && self.model.variants.all(v, "
+                    f"(!has(self.model.variants) || self.model.variants.all(v, "
                     f"{_OCI_DIGEST.format(s='v.source')})))",
                     "spec.cache.mode Image needs an oci:// source pinned by digest "
                     "(oci://HOST/REPO@sha256:HEX) for the model and each of its variants",
@@ -526,8 +527,7 @@ class LocalModelSpec(ApiModel):
     @model_validator(mode="after")
     def _image_mode_needs_digest(self) -> LocalModelSpec:
         if self.cache.mode is CacheMode.IMAGE and not all(
-            v.source.startswith("oci://") and "@sha256:" in v.source
-            for v in self.model.served_variants()
+            pinned_oci(v.source) for v in self.model.served_variants()
         ):
             raise ValueError(
                 "cache.mode Image needs an oci:// source pinned by digest "

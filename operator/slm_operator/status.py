@@ -452,7 +452,8 @@ VARIANT_SELECTED: Final = "VariantSelected"
 def variant_choice(
     old: LocalModelStatus | None, new: LocalModelStatus, placement: Placement
 ) -> str | None:
-    """The Event message when ``new`` is the first status naming its variant, else None."""
+    """The Event message when ``new`` names another variant than ``old`` (the first, or a
+    switch after a step down), else None."""
     model = new.model
     if model.variant is None or (old is not None and old.model.variant == model.variant):
         return None

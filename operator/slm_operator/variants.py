@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.config import JsonValue
 from slm_runtime.config import Device, ModelFormat, ModelParameters
 from slm_runtime.sources import ADMISSION_FORMS, SOURCE_PATTERN, infer_format, parse_source
@@ -134,6 +134,23 @@ _SOURCE_DESCRIPTION: Final = (
 )
 
 
+def _format_of(source: str, given: ModelFormat | None, field: str) -> ModelFormat:
+    """The format given, else the one the source shows; ``field`` names where to set it."""
+    if given is not None:
+        return given
+    inferred = infer_format(parse_source(source, allow_insecure=True))
+    if inferred is None:
+        raise ValueError(
+            f"cannot infer the model format from source {source!r}; set {field} to gguf or onnx"
+        )
+    return inferred
+
+
+def pinned_oci(source: str) -> bool:
+    """Whether a source is an OCI image pinned by digest (what cache.mode Image mounts)."""
+    return source.startswith("oci://") and "@sha256:" in source
+
+
 def _checked_source(value: str | None) -> str | None:
     if value is not None:
         parse_source(value, allow_insecure=True)
@@ -182,19 +199,12 @@ class ModelVariant(_Source):
     @model_validator(mode="after")
     def _source_and_format(self) -> ModelVariant:
         self._check_source(self.source, same_format=True)
+        _format_of(self.source, self.format, "format")
         return self
 
     def resolved_format(self) -> ModelFormat:
         """The variant's format: the one given, else inferred from its source."""
-        if self.format is not None:
-            return self.format
-        inferred = infer_format(parse_source(self.source, allow_insecure=True))
-        if inferred is None:
-            raise ValueError(
-                f"cannot infer the model format from source {self.source!r}; "
-                "set the variant's format to gguf or onnx"
-            )
-        return inferred
+        return _format_of(self.source, self.format, "the variant's format")
 
 
 _ONE_VARIANT_PER_TIER: Final = (
@@ -252,8 +262,9 @@ class ModelSpec(_Source):
         description="A model in the operator's catalog (chart value `models`, listed by `slmctl "
         "catalog`), e.g. phi-4-mini: its variants are served unless variants is given.",
     )
-    variants: list[ModelVariant] = Field(
-        default_factory=list,
+    variants: list[ModelVariant] | None = Field(
+        default=None,
+        min_length=1,
         max_length=len(Device),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="A build of the model per hardware tier; each tier in spec.hardware needs "
@@ -262,6 +273,10 @@ class ModelSpec(_Source):
     )
 
     _source_parses = field_validator("source")(classmethod(lambda cls, v: _checked_source(v)))
+    _origin: str = PrivateAttr(default="spec.model")
+    """Where this spec's source was written: spec.model, or a variant (``served``)."""
+    _from_catalog: bool = PrivateAttr(default=False)
+    """Whether ``variants`` came from the model catalog (``with_variants``)."""
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelSpec:
@@ -278,10 +293,10 @@ class ModelSpec(_Source):
                 "source: format, sha256 and allowInsecure describe spec.model.source; with "
                 "variants or an alias, set them on each variant"
             )
-        names = [v.name for v in self.variants]
+        names = [v.name for v in self.variants or []]
         if len(set(names)) != len(names):
             raise ValueError("variants: two variants have the same name; name each once")
-        tiers = [t for v in self.variants for t in v.tiers]
+        tiers = [t for v in self.variants or [] for t in v.tiers]
         if len(set(tiers)) != len(tiers):
             raise ValueError(_ONE_VARIANT_PER_TIER.removeprefix("spec.model."))
         self._check_source(self.source)
@@ -296,15 +311,14 @@ class ModelSpec(_Source):
 
     def resolved_format(self) -> ModelFormat:
         """The format of the single-source form (``served`` specs have one)."""
-        if self.format is not None:
-            return self.format
-        inferred = infer_format(parse_source(self.source or "", allow_insecure=True))
-        if inferred is None:
-            raise ValueError(
-                f"cannot infer the model format from source {self.source!r}; "
-                "set spec.model.format to gguf or onnx"
-            )
-        return inferred
+        return _format_of(self.source or "", self.format, "spec.model.format")
+
+    def field(self, name: str) -> str:
+        """How a message names this model's field ``name`` (``sha256``, ``source``, ...): under
+        ``spec.model``, or the variant a served spec came from."""
+        if self._origin.startswith("spec."):
+            return f"{self._origin}.{name}"
+        return f"{name} of {self._origin}"
 
     def served_variants(self) -> list[ModelVariant]:
         """The variants to place: the explicit ones, else the one ``source`` serving every
@@ -339,7 +353,9 @@ class ModelSpec(_Source):
         """This spec with an alias's variants (the catalog's), kept while none are given."""
         if self.variants or self.source is not None:
             return self
-        return self.model_copy(update={"variants": list(variants)})
+        resolved = self.model_copy(update={"variants": list(variants)})
+        resolved._from_catalog = True
+        return resolved
 
 
 def missing_tiers(model: ModelSpec, tiers: Sequence[Device]) -> list[Device]:
@@ -349,13 +365,18 @@ def missing_tiers(model: ModelSpec, tiers: Sequence[Device]) -> list[Device]:
 
 def served(model: ModelSpec, variant: ModelVariant) -> ModelSpec:
     """The one-source spec of ``variant``: what the pull, the pods and the status use."""
-    return ModelSpec(
+    spec = ModelSpec(
         source=variant.source,
         format=variant.format,
         sha256=variant.sha256,
         credentials_secret=variant.credentials_secret or model.credentials_secret,
         allow_insecure=variant.allow_insecure,
     )
+    if model._from_catalog:
+        spec._origin = f"variant {variant.name} of the model catalog's {model.alias}"
+    else:
+        spec._origin = f"spec.model.variants[{variant.name}]"
+    return spec
 
 
 def merged_parameters(base: ModelParameters, variant: ModelVariant) -> ModelParameters:

@@ -201,7 +201,7 @@ def test_helm_install_test_upgrade_uninstall(
         upgraded = with_printer_column(CHART, tmp_path / "chart")
         cluster.helm("upgrade", RELEASE, str(upgraded), *options)
         header = cluster.kubectl("get", "lm", "gemma", namespace=namespace).stdout
-        assert header.split()[:5] == ["NAME", "MODEL", "BACKEND", "READY", "PHASE"]
+        assert header.split()[:5] == ["NAME", "MODEL", "VARIANT", "BACKEND", "READY"]
         assert "ENDPOINT" in header.splitlines()[0]
         assert f"http://gemma.{namespace}.svc:8080" in header
         assert "Forbidden" not in operator_log(cluster, namespace, RELEASE)

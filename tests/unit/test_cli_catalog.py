@@ -234,14 +234,15 @@ def test_an_invalid_configmap_is_an_error(key: str, text: str, message: str) -> 
     assert "\n" not in str(info.value)
 
 
-def test_several_configmaps_use_the_first_and_say_which() -> None:
-    found = cli_catalog.from_configmaps(
-        [configmap(CHART_VALUES, "team-b"), configmap(CHART_VALUES, "team-a")], "in any namespace"
-    )
-    assert found.configmap == "team-a/slm-operator-catalog"
-    assert found.note == (
+def test_several_configmaps_are_refused_naming_each() -> None:
+    with pytest.raises(CliError) as info:
+        cli_catalog.from_configmaps(
+            [configmap(CHART_VALUES, "team-b"), configmap(CHART_VALUES, "team-a")],
+            "in any namespace",
+        )
+    assert str(info.value) == (
         "2 operator catalogs found (team-a/slm-operator-catalog, team-b/slm-operator-catalog); "
-        "using team-a/slm-operator-catalog: choose another with --operator-namespace"
+        "name the operator's namespace with --operator-namespace"
     )
 
 

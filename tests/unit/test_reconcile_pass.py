@@ -60,8 +60,8 @@ class RecordingKube:
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.status.append(patch)
 
-    def post_event(self, *_: Any, **__: Any) -> None:
-        self.writes.append(("event", "Event"))
+    def post_event(self, *_: Any, reason: str = "", **__: Any) -> None:
+        self.writes.append(("event", reason))
 
     def pod_log_tail(self, *_: Any) -> str:
         return ""
@@ -225,4 +225,4 @@ def test_an_alias_serves_the_catalogs_variant_for_the_placed_tier() -> None:
     assert status.model.source == (
         "hf://unsloth/Phi-4-mini-instruct-GGUF/Phi-4-mini-instruct-Q4_K_M.gguf"
     )
-    assert ("event", "Event") in kube.writes
+    assert ("event", "VariantSelected") in kube.writes

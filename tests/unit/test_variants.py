@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from slm_operator.aliases import ModelCatalog, default_models, unknown_alias
+from slm_operator.aliases import ModelCatalog, default_models, unknown_alias, with_alias
 from slm_operator.api import InvalidSpecError, LocalModel, parse_localmodel
 from slm_operator.catalog import default_catalog
 from slm_operator.children import RenderOptions, pvc_name
 from slm_operator.conditions import LocalModelStatus, Reason
 from slm_operator.place import NO_VARIANT, NoServableTier, decide, place
 from slm_operator.render import pull_job_name, render
+from slm_operator.sizing import pulled_size, requests_by_tier
 from slm_operator.status import variant_choice
 from slm_operator.summary import NodeInfo, Observation, PodSummary
 from slm_runtime.config import Device, RuntimeConfig
@@ -194,6 +195,25 @@ def test_a_step_down_switches_to_the_lower_tiers_variant() -> None:
     assert pvc_name(served) != pvc_name(npu)
 
 
+def test_a_tier_is_sized_by_its_variant_and_only_by_that_variants_pulled_size() -> None:
+    """After the NPU variant pulled 12 GiB, the CPU tier's GGUF is sized by its own estimate,
+    not by the other variant's size (status describes the NPU source)."""
+    lm = model([ONNX_NPU, GGUF_GPU_CPU], hardware={"preferred": "npu", "fallback": ["cpu"]})
+    lm = lm.model_copy(
+        update={
+            "status": LocalModelStatus.model_validate(
+                {"model": {"source": ONNX_NPU["source"], "sizeBytes": 12 * GIB}}
+            )
+        }
+    )
+    requests = requests_by_tier(lm)
+    assert requests(Device.NPU)["memory"] > 12 * GIB
+    assert requests(Device.CPU)["memory"] < 12 * GIB
+    cpu = lm.serving(lm.spec.model.variant_for(Device.CPU))
+    assert pulled_size(cpu) is None
+    assert pulled_size(lm.serving(lm.spec.model.variant_for(Device.NPU))) == 12 * GIB
+
+
 def test_each_tier_sizes_its_pods_by_its_own_variant() -> None:
     """The memory a tier's pods must find free is that tier's variant's, not another's."""
     lm = model([ONNX_NPU, GGUF_GPU_CPU], hardware={"preferred": "npu", "fallback": ["cpu"]})
@@ -306,18 +326,47 @@ def test_a_bad_catalog_is_refused_at_start(catalog: dict[str, Any], error: str) 
 def test_an_explicit_variant_list_overrides_the_alias() -> None:
     lm = model([GGUF_CPU], model={"alias": "phi-4-mini", "variants": [GGUF_CPU]},
                hardware={"preferred": "cpu", "fallback": []})  # fmt: skip
-    entry = default_models().get("phi-4-mini")
-    assert entry is not None
-    assert lm.spec.model.with_variants(entry.variants).variants == lm.spec.model.variants
+    assert with_alias(lm, default_models()) is lm
+
+
+def test_an_alias_in_image_mode_needs_pinned_oci_variants() -> None:
+    lm = parse_localmodel(
+        {"metadata": {"name": "p"}, "spec": {"model": {"alias": "phi-4-mini"},
+                                              "cache": {"mode": "Image"}}}
+    )  # fmt: skip
+    with pytest.raises(InvalidSpecError, match=r"^spec\.cache\.mode: Image needs oci://"):
+        with_alias(lm, default_models())
+
+
+def test_an_unknown_alias_is_refused_by_with_alias() -> None:
+    lm = parse_localmodel({"metadata": {"name": "p"}, "spec": {"model": {"alias": "phi-5"}}})
+    with pytest.raises(InvalidSpecError, match=r"^spec\.model\.alias: phi-5 is not"):
+        with_alias(lm, default_models())
+
+
+def test_messages_name_the_variant_a_pull_came_from() -> None:
+    explicit = model([ONNX_NPU, GGUF_GPU_CPU], hardware={"preferred": "npu", "fallback": ["cpu"]})
+    served = explicit.serving(explicit.spec.model.variant_for(Device.CPU))
+    assert served.spec.model.field("sha256") == "spec.model.variants[gguf].sha256"
+    alias = with_alias(
+        parse_localmodel({"metadata": {"name": "p"}, "spec": {"model": {"alias": "phi-4-mini"}}}),
+        default_models(),
+    )
+    served = alias.serving(alias.spec.model.variant_for(Device.CPU))
+    assert served.spec.model.field("sha256") == (
+        "sha256 of variant gguf-q4-k-m of the model catalog's phi-4-mini"
+    )
+    single = parse_localmodel(
+        {"metadata": {"name": "g"}, "spec": {"model": {"source": "hf://o/r/m.gguf"}}}
+    )
+    assert single.spec.model.field("sha256") == "spec.model.sha256"
 
 
 def test_an_alias_alone_parses_and_gets_the_catalogs_variants() -> None:
     lm = parse_localmodel({"metadata": {"name": "p"}, "spec": {"model": {"alias": "phi-4-mini"}}})
-    entry = default_models().get("phi-4-mini")
-    assert entry is not None
-    resolved = lm.spec.model.with_variants(entry.variants)
-    assert [v.name for v in resolved.variants] == ["npu-onnx-int4", "gguf-q4-k-m"]
-    placement = place(lm.spec.model_copy(update={"model": resolved}), ALL, default_catalog())
+    resolved = with_alias(lm, default_models())
+    assert [v.name for v in resolved.spec.model.variants or []] == ["npu-onnx-int4", "gguf-q4-k-m"]
+    placement = place(resolved.spec, ALL, default_catalog())
     assert (placement.device, placement.variant and placement.variant.name) == (
         Device.NPU,
         "npu-onnx-int4",
@@ -325,5 +374,5 @@ def test_an_alias_alone_parses_and_gets_the_catalogs_variants() -> None:
 
 
 def test_a_variant_without_an_inferable_format_is_refused_naming_it() -> None:
-    with pytest.raises(InvalidSpecError, match=r"spec.model.variants.0.format"):
+    with pytest.raises(InvalidSpecError, match=r"spec\.model\.variants\.0: .* set format to gguf"):
         model([{"name": "a", "tiers": ["npu", "gpu", "cpu"], "source": "hf://o/r/folder"}])
