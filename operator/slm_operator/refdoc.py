@@ -323,9 +323,10 @@ VARIANTS_SECTION: Final = (
     "alias has no variant for is skipped, with its reason.",
     "",
     "When each variant runs: placement picks the tier first, exactly as for one source: the "
-    "first tier of `[preferred, *fallback]` where a node has the tier's device free (and room "
-    "for the pod, sized by that tier's variant), else a step down once the pods have been "
-    "unschedulable for `fallbackAfter`. The pods then pull and serve the variant of that tier. "
+    "first tier of `[preferred, *fallback]` where a Ready node offers the tier's device (and "
+    "allocatable room for the pod, sized by that tier's variant), then a step down once the "
+    "pods have been unschedulable for `fallbackAfter` (a device other pods hold shows this "
+    "way). The pods pull and serve the variant of the placed tier. "
     "Each variant has its own volume and pull Job (named by the hash of its source, digest and "
     "format), so a step down pulls the lower tier's variant once. Inside the pod the runtime "
     "tries the placed tier, then the lower tiers the same variant serves: a GGUF variant for "
