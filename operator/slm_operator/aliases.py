@@ -20,7 +20,7 @@ from slm_runtime.config import Device
 from slm_operator.api import InvalidSpecError, LocalModel
 from slm_operator.fields import ApiModel
 from slm_operator.spec import CacheMode
-from slm_operator.variants import ALIAS_PATTERN, ModelVariant, pinned_oci
+from slm_operator.variants import ALIAS_PATTERN, ModelVariant, pinned_oci, variant_list_problem
 
 UNPINNED: Final = "Not pinned: no sha256 was computed from these files."
 
@@ -34,12 +34,9 @@ class CatalogModel(ApiModel):
     @field_validator("variants")
     @classmethod
     def _one_per_tier(cls, value: list[ModelVariant]) -> list[ModelVariant]:
-        tiers = [t for v in value for t in v.tiers]
-        if len(set(tiers)) != len(tiers):
-            raise ValueError("a tier is listed by two variants; list each tier in one only")
-        names = [v.name for v in value]
-        if len(set(names)) != len(names):
-            raise ValueError("two variants have the same name; name each once")
+        problem = variant_list_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     def tiers(self) -> list[Device]:

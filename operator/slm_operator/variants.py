@@ -293,12 +293,9 @@ class ModelSpec(_Source):
                 "source: format, sha256 and allowInsecure describe spec.model.source; with "
                 "variants or an alias, set them on each variant"
             )
-        names = [v.name for v in self.variants or []]
-        if len(set(names)) != len(names):
-            raise ValueError("variants: two variants have the same name; name each once")
-        tiers = [t for v in self.variants or [] for t in v.tiers]
-        if len(set(tiers)) != len(tiers):
-            raise ValueError(_ONE_VARIANT_PER_TIER.removeprefix("spec.model."))
+        problem = variant_list_problem(self.variants or [])
+        if problem is not None:
+            raise ValueError(f"variants: {problem}")
         self._check_source(self.source)
         return self
 
@@ -356,6 +353,18 @@ class ModelSpec(_Source):
         resolved = self.model_copy(update={"variants": list(variants)})
         resolved._from_catalog = True
         return resolved
+
+
+def variant_list_problem(variants: Sequence[ModelVariant]) -> str | None:
+    """Why a list of variants (a LocalModel's, or a catalog entry's) cannot be placed: two of
+    one name, or a tier listed by two; None when it can."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        return "two variants have the same name; name each once"
+    tiers = [t for v in variants for t in v.tiers]
+    if len(set(tiers)) != len(tiers):
+        return _ONE_VARIANT_PER_TIER.removeprefix("spec.model.variants: ")
+    return None
 
 
 def missing_tiers(model: ModelSpec, tiers: Sequence[Device]) -> list[Device]:
